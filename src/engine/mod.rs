@@ -1,0 +1,271 @@
+//! The engine: reception into the spool, queues, delivery sessions and outcomes.
+
+pub mod dispatcher;
+pub mod message;
+pub mod metrics;
+pub mod queue;
+pub mod queue_name;
+pub mod spool;
+pub mod throttle;
+
+use crate::policy::config::Protocol;
+use crate::policy::{Policy, PolicyError};
+use message::{Message, MessageRef, now_ms};
+use metrics::Metrics;
+use queue::Queue;
+use spool::{Spool, SpoolError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::watch;
+
+/// Why a message was not accepted; `code` is SMTP-style (4xx temporary, 5xx permanent).
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn is_temporary(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+}
+
+/// How one delivery attempt ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Delivered(String),
+    Transient(String),
+    Bounced(String),
+}
+
+pub struct Engine {
+    spool: Spool,
+    policy: RwLock<Arc<Policy>>,
+    queues: Mutex<HashMap<String, Arc<Queue>>>,
+    /// Serialises queue creation so get_queue_config runs once per queue.
+    creating: tokio::sync::Mutex<()>,
+    pub metrics: Metrics,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Engine {
+    pub fn new(spool: Spool, policy: Arc<Policy>) -> Arc<Engine> {
+        Arc::new(Engine {
+            spool,
+            policy: RwLock::new(policy),
+            queues: Mutex::new(HashMap::new()),
+            creating: tokio::sync::Mutex::new(()),
+            metrics: Metrics::default(),
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The queue for a name, created on first use from the policy's
+    /// `get_queue_config`; only `custom_lua` queues exist here.
+    pub async fn queue(self: &Arc<Self>, name: &queue_name::QueueName) -> Result<Arc<Queue>, Refusal> {
+        let label = name.to_string();
+        if let Some(q) = self.queues.lock().unwrap_or_else(|e| e.into_inner()).get(&label) {
+            return Ok(q.clone());
+        }
+        let _creating = self.creating.lock().await;
+        if let Some(q) = self.queues.lock().unwrap_or_else(|e| e.into_inner()).get(&label) {
+            return Ok(q.clone());
+        }
+        let policy = self.policy();
+        let policy_refusal = |e: PolicyError| match e {
+            PolicyError::Rejected(r) => Refusal {
+                code: r.code,
+                reason: r.message,
+            },
+            other => Refusal {
+                code: 451,
+                reason: format!("4.3.0 queue {label}: policy error: {other}"),
+            },
+        };
+        let config = policy.queue_config(name).await.map_err(policy_refusal)?;
+        let custom = match &config.protocol {
+            Protocol::CustomLua(c) => c.clone(),
+            Protocol::Smtp => {
+                return Err(Refusal {
+                    code: 550,
+                    reason: format!(
+                        "5.1.2 queue {label}: the policy's get_queue_config gives no custom_lua \
+                         protocol for it, and this relay delivers only through custom_lua"
+                    ),
+                });
+            }
+        };
+        let egress = policy.egress_path_config(name).await.map_err(policy_refusal)?;
+        let q = Arc::new(Queue::new(name.clone(), config, custom, egress));
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(label, q.clone());
+        tokio::spawn(dispatcher::maintain(self.clone(), q.clone()));
+        Ok(q)
+    }
+
+    /// Accepts messages: each gets its queue, then all go into the spool in
+    /// one durable commit. Returns one result per message, in order; `Ok`
+    /// only for messages that are durable.
+    pub async fn receive(self: &Arc<Self>, msgs: Vec<MessageRef>) -> Vec<Result<(), Refusal>> {
+        let mut results = Vec::with_capacity(msgs.len());
+        let mut accepted: Vec<(usize, MessageRef, Arc<Queue>)> = Vec::new();
+        for (i, msg) in msgs.into_iter().enumerate() {
+            let routed = match msg.queue_name() {
+                Ok(name) => self.queue(&name).await,
+                Err(reason) => Err(Refusal {
+                    code: 550,
+                    reason: format!("5.1.3 {reason}"),
+                }),
+            };
+            match routed {
+                Ok(q) => {
+                    accepted.push((i, msg, q));
+                    results.push(Ok(()));
+                }
+                Err(r) => results.push(Err(r)),
+            }
+        }
+        if accepted.is_empty() {
+            return results;
+        }
+        let refs: Vec<&Message> = accepted.iter().map(|(_, m, _)| m.as_ref()).collect();
+        if let Err(e) = self.spool.insert(&refs).await {
+            let refusal = spool_refusal(&e);
+            for (i, _, _) in &accepted {
+                results[*i] = Err(refusal.clone());
+            }
+            return results;
+        }
+        self.metrics.received.inc_by(accepted.len() as u64);
+        for (_, m, q) in accepted {
+            q.insert(m);
+            dispatcher::ensure_sessions(self, &q);
+        }
+        results
+    }
+
+    /// Re-queues what the spool held at start. Messages the policy cannot
+    /// place right now (a temporary error) are tried again every 30 s.
+    pub async fn requeue(self: &Arc<Self>, msgs: Vec<MessageRef>) {
+        let later = self.requeue_pass(msgs).await;
+        if later.is_empty() {
+            return;
+        }
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut later = later;
+            while !later.is_empty() && !engine.is_shutting_down() {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                later = engine.requeue_pass(later).await;
+            }
+        });
+    }
+
+    async fn requeue_pass(self: &Arc<Self>, msgs: Vec<MessageRef>) -> Vec<MessageRef> {
+        let mut later = Vec::new();
+        for msg in msgs {
+            let q = match msg.queue_name() {
+                Ok(name) => self.queue(&name).await,
+                Err(reason) => Err(Refusal { code: 550, reason }),
+            };
+            match q {
+                Ok(q) => {
+                    q.insert(msg);
+                    dispatcher::ensure_sessions(self, &q);
+                }
+                Err(r) if r.is_temporary() => {
+                    tracing::warn!(id = %msg.id(), reason = %r.reason, "spooled message cannot be queued yet; will try again in 30s");
+                    later.push(msg);
+                }
+                Err(r) => self.finish_bounce(&msg, format!("{} {}", r.code, r.reason)),
+            }
+        }
+        later
+    }
+
+    /// Applies a delivery outcome to a message that was taken from `q`.
+    pub fn complete(&self, q: &Queue, msg: &MessageRef, outcome: Outcome) {
+        match outcome {
+            Outcome::Delivered(resp) => {
+                tracing::debug!(id = %msg.id(), queue = %q.label, response = %resp, "delivered");
+                self.metrics.delivered.inc();
+                self.spool.remove(msg.id());
+            }
+            Outcome::Bounced(resp) => {
+                tracing::warn!(id = %msg.id(), queue = %q.label, response = %resp, "bounced");
+                self.finish_bounce(msg, resp);
+            }
+            Outcome::Transient(resp) => {
+                self.metrics.transient.inc();
+                let delay = q.config.retry_delay(msg.num_attempts());
+                let next = now_ms() + delay.as_millis() as u64;
+                let expires = msg.created_ms() + q.config.max_age.as_millis() as u64;
+                if next >= expires {
+                    self.expire(q, msg, &resp);
+                } else {
+                    tracing::info!(id = %msg.id(), queue = %q.label, response = %resp, retry_in = ?delay, "transient failure");
+                    msg.record_attempt(next);
+                    self.spool.update(msg);
+                    q.insert(msg.clone());
+                }
+            }
+        }
+        q.done(1);
+    }
+
+    fn finish_bounce(&self, msg: &MessageRef, resp: String) {
+        tracing::debug!(id = %msg.id(), response = %resp, "removed after bounce");
+        self.metrics.bounced.inc();
+        self.spool.remove(msg.id());
+    }
+
+    pub fn expire(&self, q: &Queue, msg: &MessageRef, last: &str) {
+        tracing::warn!(id = %msg.id(), queue = %q.label, last_response = %last, "expired: older than max_age");
+        self.metrics.expired.inc();
+        self.spool.remove(msg.id());
+    }
+
+    /// Stops sessions from starting new sends and makes the spool durable.
+    pub async fn shutdown(&self) -> Result<(), SpoolError> {
+        let _ = self.shutdown.send(true);
+        self.spool.flush().await
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+fn spool_refusal(e: &SpoolError) -> Refusal {
+    if e.is_full() {
+        Refusal {
+            code: 452,
+            reason: format!("4.3.1 spool is out of space, try again later: {e}"),
+        }
+    } else {
+        Refusal {
+            code: 451,
+            reason: format!("4.3.0 {e}"),
+        }
+    }
+}

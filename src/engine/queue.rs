@@ -1,0 +1,148 @@
+//! One scheduled queue (`campaign:tenant@domain`) and its ready queue.
+//!
+//! Messages wait in `scheduled` until due, then move to `ready` (bounded by
+//! `max_ready`), where delivery sessions take them. A maintainer task per
+//! queue does the moving and expires messages past `max_age`.
+
+use super::message::{MessageRef, now_ms};
+use super::queue_name::QueueName;
+use super::throttle::Throttle;
+use crate::policy::config::{CustomLua, EgressPathConfig, QueueConfig};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::Notify;
+
+pub struct Queue {
+    pub name: QueueName,
+    pub label: String,
+    pub config: QueueConfig,
+    pub custom_lua: CustomLua,
+    pub egress: EgressPathConfig,
+    pub throttle: Option<Throttle>,
+    ready: Mutex<VecDeque<MessageRef>>,
+    scheduled: Mutex<BTreeMap<(u64, u128), MessageRef>>,
+    /// Wakes sessions waiting for ready messages.
+    pub ready_notify: Notify,
+    /// Wakes the maintainer when the schedule or the ready space changes.
+    pub schedule_notify: Notify,
+    pub sessions: AtomicUsize,
+    pub in_flight: AtomicUsize,
+}
+
+impl Queue {
+    pub fn new(
+        name: QueueName,
+        config: QueueConfig,
+        custom_lua: CustomLua,
+        egress: EgressPathConfig,
+    ) -> Queue {
+        let rate = match (config.max_message_rate, egress.max_message_rate) {
+            (Some(a), Some(b)) => Some(if a.per_second < b.per_second { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        Queue {
+            label: name.to_string(),
+            name,
+            config,
+            custom_lua,
+            egress,
+            throttle: rate.map(Throttle::new),
+            ready: Mutex::new(VecDeque::new()),
+            scheduled: Mutex::new(BTreeMap::new()),
+            ready_notify: Notify::new(),
+            schedule_notify: Notify::new(),
+            sessions: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Adds a message: straight to ready when it is due and there is room.
+    pub fn insert(&self, msg: MessageRef) {
+        let due = msg.due_ms().unwrap_or(0);
+        if due <= now_ms() {
+            let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+            if ready.len() < self.egress.max_ready {
+                ready.push_back(msg);
+                drop(ready);
+                self.ready_notify.notify_one();
+                return;
+            }
+        }
+        self.scheduled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((due, msg.id().as_u128()), msg);
+        self.schedule_notify.notify_one();
+    }
+
+    pub fn take_ready(&self, max: usize) -> Vec<MessageRef> {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        let n = max.min(ready.len());
+        let out: Vec<_> = ready.drain(..n).collect();
+        drop(ready);
+        if !out.is_empty() {
+            self.in_flight.fetch_add(out.len(), Ordering::Relaxed);
+            // Room was made: the maintainer may promote more.
+            self.schedule_notify.notify_one();
+        }
+        out
+    }
+
+    pub fn ready_len(&self) -> usize {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn scheduled_len(&self) -> usize {
+        self.scheduled.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn depth(&self) -> usize {
+        self.ready_len() + self.scheduled_len() + self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Moves due messages to ready while there is room. Returns the messages
+    /// found past `max_age` (the caller expires them) and when to look again.
+    pub fn promote(&self) -> (Vec<MessageRef>, Option<u64>) {
+        let now = now_ms();
+        let max_age = self.config.max_age.as_millis() as u64;
+        let mut expired = Vec::new();
+        let mut moved = 0;
+        let mut sched = self.scheduled.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(entry) = sched.first_entry() {
+            let (due, _) = *entry.key();
+            if due > now {
+                break;
+            }
+            if now.saturating_sub(entry.get().created_ms()) >= max_age {
+                expired.push(entry.remove());
+                continue;
+            }
+            if ready.len() >= self.egress.max_ready {
+                break;
+            }
+            ready.push_back(entry.remove());
+            moved += 1;
+        }
+        let next = sched.first_key_value().map(|((due, _), _)| *due);
+        drop(ready);
+        drop(sched);
+        for _ in 0..moved {
+            self.ready_notify.notify_one();
+        }
+        (expired, next)
+    }
+
+    /// Everything waiting in ready goes back to the schedule at `due_ms`.
+    pub fn drain_ready(&self) -> Vec<MessageRef> {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        let out: Vec<_> = ready.drain(..).collect();
+        self.in_flight.fetch_add(out.len(), Ordering::Relaxed);
+        out
+    }
+
+    pub fn done(&self, n: usize) {
+        self.in_flight.fetch_sub(n, Ordering::Relaxed);
+    }
+}

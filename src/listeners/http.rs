@@ -1,0 +1,251 @@
+//! The HTTP listener: KumoMTA's injection API, health, and metrics.
+
+use crate::engine::message::Message;
+use crate::engine::{Engine, Refusal};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+#[derive(Clone)]
+struct AppState {
+    engine: Arc<Engine>,
+    trusted: Arc<Vec<IpNet>>,
+}
+
+pub fn parse_trusted(hosts: &[String]) -> Result<Vec<IpNet>, String> {
+    hosts
+        .iter()
+        .map(|h| {
+            h.parse::<IpNet>()
+                .or_else(|_| h.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("trusted host {h:?} is not an IP address or CIDR"))
+        })
+        .collect()
+}
+
+pub fn router(engine: Arc<Engine>, trusted: Vec<IpNet>) -> Router {
+    Router::new()
+        .route("/api/inject/v1", post(inject))
+        .route("/api/check-liveness/v1", get(live))
+        .route("/healthz", get(live))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(AppState {
+            engine,
+            trusted: Arc::new(trusted),
+        })
+}
+
+/// Serves until `stop` fires; logs the bound address (port 0 works).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    engine: Arc<Engine>,
+    trusted: Vec<IpNet>,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!("http listener on {addr}");
+    let mut stop = engine.shutdown_signal();
+    axum::serve(
+        listener,
+        router(engine, trusted).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .await
+}
+
+async fn live() -> &'static str {
+    "ok\n"
+}
+
+async fn ready(State(st): State<AppState>) -> Response {
+    if st.engine.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let m = &st.engine.metrics;
+    for q in st.engine.queues() {
+        m.queue_depth
+            .get_or_create(&crate::engine::metrics::QueueLabel {
+                queue: q.label.clone(),
+            })
+            .set(q.depth() as i64);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InjectRequest {
+    envelope_sender: String,
+    recipients: Vec<Recipient>,
+    content: Value,
+    #[serde(default)]
+    substitutions: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Recipient {
+    email: String,
+    #[serde(default)]
+    #[allow(dead_code)] // accepted as in KumoMTA; only templates would use it
+    name: Option<String>,
+    #[serde(default)]
+    substitutions: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Serialize)]
+struct InjectResponse {
+    success_count: usize,
+    fail_count: usize,
+    failed_recipients: Vec<String>,
+    errors: Vec<String>,
+}
+
+fn bad_request(reason: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": reason }))).into_response()
+}
+
+async fn inject(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    if !st.trusted.iter().any(|n| n.contains(&peer.ip())) {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": format!("{} is not a trusted host for injection", peer.ip()) })),
+        )
+            .into_response();
+    }
+    if st.engine.is_shutting_down() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": "relay is shutting down" })),
+        )
+            .into_response();
+    }
+    let req: InjectRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("invalid inject request: {e}")),
+    };
+    let content = match req.content {
+        Value::String(s) => Bytes::from(s),
+        Value::Object(_) => {
+            return bad_request(
+                "content: the builder form is not supported; send the full message as a string".into(),
+            );
+        }
+        other => {
+            return bad_request(format!(
+                "content must be a string holding the full message, not {}",
+                json_type(&other)
+            ));
+        }
+    };
+    let templated = req.substitutions.as_ref().is_some_and(|s| !s.is_empty())
+        || req
+            .recipients
+            .iter()
+            .any(|r| r.substitutions.as_ref().is_some_and(|s| !s.is_empty()));
+    if templated {
+        return bad_request("substitutions: templating is not supported by amqp-relay".into());
+    }
+    if req.recipients.is_empty() {
+        return bad_request("recipients: at least one recipient is required".into());
+    }
+
+    let policy = st.engine.policy();
+    let mut results: Vec<Option<Result<(), Refusal>>> = Vec::with_capacity(req.recipients.len());
+    let mut msgs = Vec::new();
+    let mut slots = Vec::new();
+    for (i, r) in req.recipients.iter().enumerate() {
+        let msg = Arc::new(Message::new(
+            req.envelope_sender.clone(),
+            r.email.clone(),
+            Map::new(),
+            content.clone(),
+        ));
+        results.push(None);
+        match policy.message_hook("http_message_generated", &msg).await {
+            Ok(()) => {
+                msgs.push(msg);
+                slots.push(i);
+            }
+            Err(crate::policy::PolicyError::Rejected(rej)) => {
+                results[i] = Some(Err(Refusal {
+                    code: rej.code,
+                    reason: rej.message,
+                }));
+            }
+            Err(e) => {
+                results[i] = Some(Err(Refusal {
+                    code: 451,
+                    reason: format!("4.3.0 {e}"),
+                }));
+            }
+        }
+    }
+    for (slot, res) in slots.into_iter().zip(st.engine.receive(msgs).await) {
+        results[slot] = Some(res);
+    }
+
+    let mut resp = InjectResponse {
+        success_count: 0,
+        fail_count: 0,
+        failed_recipients: Vec::new(),
+        errors: Vec::new(),
+    };
+    let mut temporary = false;
+    for (r, res) in req.recipients.iter().zip(results) {
+        match res.expect("every recipient has a result") {
+            Ok(()) => resp.success_count += 1,
+            Err(refusal) => {
+                temporary |= refusal.is_temporary();
+                resp.fail_count += 1;
+                resp.failed_recipients.push(r.email.clone());
+                resp.errors.push(format!("{}: {} {}", r.email, refusal.code, refusal.reason));
+            }
+        }
+    }
+    let status = if resp.success_count > 0 {
+        StatusCode::OK
+    } else if temporary {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    (status, Json(resp)).into_response()
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

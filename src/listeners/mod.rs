@@ -1,0 +1,3 @@
+//! Where messages come in.
+
+pub mod http;

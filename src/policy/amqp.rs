@@ -1,0 +1,574 @@
+//! `kumo.amqp`: publishing to RabbitMQ over lapin, with publisher confirms on.
+//!
+//! Connections are pooled per URI and shared by every client; each client owns
+//! a channel in confirm mode. A connection found closed or errored is replaced
+//! on the next use, so a broker restart heals without restarting the relay.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{Confirmation, PublisherConfirm};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use mlua::{Lua, Table, UserData, UserDataMethods, UserDataRef, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
+
+/// Connections and idle confirm-mode channels, per broker URI.
+#[derive(Default)]
+pub struct AmqpPool {
+    conns: Mutex<HashMap<String, Slot>>,
+    idle_channels: Mutex<HashMap<String, Vec<Channel>>>,
+}
+
+/// The URI with any password hidden, for messages and logs.
+pub fn redact(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &uri[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &uri[..s + 3], user, &uri[at..])
+        }
+        _ => uri.to_owned(),
+    }
+}
+
+impl AmqpPool {
+    async fn connection(&self, uri: &str, timeout: Duration) -> Result<Arc<Connection>, String> {
+        let slot = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(uri.to_owned())
+            .or_default()
+            .clone();
+        let mut guard = slot.lock().await;
+        if let Some(c) = guard.as_ref()
+            && c.status().connected()
+        {
+            return Ok(c.clone());
+        }
+        *guard = None;
+        self.idle_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uri);
+        let props = ConnectionProperties::default().with_connection_name("amqp-relay".into());
+        let conn = tokio::time::timeout(timeout, Connection::connect(uri, props))
+            .await
+            .map_err(|_| format!("connect to {} timed out after {timeout:?}", redact(uri)))?
+            .map_err(|e| format!("connect to {}: {e}", redact(uri)))?;
+        let conn = Arc::new(conn);
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// A channel in confirm mode on the pooled connection to `uri`.
+    pub async fn channel(&self, uri: &str, timeout: Duration) -> Result<Channel, String> {
+        loop {
+            let reused = self
+                .idle_channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(uri)
+                .and_then(Vec::pop);
+            match reused {
+                Some(ch) if ch.status().connected() => return Ok(ch),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let conn = self.connection(uri, timeout).await?;
+        let open = async {
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            Ok::<_, lapin::Error>(ch)
+        };
+        tokio::time::timeout(timeout, open)
+            .await
+            .map_err(|_| format!("opening a channel to {} timed out", redact(uri)))?
+            .map_err(|e| format!("opening a channel to {}: {e}", redact(uri)))
+    }
+
+    pub fn give_back(&self, uri: &str, ch: Channel) {
+        if ch.status().connected() {
+            self.idle_channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(uri.to_owned())
+                .or_default()
+                .push(ch);
+        }
+    }
+}
+
+/// What a publish call asks for, read from its Lua table with unknown keys refused.
+pub struct Publish {
+    pub exchange: String,
+    pub routing_key: String,
+    pub payload: Vec<u8>,
+    pub options: BasicPublishOptions,
+    pub properties: BasicProperties,
+}
+
+fn short(what: &str, s: String) -> mlua::Result<ShortString> {
+    if s.len() > 255 {
+        return Err(mlua::Error::runtime(format!(
+            "{what} is {} bytes long; AMQP allows at most 255",
+            s.len()
+        )));
+    }
+    Ok(s.into())
+}
+
+fn check_keys(t: &Table, call: &str, allowed: &[&str]) -> mlua::Result<()> {
+    for pair in t.pairs::<Value, Value>() {
+        let (k, _) = pair?;
+        let name = match &k {
+            Value::String(s) => s.to_string_lossy(),
+            other => format!("{other:?}"),
+        };
+        if !allowed.contains(&name.as_str()) {
+            return Err(mlua::Error::runtime(format!(
+                "{call}: unknown key '{name}' (expected one of: {})",
+                allowed.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn opt_string(t: &Table, key: &str, call: &str) -> mlua::Result<Option<String>> {
+    match t.get::<Value>(key)? {
+        Value::Nil => Ok(None),
+        Value::String(s) => Ok(Some(s.to_str()?.to_owned())),
+        Value::Integer(i) => Ok(Some(i.to_string())),
+        other => Err(mlua::Error::runtime(format!(
+            "{call}: '{key}' must be a string, not {}",
+            other.type_name()
+        ))),
+    }
+}
+
+fn field_value(v: Value, key: &str) -> mlua::Result<AMQPValue> {
+    Ok(match v {
+        Value::Boolean(b) => AMQPValue::Boolean(b),
+        Value::Integer(i) => AMQPValue::LongLongInt(i),
+        Value::Number(n) => AMQPValue::Double(n),
+        Value::String(s) => AMQPValue::LongString(s.as_bytes().to_vec().into()),
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "header '{key}': a {} cannot be an AMQP header value",
+                other.type_name()
+            )));
+        }
+    })
+}
+
+fn properties(t: &Table, call: &str) -> mlua::Result<BasicProperties> {
+    const KEYS: &[&str] = &[
+        "content_type",
+        "content_encoding",
+        "delivery_mode",
+        "priority",
+        "correlation_id",
+        "reply_to",
+        "expiration",
+        "message_id",
+        "timestamp",
+        "kind",
+        "user_id",
+        "app_id",
+        "headers",
+    ];
+    let call = format!("{call} properties");
+    check_keys(t, &call, KEYS)?;
+    let mut p = BasicProperties::default();
+    let s = |k: &str| opt_string(t, k, &call);
+    if let Some(v) = s("content_type")? {
+        p = p.with_content_type(short("content_type", v)?);
+    }
+    if let Some(v) = s("content_encoding")? {
+        p = p.with_content_encoding(short("content_encoding", v)?);
+    }
+    if let Some(v) = t.get::<Option<u8>>("delivery_mode")? {
+        p = p.with_delivery_mode(v);
+    }
+    if let Some(v) = t.get::<Option<u8>>("priority")? {
+        p = p.with_priority(v);
+    }
+    if let Some(v) = s("correlation_id")? {
+        p = p.with_correlation_id(short("correlation_id", v)?);
+    }
+    if let Some(v) = s("reply_to")? {
+        p = p.with_reply_to(short("reply_to", v)?);
+    }
+    if let Some(v) = s("expiration")? {
+        p = p.with_expiration(short("expiration", v)?);
+    }
+    if let Some(v) = s("message_id")? {
+        p = p.with_message_id(short("message_id", v)?);
+    }
+    if let Some(v) = t.get::<Option<u64>>("timestamp")? {
+        p = p.with_timestamp(v);
+    }
+    if let Some(v) = s("kind")? {
+        p = p.with_type(short("kind", v)?);
+    }
+    if let Some(v) = s("user_id")? {
+        p = p.with_user_id(short("user_id", v)?);
+    }
+    if let Some(v) = s("app_id")? {
+        p = p.with_app_id(short("app_id", v)?);
+    }
+    if let Some(h) = t.get::<Option<Table>>("headers")? {
+        let mut ft = FieldTable::default();
+        for pair in h.pairs::<String, Value>() {
+            let (k, v) = pair?;
+            let value = field_value(v, &k)?;
+            ft.insert(short("header name", k)?, value);
+        }
+        p = p.with_headers(ft);
+    }
+    Ok(p)
+}
+
+impl Publish {
+    /// Reads `{routing_key, payload, exchange?, options?, properties?}` (+ `extra` keys the caller handles).
+    pub fn from_table(t: &Table, call: &str, extra: &[&str]) -> mlua::Result<Publish> {
+        let mut allowed = vec!["routing_key", "payload", "exchange", "options", "properties"];
+        allowed.extend_from_slice(extra);
+        check_keys(t, call, &allowed)?;
+        let routing_key = opt_string(t, "routing_key", call)?
+            .ok_or_else(|| mlua::Error::runtime(format!("{call}: 'routing_key' is required")))?;
+        let payload = match t.get::<Value>("payload")? {
+            Value::String(s) => s.as_bytes().to_vec(),
+            Value::Nil => {
+                return Err(mlua::Error::runtime(format!("{call}: 'payload' is required")));
+            }
+            other => {
+                return Err(mlua::Error::runtime(format!(
+                    "{call}: 'payload' must be a string, not {}",
+                    other.type_name()
+                )));
+            }
+        };
+        let exchange = opt_string(t, "exchange", call)?.unwrap_or_default();
+        let mut options = BasicPublishOptions::default();
+        if let Some(o) = t.get::<Option<Table>>("options")? {
+            check_keys(&o, &format!("{call} options"), &["mandatory", "immediate"])?;
+            options.mandatory = o.get::<Option<bool>>("mandatory")?.unwrap_or(false);
+            options.immediate = o.get::<Option<bool>>("immediate")?.unwrap_or(false);
+        }
+        let properties = match t.get::<Option<Table>>("properties")? {
+            Some(p) => properties(&p, call)?,
+            None => BasicProperties::default(),
+        };
+        short("routing_key", routing_key.clone())?;
+        short("exchange", exchange.clone())?;
+        Ok(Publish {
+            exchange,
+            routing_key,
+            payload,
+            options,
+            properties,
+        })
+    }
+
+    pub async fn send(self, ch: &Channel, timeout: Duration) -> Result<PublisherConfirm, String> {
+        let fut = ch.basic_publish(
+            self.exchange.into(),
+            self.routing_key.into(),
+            self.options,
+            &self.payload,
+            self.properties,
+        );
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| format!("publish timed out after {timeout:?}"))?
+            .map_err(|e| format!("publish failed: {e}"))
+    }
+}
+
+/// The confirm outcome, as `{status, reply_code?, reply_text?}`.
+pub struct Outcome {
+    pub status: &'static str,
+    pub reply_code: Option<u16>,
+    pub reply_text: Option<String>,
+}
+
+impl Outcome {
+    pub fn from_confirmation(c: Confirmation) -> Outcome {
+        let (status, returned) = match c {
+            Confirmation::Ack(r) => ("Ack", r),
+            Confirmation::Nack(r) => ("Nack", r),
+            Confirmation::NotRequested => ("NotRequested", None),
+        };
+        Outcome {
+            status,
+            reply_code: returned.as_ref().map(|r| r.reply_code),
+            reply_text: returned.map(|r| r.reply_text.to_string()),
+        }
+    }
+
+    pub fn to_lua(&self, lua: &Lua) -> mlua::Result<Table> {
+        let t = lua.create_table()?;
+        t.set("status", self.status)?;
+        t.set("reply_code", self.reply_code)?;
+        t.set("reply_text", self.reply_text.clone())?;
+        Ok(t)
+    }
+
+    /// True when the broker took the message and did not hand it back.
+    pub fn accepted(&self) -> bool {
+        self.status == "Ack" && self.reply_code.is_none()
+    }
+}
+
+pub async fn await_confirm(c: PublisherConfirm, timeout: Duration) -> Result<Outcome, String> {
+    tokio::time::timeout(timeout, c)
+        .await
+        .map_err(|_| format!("no confirm from the broker within {timeout:?}"))?
+        .map(Outcome::from_confirmation)
+        .map_err(|e| format!("waiting for the confirm: {e}"))
+}
+
+/// `kumo.amqp.build_client(uri)`'s object.
+pub struct Client {
+    pool: Arc<AmqpPool>,
+    uri: String,
+    channel: tokio::sync::Mutex<Option<Channel>>,
+}
+
+pub struct Confirm(Mutex<Option<PublisherConfirm>>);
+
+impl Client {
+    pub async fn build(pool: Arc<AmqpPool>, uri: String) -> Result<Client, String> {
+        let ch = pool.channel(&uri, CONNECT_TIMEOUT).await?;
+        Ok(Client {
+            pool,
+            uri,
+            channel: tokio::sync::Mutex::new(Some(ch)),
+        })
+    }
+
+    async fn publish(&self, p: Publish, timeout: Duration) -> mlua::Result<Confirm> {
+        let guard = self.channel.lock().await;
+        let ch = guard
+            .as_ref()
+            .ok_or_else(|| mlua::Error::runtime("amqp client is closed"))?;
+        let confirm = p
+            .send(ch, timeout)
+            .await
+            .map_err(|e| mlua::Error::runtime(format!("amqp {}: {e}", redact(&self.uri))))?;
+        Ok(Confirm(Mutex::new(Some(confirm))))
+    }
+}
+
+impl UserData for Client {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        m.add_async_method("publish", |_, this: UserDataRef<Client>, t: Table| async move {
+            let p = Publish::from_table(&t, "client:publish", &[])?;
+            this.publish(p, PUBLISH_TIMEOUT).await
+        });
+        m.add_async_method(
+            "publish_with_timeout",
+            |_, this: UserDataRef<Client>, (t, ms): (Table, u64)| async move {
+                let p = Publish::from_table(&t, "client:publish_with_timeout", &[])?;
+                this.publish(p, Duration::from_millis(ms)).await
+            },
+        );
+        m.add_async_method("close", |_, this: UserDataRef<Client>, ()| async move {
+            let ch = this.channel.lock().await.take();
+            match ch {
+                // The connection is shared; only this client's channel goes back.
+                Some(ch) => {
+                    this.pool.give_back(&this.uri, ch);
+                    Ok(())
+                }
+                None => Err(mlua::Error::runtime("amqp client is already closed")),
+            }
+        });
+    }
+}
+
+impl UserData for Confirm {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        m.add_async_method("wait", |lua, this: UserDataRef<Confirm>, ()| async move {
+            let c = this
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .ok_or_else(|| mlua::Error::runtime("confirm:wait() was already called"))?;
+            let outcome = await_confirm(c, CONFIRM_TIMEOUT)
+                .await
+                .map_err(mlua::Error::runtime)?;
+            outcome.to_lua(&lua)
+        });
+    }
+}
+
+/// The URI `basic_publish`'s `connection` table describes.
+pub fn connection_uri(t: &Table) -> mlua::Result<String> {
+    const CALL: &str = "kumo.amqp.basic_publish connection";
+    check_keys(
+        t,
+        CALL,
+        &[
+            "host",
+            "port",
+            "username",
+            "password",
+            "vhost",
+            "connection_name",
+            "heartbeat",
+            "enable_tls",
+            "root_ca_cert",
+            "client_cert",
+            "client_private_key",
+            "pool_size",
+            "connect_timeout",
+            "recycle_timeout",
+            "wait_timeout",
+            "publish_timeout",
+        ],
+    )?;
+    let host = opt_string(t, "host", CALL)?
+        .ok_or_else(|| mlua::Error::runtime(format!("{CALL}: 'host' is required")))?;
+    let tls = t.get::<Option<bool>>("enable_tls")?.unwrap_or(false);
+    if tls {
+        return Err(mlua::Error::runtime(format!(
+            "{CALL}: enable_tls is not available in this build of amqp-relay"
+        )));
+    }
+    let port = t.get::<Option<u16>>("port")?.unwrap_or(5672);
+    let enc = |s: &str| percent_encode(s);
+    let user = opt_string(t, "username", CALL)?;
+    let pass = opt_string(t, "password", CALL)?;
+    let auth = match (user, pass) {
+        (Some(u), Some(p)) => format!("{}:{}@", enc(&u), enc(&p)),
+        (Some(u), None) => format!("{}@", enc(&u)),
+        (None, Some(_)) => {
+            return Err(mlua::Error::runtime(format!(
+                "{CALL}: 'password' needs a 'username'"
+            )));
+        }
+        (None, None) => String::new(),
+    };
+    let vhost = opt_string(t, "vhost", CALL)?.unwrap_or_else(|| "/".into());
+    let mut uri = format!("amqp://{auth}{host}:{port}/{}", enc(&vhost));
+    if let Some(hb) = t.get::<Option<u16>>("heartbeat")? {
+        uri.push_str(&format!("?heartbeat={hb}"));
+    }
+    Ok(uri)
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub fn duration_field(t: &Table, key: &str, default: Duration) -> mlua::Result<Duration> {
+    match t.get::<Value>(key)? {
+        Value::Nil => Ok(default),
+        Value::Integer(i) if i >= 0 => Ok(Duration::from_secs(i as u64)),
+        Value::Number(n) if n >= 0.0 => Ok(Duration::from_secs_f64(n)),
+        Value::String(s) => super::config::parse_duration(&s.to_str()?)
+            .map_err(|e| mlua::Error::runtime(format!("'{key}': {e}"))),
+        other => Err(mlua::Error::runtime(format!(
+            "'{key}' must be a duration, not {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// `kumo.amqp.basic_publish{…}`: publish through the pool and wait for the confirm.
+/// A Nack, a returned message or a timeout raises an error, so the message is retried.
+pub async fn basic_publish(lua: &Lua, pool: &AmqpPool, t: Table) -> mlua::Result<Table> {
+    const CALL: &str = "kumo.amqp.basic_publish";
+    let conn: Table = t
+        .get::<Option<Table>>("connection")?
+        .ok_or_else(|| mlua::Error::runtime(format!("{CALL}: 'connection' is required")))?;
+    let uri = connection_uri(&conn)?;
+    let connect_timeout = duration_field(&conn, "connect_timeout", CONNECT_TIMEOUT)?;
+    let publish_timeout = duration_field(&conn, "publish_timeout", PUBLISH_TIMEOUT)?;
+    let p = Publish::from_table(&t, CALL, &["connection"])?;
+    let ch = pool
+        .channel(&uri, connect_timeout)
+        .await
+        .map_err(mlua::Error::runtime)?;
+    let result = async {
+        let confirm = p.send(&ch, publish_timeout).await?;
+        await_confirm(confirm, publish_timeout.max(CONFIRM_TIMEOUT)).await
+    }
+    .await;
+    pool.give_back(&uri, ch);
+    let outcome = result.map_err(|e| mlua::Error::runtime(format!("{CALL} to {}: {e}", redact(&uri))))?;
+    if !outcome.accepted() {
+        return Err(mlua::Error::runtime(format!(
+            "{CALL} to {}: broker answered {}{}",
+            redact(&uri),
+            outcome.status,
+            outcome
+                .reply_text
+                .as_ref()
+                .map(|t| format!(" ({} {t})", outcome.reply_code.unwrap_or(0)))
+                .unwrap_or_default()
+        )));
+    }
+    outcome.to_lua(lua)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("amqp://u:secret@h:5672/v"), "amqp://u:***@h:5672/v");
+        assert_eq!(redact("amqp://localhost"), "amqp://localhost");
+    }
+
+    #[test]
+    fn connection_table_to_uri() {
+        let lua = Lua::new();
+        let t: Table = lua
+            .load(r#"return {host='h', port=1234, username='u s', password='p@ss/', vhost='/'}"#)
+            .eval()
+            .unwrap();
+        assert_eq!(connection_uri(&t).unwrap(), "amqp://u%20s:p%40ss%2F@h:1234/%2F");
+        let bad: Table = lua.load("return {host='h', prot=1}").eval().unwrap();
+        let err = connection_uri(&bad).unwrap_err().to_string();
+        assert!(err.contains("'prot'"), "{err}");
+    }
+
+    #[test]
+    fn publish_table_is_checked() {
+        let lua = Lua::new();
+        let t: Table = lua
+            .load(r#"return {routing_key='k', payload='\0\255', properties={headers={a=1,b='x'}, delivery_mode=2}}"#)
+            .eval()
+            .unwrap();
+        let p = Publish::from_table(&t, "t", &[]).unwrap();
+        assert_eq!(p.payload, vec![0u8, 255]);
+        assert_eq!(p.properties.delivery_mode(), &Some(2));
+        let t: Table = lua.load("return {routing_key=string.rep('k', 256), payload=''}").eval().unwrap();
+        assert!(Publish::from_table(&t, "t", &[]).is_err());
+        let t: Table = lua.load("return {routing_key='k'}").eval().unwrap();
+        let err = Publish::from_table(&t, "t", &[]).unwrap_err().to_string();
+        assert!(err.contains("'payload' is required"), "{err}");
+    }
+}

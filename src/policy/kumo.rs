@@ -1,0 +1,241 @@
+//! The `kumo` module: KumoMTA's Lua API, as far as a relay into RabbitMQ needs it.
+
+use super::amqp::{self, AmqpPool, Client};
+use super::config::{EgressPathConfig, QueueConfig};
+use super::events;
+use super::reject::Rejection;
+use mlua::{Function, Lua, LuaSerdeExt, MultiValue, Table, UserData, Value};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// What `init` configured; only the state that runs `init` carries one.
+#[derive(Debug, Default, Clone)]
+pub struct InitConfig {
+    pub http_listeners: Vec<HttpListener>,
+    pub spool_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpListener {
+    pub listen: String,
+    /// CIDRs allowed to inject and administer; KumoMTA's default is loopback only.
+    #[serde(default = "loopback")]
+    pub trusted_hosts: Vec<String>,
+}
+
+pub fn loopback() -> Vec<String> {
+    vec!["127.0.0.1/32".into(), "::1/128".into()]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpoolDef {
+    name: String,
+    path: PathBuf,
+    #[serde(default)]
+    #[allow(dead_code)] // accepted for compatibility: this relay always uses redb
+    kind: Option<String>,
+}
+
+/// Per-state context, reachable from every `kumo` function.
+pub struct StateCtx {
+    pub amqp: Arc<AmqpPool>,
+    pub init: Option<Arc<Mutex<InitConfig>>>,
+}
+
+pub struct QueueConfigUd(pub QueueConfig);
+impl UserData for QueueConfigUd {}
+pub struct EgressPathUd(pub EgressPathConfig);
+impl UserData for EgressPathUd {}
+
+fn from_lua<T: for<'de> Deserialize<'de>>(lua: &Lua, v: Value, call: &str) -> mlua::Result<T> {
+    if let Value::Table(t) = &v
+        && t.is_empty()
+    {
+        // An empty table reads as an empty map, never as a list.
+        return lua
+            .from_value(Value::Table(lua.create_table()?))
+            .or_else(|_| serde_json::from_str("{}"))
+            .map_err(|e: serde_json::Error| mlua::Error::runtime(format!("{call}: {e}")));
+    }
+    lua.from_value(v)
+        .map_err(|e| mlua::Error::runtime(format!("{call}: {e}")))
+}
+
+fn init_ctx(lua: &Lua, call: &str) -> mlua::Result<Arc<Mutex<InitConfig>>> {
+    let ctx = lua
+        .app_data_ref::<StateCtx>()
+        .ok_or_else(|| mlua::Error::runtime("kumo module used outside the relay"))?;
+    ctx.init
+        .clone()
+        .ok_or_else(|| mlua::Error::runtime(format!("{call} may only be called from the 'init' event")))
+}
+
+fn amqp_pool(lua: &Lua) -> mlua::Result<Arc<AmqpPool>> {
+    lua.app_data_ref::<StateCtx>()
+        .map(|c| c.amqp.clone())
+        .ok_or_else(|| mlua::Error::runtime("kumo module used outside the relay"))
+}
+
+fn json_encode(lua: &Lua, v: Value, pretty: bool) -> mlua::Result<String> {
+    let json: serde_json::Value = lua
+        .from_value(v)
+        .map_err(|e| mlua::Error::runtime(format!("json_encode: {e}")))?;
+    let out = if pretty {
+        serde_json::to_string_pretty(&json)
+    } else {
+        serde_json::to_string(&json)
+    };
+    out.map_err(|e| mlua::Error::runtime(format!("json_encode: {e}")))
+}
+
+fn json_decode(lua: &Lua, s: mlua::LuaString) -> mlua::Result<Value> {
+    let json: serde_json::Value = serde_json::from_slice(&s.as_bytes())
+        .map_err(|e| mlua::Error::runtime(format!("json_decode: {e}")))?;
+    lua.to_value(&json)
+}
+
+/// Features of KumoMTA that this relay does not provide; touching one fails
+/// with a message that says so, instead of "attempt to index a nil value".
+const NOT_PROVIDED: &str = "is not provided by amqp-relay (it relays to AMQP only: no SMTP delivery, \
+DKIM, traffic shaping or other KumoMTA features)";
+
+pub fn register(lua: &Lua) -> mlua::Result<Table> {
+    let kumo = lua.create_table()?;
+
+    kumo.set(
+        "on",
+        lua.create_function(|lua, (name, handler): (String, Function)| {
+            events::register(lua, name, handler)
+        })?,
+    )?;
+    kumo.set(
+        "make_queue_config",
+        lua.create_function(|lua, v: Value| {
+            from_lua::<QueueConfig>(lua, v, "kumo.make_queue_config").map(QueueConfigUd)
+        })?,
+    )?;
+    kumo.set(
+        "make_egress_path",
+        lua.create_function(|lua, v: Value| {
+            from_lua::<EgressPathConfig>(lua, v, "kumo.make_egress_path").map(EgressPathUd)
+        })?,
+    )?;
+    kumo.set(
+        "reject",
+        lua.create_function(|_, (code, message): (u16, Option<String>)| -> mlua::Result<()> {
+            Err(mlua::Error::external(Rejection {
+                code,
+                message: message.unwrap_or_default(),
+            }))
+        })?,
+    )?;
+    kumo.set(
+        "json_encode",
+        lua.create_function(|lua, v: Value| json_encode(lua, v, false))?,
+    )?;
+    kumo.set(
+        "json_encode_pretty",
+        lua.create_function(|lua, v: Value| json_encode(lua, v, true))?,
+    )?;
+    kumo.set("json_decode", lua.create_function(json_decode)?)?;
+    let serde = lua.create_table()?;
+    serde.set(
+        "json_encode",
+        lua.create_function(|lua, v: Value| json_encode(lua, v, false))?,
+    )?;
+    serde.set(
+        "json_encode_pretty",
+        lua.create_function(|lua, v: Value| json_encode(lua, v, true))?,
+    )?;
+    serde.set("json_parse", lua.create_function(json_decode)?)?;
+    kumo.set("serde", serde)?;
+
+    kumo.set(
+        "secret_load",
+        lua.create_function(|lua, t: Table| {
+            if let Some(data) = t.get::<Option<mlua::LuaString>>("key_data")? {
+                return Ok(data);
+            }
+            let path: String = t.get::<Option<String>>("key_path")?.ok_or_else(|| {
+                mlua::Error::runtime("kumo.secret_load: give key_path (a file) or key_data")
+            })?;
+            let bytes = std::fs::read(&path).map_err(|e| {
+                mlua::Error::runtime(format!("kumo.secret_load: cannot read {path}: {e}"))
+            })?;
+            lua.create_string(bytes)
+        })?,
+    )?;
+
+    kumo.set(
+        "start_http_listener",
+        lua.create_function(|lua, v: Value| {
+            let ctx = init_ctx(lua, "kumo.start_http_listener")?;
+            let l: HttpListener = from_lua(lua, v, "kumo.start_http_listener")?;
+            ctx.lock().unwrap_or_else(|e| e.into_inner()).http_listeners.push(l);
+            Ok(())
+        })?,
+    )?;
+    kumo.set(
+        "define_spool",
+        lua.create_function(|lua, v: Value| {
+            let ctx = init_ctx(lua, "kumo.define_spool")?;
+            let def: SpoolDef = from_lua(lua, v, "kumo.define_spool")?;
+            match def.name.as_str() {
+                // Bodies and envelopes share one redb file, kept where 'data' says.
+                "data" => {
+                    ctx.lock().unwrap_or_else(|e| e.into_inner()).spool_dir = Some(def.path);
+                    Ok(())
+                }
+                "meta" => Ok(()),
+                other => Err(mlua::Error::runtime(format!(
+                    "kumo.define_spool: unknown spool name '{other}' (expected 'data' or 'meta')"
+                ))),
+            }
+        })?,
+    )?;
+    for name in [
+        "start_esmtp_listener",
+        "configure_local_logs",
+        "configure_log_hook",
+    ] {
+        kumo.set(
+            name,
+            lua.create_function(move |_, _: MultiValue| -> mlua::Result<()> {
+                Err(mlua::Error::runtime(format!(
+                    "kumo.{name} is not supported by this version of amqp-relay yet"
+                )))
+            })?,
+        )?;
+    }
+
+    let amqp_t = lua.create_table()?;
+    amqp_t.set(
+        "build_client",
+        lua.create_async_function(|lua, uri: String| async move {
+            let pool = amqp_pool(&lua)?;
+            Client::build(pool, uri).await.map_err(mlua::Error::runtime)
+        })?,
+    )?;
+    amqp_t.set(
+        "basic_publish",
+        lua.create_async_function(|lua, t: Table| async move {
+            let pool = amqp_pool(&lua)?;
+            amqp::basic_publish(&lua, &pool, t).await
+        })?,
+    )?;
+    kumo.set("amqp", amqp_t)?;
+
+    let meta = lua.create_table()?;
+    meta.set(
+        "__index",
+        lua.create_function(|_, (_, key): (Value, Value)| -> mlua::Result<()> {
+            let key = key.to_string().unwrap_or_else(|_| "?".into());
+            Err(mlua::Error::runtime(format!("kumo.{key} {NOT_PROVIDED}")))
+        })?,
+    )?;
+    kumo.set_metatable(Some(meta))?;
+    Ok(kumo)
+}

@@ -1,0 +1,102 @@
+//! `amqp-relay relay`: load the policy, open the spool, re-queue, listen.
+
+use crate::engine::Engine;
+use crate::engine::spool::Spool;
+use crate::listeners::http;
+use crate::policy::Policy;
+use crate::policy::amqp::AmqpPool;
+use crate::policy::kumo::{HttpListener, loopback};
+use anyhow::Context;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::Args, Debug)]
+pub struct RelayArgs {
+    /// The Lua policy file.
+    #[arg(long, env = "AMQP_RELAY_POLICY")]
+    pub policy: PathBuf,
+    /// Spool directory, when the policy's init does not define one.
+    #[arg(long, env = "AMQP_RELAY_DATA_DIR", default_value = "/var/spool/amqp-relay")]
+    pub data_dir: PathBuf,
+    /// HTTP listener, when the policy's init starts none.
+    #[arg(long, env = "AMQP_RELAY_HTTP_LISTEN", default_value = "127.0.0.1:8000")]
+    pub http_listen: String,
+    /// CIDRs allowed to inject over HTTP (with --http-listen).
+    #[arg(long, env = "AMQP_RELAY_HTTP_TRUSTED_HOSTS", value_delimiter = ',', default_values_t = loopback())]
+    pub http_trusted_hosts: Vec<String>,
+    /// SMTP listener, when the policy's init starts none (not yet available).
+    #[arg(long, env = "AMQP_RELAY_SMTP_LISTEN")]
+    pub smtp_listen: Option<String>,
+}
+
+pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
+    if args.smtp_listen.is_some() {
+        anyhow::bail!("--smtp-listen: the SMTP listener is not available in this version");
+    }
+    let amqp = Arc::new(AmqpPool::default());
+    let policy = Policy::load(&args.policy, amqp)?;
+    let init = policy.run_init().await?;
+    let (listeners, data_dir) = match init {
+        Some(cfg) => (
+            cfg.http_listeners,
+            cfg.spool_dir.unwrap_or(args.data_dir),
+        ),
+        None => (
+            vec![HttpListener {
+                listen: args.http_listen,
+                trusted_hosts: args.http_trusted_hosts,
+            }],
+            args.data_dir,
+        ),
+    };
+
+    let (spool, recovered) = Spool::open(&data_dir)?;
+    if recovered.quarantined > 0 {
+        tracing::error!(count = recovered.quarantined, "corrupt spool records were set aside");
+    }
+    let engine = Engine::new(spool, policy.clone());
+    let n = recovered.messages.len();
+    let started = std::time::Instant::now();
+    engine
+        .requeue(recovered.messages.into_iter().map(Arc::new).collect())
+        .await;
+    tracing::info!(messages = n, elapsed = ?started.elapsed(), policy = %policy.path().display(), hash = %policy.hash(), "spool recovered");
+
+    let mut servers = tokio::task::JoinSet::new();
+    for l in listeners {
+        let trusted = http::parse_trusted(&l.trusted_hosts).map_err(anyhow::Error::msg)?;
+        let sock = tokio::net::TcpListener::bind(&l.listen)
+            .await
+            .with_context(|| format!("http listener: cannot bind {}", l.listen))?;
+        servers.spawn(http::serve(sock, engine.clone(), trusted));
+    }
+
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        Some(r) = servers.join_next() => {
+            match r {
+                Ok(Err(e)) => tracing::error!(error = %e, "listener failed"),
+                Err(e) => tracing::error!(error = %e, "listener task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+    engine.shutdown().await?;
+    while servers.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
