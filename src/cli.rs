@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "amqp-relay", version, about = "Relay SMTP and HTTP traffic into RabbitMQ through a KumoMTA-compatible Lua policy")]
+#[command(
+    name = "amqp-relay",
+    version,
+    about = "Relay SMTP and HTTP traffic into RabbitMQ through a KumoMTA-compatible Lua policy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,7 +39,10 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -16,7 +16,11 @@ pub struct RelayArgs {
     #[arg(long, env = "AMQP_RELAY_POLICY")]
     pub policy: PathBuf,
     /// Spool directory, when the policy's init does not define one.
-    #[arg(long, env = "AMQP_RELAY_DATA_DIR", default_value = "/var/spool/amqp-relay")]
+    #[arg(
+        long,
+        env = "AMQP_RELAY_DATA_DIR",
+        default_value = "/var/spool/amqp-relay"
+    )]
     pub data_dir: PathBuf,
     /// HTTP listener, when the policy's init starts none.
     #[arg(long, env = "AMQP_RELAY_HTTP_LISTEN", default_value = "127.0.0.1:8000")]
@@ -37,10 +41,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     let policy = Policy::load(&args.policy, amqp)?;
     let init = policy.run_init().await?;
     let (listeners, data_dir) = match init {
-        Some(cfg) => (
-            cfg.http_listeners,
-            cfg.spool_dir.unwrap_or(args.data_dir),
-        ),
+        Some(cfg) => (cfg.http_listeners, cfg.spool_dir.unwrap_or(args.data_dir)),
         None => (
             vec![HttpListener {
                 listen: args.http_listen,
@@ -52,7 +53,10 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
 
     let (spool, recovered) = Spool::open(&data_dir)?;
     if recovered.quarantined > 0 {
-        tracing::error!(count = recovered.quarantined, "corrupt spool records were set aside");
+        tracing::error!(
+            count = recovered.quarantined,
+            "corrupt spool records were set aside"
+        );
     }
     let engine = Engine::new(spool, policy.clone());
     let n = recovered.messages.len();

@@ -24,8 +24,7 @@ pub fn ensure_sessions(engine: &Arc<Engine>, q: &Arc<Queue>) {
         if ready == 0 || active >= q.egress.connection_limit || active >= ready {
             return;
         }
-        if q
-            .sessions
+        if q.sessions
             .compare_exchange(active, active + 1, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
@@ -102,7 +101,9 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String>
     let sender: Table = match made {
         Err(_) => {
             lua.discard();
-            return Err(format!("constructor '{ctor_name}' timed out after {timeout:?}"));
+            return Err(format!(
+                "constructor '{ctor_name}' timed out after {timeout:?}"
+            ));
         }
         Ok(Err(e)) => return Err(format!("constructor '{ctor_name}': {}", describe(&e))),
         Ok(Ok(Value::Table(t))) => t,
@@ -118,7 +119,9 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String>
     let send: Function = sender
         .get::<Option<Function>>(method)
         .map_err(|e| describe(&e))?
-        .ok_or_else(|| format!("constructor '{ctor_name}' returned an object without a {method} method"))?;
+        .ok_or_else(|| {
+            format!("constructor '{ctor_name}' returned an object without a {method} method")
+        })?;
 
     let mut stop = engine.shutdown_signal();
     let mut delivered = 0usize;
@@ -174,7 +177,9 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String>
         if let Ok(Some(close)) = sender.get::<Option<Function>>("close") {
             match tokio::time::timeout(timeout, close.call_async::<Value>(&sender)).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::debug!(queue = %q.label, error = %describe(&e), "sender:close failed"),
+                Ok(Err(e)) => {
+                    tracing::debug!(queue = %q.label, error = %describe(&e), "sender:close failed")
+                }
                 Err(_) => {
                     tracing::warn!(queue = %q.label, "sender:close timed out");
                     lua.discard();
@@ -207,9 +212,8 @@ async fn next_batch(
         let deadline = if got.is_empty() {
             idle_deadline
         } else {
-            *latency_deadline.get_or_insert_with(|| {
-                tokio::time::Instant::now() + q.custom_lua.max_batch_latency
-            })
+            *latency_deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + q.custom_lua.max_batch_latency)
         };
         tokio::select! {
             _ = notified => {}

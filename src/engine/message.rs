@@ -191,7 +191,10 @@ mod tests {
 
     #[test]
     fn queue_from_recipient_and_meta() {
-        assert_eq!(msg(serde_json::json!({})).queue_name().unwrap().to_string(), "amqp");
+        assert_eq!(
+            msg(serde_json::json!({})).queue_name().unwrap().to_string(),
+            "amqp"
+        );
         let m = msg(serde_json::json!({"tenant": "t", "campaign": "c"}));
         assert_eq!(m.queue_name().unwrap().to_string(), "c:t@amqp");
         m.set_meta("queue", Value::String("other".into()));

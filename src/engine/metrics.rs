@@ -33,7 +33,11 @@ impl Default for Metrics {
             queue_depth: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("received", "Messages accepted into the spool", m.received.clone());
+        registry.register(
+            "received",
+            "Messages accepted into the spool",
+            m.received.clone(),
+        );
         registry.register("delivered", "Messages delivered", m.delivered.clone());
         registry.register(
             "transient_failures",
@@ -41,7 +45,11 @@ impl Default for Metrics {
             m.transient.clone(),
         );
         registry.register("bounced", "Messages failed permanently", m.bounced.clone());
-        registry.register("expired", "Messages expired after max_age", m.expired.clone());
+        registry.register(
+            "expired",
+            "Messages expired after max_age",
+            m.expired.clone(),
+        );
         registry.register(
             "queue_depth",
             "Messages in a queue: scheduled, ready and in flight",

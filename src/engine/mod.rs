@@ -62,7 +62,10 @@ impl Engine {
     }
 
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
@@ -80,13 +83,26 @@ impl Engine {
 
     /// The queue for a name, created on first use from the policy's
     /// `get_queue_config`; only `custom_lua` queues exist here.
-    pub async fn queue(self: &Arc<Self>, name: &queue_name::QueueName) -> Result<Arc<Queue>, Refusal> {
+    pub async fn queue(
+        self: &Arc<Self>,
+        name: &queue_name::QueueName,
+    ) -> Result<Arc<Queue>, Refusal> {
         let label = name.to_string();
-        if let Some(q) = self.queues.lock().unwrap_or_else(|e| e.into_inner()).get(&label) {
+        if let Some(q) = self
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&label)
+        {
             return Ok(q.clone());
         }
         let _creating = self.creating.lock().await;
-        if let Some(q) = self.queues.lock().unwrap_or_else(|e| e.into_inner()).get(&label) {
+        if let Some(q) = self
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&label)
+        {
             return Ok(q.clone());
         }
         let policy = self.policy();
@@ -113,7 +129,10 @@ impl Engine {
                 });
             }
         };
-        let egress = policy.egress_path_config(name).await.map_err(policy_refusal)?;
+        let egress = policy
+            .egress_path_config(name)
+            .await
+            .map_err(policy_refusal)?;
         let q = Arc::new(Queue::new(name.clone(), config, custom, egress));
         self.queues
             .lock()

@@ -94,7 +94,10 @@ impl Queue {
     }
 
     pub fn scheduled_len(&self) -> usize {
-        self.scheduled.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.scheduled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     pub fn depth(&self) -> usize {

@@ -78,11 +78,17 @@ mod tests {
     #[test]
     fn formats_every_combination_and_parses_back() {
         let cases = [
-            (QueueName::new("Example.COM", None, None, None), "example.com"),
+            (
+                QueueName::new("Example.COM", None, None, None),
+                "example.com",
+            ),
             (QueueName::new("d", Some("t"), None, None), "t@d"),
             (QueueName::new("d", None, Some("c"), None), "c:@d"),
             (QueueName::new("d", Some("t"), Some("c"), None), "c:t@d"),
-            (QueueName::new("d", Some("t"), Some("c"), Some("r")), "c:t@d!r"),
+            (
+                QueueName::new("d", Some("t"), Some("c"), Some("r")),
+                "c:t@d!r",
+            ),
             (QueueName::new("d", Some(""), Some(""), None), "d"),
         ];
         for (q, s) in cases {

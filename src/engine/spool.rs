@@ -78,7 +78,14 @@ impl Spool {
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || Writer { rt, db: Some(db), path }.run(rx))
+            .spawn(move || {
+                Writer {
+                    rt,
+                    db: Some(db),
+                    path,
+                }
+                .run(rx)
+            })
             .map_err(|e| open_err(e.to_string()))?;
         Ok((Spool { ops: tx }, recovered))
     }
@@ -98,9 +105,10 @@ impl Spool {
 
     /// Records new retry bookkeeping; durable with a later commit.
     pub fn update(&self, message: &Message) {
-        let _ = self
-            .ops
-            .send(Op::UpdateMeta(message.id(), encode_envelope(&message.envelope())));
+        let _ = self.ops.send(Op::UpdateMeta(
+            message.id(),
+            encode_envelope(&message.envelope()),
+        ));
     }
 
     /// Forgets a message that reached a final state; durable with a later commit.
@@ -111,7 +119,9 @@ impl Spool {
     /// Makes every earlier operation durable.
     pub async fn flush(&self) -> Result<(), SpoolError> {
         let (done, wait) = oneshot::channel();
-        self.ops.send(Op::Flush(done)).map_err(|_| SpoolError::Closed)?;
+        self.ops
+            .send(Op::Flush(done))
+            .map_err(|_| SpoolError::Closed)?;
         wait.await.map_err(|_| SpoolError::Closed)?
     }
 }
@@ -184,7 +194,10 @@ impl Writer {
             let first = if unsynced {
                 // Deferred work is waiting for an fsync: wake up for it.
                 let wait = LAZY_SYNC.saturating_sub(last_sync.elapsed());
-                match self.rt.block_on(tokio::time::timeout(wait, rx.recv())) {
+                match self
+                    .rt
+                    .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+                {
                     Ok(Some(op)) => Some(op),
                     Err(_elapsed) => None,
                     Ok(None) => break,
@@ -253,15 +266,18 @@ impl Writer {
                 match op {
                     Op::Insert { records, .. } => {
                         for (id, env, body) in records {
-                            data.insert(id.as_u128(), body.as_ref()).map_err(|e| werr(&e))?;
-                            meta.insert(id.as_u128(), env.as_slice()).map_err(|e| werr(&e))?;
+                            data.insert(id.as_u128(), body.as_ref())
+                                .map_err(|e| werr(&e))?;
+                            meta.insert(id.as_u128(), env.as_slice())
+                                .map_err(|e| werr(&e))?;
                         }
                     }
                     Op::UpdateMeta(id, env) => {
                         // Only if still present: a late update must not resurrect a removed message.
                         let present = meta.get(id.as_u128()).map_err(|e| werr(&e))?.is_some();
                         if present {
-                            meta.insert(id.as_u128(), env.as_slice()).map_err(|e| werr(&e))?;
+                            meta.insert(id.as_u128(), env.as_slice())
+                                .map_err(|e| werr(&e))?;
                         }
                     }
                     Op::Remove(id) => {

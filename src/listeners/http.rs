@@ -154,7 +154,8 @@ async fn inject(
         Value::String(s) => Bytes::from(s),
         Value::Object(_) => {
             return bad_request(
-                "content: the builder form is not supported; send the full message as a string".into(),
+                "content: the builder form is not supported; send the full message as a string"
+                    .into(),
             );
         }
         other => {
@@ -225,7 +226,8 @@ async fn inject(
                 temporary |= refusal.is_temporary();
                 resp.fail_count += 1;
                 resp.failed_recipients.push(r.email.clone());
-                resp.errors.push(format!("{}: {} {}", r.email, refusal.code, refusal.reason));
+                resp.errors
+                    .push(format!("{}: {} {}", r.email, refusal.code, refusal.reason));
             }
         }
     }

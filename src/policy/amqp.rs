@@ -5,9 +5,9 @@
 //! on the next use, so a broker restart heals without restarting the relay.
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{Confirmation, PublisherConfirm};
 use mlua::{Lua, Table, UserData, UserDataMethods, UserDataRef, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -108,6 +108,7 @@ impl AmqpPool {
 }
 
 /// What a publish call asks for, read from its Lua table with unknown keys refused.
+#[derive(Debug)]
 pub struct Publish {
     pub exchange: String,
     pub routing_key: String,
@@ -241,7 +242,13 @@ fn properties(t: &Table, call: &str) -> mlua::Result<BasicProperties> {
 impl Publish {
     /// Reads `{routing_key, payload, exchange?, options?, properties?}` (+ `extra` keys the caller handles).
     pub fn from_table(t: &Table, call: &str, extra: &[&str]) -> mlua::Result<Publish> {
-        let mut allowed = vec!["routing_key", "payload", "exchange", "options", "properties"];
+        let mut allowed = vec![
+            "routing_key",
+            "payload",
+            "exchange",
+            "options",
+            "properties",
+        ];
         allowed.extend_from_slice(extra);
         check_keys(t, call, &allowed)?;
         let routing_key = opt_string(t, "routing_key", call)?
@@ -249,7 +256,9 @@ impl Publish {
         let payload = match t.get::<Value>("payload")? {
             Value::String(s) => s.as_bytes().to_vec(),
             Value::Nil => {
-                return Err(mlua::Error::runtime(format!("{call}: 'payload' is required")));
+                return Err(mlua::Error::runtime(format!(
+                    "{call}: 'payload' is required"
+                )));
             }
             other => {
                 return Err(mlua::Error::runtime(format!(
@@ -372,10 +381,13 @@ impl Client {
 
 impl UserData for Client {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_async_method("publish", |_, this: UserDataRef<Client>, t: Table| async move {
-            let p = Publish::from_table(&t, "client:publish", &[])?;
-            this.publish(p, PUBLISH_TIMEOUT).await
-        });
+        m.add_async_method(
+            "publish",
+            |_, this: UserDataRef<Client>, t: Table| async move {
+                let p = Publish::from_table(&t, "client:publish", &[])?;
+                this.publish(p, PUBLISH_TIMEOUT).await
+            },
+        );
         m.add_async_method(
             "publish_with_timeout",
             |_, this: UserDataRef<Client>, (t, ms): (Table, u64)| async move {
@@ -516,7 +528,8 @@ pub async fn basic_publish(lua: &Lua, pool: &AmqpPool, t: Table) -> mlua::Result
     }
     .await;
     pool.give_back(&uri, ch);
-    let outcome = result.map_err(|e| mlua::Error::runtime(format!("{CALL} to {}: {e}", redact(&uri))))?;
+    let outcome =
+        result.map_err(|e| mlua::Error::runtime(format!("{CALL} to {}: {e}", redact(&uri))))?;
     if !outcome.accepted() {
         return Err(mlua::Error::runtime(format!(
             "{CALL} to {}: broker answered {}{}",
@@ -549,7 +562,10 @@ mod tests {
             .load(r#"return {host='h', port=1234, username='u s', password='p@ss/', vhost='/'}"#)
             .eval()
             .unwrap();
-        assert_eq!(connection_uri(&t).unwrap(), "amqp://u%20s:p%40ss%2F@h:1234/%2F");
+        assert_eq!(
+            connection_uri(&t).unwrap(),
+            "amqp://u%20s:p%40ss%2F@h:1234/%2F"
+        );
         let bad: Table = lua.load("return {host='h', prot=1}").eval().unwrap();
         let err = connection_uri(&bad).unwrap_err().to_string();
         assert!(err.contains("'prot'"), "{err}");
@@ -565,7 +581,10 @@ mod tests {
         let p = Publish::from_table(&t, "t", &[]).unwrap();
         assert_eq!(p.payload, vec![0u8, 255]);
         assert_eq!(p.properties.delivery_mode(), &Some(2));
-        let t: Table = lua.load("return {routing_key=string.rep('k', 256), payload=''}").eval().unwrap();
+        let t: Table = lua
+            .load("return {routing_key=string.rep('k', 256), payload=''}")
+            .eval()
+            .unwrap();
         assert!(Publish::from_table(&t, "t", &[]).is_err());
         let t: Table = lua.load("return {routing_key='k'}").eval().unwrap();
         let err = Publish::from_table(&t, "t", &[]).unwrap_err().to_string();

@@ -17,7 +17,9 @@ fn secs_to_duration(secs: f64) -> Result<Duration, String> {
     if secs.is_finite() && secs >= 0.0 {
         Ok(Duration::from_secs_f64(secs))
     } else {
-        Err(format!("invalid duration {secs}: must be a non-negative number of seconds"))
+        Err(format!(
+            "invalid duration {secs}: must be a non-negative number of seconds"
+        ))
     }
 }
 

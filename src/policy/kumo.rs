@@ -68,9 +68,9 @@ fn init_ctx(lua: &Lua, call: &str) -> mlua::Result<Arc<Mutex<InitConfig>>> {
     let ctx = lua
         .app_data_ref::<StateCtx>()
         .ok_or_else(|| mlua::Error::runtime("kumo module used outside the relay"))?;
-    ctx.init
-        .clone()
-        .ok_or_else(|| mlua::Error::runtime(format!("{call} may only be called from the 'init' event")))
+    ctx.init.clone().ok_or_else(|| {
+        mlua::Error::runtime(format!("{call} may only be called from the 'init' event"))
+    })
 }
 
 fn amqp_pool(lua: &Lua) -> mlua::Result<Arc<AmqpPool>> {
@@ -125,12 +125,14 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
     )?;
     kumo.set(
         "reject",
-        lua.create_function(|_, (code, message): (u16, Option<String>)| -> mlua::Result<()> {
-            Err(mlua::Error::external(Rejection {
-                code,
-                message: message.unwrap_or_default(),
-            }))
-        })?,
+        lua.create_function(
+            |_, (code, message): (u16, Option<String>)| -> mlua::Result<()> {
+                Err(mlua::Error::external(Rejection {
+                    code,
+                    message: message.unwrap_or_default(),
+                }))
+            },
+        )?,
     )?;
     kumo.set(
         "json_encode",
@@ -174,7 +176,10 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
         lua.create_function(|lua, v: Value| {
             let ctx = init_ctx(lua, "kumo.start_http_listener")?;
             let l: HttpListener = from_lua(lua, v, "kumo.start_http_listener")?;
-            ctx.lock().unwrap_or_else(|e| e.into_inner()).http_listeners.push(l);
+            ctx.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .http_listeners
+                .push(l);
             Ok(())
         })?,
     )?;

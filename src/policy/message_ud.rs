@@ -14,14 +14,16 @@ impl UserData for MessageUd {
             this.0.set_data(Bytes::copy_from_slice(&data.as_bytes()));
             Ok(())
         });
-        m.add_method("get_meta", |lua, this, key: String| match this.0.get_meta(&key) {
-            Some(v) => lua.to_value(&v),
-            None => Ok(Value::Nil),
+        m.add_method("get_meta", |lua, this, key: String| {
+            match this.0.get_meta(&key) {
+                Some(v) => lua.to_value(&v),
+                None => Ok(Value::Nil),
+            }
         });
         m.add_method("set_meta", |lua, this, (key, value): (String, Value)| {
-            let json: serde_json::Value = lua.from_value(value).map_err(|e| {
-                mlua::Error::runtime(format!("message:set_meta('{key}'): {e}"))
-            })?;
+            let json: serde_json::Value = lua
+                .from_value(value)
+                .map_err(|e| mlua::Error::runtime(format!("message:set_meta('{key}'): {e}")))?;
             this.0.set_meta(&key, json);
             Ok(())
         });
@@ -50,7 +52,10 @@ impl UserData for Address {
     fn add_fields<F: UserDataFields<Self>>(f: &mut F) {
         f.add_field_method_get("email", |_, this| Ok(this.0.clone()));
         f.add_field_method_get("user", |_, this| {
-            Ok(this.0.rsplit_once('@').map_or(this.0.clone(), |(u, _)| u.to_owned()))
+            Ok(this
+                .0
+                .rsplit_once('@')
+                .map_or(this.0.clone(), |(u, _)| u.to_owned()))
         });
         f.add_field_method_get("domain", |_, this| {
             Ok(this.0.rsplit_once('@').map(|(_, d)| d.to_owned()))
@@ -58,9 +63,10 @@ impl UserData for Address {
     }
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_meta_method(MetaMethod::ToString, |_, this, ()| Ok(this.0.clone()));
-        m.add_meta_method(MetaMethod::Eq, |_, this, other: mlua::UserDataRef<Address>| {
-            Ok(this.0 == other.0)
-        });
+        m.add_meta_method(
+            MetaMethod::Eq,
+            |_, this, other: mlua::UserDataRef<Address>| Ok(this.0 == other.0),
+        );
         m.add_meta_function(MetaMethod::Concat, |_, (a, b): (Value, Value)| {
             let text = |v: &Value| -> mlua::Result<String> {
                 match v {

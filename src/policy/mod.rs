@@ -101,7 +101,11 @@ impl Policy {
             pool: Mutex::new(Vec::new()),
         });
         let first = policy.new_state(None)?;
-        policy.pool.lock().unwrap_or_else(|e| e.into_inner()).push(first);
+        policy
+            .pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(first);
         Ok(policy)
     }
 
@@ -202,10 +206,12 @@ impl Policy {
             match v {
                 Value::Nil => continue,
                 Value::UserData(ud) => {
-                    let cfg = ud.borrow::<QueueConfigUd>().map_err(|_| PolicyError::Event {
-                        event: EVENT.into(),
-                        message: "the handler must return kumo.make_queue_config{…}".into(),
-                    })?;
+                    let cfg = ud
+                        .borrow::<QueueConfigUd>()
+                        .map_err(|_| PolicyError::Event {
+                            event: EVENT.into(),
+                            message: "the handler must return kumo.make_queue_config{…}".into(),
+                        })?;
                     return Ok(cfg.0.clone());
                 }
                 other => {

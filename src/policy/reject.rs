@@ -32,14 +32,43 @@ pub fn find_rejection(err: &mlua::Error) -> Option<Rejection> {
 /// without the Rust-side wrapping.
 pub fn describe(err: &mlua::Error) -> String {
     match err {
-        mlua::Error::CallbackError { cause, .. } => describe(cause),
+        // An error raised by a Rust function: say which Lua line called it.
+        mlua::Error::CallbackError { cause, traceback } => match lua_caller(traceback) {
+            Some(place) if !matches!(**cause, mlua::Error::CallbackError { .. }) => {
+                format!("{place}: {}", describe(cause))
+            }
+            _ => describe(cause),
+        },
         mlua::Error::WithContext { context, cause } => format!("{context}: {}", describe(cause)),
-        mlua::Error::RuntimeError(m) => m
-            .split("\nstack traceback:")
-            .next()
-            .unwrap_or(m)
-            .to_owned(),
+        mlua::Error::RuntimeError(m) => {
+            m.split("\nstack traceback:").next().unwrap_or(m).to_owned()
+        }
         mlua::Error::SyntaxError { message, .. } => message.clone(),
         other => other.to_string(),
+    }
+}
+
+/// The first Lua (not Rust) frame of a traceback, as `file:line`.
+fn lua_caller(traceback: &str) -> Option<&str> {
+    traceback
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("[C]") && !l.starts_with("stack traceback"))
+        .find_map(|l| {
+            let (place, _) = l.split_once(": in ")?;
+            place.rsplit_once(':')?.1.parse::<u32>().ok()?;
+            Some(place)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_rust_errors_at_the_calling_lua_line() {
+        let tb = "stack traceback:\n\t[C]: in function 'kumo.make_queue_config'\n\t/p/typo.lua:2: in function </p/typo.lua:1>";
+        assert_eq!(lua_caller(tb), Some("/p/typo.lua:2"));
+        assert_eq!(lua_caller("stack traceback:\n\t[C]: in ?"), None);
     }
 }

@@ -1,0 +1,18 @@
+//! End-to-end tests: the relay binary, a real RabbitMQ node, real HTTP clients.
+
+mod bad_input;
+mod broker;
+mod durability;
+mod harness;
+mod publish;
+mod retry;
+mod seed;
+
+use std::path::PathBuf;
+
+pub fn policy_template(name: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/policies")
+        .join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}

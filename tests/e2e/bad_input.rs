@@ -1,0 +1,162 @@
+//! Bad input gets a clear error that says what is wrong and where.
+
+use crate::harness::*;
+use std::process::Command;
+
+fn check(policy: &std::path::Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--policy")
+        .arg(policy)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_accepts_the_seed_and_names_file_and_line_of_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("seed.lua");
+    std::fs::write(&seed, crate::policy_template("seed.lua")).unwrap();
+    let (ok, text) = check(&seed);
+    assert!(ok, "{text}");
+
+    let broken = dir.path().join("broken.lua");
+    std::fs::write(
+        &broken,
+        "kumo.on('init', function()\n  local x = = 1\nend)\n",
+    )
+    .unwrap();
+    let (ok, text) = check(&broken);
+    assert!(!ok);
+    assert!(text.contains(&format!("{}:2:", broken.display())), "{text}");
+
+    // The relay refuses to start on it, with the same location.
+    let out = Command::new(BIN)
+        .args(["relay", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("spool"))
+        .arg("--policy")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:2:", broken.display())), "{err}");
+
+    // Errors raised while running the policy, and in init, are located too.
+    let runtime = dir.path().join("runtime.lua");
+    std::fs::write(&runtime, "\n\nkumo.on('init', function()\n  kumo.start_http_listener { listen = '127.0.0.1:0', bogus = 1 }\nend)\n").unwrap();
+    let (ok, text) = check(&runtime);
+    assert!(!ok);
+    assert!(text.contains("bogus") && text.contains(":4:"), "{text}");
+
+    let twice = dir.path().join("twice.lua");
+    std::fs::write(
+        &twice,
+        "kumo.on('make.x', function() end)\nkumo.on('make.x', function() end)\n",
+    )
+    .unwrap();
+    let (ok, text) = check(&twice);
+    assert!(!ok);
+    assert!(
+        text.contains("twice.lua:1") && text.contains("twice.lua:2"),
+        "{text}"
+    );
+
+    let unsupported = dir.path().join("dkim.lua");
+    std::fs::write(
+        &unsupported,
+        "local signer = kumo.dkim.rsa_sha256_signer {}\n",
+    )
+    .unwrap();
+    let (ok, text) = check(&unsupported);
+    assert!(!ok);
+    assert!(
+        text.contains("kumo.dkim is not provided by amqp-relay"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_400_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("seed.lua");
+    std::fs::write(&policy, crate::policy_template("seed.lua")).unwrap();
+    let relay = Relay::start(&policy, &dir.path().join("spool"));
+
+    let (status, resp) = relay.inject_raw("{\"envelope_sender\": ").await;
+    assert_eq!(status, 400);
+    assert!(resp["error"].as_str().unwrap().contains("EOF"), "{resp}");
+
+    let (status, resp) = relay
+        .inject_raw(r#"{"envelope_sender": "a@b", "content": "x"}"#)
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        resp["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `recipients`"),
+        "{resp}"
+    );
+
+    let (status, resp) = relay
+        .inject_raw(r#"{"envelope_sender": "a@b", "content": "x", "recipients": [{"email": "r@amqp"}], "colour": 1}"#)
+        .await;
+    assert_eq!(status, 400);
+    assert!(resp["error"].as_str().unwrap().contains("colour"), "{resp}");
+
+    let (status, resp) = relay
+        .inject_raw(
+            r#"{"envelope_sender": "a@b", "content": 7, "recipients": [{"email": "r@amqp"}]}"#,
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        resp["error"]
+            .as_str()
+            .unwrap()
+            .contains("content must be a string"),
+        "{resp}"
+    );
+
+    let (status, resp) = relay
+        .inject_raw(r#"{"envelope_sender": "a@b", "content": "x", "recipients": [{"email": "no-at-sign"}]}"#)
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        resp["errors"][0].as_str().unwrap().contains("no-at-sign"),
+        "{resp}"
+    );
+
+    assert_eq!(
+        relay.metric("amqp_relay_received_total").await,
+        0.0,
+        "nothing was accepted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_queue_config_key_is_named_and_nothing_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("typo.lua");
+    std::fs::write(
+        &policy,
+        "kumo.on('get_queue_config', function(domain)\n  return kumo.make_queue_config { retry_intreval = '1m' }\nend)\n",
+    )
+    .unwrap();
+    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let (status, resp) = relay.inject("s@x.com", &["r@amqp".to_string()], "x").await;
+    assert_eq!(status, 503, "temporary: fixing the policy makes it work");
+    let err = resp["errors"][0].as_str().unwrap();
+    assert!(
+        err.contains("retry_intreval") && err.contains("typo.lua:2"),
+        "{err}"
+    );
+    assert_eq!(relay.metric("amqp_relay_received_total").await, 0.0);
+}

@@ -1,0 +1,199 @@
+//! A private RabbitMQ node per test binary (or per test that kills it): own
+//! port, data dir, node name and Erlang cookie home.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+const CTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
+
+pub struct Broker {
+    pub port: u16,
+    dist_port: u16,
+    node: String,
+    dir: tempfile::TempDir,
+    child: Mutex<Option<Child>>,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Installs rabbitmq-server from Debian when it is missing.
+fn ensure_installed() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if Path::new(SERVER).exists() {
+            return;
+        }
+        eprintln!("rabbitmq-server is missing; installing it with apt-get");
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok && Path::new(SERVER).exists(), "could not install rabbitmq-server");
+    });
+}
+
+impl Broker {
+    /// The broker on 5672, which the seed policy's `amqp://localhost` reaches; shared by the binary.
+    pub fn shared() -> &'static Broker {
+        static SHARED: OnceLock<Broker> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            assert!(
+                port_is_free(5672),
+                "port 5672 is taken: the seed policy connects to amqp://localhost, so the tests \
+                 start their own broker there; stop whatever listens on 5672"
+            );
+            Broker::start_on(5672)
+        })
+    }
+
+    /// A broker of the test's own, on a free port.
+    pub fn private() -> Broker {
+        Broker::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Broker {
+        ensure_installed();
+        let dir = tempfile::Builder::new()
+            .prefix("amqp-relay-rabbit-")
+            .tempdir()
+            .expect("temp dir");
+        let b = Broker {
+            port,
+            dist_port: free_port(),
+            node: format!("relaytest{port}@localhost"),
+            dir,
+            child: Mutex::new(None),
+        };
+        std::fs::write(
+            b.path("rabbitmq.conf"),
+            format!("listeners.tcp.default = 127.0.0.1:{port}\nlog.console = false\nloopback_users = none\n"),
+        )
+        .unwrap();
+        std::fs::write(b.path("enabled_plugins"), "[].\n").unwrap();
+        b.boot();
+        b
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn env(&self, cmd: &mut Command) {
+        cmd.env("HOME", self.dir.path())
+            .env("RABBITMQ_CONF_ENV_FILE", "/dev/null")
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", self.path("mnesia"))
+            .env("RABBITMQ_LOG_BASE", self.path("log"))
+            .env("RABBITMQ_CONFIG_FILE", self.path("rabbitmq.conf"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.path("enabled_plugins"),
+            )
+            .env("RABBITMQ_PID_FILE", self.path("pid"));
+    }
+
+    fn boot(&self) {
+        let _ = std::fs::remove_file(self.path("pid"));
+        let mut cmd = Command::new(SERVER);
+        self.env(&mut cmd);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().expect("start rabbitmq-server");
+        *self.child.lock().unwrap() = Some(child);
+        // The pid file appears once beam starts; `wait` then blocks until the node is up.
+        let mut ctl = Command::new(CTL);
+        self.env(&mut ctl);
+        let status = ctl
+            .args(["-n", &self.node, "wait", "--timeout", "90"])
+            .arg(self.path("pid"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("rabbitmqctl wait");
+        assert!(
+            status.success(),
+            "rabbitmq node {} did not start",
+            self.node
+        );
+        self.watchdog();
+    }
+
+    /// Kills the node if the test process dies without cleaning up.
+    fn watchdog(&self) {
+        let script = format!(
+            "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -9 $(cat '{pid}') 2>/dev/null",
+            parent = std::process::id(),
+            pid = self.path("pid").display()
+        );
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+    }
+
+    fn beam_pid(&self) -> Option<String> {
+        std::fs::read_to_string(self.path("pid"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    }
+
+    pub fn kill9(&self) {
+        if let Some(pid) = self.beam_pid() {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // The port is closed once beam is gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "broker still answers after kill -9"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn restart(&self) {
+        self.boot();
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    pub async fn connect(&self) -> lapin::Connection {
+        lapin::Connection::connect(&self.url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("test client connects to the broker")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

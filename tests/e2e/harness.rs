@@ -1,0 +1,230 @@
+//! Running the relay binary and talking to it and to the broker.
+
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_amqp-relay");
+
+pub struct Relay {
+    child: Child,
+    pub http: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+    client: reqwest::Client,
+}
+
+/// A test policy written into `dir` from a template, with `{{KEY}}` replaced.
+pub fn write_policy(dir: &Path, name: &str, template: &str, vars: &[(&str, &str)]) -> PathBuf {
+    let mut text = template.to_owned();
+    for (k, v) in vars {
+        text = text.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    assert!(!text.contains("{{"), "unreplaced placeholder in {name}");
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl Relay {
+    pub fn start(policy: &Path, data_dir: &Path) -> Relay {
+        Self::start_with_env(policy, data_dir, &[])
+    }
+
+    pub fn start_with_env(policy: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Relay {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("relay")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--http-listen")
+            .arg("127.0.0.1:0")
+            .env("RUST_LOG", "info,lapin=off")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn amqp-relay");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("http listener on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a.parse().expect("listener address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "relay did not start listening; its log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Relay {
+            child,
+            http: addr,
+            log,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub async fn inject_raw(&self, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .post(self.url("/api/inject/v1"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("inject request");
+        let status = r.status().as_u16();
+        let json = r.json().await.unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
+    /// Injects one message per recipient with the given bodies; returns the status.
+    pub async fn inject(
+        &self,
+        sender: &str,
+        recipients: &[String],
+        content: &str,
+    ) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({
+            "envelope_sender": sender,
+            "content": content,
+            "recipients": recipients.iter().map(|r| serde_json::json!({"email": r})).collect::<Vec<_>>(),
+        });
+        self.inject_raw(body.to_string()).await
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    /// Polls a counter until it reaches `want` (an event the relay reports), or fails after `limit`.
+    pub async fn await_metric(&self, name: &str, want: f64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.metric(name).await;
+            if v >= want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} is {v}, expected {want}; relay log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for exit; returns whether it exited cleanly.
+    pub fn stop(mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn declare_queue(conn: &lapin::Connection, name: &str, args: FieldTable) {
+    let ch = conn.create_channel().await.unwrap();
+    let _ = ch
+        .queue_delete(name.into(), QueueDeleteOptions::default())
+        .await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .expect("declare queue");
+}
+
+/// Consumes until `n` messages arrived or `limit` passed; returns them.
+pub async fn consume(
+    conn: &lapin::Connection,
+    queue: &str,
+    n: usize,
+    limit: Duration,
+) -> Vec<lapin::message::Delivery> {
+    let ch = conn.create_channel().await.unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(d))) => out.push(d),
+            Ok(Some(Err(e))) => panic!("consumer error: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let _ = ch.close(200, "done".into()).await;
+    out
+}
+
+pub fn recipients(prefix: &str, domain: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}@{domain}")).collect()
+}

@@ -1,0 +1,113 @@
+//! The seed page's Lua, byte for byte.
+
+use crate::broker::Broker;
+use crate::harness::*;
+use lapin::types::{AMQPValue, FieldTable};
+use std::time::Duration;
+
+const MESSAGES: usize = 1000;
+const PER_REQUEST: usize = 10;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_policy_verbatim_delivers_then_bounces_a_nack() {
+    let broker = Broker::shared();
+    let conn = broker.connect().await;
+    declare_queue(&conn, "logging", FieldTable::default()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("seed.lua");
+    std::fs::write(&policy, crate::policy_template("seed.lua")).unwrap();
+    let relay = Relay::start(&policy, &dir.path().join("spool"));
+
+    // Distinct bodies (with a non-ASCII byte sequence) so content can be compared.
+    let mut sent = Vec::new();
+    let mut requests = Vec::new();
+    for i in 0..MESSAGES / PER_REQUEST {
+        let body = format!("Subject: seed {i}\r\nX-Test: é\r\n\r\nbody {i}\r\n");
+        for _ in 0..PER_REQUEST {
+            sent.push(body.clone());
+        }
+        requests.push((body, recipients(&format!("u{i}-"), "amqp", PER_REQUEST)));
+    }
+    let relay = std::sync::Arc::new(relay);
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in requests.chunks(MESSAGES / PER_REQUEST / 4) {
+        let chunk = chunk.to_vec();
+        let relay = relay.clone();
+        tasks.spawn(async move {
+            for (body, rcpts) in chunk {
+                let (status, resp) = relay.inject("sender@example.com", &rcpts, &body).await;
+                assert_eq!(status, 200, "{resp}");
+                assert_eq!(resp["success_count"], PER_REQUEST, "{resp}");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+
+    let got = consume(&conn, "logging", MESSAGES, Duration::from_secs(120)).await;
+    let mut received: Vec<String> = got
+        .iter()
+        .map(|d| String::from_utf8(d.data.clone()).unwrap())
+        .collect();
+    assert_eq!(received.len(), MESSAGES, "relay log:\n{}", relay.log_text());
+    received.sort();
+    sent.sort();
+    assert_eq!(received, sent);
+    relay
+        .await_metric(
+            "amqp_relay_delivered_total",
+            MESSAGES as f64,
+            Duration::from_secs(10),
+        )
+        .await;
+
+    // Other domains get the seed's `make_queue_config {}`: SMTP, which is refused at once.
+    let (status, resp) = relay
+        .inject(
+            "s@example.com",
+            &["who@example.net".to_string()],
+            "Subject: x\r\n\r\nx",
+        )
+        .await;
+    assert_eq!(status, 400, "{resp}");
+    assert!(
+        resp["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("queue example.net"),
+        "{resp}"
+    );
+
+    // A queue that refuses every publish: the broker Nacks, the seed rejects with 500 → bounce.
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    declare_queue(&conn, "logging", args).await;
+    let (status, _) = relay
+        .inject(
+            "s@example.com",
+            &["nack@amqp".to_string()],
+            "Subject: nack\r\n\r\nx",
+        )
+        .await;
+    assert_eq!(status, 200);
+    relay
+        .await_metric("amqp_relay_bounced_total", 1.0, Duration::from_secs(30))
+        .await;
+    assert!(
+        relay.log_text().contains("Nack"),
+        "bounce log names the Nack:\n{}",
+        relay.log_text()
+    );
+    assert_eq!(
+        relay.metric("amqp_relay_delivered_total").await,
+        MESSAGES as f64
+    );
+
+    declare_queue(&conn, "logging", FieldTable::default()).await;
+}
