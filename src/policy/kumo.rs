@@ -51,15 +51,6 @@ pub struct EgressPathUd(pub EgressPathConfig);
 impl UserData for EgressPathUd {}
 
 fn from_lua<T: for<'de> Deserialize<'de>>(lua: &Lua, v: Value, call: &str) -> mlua::Result<T> {
-    if let Value::Table(t) = &v
-        && t.is_empty()
-    {
-        // An empty table reads as an empty map, never as a list.
-        return lua
-            .from_value(Value::Table(lua.create_table()?))
-            .or_else(|_| serde_json::from_str("{}"))
-            .map_err(|e: serde_json::Error| mlua::Error::runtime(format!("{call}: {e}")));
-    }
     lua.from_value(v)
         .map_err(|e| mlua::Error::runtime(format!("{call}: {e}")))
 }

@@ -1,1 +1,187 @@
+use super::*;
+use crate::engine::message::Message;
+use bytes::Bytes;
 
+fn load(src: &str) -> Result<Arc<Policy>, PolicyError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.lua");
+    std::fs::write(&path, src).unwrap();
+    // The policy keeps its source; the directory may go.
+    Policy::load(&path, Arc::new(AmqpPool::default()))
+}
+
+fn name(domain: &str) -> QueueName {
+    QueueName::new(domain, Some("t"), Some("c"), None)
+}
+
+#[tokio::test]
+async fn queue_config_from_the_first_handler_that_answers() {
+    let p = load(
+        r#"
+        kumo.on('get_queue_config', function(domain, tenant, campaign)
+          if domain ~= 'a' then return nil end
+          return kumo.make_queue_config { retry_interval = '5m', max_age = 60,
+            protocol = { custom_lua = { constructor = 'make.a', batch_size = 10 } } }
+        end)
+        kumo.on('get_queue_config', function(domain, tenant, campaign)
+          assert(tenant == 't' and campaign == 'c')
+          return kumo.make_queue_config {}
+        end)
+        "#,
+    )
+    .unwrap();
+    let a = p.queue_config(&name("a")).await.unwrap();
+    assert_eq!(a.retry_interval.as_secs(), 300);
+    assert_eq!(a.max_age.as_secs(), 60);
+    match a.protocol {
+        config::Protocol::CustomLua(c) => {
+            assert_eq!(c.constructor, "make.a");
+            assert_eq!(c.batch_size, 10);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The empty table is KumoMTA's default config: SMTP.
+    let b = p.queue_config(&name("b")).await.unwrap();
+    assert_eq!(b.protocol, config::Protocol::Smtp);
+    assert_eq!(b.retry_interval.as_secs(), 20 * 60);
+}
+
+#[tokio::test]
+async fn handler_returning_the_wrong_thing_is_an_error() {
+    let p = load("kumo.on('get_queue_config', function() return 42 end)").unwrap();
+    let err = p.queue_config(&name("a")).await.unwrap_err().to_string();
+    assert!(err.contains("returned a integer"), "{err}");
+}
+
+#[tokio::test]
+async fn egress_path_defaults_and_overrides() {
+    let p = load("").unwrap();
+    assert_eq!(
+        p.egress_path_config(&name("a")).await.unwrap(),
+        EgressPathConfig::default()
+    );
+    let p = load(
+        "kumo.on('get_egress_path_config', function(domain, source, site)
+           return kumo.make_egress_path { connection_limit = 2, idle_timeout = '1s' } end)",
+    )
+    .unwrap();
+    let e = p.egress_path_config(&name("a")).await.unwrap();
+    assert_eq!(e.connection_limit, 2);
+    assert_eq!(e.idle_timeout.as_secs(), 1);
+    let p = load("kumo.on('get_egress_path_config', function() return kumo.make_egress_path { conection_limit = 2 } end)").unwrap();
+    let err = p
+        .egress_path_config(&name("a"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("conection_limit"), "{err}");
+}
+
+#[test]
+fn unsupported_events_and_duplicates_fail_to_load() {
+    let err = load("kumo.on('get_egress_pool', function() end)")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not supported by amqp-relay"), "{err}");
+    let err = load("kumo.on('init', function() end)\nkumo.on('init', function() end)")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains(":1") && err.contains(":2"), "{err}");
+    // Multi-handler events take several.
+    assert!(load("kumo.on('get_queue_config', function() end)\nkumo.on('get_queue_config', function() end)").is_ok());
+}
+
+#[tokio::test]
+async fn init_collects_listeners_and_spool() {
+    let p = load(
+        "kumo.on('init', function()
+           kumo.define_spool { name = 'data', path = '/tmp/x', kind = 'RocksDB' }
+           kumo.define_spool { name = 'meta', path = '/tmp/y' }
+           kumo.start_http_listener { listen = '127.0.0.1:0', trusted_hosts = { '10.0.0.0/8' } }
+         end)",
+    )
+    .unwrap();
+    let cfg = p.run_init().await.unwrap().unwrap();
+    assert_eq!(cfg.spool_dir.as_deref(), Some(Path::new("/tmp/x")));
+    assert_eq!(
+        cfg.http_listeners[0].trusted_hosts,
+        vec!["10.0.0.0/8".to_string()]
+    );
+    assert!(load("").unwrap().run_init().await.unwrap().is_none());
+    // Outside init these are errors.
+    let err = load("kumo.start_http_listener { listen = ':0' }")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("only be called from the 'init' event"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn message_object_and_json_helpers() {
+    let p = load(
+        r#"
+        kumo.on('http_message_generated', function(msg)
+          assert(tostring(msg:sender()) == 's@example.com')
+          assert(msg:recipient().domain == 'amqp' and msg:recipient().user == 'u')
+          assert(msg:get_first_named_header_value('subject') == 'hi')
+          assert(msg:queue_name() == 'amqp')
+          msg:set_meta('tenant', 'acme')
+          msg:set_meta('n', { a = 1 })
+          assert(msg:get_meta('n').a == 1)
+          local j = kumo.json_decode(kumo.json_encode({ x = 'y', l = { 1, 2 } }))
+          assert(j.x == 'y' and j.l[2] == 2)
+          assert(kumo.serde.json_parse('[true]')[1] == true)
+          msg:set_data(msg:get_data() .. '\0tail')
+          if msg:num_attempts() ~= 0 then error('attempts') end
+        end)
+        "#,
+    )
+    .unwrap();
+    let m = Arc::new(Message::new(
+        "s@example.com".into(),
+        "u@amqp".into(),
+        Default::default(),
+        Bytes::from_static(b"Subject: hi\r\n\r\nbody"),
+    ));
+    p.message_hook("http_message_generated", &m).await.unwrap();
+    assert_eq!(m.queue_name().unwrap().to_string(), "acme@amqp");
+    assert!(m.data().ends_with(b"\0tail"));
+}
+
+#[tokio::test]
+async fn reject_in_a_hook_is_a_rejection() {
+    let p =
+        load("kumo.on('http_message_generated', function(msg) kumo.reject(552, 'too big') end)")
+            .unwrap();
+    let m = Arc::new(Message::new(
+        "s@x".into(),
+        "u@amqp".into(),
+        Default::default(),
+        Bytes::new(),
+    ));
+    match p.message_hook("http_message_generated", &m).await {
+        Err(PolicyError::Rejected(r)) => {
+            assert_eq!(r.code, 552);
+            assert_eq!(r.message, "too big");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn require_finds_modules_beside_the_policy_but_no_native_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("helper.lua"), "return { answer = 42 }").unwrap();
+    let path = dir.path().join("policy.lua");
+    std::fs::write(
+        &path,
+        "local h = require 'helper'\nassert(h.answer == 42)\nassert(package.cpath == '')",
+    )
+    .unwrap();
+    Policy::load(&path, Arc::new(AmqpPool::default())).unwrap();
+}

@@ -22,7 +22,7 @@ fn check(policy: &std::path::Path) -> (bool, String) {
 fn check_accepts_the_seed_and_names_file_and_line_of_errors() {
     let dir = tempfile::tempdir().unwrap();
     let seed = dir.path().join("seed.lua");
-    std::fs::write(&seed, crate::policy_template("seed.lua")).unwrap();
+    std::fs::write(&seed, crate::seed_policy()).unwrap();
     let (ok, text) = check(&seed);
     assert!(ok, "{text}");
 
@@ -86,7 +86,7 @@ fn check_accepts_the_seed_and_names_file_and_line_of_errors() {
 async fn bad_requests_get_400_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("seed.lua");
-    std::fs::write(&policy, crate::policy_template("seed.lua")).unwrap();
+    std::fs::write(&policy, crate::seed_policy()).unwrap();
     let relay = Relay::start(&policy, &dir.path().join("spool"));
 
     let (status, resp) = relay.inject_raw("{\"envelope_sender\": ").await;

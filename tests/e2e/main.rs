@@ -16,3 +16,9 @@ pub fn policy_template(name: &str) -> String {
         .join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
+
+/// The seed page's Lua, as shipped in `policies/seed.lua`.
+pub fn seed_policy() -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies/seed.lua");
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}

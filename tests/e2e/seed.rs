@@ -16,7 +16,7 @@ async fn seed_policy_verbatim_delivers_then_bounces_a_nack() {
 
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("seed.lua");
-    std::fs::write(&policy, crate::policy_template("seed.lua")).unwrap();
+    std::fs::write(&policy, crate::seed_policy()).unwrap();
     let relay = Relay::start(&policy, &dir.path().join("spool"));
 
     // Distinct bodies (with a non-ASCII byte sequence) so content can be compared.
