@@ -127,7 +127,9 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String>
     let mut delivered = 0usize;
     let mut healthy = true;
     while delivered < q.egress.max_deliveries_per_connection && !engine.is_shutting_down() {
-        let msgs = match next_batch(q, batch, &mut stop).await {
+        // Never more than the session may still deliver.
+        let want = batch.min(q.egress.max_deliveries_per_connection - delivered);
+        let msgs = match next_batch(q, want, &mut stop).await {
             Some(m) => m,
             None => break,
         };

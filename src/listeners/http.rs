@@ -31,6 +31,9 @@ pub fn parse_trusted(hosts: &[String]) -> Result<Vec<IpNet>, String> {
         .collect()
 }
 
+/// Largest inject request accepted (axum's default of 2 MB is too small for mail).
+const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
 pub fn router(engine: Arc<Engine>, trusted: Vec<IpNet>) -> Router {
     Router::new()
         .route("/api/inject/v1", post(inject))
@@ -38,6 +41,7 @@ pub fn router(engine: Arc<Engine>, trusted: Vec<IpNet>) -> Router {
         .route("/healthz", get(live))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(AppState {
             engine,
             trusted: Arc::new(trusted),

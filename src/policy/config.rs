@@ -122,6 +122,21 @@ impl Default for QueueConfig {
 }
 
 impl QueueConfig {
+    pub fn validate(self) -> Result<Self, String> {
+        if let Protocol::CustomLua(c) = &self.protocol {
+            if c.batch_size == 0 || c.min_batch_size == 0 {
+                return Err("batch_size and min_batch_size must be at least 1".into());
+            }
+            if c.min_batch_size > c.batch_size {
+                return Err("min_batch_size must not exceed batch_size".into());
+            }
+        }
+        if self.retry_interval.is_zero() {
+            return Err("retry_interval must be more than 0".into());
+        }
+        Ok(self)
+    }
+
     /// Delay before attempt `attempts + 1`: `retry_interval × 2^attempts`, capped, ±10 % jitter.
     pub fn retry_delay(&self, attempts: u32) -> Duration {
         let base = self.retry_interval.as_secs_f64() * 2f64.powi(attempts.min(62) as i32);
@@ -188,6 +203,24 @@ pub struct EgressPathConfig {
     /// Bound on one `send`/`send_batch` call (and on the constructor).
     #[serde(default = "default_send_timeout", deserialize_with = "de_duration")]
     pub send_timeout: Duration,
+}
+
+impl EgressPathConfig {
+    pub fn validate(self) -> Result<Self, String> {
+        for (key, v) in [
+            ("connection_limit", self.connection_limit),
+            (
+                "max_deliveries_per_connection",
+                self.max_deliveries_per_connection,
+            ),
+            ("max_ready", self.max_ready),
+        ] {
+            if v == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        Ok(self)
+    }
 }
 
 impl Default for EgressPathConfig {

@@ -105,13 +105,19 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
     kumo.set(
         "make_queue_config",
         lua.create_function(|lua, v: Value| {
-            from_lua::<QueueConfig>(lua, v, "kumo.make_queue_config").map(QueueConfigUd)
+            from_lua::<QueueConfig>(lua, v, "kumo.make_queue_config")?
+                .validate()
+                .map(QueueConfigUd)
+                .map_err(|e| mlua::Error::runtime(format!("kumo.make_queue_config: {e}")))
         })?,
     )?;
     kumo.set(
         "make_egress_path",
         lua.create_function(|lua, v: Value| {
-            from_lua::<EgressPathConfig>(lua, v, "kumo.make_egress_path").map(EgressPathUd)
+            from_lua::<EgressPathConfig>(lua, v, "kumo.make_egress_path")?
+                .validate()
+                .map(EgressPathUd)
+                .map_err(|e| mlua::Error::runtime(format!("kumo.make_egress_path: {e}")))
         })?,
     )?;
     kumo.set(

@@ -68,6 +68,13 @@ async fn egress_path_defaults_and_overrides() {
     let e = p.egress_path_config(&name("a")).await.unwrap();
     assert_eq!(e.connection_limit, 2);
     assert_eq!(e.idle_timeout.as_secs(), 1);
+    let p = load("kumo.on('get_egress_path_config', function() return kumo.make_egress_path { connection_limit = 0 } end)").unwrap();
+    let err = p
+        .egress_path_config(&name("a"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("connection_limit must be at least 1"), "{err}");
     let p = load("kumo.on('get_egress_path_config', function() return kumo.make_egress_path { conection_limit = 2 } end)").unwrap();
     let err = p
         .egress_path_config(&name("a"))

@@ -88,6 +88,10 @@ async fn bad_requests_get_400_with_the_reason() {
     let policy = dir.path().join("seed.lua");
     std::fs::write(&policy, crate::seed_policy()).unwrap();
     let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let live = reqwest::get(relay.url("/api/check-liveness/v1"))
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
 
     let (status, resp) = relay.inject_raw("{\"envelope_sender\": ").await;
     assert_eq!(status, 400);

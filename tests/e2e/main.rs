@@ -7,6 +7,7 @@ mod harness;
 mod publish;
 mod retry;
 mod seed;
+mod sessions;
 
 use std::path::PathBuf;
 

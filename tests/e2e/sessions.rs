@@ -1,0 +1,89 @@
+//! How custom_lua sessions form: per-connection limits, and batches.
+
+use crate::broker::Broker;
+use crate::harness::*;
+use lapin::types::{AMQPValue, FieldTable};
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn header(d: &lapin::message::Delivery, key: &str) -> AMQPValue {
+    d.properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(key).cloned())
+        .unwrap_or_else(|| panic!("header {key} missing"))
+}
+
+fn int(v: AMQPValue) -> i64 {
+    match v {
+        AMQPValue::LongLongInt(i) => i,
+        other => panic!("not an integer: {other:?}"),
+    }
+}
+
+async fn run(
+    queue: &str,
+    batch: usize,
+    max: usize,
+    n: usize,
+) -> (Relay, Vec<lapin::message::Delivery>, tempfile::TempDir) {
+    let broker = Broker::shared();
+    let conn = broker.connect().await;
+    declare_queue(&conn, queue, FieldTable::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (b, m) = (batch.to_string(), max.to_string());
+    let policy = write_policy(
+        dir.path(),
+        "policy.lua",
+        &crate::policy_template("sessions.lua"),
+        &[
+            ("QUEUE", queue),
+            ("URL", &broker.url()),
+            ("BATCH", &b),
+            ("MAX", &m),
+        ],
+    );
+    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let (status, resp) = relay
+        .inject("s@example.com", &recipients(queue, "amqp", n), "body")
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    let got = consume(&conn, queue, n, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), n, "relay log:\n{}", relay.log_text());
+    (relay, got, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_close_after_max_deliveries_per_connection() {
+    const MAX: usize = 7;
+    let (_relay, got, _dir) = run("sessions-max", 1, MAX, 50).await;
+    let mut per_session: HashMap<String, usize> = HashMap::new();
+    for d in &got {
+        let AMQPValue::LongString(sid) = header(d, "session") else {
+            panic!()
+        };
+        *per_session.entry(sid.to_string()).or_default() += 1;
+        assert!(int(header(d, "n")) as usize <= MAX);
+        assert_eq!(
+            int(header(d, "batch")),
+            1,
+            "batch_size 1 calls send, one message each"
+        );
+    }
+    assert!(per_session.values().all(|&c| c <= MAX), "{per_session:?}");
+    assert!(
+        per_session.len() >= 50usize.div_ceil(MAX),
+        "{per_session:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_size_calls_send_batch() {
+    let (_relay, got, _dir) = run("sessions-batch", 10, 1000, 100).await;
+    let sizes: Vec<i64> = got.iter().map(|d| int(header(d, "batch"))).collect();
+    assert!(sizes.iter().all(|&s| (1..=10).contains(&s)), "{sizes:?}");
+    assert!(
+        sizes.iter().any(|&s| s > 1),
+        "messages waiting together go in one batch: {sizes:?}"
+    );
+}
