@@ -51,6 +51,11 @@ impl Broker {
     pub fn shared() -> &'static Broker {
         static SHARED: OnceLock<Broker> = OnceLock::new();
         SHARED.get_or_init(|| {
+            // A previous run's node is killed by its watchdog within a second or two.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !port_is_free(5672) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+            }
             assert!(
                 port_is_free(5672),
                 "port 5672 is taken: the seed policy connects to amqp://localhost, so the tests \
