@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run the relay engine on a policy.
     Relay(RelayArgs),
+    /// Print the AmqpRoute CustomResourceDefinition (YAML).
+    Crd,
     /// Load a policy and report errors (file and line) without serving.
     Check {
         #[arg(long, env = "AMQP_RELAY_POLICY")]
@@ -53,6 +55,10 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Relay(args) => relay::run(args).await,
             Command::Check { policy } => check(policy).await,
+            Command::Crd => {
+                print!("{}", crate::operator::crd::crd_yaml());
+                Ok(())
+            }
         }
     });
     match result {

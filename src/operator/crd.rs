@@ -1,0 +1,264 @@
+//! The `AmqpRoute` custom resource: which queues go to which broker, exchange
+//! and routing key, and how.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "amqprelay.io",
+    version = "v1alpha1",
+    kind = "AmqpRoute",
+    namespaced,
+    shortname = "amqpr",
+    status = "AmqpRouteStatus",
+    doc = "Routes a relay queue (campaign:tenant@domain) to a RabbitMQ exchange and routing key",
+    printcolumn(name = "Domain", type_ = "string", json_path = ".spec.match.domain"),
+    printcolumn(
+        name = "Exchange",
+        type_ = "string",
+        json_path = ".spec.publish.exchange"
+    ),
+    printcolumn(
+        name = "Routing key",
+        type_ = "string",
+        json_path = ".spec.publish.routingKey"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AmqpRouteSpec {
+    /// Which queues take this route.
+    #[serde(rename = "match")]
+    pub route_match: RouteMatch,
+    /// Where to publish.
+    pub broker: Broker,
+    /// How to publish.
+    pub publish: Publish,
+    /// Retry, expiry and concurrency of delivery.
+    #[serde(default, skip_serializing_if = "Delivery::is_empty")]
+    pub delivery: Delivery,
+    /// Route the relay's own log records through this route (needs the relay's log hooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_events: Option<LogEvents>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteMatch {
+    /// Recipient domain of the queue (`user@DOMAIN`).
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("!self.contains('@') && !self.contains(':') && !self.contains('!')").message("domain must not contain '@', ':' or '!'"))]
+    pub domain: String,
+    /// Tenant of the queue; any tenant when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("!self.contains('@') && !self.contains(':')").message("tenant must not contain '@' or ':'"))]
+    pub tenant: Option<String>,
+    /// Campaign of the queue; any campaign when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("!self.contains(':')").message("campaign must not contain ':'"))]
+    pub campaign: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.urlSecretRef)").message("set exactly one of url and urlSecretRef"))]
+pub struct Broker {
+    /// `amqp://host:port/vhost` without credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 8, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('amqp://') || self.startsWith('amqps://')").message("url must start with amqp:// or amqps://"))]
+    pub url: Option<String>,
+    /// A key of a Secret in the route's namespace holding the full URL, credentials included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret_ref: Option<SecretKeyRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BrokerTls>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerTls {
+    /// A key of a Secret in the route's namespace holding the CA certificate (PEM).
+    pub ca_secret_ref: SecretKeyRef,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum Disposition {
+    /// Keep the message and try again after the retry interval.
+    #[default]
+    #[serde(rename = "retry")]
+    Retry,
+    /// Give up on the message (logged as a bounce).
+    #[serde(rename = "bounce")]
+    Bounce,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Publish {
+    /// Exchange; the default exchange when empty.
+    #[serde(default)]
+    #[schemars(length(max = 255))]
+    pub exchange: String,
+    #[schemars(length(max = 255))]
+    pub routing_key: String,
+    /// delivery_mode 2, so the broker writes the message to disk.
+    #[serde(default = "yes")]
+    pub persistent: bool,
+    /// Ask the broker to return messages no queue takes.
+    #[serde(default)]
+    pub mandatory: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub headers: BTreeMap<String, String>,
+    /// What to do when the broker Nacks.
+    #[serde(default)]
+    pub on_nack: Disposition,
+    /// What to do when the broker returns an unroutable message (with `mandatory`).
+    #[serde(default = "bounce")]
+    pub on_return: Disposition,
+}
+
+fn bounce() -> Disposition {
+    Disposition::Bounce
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub connection_limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub batch_size: Option<u32>,
+    /// Durations such as `30s`, `5m`, `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub retry_interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub max_retry_interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub max_age: Option<String>,
+    /// Rate such as `100/s` or `6000/m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+/(s|m|h|d)$"))]
+    pub max_message_rate: Option<String>,
+}
+
+impl Delivery {
+    fn is_empty(&self) -> bool {
+        self == &Delivery::default()
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEvents {
+    /// Record types to route: Reception, Delivery, TransientFailure, Bounce, Expiration, AdminBounce.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meta: Vec<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AmqpRouteStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_hash: Option<String>,
+    /// Relay pods running a policy with this generation, e.g. `3/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relays: Option<String>,
+}
+
+/// The CRD as YAML, as `amqp-relay crd` prints it and `crds/amqproute.yaml` holds it.
+pub fn crd_yaml() -> String {
+    let crd = AmqpRoute::crd();
+    serde_norway::to_string(&crd).expect("a CRD serialises to YAML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_in_crd_matches_the_types() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/amqproute.yaml");
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            on_disk == crd_yaml(),
+            "crds/amqproute.yaml is out of date: run `cargo run -- crd > crds/amqproute.yaml`"
+        );
+    }
+
+    #[test]
+    fn crd_has_names_columns_and_rules() {
+        let y = crd_yaml();
+        for needle in [
+            "shortNames:\n    - amqpr",
+            "name: Routing key",
+            "x-kubernetes-validations",
+            "set exactly one of url and urlSecretRef",
+            "x-kubernetes-list-map-keys",
+            "scope: Namespaced",
+        ] {
+            assert!(y.contains(needle), "missing {needle:?} in\n{y}");
+        }
+    }
+
+    #[test]
+    fn spec_defaults() {
+        let r: AmqpRouteSpec = serde_json::from_value(serde_json::json!({
+            "match": {"domain": "amqp"},
+            "broker": {"url": "amqp://rabbit:5672/%2f"},
+            "publish": {"routingKey": "logging"}
+        }))
+        .unwrap();
+        assert!(r.publish.persistent);
+        assert_eq!(r.publish.on_nack, Disposition::Retry);
+        assert_eq!(r.publish.on_return, Disposition::Bounce);
+        assert_eq!(r.publish.exchange, "");
+    }
+}

@@ -1,0 +1,3 @@
+//! The operator side: the AmqpRoute type and what it renders to.
+
+pub mod crd;
