@@ -1,0 +1,511 @@
+//! AmqpRoutes (and the Secrets they name) → one Lua policy plus one Secret of
+//! credentials, as pure functions. Bad routes are left out with a reason;
+//! two routes for one queue: the older wins. Output is sorted and stable.
+
+use super::crd::{AmqpRoute, Disposition};
+use super::lua_literal::lua_str;
+use crate::policy::config::{Rate, parse_duration};
+use k8s_openapi::api::core::v1::Secret;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// Where the relay pod mounts the credentials Secret.
+pub const DEFAULT_SECRETS_DIR: &str = "/etc/amqp-relay/routes";
+pub const POLICY_KEY: &str = "routes.lua";
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RouteId {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for RouteId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug)]
+pub struct Rendered {
+    pub policy: String,
+    /// Secret key → value (broker URLs with credentials).
+    pub secret: BTreeMap<String, Vec<u8>>,
+    /// Content hash of policy and secret together.
+    pub hash: String,
+    pub accepted: Vec<RouteId>,
+    pub rejected: Vec<(RouteId, String)>,
+}
+
+fn route_id(r: &AmqpRoute) -> RouteId {
+    RouteId {
+        namespace: r
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: r.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// A route that passed validation, ready to render.
+struct Valid<'a> {
+    id: RouteId,
+    route: &'a AmqpRoute,
+    domain: String,
+    url: Url,
+}
+
+enum Url {
+    Plain(String),
+    /// Key in the rendered Secret, and the value to put there.
+    Secret(String, Vec<u8>),
+}
+
+fn find_secret<'a>(secrets: &'a [Secret], ns: &str, name: &str) -> Option<&'a Secret> {
+    secrets.iter().find(|s| {
+        s.metadata.name.as_deref() == Some(name)
+            && s.metadata.namespace.as_deref().unwrap_or("default") == ns
+    })
+}
+
+fn secret_value(s: &Secret, key: &str) -> Option<Vec<u8>> {
+    s.data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            s.string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|v| v.clone().into_bytes())
+        })
+}
+
+fn check_name(what: &str, v: &str, forbidden: &[char]) -> Result<(), String> {
+    if v.is_empty() || v.len() > 253 {
+        return Err(format!("{what} must be 1 to 253 characters"));
+    }
+    if let Some(c) = v
+        .chars()
+        .find(|c| forbidden.contains(c) || c.is_control() || c.is_whitespace())
+    {
+        return Err(format!(
+            "{what} {v:?} contains {c:?}, which a queue name cannot hold"
+        ));
+    }
+    Ok(())
+}
+
+fn validate<'a>(r: &'a AmqpRoute, secrets: &[Secret]) -> Result<Valid<'a>, String> {
+    let id = route_id(r);
+    let spec = &r.spec;
+    let m = &spec.route_match;
+    check_name("match.domain", &m.domain, &['@', ':', '!'])?;
+    if let Some(t) = &m.tenant {
+        check_name("match.tenant", t, &['@', ':', '!'])?;
+    }
+    if let Some(c) = &m.campaign {
+        check_name("match.campaign", c, &[':', '!'])?;
+    }
+    let p = &spec.publish;
+    if p.routing_key.len() > 255 {
+        return Err(format!(
+            "publish.routingKey is {} bytes; AMQP allows 255",
+            p.routing_key.len()
+        ));
+    }
+    if p.exchange.len() > 255 {
+        return Err("publish.exchange is longer than 255 bytes".into());
+    }
+    if let Some(ct) = &p.content_type
+        && (ct.is_empty() || ct.len() > 255)
+    {
+        return Err("publish.contentType must be 1 to 255 bytes".into());
+    }
+    for k in p.headers.keys() {
+        if k.is_empty() || k.len() > 255 {
+            return Err(format!(
+                "publish.headers: name {k:?} must be 1 to 255 bytes"
+            ));
+        }
+    }
+    let d = &spec.delivery;
+    for (key, v) in [
+        ("retryInterval", &d.retry_interval),
+        ("maxRetryInterval", &d.max_retry_interval),
+        ("maxAge", &d.max_age),
+    ] {
+        if let Some(v) = v {
+            let dur = parse_duration(v).map_err(|e| format!("delivery.{key}: {e}"))?;
+            if key == "retryInterval" && dur.is_zero() {
+                return Err("delivery.retryInterval must be more than 0".into());
+            }
+        }
+    }
+    if let Some(rate) = &d.max_message_rate {
+        Rate::parse(rate).map_err(|e| format!("delivery.maxMessageRate: {e}"))?;
+    }
+    if let Some(n) = d.connection_limit
+        && !(1..=1024).contains(&n)
+    {
+        return Err("delivery.connectionLimit must be 1 to 1024".into());
+    }
+    if let Some(n) = d.batch_size
+        && !(1..=1000).contains(&n)
+    {
+        return Err("delivery.batchSize must be 1 to 1000".into());
+    }
+    if spec.log_events.is_some() {
+        return Err(
+            "logEvents needs the relay's log hooks, which this version does not have yet".into(),
+        );
+    }
+    if spec.broker.tls.is_some() {
+        return Err("broker.tls: TLS to the broker is not available in this version".into());
+    }
+    let url = match (&spec.broker.url, &spec.broker.url_secret_ref) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err("broker: set exactly one of url and urlSecretRef".into());
+        }
+        (Some(u), None) => {
+            check_url(u)?;
+            let authority = u
+                .split("://")
+                .nth(1)
+                .unwrap_or("")
+                .split('/')
+                .next()
+                .unwrap_or("");
+            if authority.contains('@') {
+                return Err(
+                    "broker.url must not hold credentials; put the URL in a Secret and use urlSecretRef".into(),
+                );
+            }
+            Url::Plain(u.clone())
+        }
+        (None, Some(sr)) => {
+            let s = find_secret(secrets, &id.namespace, &sr.name).ok_or_else(|| {
+                format!(
+                    "broker.urlSecretRef: Secret {}/{} not found",
+                    id.namespace, sr.name
+                )
+            })?;
+            let v = secret_value(s, &sr.key).ok_or_else(|| {
+                format!(
+                    "broker.urlSecretRef: Secret {}/{} has no key {:?}",
+                    id.namespace, sr.name, sr.key
+                )
+            })?;
+            let text = std::str::from_utf8(&v)
+                .map_err(|_| "broker.urlSecretRef: the value is not UTF-8 text".to_string())?;
+            // Say what is wrong without echoing the value: it may hold a password.
+            check_url(text.trim()).map_err(|_| {
+                format!(
+                    "broker.urlSecretRef: Secret {}/{} key {:?} does not hold an amqp:// URL",
+                    id.namespace, sr.name, sr.key
+                )
+            })?;
+            Url::Secret(
+                format!("{}.{}.url", id.namespace, id.name),
+                text.trim().as_bytes().to_vec(),
+            )
+        }
+    };
+    Ok(Valid {
+        domain: m.domain.to_ascii_lowercase(),
+        id,
+        route: r,
+        url,
+    })
+}
+
+fn check_url(u: &str) -> Result<(), String> {
+    if u.starts_with("amqps://") {
+        return Err("broker.url: amqps:// (TLS) is not available in this version".into());
+    }
+    if !u.starts_with("amqp://") || u.len() <= "amqp://".len() {
+        return Err(format!("broker.url {u:?} must start with amqp://"));
+    }
+    if u.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("broker.url must not contain spaces or control characters".into());
+    }
+    Ok(())
+}
+
+fn created(r: &AmqpRoute) -> Option<&k8s_openapi::jiff::Timestamp> {
+    r.metadata.creation_timestamp.as_ref().map(|t| &t.0)
+}
+
+/// Renders the policy for every route given (the set one relay serves).
+pub fn render(routes: &[AmqpRoute], secrets: &[Secret], secrets_dir: &str) -> Rendered {
+    let mut rejected = Vec::new();
+    let mut valid = Vec::new();
+    for r in routes {
+        match validate(r, secrets) {
+            Ok(v) => valid.push(v),
+            Err(reason) => rejected.push((route_id(r), reason)),
+        }
+    }
+    // Older first (then by name), so the first route for a queue wins.
+    valid.sort_by(|a, b| {
+        created(a.route)
+            .cmp(&created(b.route))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let mut by_queue: BTreeMap<(String, Option<String>, Option<String>), Valid> = BTreeMap::new();
+    for v in valid {
+        let m = &v.route.spec.route_match;
+        let key = (v.domain.clone(), m.tenant.clone(), m.campaign.clone());
+        if let Some(winner) = by_queue.get(&key) {
+            rejected.push((
+                v.id.clone(),
+                format!(
+                    "route {} already serves this queue (the older route wins)",
+                    winner.id
+                ),
+            ));
+        } else {
+            by_queue.insert(key, v);
+        }
+    }
+    rejected.sort();
+
+    let mut secret = BTreeMap::new();
+    let mut lua = String::new();
+    let _ = writeln!(
+        lua,
+        "-- Generated by amqp-relay from {} AmqpRoute(s). Do not edit.",
+        by_queue.len()
+    );
+    let _ = writeln!(lua, "local kumo = require 'kumo'");
+    let _ = writeln!(lua, "local SECRETS_DIR = {}", lua_str(secrets_dir));
+    let _ = writeln!(lua, "local ROUTES = {{");
+    let mut accepted = Vec::new();
+    for v in by_queue.values() {
+        accepted.push(v.id.clone());
+        render_route(&mut lua, v, &mut secret);
+    }
+    let _ = writeln!(lua, "}}");
+    lua.push_str(POLICY_BODY);
+    accepted.sort();
+    let hash = {
+        let mut all = lua.clone().into_bytes();
+        for (k, v) in &secret {
+            all.extend_from_slice(k.as_bytes());
+            all.push(0);
+            all.extend_from_slice(v);
+            all.push(0);
+        }
+        crate::policy::content_hash(&all)
+    };
+    Rendered {
+        policy: lua,
+        secret,
+        hash,
+        accepted,
+        rejected,
+    }
+}
+
+fn opt(v: &Option<String>) -> String {
+    v.as_deref().map(lua_str).unwrap_or_else(|| "nil".into())
+}
+
+fn render_route(lua: &mut String, v: &Valid, secret: &mut BTreeMap<String, Vec<u8>>) {
+    let spec = &v.route.spec;
+    let p = &spec.publish;
+    let d = &spec.delivery;
+    let disp = |x: Disposition| match x {
+        Disposition::Retry => "\"retry\"",
+        Disposition::Bounce => "\"bounce\"",
+    };
+    let _ = writeln!(lua, "  {{");
+    let _ = writeln!(lua, "    id = {},", lua_str(&v.id.to_string()));
+    let _ = writeln!(
+        lua,
+        "    generation = {},",
+        v.route.metadata.generation.unwrap_or(0)
+    );
+    let _ = writeln!(lua, "    domain = {},", lua_str(&v.domain));
+    let _ = writeln!(lua, "    tenant = {},", opt(&spec.route_match.tenant));
+    let _ = writeln!(lua, "    campaign = {},", opt(&spec.route_match.campaign));
+    match &v.url {
+        Url::Plain(u) => {
+            let _ = writeln!(lua, "    url = {},", lua_str(u));
+        }
+        Url::Secret(key, value) => {
+            let _ = writeln!(lua, "    url_key = {},", lua_str(key));
+            secret.insert(key.clone(), value.clone());
+        }
+    }
+    let _ = writeln!(lua, "    exchange = {},", lua_str(&p.exchange));
+    let _ = writeln!(lua, "    routing_key = {},", lua_str(&p.routing_key));
+    let _ = writeln!(lua, "    persistent = {},", p.persistent);
+    let _ = writeln!(lua, "    mandatory = {},", p.mandatory);
+    let _ = writeln!(lua, "    content_type = {},", opt(&p.content_type));
+    let _ = write!(lua, "    headers = {{");
+    for (k, val) in &p.headers {
+        let _ = write!(lua, " [{}] = {},", lua_str(k), lua_str(val));
+    }
+    let _ = writeln!(lua, " }},");
+    let _ = writeln!(lua, "    on_nack = {},", disp(p.on_nack));
+    let _ = writeln!(lua, "    on_return = {},", disp(p.on_return));
+    let _ = writeln!(lua, "    batch_size = {},", d.batch_size.unwrap_or(1));
+    let _ = writeln!(
+        lua,
+        "    connection_limit = {},",
+        d.connection_limit.unwrap_or(32)
+    );
+    let _ = write!(lua, "    queue = {{");
+    for (k, val) in [
+        ("retry_interval", &d.retry_interval),
+        ("max_retry_interval", &d.max_retry_interval),
+        ("max_age", &d.max_age),
+        ("max_message_rate", &d.max_message_rate),
+    ] {
+        if let Some(val) = val {
+            let _ = write!(lua, " {k} = {},", lua_str(val));
+        }
+    }
+    let _ = writeln!(lua, " }},");
+    let _ = writeln!(lua, "  }},");
+}
+
+/// The fixed part of every rendered policy: it reads ROUTES as data.
+const POLICY_BODY: &str = r#"
+-- Most specific route for a queue: tenant and campaign beat wildcards.
+local function find(domain, tenant, campaign)
+  local best, score = nil, -1
+  for _, r in ipairs(ROUTES) do
+    if r.domain == domain
+      and (r.tenant == nil or r.tenant == tenant)
+      and (r.campaign == nil or r.campaign == campaign) then
+      local s = (r.tenant and 2 or 0) + (r.campaign and 1 or 0)
+      if s > score then
+        best, score = r, s
+      end
+    end
+  end
+  return best
+end
+
+local function parse_queue(name)
+  local rest = name:match('^[^!]*')
+  local campaign, after = rest:match('^([^:]*):(.*)$')
+  if not campaign then
+    after = rest
+  end
+  local tenant, domain = after:match('^(.*)@([^@]*)$')
+  if not tenant then
+    domain = after
+  end
+  if campaign == '' then campaign = nil end
+  if tenant == '' then tenant = nil end
+  return domain, tenant, campaign
+end
+
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  local r = find(domain, tenant, campaign)
+  if not r then
+    return nil
+  end
+  local q = {
+    protocol = { custom_lua = { constructor = 'amqp-relay.route', batch_size = r.batch_size } },
+  }
+  for k, v in pairs(r.queue) do
+    q[k] = v
+  end
+  return kumo.make_queue_config(q)
+end)
+
+kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
+  local r = find(parse_queue(site_name))
+  if not r then
+    return nil
+  end
+  return kumo.make_egress_path { connection_limit = r.connection_limit }
+end)
+
+kumo.on('amqp-relay.route', function(domain, tenant, campaign)
+  local r = find(domain, tenant, campaign)
+  if not r then
+    kumo.reject(451, '4.3.0 no AmqpRoute serves this queue now')
+  end
+  local url = r.url
+  if not url then
+    url = kumo.secret_load { key_path = SECRETS_DIR .. '/' .. r.url_key }
+    url = url:gsub('%s+$', '')
+  end
+  local client = kumo.amqp.build_client(url)
+
+  local function publish(msg)
+    local headers = {}
+    for k, v in pairs(r.headers) do
+      headers[k] = v
+    end
+    return client:publish {
+      exchange = r.exchange,
+      routing_key = r.routing_key,
+      payload = msg:get_data(),
+      options = { mandatory = r.mandatory },
+      properties = {
+        delivery_mode = r.persistent and 2 or 1,
+        content_type = r.content_type,
+        message_id = msg:id(),
+        headers = headers,
+      },
+    }
+  end
+
+  -- nil when the broker took the message; else the reject code and text.
+  local function verdict(result)
+    if result.status == 'Ack' and result.reply_code == nil then
+      return nil
+    end
+    local how = r.on_nack
+    if result.reply_code ~= nil then
+      how = r.on_return
+    end
+    local code = 451
+    if how == 'bounce' then
+      code = 550
+    end
+    return code, kumo.json_encode(result)
+  end
+
+  local sender = {}
+  function sender:send(msg)
+    local code, text = verdict(publish(msg):wait())
+    if code then
+      kumo.reject(code, text)
+    end
+    return '250 Ack'
+  end
+  -- Publish the whole batch, then wait for every confirm. One retry makes the
+  -- batch retry (at-least-once); otherwise one bounce bounces it.
+  function sender:send_batch(msgs)
+    local confirms = {}
+    for i, msg in ipairs(msgs) do
+      confirms[i] = publish(msg)
+    end
+    local worst, worst_text = nil, nil
+    for _, c in ipairs(confirms) do
+      local code, text = verdict(c:wait())
+      if code and (worst == nil or code < worst) then
+        worst, worst_text = code, text
+      end
+    end
+    if worst then
+      kumo.reject(worst, worst_text)
+    end
+    return '250 Ack ' .. #msgs
+  end
+  function sender:close()
+    client:close()
+  end
+  return sender
+end)
+"#;
+
+#[cfg(test)]
+mod tests;

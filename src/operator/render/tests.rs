@@ -1,0 +1,290 @@
+use super::*;
+use crate::operator::crd::AmqpRouteSpec;
+use k8s_openapi::ByteString;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use mlua::{Lua, Table, Value};
+
+fn route(ns: &str, name: &str, spec: serde_json::Value) -> AmqpRoute {
+    let spec: AmqpRouteSpec = serde_json::from_value(spec).unwrap();
+    let mut r = AmqpRoute::new(name, spec);
+    r.metadata.namespace = Some(ns.into());
+    r.metadata.generation = Some(1);
+    r
+}
+
+fn simple(ns: &str, name: &str, domain: &str) -> AmqpRoute {
+    route(
+        ns,
+        name,
+        serde_json::json!({
+            "match": {"domain": domain},
+            "broker": {"url": "amqp://rabbit:5672/%2f"},
+            "publish": {"routingKey": "logging"}
+        }),
+    )
+}
+
+fn secret(ns: &str, name: &str, key: &str, value: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        data: Some([(key.to_string(), ByteString(value.as_bytes().to_vec()))].into()),
+        ..Default::default()
+    }
+}
+
+/// Runs a rendered policy against a stub `kumo` that records what the
+/// policy publishes, so tests see exactly the values that reach the broker.
+/// The returned Lua keeps the table alive.
+fn publish_params(policy: &str, domain: &str) -> (Lua, Table) {
+    let lua = Lua::new();
+    lua.load(
+        r#"
+        local handlers, published = {}, {}
+        local kumo = {
+          on = function(name, f) handlers[name] = f end,
+          make_queue_config = function(t) return t end,
+          make_egress_path = function(t) return t end,
+          reject = function(code, text) error(code .. ' ' .. text) end,
+          json_encode = function() return '{}' end,
+          secret_load = function(t) return 'amqp://from-secret' end,
+          amqp = { build_client = function(url)
+            return { publish = function(self, p)
+              p.url = url
+              table.insert(published, p)
+              return { wait = function() return { status = 'Ack' } end }
+            end, close = function() end }
+          end },
+        }
+        package.loaded.kumo = kumo
+        STUB = { handlers = handlers, published = published }
+        "#,
+    )
+    .exec()
+    .unwrap();
+    lua.load(policy).set_name("@routes.lua").exec().unwrap();
+    let stub: Table = lua.globals().get("STUB").unwrap();
+    let handlers: Table = stub.get("handlers").unwrap();
+    let ctor: mlua::Function = handlers.get("amqp-relay.route").unwrap();
+    let sender: Table = ctor.call((domain, Value::Nil, Value::Nil)).unwrap();
+    let msg = lua
+        .load(
+            "return { get_data = function() return 'body' end, id = function() return 'id1' end }",
+        )
+        .eval::<Table>()
+        .unwrap();
+    let send: mlua::Function = sender.get("send").unwrap();
+    let resp: String = send.call((&sender, msg)).unwrap();
+    assert_eq!(resp, "250 Ack");
+    let published: Table = stub.get("published").unwrap();
+    let first = published.get(1).unwrap();
+    (lua, first)
+}
+
+#[test]
+fn a_route_renders_to_a_policy_the_engine_loads() {
+    let out = render(&[simple("ns", "r1", "AMQP")], &[], DEFAULT_SECRETS_DIR);
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    assert_eq!(out.accepted.len(), 1);
+    assert!(out.secret.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(POLICY_KEY);
+    std::fs::write(&path, &out.policy).unwrap();
+    crate::policy::Policy::load(&path, Default::default()).unwrap();
+    let (_lua, p) = publish_params(&out.policy, "amqp");
+    assert_eq!(p.get::<String>("routing_key").unwrap(), "logging");
+    assert_eq!(p.get::<String>("url").unwrap(), "amqp://rabbit:5672/%2f");
+    let props: Table = p.get("properties").unwrap();
+    assert_eq!(props.get::<i64>("delivery_mode").unwrap(), 2);
+}
+
+#[tokio::test]
+async fn queue_config_only_for_routed_domains() {
+    let out = render(&[simple("ns", "r1", "amqp")], &[], DEFAULT_SECRETS_DIR);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(POLICY_KEY);
+    std::fs::write(&path, &out.policy).unwrap();
+    let policy = crate::policy::Policy::load(&path, Default::default()).unwrap();
+    use crate::engine::queue_name::QueueName;
+    use crate::policy::config::Protocol;
+    let q = policy
+        .queue_config(&QueueName::new("amqp", Some("t"), None, None))
+        .await
+        .unwrap();
+    assert!(
+        matches!(q.protocol, Protocol::CustomLua(ref c) if c.constructor == "amqp-relay.route")
+    );
+    let other = policy
+        .queue_config(&QueueName::new("other", None, None, None))
+        .await
+        .unwrap();
+    assert_eq!(other.protocol, Protocol::Smtp);
+    let e = policy
+        .egress_path_config(&QueueName::new("amqp", Some("t"), Some("c"), None))
+        .await
+        .unwrap();
+    assert_eq!(e.connection_limit, 32);
+}
+
+#[test]
+fn credentials_go_to_the_secret_never_the_policy() {
+    let r = route(
+        "ns",
+        "r1",
+        serde_json::json!({
+            "match": {"domain": "amqp"},
+            "broker": {"urlSecretRef": {"name": "rabbit", "key": "url"}},
+            "publish": {"routingKey": "k"}
+        }),
+    );
+    let s = secret(
+        "ns",
+        "rabbit",
+        "url",
+        "amqp://user:s3cret@rabbit:5672/%2f\n",
+    );
+    let out = render(&[r], &[s], "/mnt/routes");
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    assert!(!out.policy.contains("s3cret"));
+    assert_eq!(
+        out.secret.get("ns.r1.url").map(|v| v.as_slice()),
+        Some(b"amqp://user:s3cret@rabbit:5672/%2f".as_slice())
+    );
+    assert!(out.policy.contains("\"/mnt/routes\""));
+}
+
+#[test]
+fn bad_routes_are_left_out_with_a_reason_and_the_rest_ship() {
+    let bad = |name: &str, spec: serde_json::Value| route("ns", name, spec);
+    let routes = vec![
+        simple("ns", "good", "amqp"),
+        bad(
+            "creds",
+            serde_json::json!({"match": {"domain": "a"}, "broker": {"url": "amqp://u:p@h/"}, "publish": {"routingKey": "k"}}),
+        ),
+        bad(
+            "nosecret",
+            serde_json::json!({"match": {"domain": "b"}, "broker": {"urlSecretRef": {"name": "missing", "key": "url"}}, "publish": {"routingKey": "k"}}),
+        ),
+        bad(
+            "nokey",
+            serde_json::json!({"match": {"domain": "c"}, "broker": {"urlSecretRef": {"name": "rabbit", "key": "nope"}}, "publish": {"routingKey": "k"}}),
+        ),
+        bad(
+            "duration",
+            serde_json::json!({"match": {"domain": "d"}, "broker": {"url": "amqp://h/"}, "publish": {"routingKey": "k"}, "delivery": {"retryInterval": "soon"}}),
+        ),
+        bad(
+            "domain",
+            serde_json::json!({"match": {"domain": "x@y"}, "broker": {"url": "amqp://h/"}, "publish": {"routingKey": "k"}}),
+        ),
+        bad(
+            "both",
+            serde_json::json!({"match": {"domain": "e"}, "broker": {"url": "amqp://h/", "urlSecretRef": {"name": "rabbit", "key": "url"}}, "publish": {"routingKey": "k"}}),
+        ),
+        bad(
+            "longkey",
+            serde_json::json!({"match": {"domain": "f"}, "broker": {"url": "amqp://h/"}, "publish": {"routingKey": "k".repeat(256)}}),
+        ),
+        bad(
+            "secretjunk",
+            serde_json::json!({"match": {"domain": "g"}, "broker": {"urlSecretRef": {"name": "junk", "key": "url"}}, "publish": {"routingKey": "k"}}),
+        ),
+    ];
+    let secrets = [
+        secret("ns", "rabbit", "url", "amqp://h/"),
+        secret("ns", "junk", "url", "password-only"),
+    ];
+    let out = render(&routes, &secrets, DEFAULT_SECRETS_DIR);
+    assert_eq!(out.accepted.len(), 1, "{:?}", out.rejected);
+    let reason = |n: &str| {
+        out.rejected
+            .iter()
+            .find(|(id, _)| id.name == n)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| panic!("{n} not rejected"))
+    };
+    assert!(reason("creds").contains("must not hold credentials"));
+    assert!(reason("nosecret").contains("ns/missing not found"));
+    assert!(reason("nokey").contains("no key \"nope\""));
+    assert!(reason("duration").contains("retryInterval"));
+    assert!(reason("domain").contains("match.domain"));
+    assert!(reason("both").contains("exactly one"));
+    assert!(reason("longkey").contains("255"));
+    let junk = reason("secretjunk");
+    assert!(
+        junk.contains("does not hold an amqp:// URL") && !junk.contains("password-only"),
+        "{junk}"
+    );
+}
+
+#[test]
+fn the_older_route_wins_a_queue() {
+    let mut old = simple("ns", "zz-old", "amqp");
+    let mut new = simple("ns", "aa-new", "amqp");
+    let t = |s: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(s.parse().unwrap());
+    old.metadata.creation_timestamp = Some(t("2026-01-01T00:00:00Z"));
+    new.metadata.creation_timestamp = Some(t("2026-02-01T00:00:00Z"));
+    let out = render(&[new.clone(), old.clone()], &[], DEFAULT_SECRETS_DIR);
+    assert_eq!(out.accepted[0].name, "zz-old");
+    assert_eq!(out.rejected.len(), 1);
+    assert_eq!(out.rejected[0].0.name, "aa-new");
+    assert!(out.rejected[0].1.contains("ns/zz-old already serves"));
+    // A different tenant is a different queue: no conflict.
+    let mut tenant = simple("ns", "tenant", "amqp");
+    tenant.spec.route_match.tenant = Some("t".into());
+    let out = render(&[old, tenant], &[], DEFAULT_SECRETS_DIR);
+    assert_eq!(out.accepted.len(), 2);
+}
+
+#[test]
+fn output_is_stable_whatever_the_input_order() {
+    let routes: Vec<_> = (0..20)
+        .map(|i| simple("ns", &format!("r{i}"), &format!("d{i}")))
+        .collect();
+    let a = render(&routes, &[], DEFAULT_SECRETS_DIR);
+    let mut rev = routes.clone();
+    rev.reverse();
+    let b = render(&rev, &[], DEFAULT_SECRETS_DIR);
+    assert_eq!(a.policy, b.policy);
+    assert_eq!(a.hash, b.hash);
+    let mut changed = routes;
+    changed[3].spec.publish.routing_key = "other".into();
+    assert_ne!(render(&changed, &[], DEFAULT_SECRETS_DIR).hash, a.hash);
+}
+
+#[test]
+fn hostile_values_reach_the_broker_exactly_and_run_no_code() {
+    let hostile = [
+        "\"]] os.exit(1) --[[",
+        "'); os.execute('touch /tmp/pwned') --",
+        "a\nb\rc\td",
+        "nul\0byte",
+        "\\\"\\",
+        "]==]",
+        "漢字🙂",
+        &"x".repeat(255),
+    ];
+    for h in hostile {
+        let mut r = simple("ns", "r", "amqp");
+        r.spec.publish.routing_key = h.into();
+        r.spec.publish.exchange = h.chars().take(200).collect();
+        r.spec.publish.content_type = Some(h.into());
+        r.spec.publish.headers = [(h.to_string(), h.to_string())].into();
+        let out = render(&[r], &[], h);
+        assert!(out.rejected.is_empty(), "{h:?}: {:?}", out.rejected);
+        let (_lua, p) = publish_params(&out.policy, "amqp");
+        assert_eq!(p.get::<String>("routing_key").unwrap(), h);
+        assert_eq!(
+            p.get::<String>("exchange").unwrap(),
+            h.chars().take(200).collect::<String>()
+        );
+        let props: Table = p.get("properties").unwrap();
+        assert_eq!(props.get::<String>("content_type").unwrap(), h);
+        let headers: Table = props.get("headers").unwrap();
+        assert_eq!(headers.get::<String>(h).unwrap(), h);
+    }
+}
