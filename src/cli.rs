@@ -25,6 +25,23 @@ enum Command {
     Relay(RelayArgs),
     /// Print the AmqpRoute CustomResourceDefinition (YAML).
     Crd,
+    /// Render, offline, the ConfigMap and Secret the operator would write from
+    /// AmqpRoute (and Secret) YAML. Rejected routes are reported on stderr and
+    /// make the exit code non-zero.
+    Render {
+        /// YAML files or directories of them.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// The relay the policy is for: objects are named <relay>-policy and <relay>-routes.
+        #[arg(long, default_value = "amqp-relay")]
+        relay: String,
+        /// Namespace of the output, and of inputs that name none.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Where the relay mounts the routes Secret.
+        #[arg(long, default_value = crate::operator::render::DEFAULT_SECRETS_DIR)]
+        secrets_dir: String,
+    },
     /// Load a policy and report errors (file and line) without serving.
     Check {
         #[arg(long, env = "AMQP_RELAY_POLICY")]
@@ -55,6 +72,12 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Relay(args) => relay::run(args).await,
             Command::Check { policy } => check(policy).await,
+            Command::Render {
+                files,
+                relay,
+                namespace,
+                secrets_dir,
+            } => render(files, &relay, &namespace, &secrets_dir),
             Command::Crd => {
                 print!("{}", crate::operator::crd::crd_yaml());
                 Ok(())
@@ -80,6 +103,71 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
             cfg.http_listeners.len()
         ),
         None => println!("policy {} is valid (no init event)", path.display()),
+    }
+    Ok(())
+}
+
+fn yaml_files(path: &std::path::Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let yaml = matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+            if p.is_dir() || yaml {
+                yaml_files(&p, out)?;
+            }
+        }
+    } else {
+        out.push(path.to_owned());
+    }
+    Ok(())
+}
+
+fn render(
+    files: Vec<PathBuf>,
+    relay: &str,
+    namespace: &str,
+    secrets_dir: &str,
+) -> anyhow::Result<()> {
+    use crate::operator::{manifests, render};
+    let mut paths = Vec::new();
+    for f in &files {
+        yaml_files(f, &mut paths)?;
+    }
+    let mut inputs = manifests::Inputs::default();
+    for p in &paths {
+        let text =
+            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        manifests::read_yaml(&text, &p.display().to_string(), namespace, &mut inputs)
+            .map_err(anyhow::Error::msg)?;
+    }
+    for s in &inputs.skipped {
+        eprintln!("note: {s}");
+    }
+    let out = render::render(&inputs.routes, &inputs.secrets, secrets_dir);
+    // Never ship a policy the engine cannot load.
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join(render::POLICY_KEY);
+    std::fs::write(&path, &out.policy)?;
+    Policy::load(&path, Default::default())
+        .map_err(|e| anyhow::anyhow!("internal error: the rendered policy does not load: {e}"))?;
+    print!(
+        "{}---\n{}",
+        manifests::to_yaml(&manifests::policy_configmap(relay, namespace, &out)),
+        manifests::to_yaml(&manifests::routes_secret(relay, namespace, &out))
+    );
+    for id in &out.accepted {
+        eprintln!("route {id}: accepted");
+    }
+    for (id, reason) in &out.rejected {
+        eprintln!("route {id}: rejected: {reason}");
+    }
+    if !out.rejected.is_empty() {
+        anyhow::bail!("{} route(s) rejected", out.rejected.len());
     }
     Ok(())
 }

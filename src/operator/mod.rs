@@ -2,4 +2,5 @@
 
 pub mod crd;
 pub mod lua_literal;
+pub mod manifests;
 pub mod render;

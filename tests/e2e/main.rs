@@ -5,6 +5,7 @@ mod broker;
 mod durability;
 mod harness;
 mod publish;
+mod render;
 mod retry;
 mod seed;
 mod sessions;
