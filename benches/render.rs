@@ -70,13 +70,30 @@ fn main() {
         11,
     );
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("render 1000 routes:           {:8.2} ms (median of 21; target <= 100 ms)", ms(rendering));
-    println!("baseline: JSON of the routes: {:8.2} ms (same run)", ms(baseline));
-    println!("render / baseline:            {:8.2}x", ms(rendering) / ms(baseline));
-    println!("compile the rendered policy:  {:8.2} ms (median of 11; {} bytes of Lua)", ms(compiling), policy.len());
+    println!(
+        "render 1000 routes:           {:8.2} ms (median of 21; target <= 100 ms)",
+        ms(rendering)
+    );
+    println!(
+        "baseline: JSON of the routes: {:8.2} ms (same run)",
+        ms(baseline)
+    );
+    println!(
+        "render / baseline:            {:8.2}x",
+        ms(rendering) / ms(baseline)
+    );
+    println!(
+        "compile the rendered policy:  {:8.2} ms (median of 11; {} bytes of Lua)",
+        ms(compiling),
+        policy.len()
+    );
     println!(
         "render + compile:             {:8.2} ms -> {}",
         ms(rendering + compiling),
-        if rendering + compiling <= Duration::from_millis(100) { "within target" } else { "OVER target" }
+        if rendering + compiling <= Duration::from_millis(100) {
+            "within target"
+        } else {
+            "OVER target"
+        }
     );
 }

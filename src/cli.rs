@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run the relay engine on a policy.
     Relay(RelayArgs),
+    /// Run the operator: AmqpRoutes → policy ConfigMap + credentials Secret, with status.
+    Operator(crate::operator::run::OperatorArgs),
     /// Print the AmqpRoute CustomResourceDefinition (YAML).
     Crd,
     /// Render, offline, the ConfigMap and Secret the operator would write from
@@ -78,6 +80,7 @@ pub fn main() -> ExitCode {
                 namespace,
                 secrets_dir,
             } => render(files, &relay, &namespace, &secrets_dir),
+            Command::Operator(args) => crate::operator::run::run(args).await,
             Command::Crd => {
                 print!("{}", crate::operator::crd::crd_yaml());
                 Ok(())
@@ -163,8 +166,8 @@ fn render(
     for id in &out.accepted {
         eprintln!("route {id}: accepted");
     }
-    for (id, reason) in &out.rejected {
-        eprintln!("route {id}: rejected: {reason}");
+    for (id, why) in &out.rejected {
+        eprintln!("route {id}: rejected ({}): {}", why.reason, why.message);
     }
     if !out.rejected.is_empty() {
         anyhow::bail!("{} route(s) rejected", out.rejected.len());

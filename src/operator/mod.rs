@@ -1,6 +1,10 @@
 //! The operator side: the AmqpRoute type and what it renders to.
 
 pub mod crd;
+pub mod leader;
 pub mod lua_literal;
 pub mod manifests;
 pub mod render;
+pub mod run;
+pub mod status;
+pub mod sync;

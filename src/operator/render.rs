@@ -33,7 +33,20 @@ pub struct Rendered {
     /// Content hash of policy and secret together.
     pub hash: String,
     pub accepted: Vec<RouteId>,
-    pub rejected: Vec<(RouteId, String)>,
+    pub rejected: Vec<(RouteId, Rejected)>,
+}
+
+/// Why a route was left out: `reason` is a CamelCase word for the condition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rejected {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 fn route_id(r: &AmqpRoute) -> RouteId {
@@ -243,7 +256,13 @@ pub fn render(routes: &[AmqpRoute], secrets: &[Secret], secrets_dir: &str) -> Re
     for r in routes {
         match validate(r, secrets) {
             Ok(v) => valid.push(v),
-            Err(reason) => rejected.push((route_id(r), reason)),
+            Err(message) => rejected.push((
+                route_id(r),
+                Rejected {
+                    reason: "Invalid",
+                    message,
+                },
+            )),
         }
     }
     // Older first (then by name), so the first route for a queue wins.
@@ -259,10 +278,13 @@ pub fn render(routes: &[AmqpRoute], secrets: &[Secret], secrets_dir: &str) -> Re
         if let Some(winner) = by_queue.get(&key) {
             rejected.push((
                 v.id.clone(),
-                format!(
-                    "route {} already serves this queue (the older route wins)",
-                    winner.id
-                ),
+                Rejected {
+                    reason: "Conflict",
+                    message: format!(
+                        "route {} already serves this queue (the older route wins)",
+                        winner.id
+                    ),
+                },
             ));
         } else {
             by_queue.insert(key, v);

@@ -204,7 +204,7 @@ fn bad_routes_are_left_out_with_a_reason_and_the_rest_ship() {
         out.rejected
             .iter()
             .find(|(id, _)| id.name == n)
-            .map(|(_, r)| r.clone())
+            .map(|(_, r)| r.message.clone())
             .unwrap_or_else(|| panic!("{n} not rejected"))
     };
     assert!(reason("creds").contains("must not hold credentials"));
@@ -232,7 +232,13 @@ fn the_older_route_wins_a_queue() {
     assert_eq!(out.accepted[0].name, "zz-old");
     assert_eq!(out.rejected.len(), 1);
     assert_eq!(out.rejected[0].0.name, "aa-new");
-    assert!(out.rejected[0].1.contains("ns/zz-old already serves"));
+    assert!(
+        out.rejected[0]
+            .1
+            .message
+            .contains("ns/zz-old already serves")
+    );
+    assert_eq!(out.rejected[0].1.reason, "Conflict");
     // A different tenant is a different queue: no conflict.
     let mut tenant = simple("ns", "tenant", "amqp");
     tenant.spec.route_match.tenant = Some("t".into());

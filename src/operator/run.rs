@@ -1,0 +1,296 @@
+//! `amqp-relay operator`: watch AmqpRoutes and Secrets into caches, and run a
+//! sync whenever either changes (debounced), every five minutes regardless,
+//! and after a failure with backoff. With leader election, only the replica
+//! holding the Lease syncs.
+
+use super::crd::AmqpRoute;
+use super::leader::Elector;
+use super::render::DEFAULT_SECRETS_DIR;
+use super::sync::{self, Ctx, MANAGER};
+use anyhow::Context;
+use axum::routing::get;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+
+#[derive(clap::Args, Debug)]
+pub struct OperatorArgs {
+    /// Name of the relay the policy is for: writes <relay>-policy and <relay>-routes.
+    #[arg(long, env = "AMQP_RELAY_NAME", default_value = "amqp-relay")]
+    pub relay: String,
+    /// Namespace of the relay (and of its ConfigMap and Secret); the client's default if unset.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Namespaces whose AmqpRoutes the relay serves (comma-separated); `*` for all. Default: the relay's.
+    #[arg(long, env = "AMQP_RELAY_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+    /// Where relay pods mount the routes Secret.
+    #[arg(long, default_value = DEFAULT_SECRETS_DIR)]
+    pub secrets_dir: String,
+    /// Metrics and health endpoint.
+    #[arg(
+        long,
+        env = "AMQP_RELAY_OPERATOR_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub listen: String,
+    /// Take a Lease before writing, so several replicas are safe.
+    #[arg(long, env = "AMQP_RELAY_LEADER_ELECTION")]
+    pub leader_election: bool,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME", default_value = "amqp-relay-operator")]
+    pub identity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabel {
+    error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+struct Metrics {
+    registry: Registry,
+    syncs: Counter,
+    failures: Family<ErrorLabel, Counter>,
+    duration: Histogram,
+    routes: Family<StateLabel, Gauge>,
+    leader: Gauge,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("amqp_relay_operator");
+        let syncs = Counter::default();
+        let failures = Family::<ErrorLabel, Counter>::default();
+        let duration = Histogram::new([0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        let routes = Family::<StateLabel, Gauge>::default();
+        let leader = Gauge::default();
+        registry.register(
+            "reconciles",
+            "Syncs of routes into the policy",
+            syncs.clone(),
+        );
+        registry.register("failures", "Syncs that failed, by cause", failures.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time per sync",
+            duration.clone(),
+        );
+        registry.register("routes", "Routes by state", routes.clone());
+        registry.register("leader", "1 while this replica leads", leader.clone());
+        Metrics {
+            registry,
+            syncs,
+            failures,
+            duration,
+            routes,
+            leader,
+        }
+    }
+}
+
+fn watch_into<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => changed.notify_one(),
+                Err(e) => tracing::warn!(error = %e, "watch error (retrying with backoff)"),
+            }
+        }
+    });
+    reader
+}
+
+pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes client configuration (in-cluster or kubeconfig)")?;
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let scopes: Vec<Option<String>> = if args.watch_namespaces.iter().any(|n| n == "*") {
+        vec![None]
+    } else if args.watch_namespaces.is_empty() {
+        vec![Some(namespace.clone())]
+    } else {
+        args.watch_namespaces.iter().cloned().map(Some).collect()
+    };
+    let changed = Arc::new(Notify::new());
+    let mut route_stores = Vec::new();
+    let mut secret_stores = Vec::new();
+    for scope in &scopes {
+        let (routes, secrets): (Api<AmqpRoute>, Api<Secret>) = match scope {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+        route_stores.push(watch_into(routes, changed.clone()));
+        secret_stores.push(watch_into(secrets, changed.clone()));
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let (ready_tx, ready_rx) = watch::channel(false);
+    serve_http(&args.listen, metrics.clone(), ready_rx).await?;
+
+    let (lead_tx, mut leading) = watch::channel(!args.leader_election);
+    if args.leader_election {
+        let elector = Elector {
+            api: Api::namespaced(client.clone(), &namespace),
+            name: format!("{}-operator", args.relay),
+            identity: args.identity.clone(),
+            duration: Duration::from_secs(15),
+        };
+        tokio::spawn(elector.run(lead_tx));
+    }
+
+    for s in route_stores.iter() {
+        s.wait_until_ready().await.context("route cache")?;
+    }
+    for s in secret_stores.iter() {
+        s.wait_until_ready().await.context("secret cache")?;
+    }
+    let _ = ready_tx.send(true);
+    tracing::info!(relay = %args.relay, namespace = %namespace, scopes = ?scopes, "operator caches ready");
+
+    let ctx = Ctx {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: Some(args.identity.clone()),
+            },
+        ),
+        client,
+        relay: args.relay.clone(),
+        namespace,
+        secrets_dir: args.secrets_dir.clone(),
+    };
+    let mut retry_in: Option<Duration> = None;
+    loop {
+        let wait = retry_in.unwrap_or(Duration::from_secs(300));
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            r = leading.changed() => {
+                if r.is_err() {
+                    anyhow::bail!("leader election stopped");
+                }
+            }
+        }
+        let lead = *leading.borrow();
+        metrics.leader.set(lead as i64);
+        if !lead {
+            continue;
+        }
+        // Let a burst of watch events settle into one sync.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let routes: Vec<_> = route_stores.iter().flat_map(|s| s.state()).collect();
+        let secrets: Vec<_> = secret_stores.iter().flat_map(|s| s.state()).collect();
+        let started = Instant::now();
+        let result = sync::sync(&ctx, &routes, &secrets).await;
+        metrics.duration.observe(started.elapsed().as_secs_f64());
+        metrics.syncs.inc();
+        match result {
+            Ok(report) => {
+                retry_in = None;
+                for (state, n) in [("accepted", report.accepted), ("rejected", report.rejected)] {
+                    metrics
+                        .routes
+                        .get_or_create(&StateLabel {
+                            state: state.into(),
+                        })
+                        .set(n as i64);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "sync failed");
+                metrics
+                    .failures
+                    .get_or_create(&ErrorLabel {
+                        error: e.metric_label().into(),
+                    })
+                    .inc();
+                retry_in = Some(retry_in.map_or(Duration::from_secs(1), |d| {
+                    (d * 2).min(Duration::from_secs(60))
+                }));
+            }
+        }
+    }
+}
+
+async fn serve_http(
+    listen: &str,
+    metrics: Arc<Metrics>,
+    ready: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let sock = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("operator http listener: cannot bind {listen}"))?;
+    tracing::info!("operator http listener on {}", sock.local_addr()?);
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = *ready.borrow();
+                async move {
+                    if ready {
+                        (axum::http::StatusCode::OK, "ready\n")
+                    } else {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "caches not ready\n",
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let mut out = String::new();
+                let _ = prometheus_client::encoding::text::encode(&mut out, &metrics.registry);
+                async move { out }
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(sock, app).await {
+            tracing::error!(error = %e, "operator http listener failed");
+        }
+    });
+    Ok(())
+}

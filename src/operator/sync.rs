@@ -1,0 +1,177 @@
+//! One sync: every route the relay serves → render → compile → apply the
+//! ConfigMap and Secret if their hash changed → write each route's status if
+//! it changed. Level-triggered: it reads only the cache it is given, so
+//! running it twice in a row writes nothing the second time.
+
+use super::crd::{AmqpRoute, AmqpRouteStatus};
+use super::manifests::{HASH_ANNOTATION, policy_configmap, routes_secret};
+use super::render::{self, POLICY_KEY, Rendered, RouteId};
+use super::status::{self, Published, Verdict};
+use crate::policy::Policy;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use std::sync::Arc;
+
+pub const MANAGER: &str = "amqp-relay-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the rendered policy does not load; the previous one stays: {0}")]
+    Compile(String),
+}
+
+impl Error {
+    /// Label for the failures metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Compile(_) => "compile",
+        }
+    }
+}
+
+pub struct Ctx {
+    pub client: Client,
+    pub recorder: Recorder,
+    /// The relay: objects are `<relay>-policy` and `<relay>-routes`.
+    pub relay: String,
+    /// Where those objects live.
+    pub namespace: String,
+    pub secrets_dir: String,
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Report {
+    pub policy_written: bool,
+    pub statuses_written: usize,
+    pub accepted: usize,
+    pub rejected: usize,
+    pub hash: String,
+}
+
+fn id_of(r: &AmqpRoute) -> RouteId {
+    RouteId {
+        namespace: r.namespace().unwrap_or_else(|| "default".into()),
+        name: r.name_any(),
+    }
+}
+
+fn compile(out: &Rendered) -> Result<(), Error> {
+    let dir = tempfile::tempdir().map_err(|e| Error::Compile(e.to_string()))?;
+    let path = dir.path().join(POLICY_KEY);
+    std::fs::write(&path, &out.policy).map_err(|e| Error::Compile(e.to_string()))?;
+    Policy::load(&path, Default::default())
+        .map(|_| ())
+        .map_err(|e| Error::Compile(e.to_string()))
+}
+
+pub async fn sync(
+    ctx: &Ctx,
+    routes: &[Arc<AmqpRoute>],
+    secrets: &[Arc<Secret>],
+) -> Result<Report, Error> {
+    let routes: Vec<AmqpRoute> = routes.iter().map(|r| (**r).clone()).collect();
+    let secrets: Vec<Secret> = secrets.iter().map(|s| (**s).clone()).collect();
+    let out = render::render(&routes, &secrets, &ctx.secrets_dir);
+    compile(&out)?;
+
+    let cm_name = format!("{}-policy", ctx.relay);
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let current = cms
+        .get_opt(&cm_name)
+        .await?
+        .and_then(|cm| cm.annotations().get(HASH_ANNOTATION).cloned());
+    let mut report = Report {
+        accepted: out.accepted.len(),
+        rejected: out.rejected.len(),
+        hash: out.hash.clone(),
+        ..Report::default()
+    };
+    if current.as_deref() != Some(out.hash.as_str()) {
+        let apply = PatchParams::apply(MANAGER).force();
+        let secret = routes_secret(&ctx.relay, &ctx.namespace, &out);
+        // The Secret first: the new policy may read keys only it holds.
+        Api::<Secret>::namespaced(ctx.client.clone(), &ctx.namespace)
+            .patch(
+                secret.metadata.name.as_deref().unwrap_or_default(),
+                &apply,
+                &Patch::Apply(&secret),
+            )
+            .await?;
+        let cm = policy_configmap(&ctx.relay, &ctx.namespace, &out);
+        cms.patch(&cm_name, &apply, &Patch::Apply(&cm)).await?;
+        report.policy_written = true;
+        tracing::info!(hash = %out.hash, accepted = out.accepted.len(), rejected = out.rejected.len(), "policy published");
+    }
+
+    let configmap = format!("{}/{}", ctx.namespace, cm_name);
+    let published = Published {
+        hash: &out.hash,
+        configmap: &configmap,
+    };
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    for r in &routes {
+        let id = id_of(r);
+        let verdict = match out.rejected.iter().find(|(rid, _)| rid == &id) {
+            Some((_, why)) => Verdict::Rejected(why.clone()),
+            None => Verdict::Accepted,
+        };
+        let old = r.status.as_ref();
+        let new = status::desired(
+            old,
+            r.metadata.generation,
+            &verdict,
+            &published,
+            now.clone(),
+        );
+        if old == Some(&new) {
+            continue;
+        }
+        write_status(ctx, &id, &new).await?;
+        report.statuses_written += 1;
+        if status::accepted(old) != status::accepted(Some(&new)) {
+            announce(ctx, r, &verdict).await;
+        }
+    }
+    Ok(report)
+}
+
+async fn write_status(ctx: &Ctx, id: &RouteId, s: &AmqpRouteStatus) -> Result<(), Error> {
+    let api: Api<AmqpRoute> = Api::namespaced(ctx.client.clone(), &id.namespace);
+    let patch = serde_json::json!({ "status": s });
+    api.patch_status(&id.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// An Event on the route when it is accepted or rejected; failing to record
+/// one is logged, never fatal.
+async fn announce(ctx: &Ctx, r: &AmqpRoute, verdict: &Verdict) {
+    let ev = match verdict {
+        Verdict::Accepted => Event {
+            type_: EventType::Normal,
+            reason: "Accepted".into(),
+            note: Some("route is in the relay policy".into()),
+            action: "Render".into(),
+            secondary: None,
+        },
+        Verdict::Rejected(why) => Event {
+            type_: EventType::Warning,
+            reason: why.reason.into(),
+            note: Some(why.message.chars().take(1000).collect()),
+            action: "Render".into(),
+            secondary: None,
+        },
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &r.object_ref(&())).await {
+        tracing::warn!(route = %id_of(r), error = %e, "could not record an event");
+    }
+}
+
+#[cfg(test)]
+mod tests;

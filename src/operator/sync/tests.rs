@@ -1,0 +1,346 @@
+//! The sync against kube's real client, talking to an in-process fake API
+//! server (a tower-test mock service) that stores what is written.
+
+use super::*;
+use crate::operator::crd::AmqpRouteSpec;
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use kube::runtime::events::Reporter;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct Fake {
+    objects: Mutex<BTreeMap<String, serde_json::Value>>,
+    calls: Mutex<Vec<(Method, String)>>,
+}
+
+impl Fake {
+    fn writes(&self) -> Vec<String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, _)| m != Method::GET)
+            .map(|(m, p)| format!("{m} {p}"))
+            .collect()
+    }
+    fn get(&self, path: &str) -> Option<serde_json::Value> {
+        self.objects.lock().unwrap().get(path).cloned()
+    }
+}
+
+fn merge(into: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (into, patch) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v.clone(),
+    }
+}
+
+fn respond(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+async fn handle(fake: &Fake, req: Request<Body>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let body = req.into_body().collect_bytes().await.unwrap();
+    fake.calls
+        .lock()
+        .unwrap()
+        .push((method.clone(), path.clone()));
+    let not_found = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
+    let mut objects = fake.objects.lock().unwrap();
+    match method {
+        Method::GET => match objects.get(&path) {
+            Some(o) => respond(StatusCode::OK, o),
+            None => respond(StatusCode::NOT_FOUND, &not_found),
+        },
+        Method::PATCH => {
+            let patch: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let key = path.trim_end_matches("/status").to_owned();
+            let obj = objects.entry(key).or_insert(serde_json::json!({}));
+            merge(obj, &patch);
+            respond(StatusCode::OK, obj)
+        }
+        Method::POST => {
+            let o: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            respond(StatusCode::CREATED, &o)
+        }
+        _ => respond(StatusCode::METHOD_NOT_ALLOWED, &not_found),
+    }
+}
+
+fn ctx() -> (Ctx, Arc<Fake>) {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let fake = Arc::new(Fake::default());
+    let server = fake.clone();
+    tokio::spawn(async move {
+        while let Some((req, send)) = h.next_request().await {
+            send.send_response(handle(&server, req).await);
+        }
+    });
+    let client = Client::new(svc, "relay-ns");
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: None,
+        },
+    );
+    (
+        Ctx {
+            client,
+            recorder,
+            relay: "edge".into(),
+            namespace: "relay-ns".into(),
+            secrets_dir: "/etc/amqp-relay/routes".into(),
+        },
+        fake,
+    )
+}
+
+fn route_path(ns: &str, name: &str) -> String {
+    format!("/apis/amqprelay.io/v1alpha1/namespaces/{ns}/amqproutes/{name}")
+}
+
+const CM: &str = "/api/v1/namespaces/relay-ns/configmaps/edge-policy";
+const SECRET: &str = "/api/v1/namespaces/relay-ns/secrets/edge-routes";
+
+fn route(ns: &str, name: &str, created: &str, spec: serde_json::Value) -> AmqpRoute {
+    let spec: AmqpRouteSpec = serde_json::from_value(spec).unwrap();
+    let mut r = AmqpRoute::new(name, spec);
+    r.metadata.namespace = Some(ns.into());
+    r.metadata.generation = Some(1);
+    r.metadata.uid = Some(format!("uid-{name}"));
+    r.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
+    r
+}
+
+fn seed_route(name: &str, created: &str) -> AmqpRoute {
+    route(
+        "team",
+        name,
+        created,
+        serde_json::json!({
+            "match": {"domain": "amqp"},
+            "broker": {"urlSecretRef": {"name": "rabbit", "key": "url"}},
+            "publish": {"routingKey": "logging"}
+        }),
+    )
+}
+
+fn rabbit_secret(url: &str) -> Secret {
+    let mut s = Secret::default();
+    s.metadata.name = Some("rabbit".into());
+    s.metadata.namespace = Some("team".into());
+    s.data = Some(
+        [(
+            "url".to_string(),
+            k8s_openapi::ByteString(url.as_bytes().to_vec()),
+        )]
+        .into(),
+    );
+    s
+}
+
+/// Stores the routes in the fake, then reads them back with the status the
+/// operator wrote, as the informer cache would show them next time.
+fn cache(fake: &Fake, routes: &[AmqpRoute]) -> Vec<Arc<AmqpRoute>> {
+    routes
+        .iter()
+        .map(|r| {
+            let path = route_path(&r.namespace().unwrap(), &r.name_any());
+            let mut objects = fake.objects.lock().unwrap();
+            let stored = objects
+                .entry(path)
+                .or_insert_with(|| serde_json::to_value(r).unwrap());
+            let mut fresh = serde_json::to_value(r).unwrap();
+            if let Some(s) = stored.get("status") {
+                fresh["status"] = s.clone();
+            }
+            *stored = fresh.clone();
+            Arc::new(serde_json::from_value(fresh).unwrap())
+        })
+        .collect()
+}
+
+fn condition(fake: &Fake, ns: &str, name: &str, type_: &str) -> (String, String) {
+    let r = fake.get(&route_path(ns, name)).unwrap();
+    let c = r["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap()
+        .clone();
+    (
+        c["status"].as_str().unwrap().into(),
+        c["reason"].as_str().unwrap().into(),
+    )
+}
+
+#[tokio::test]
+async fn create_then_idempotent() {
+    let (ctx, fake) = ctx();
+    let routes = [seed_route("seed", "2026-01-01T00:00:00Z")];
+    let secrets = [Arc::new(rabbit_secret("amqp://u:p@rabbit:5672/%2f"))];
+    let report = sync(&ctx, &cache(&fake, &routes), &secrets).await.unwrap();
+    assert!(report.policy_written);
+    assert_eq!(report.statuses_written, 1);
+    let cm = fake.get(CM).unwrap();
+    assert!(
+        cm["data"]["routes.lua"]
+            .as_str()
+            .unwrap()
+            .contains("\"logging\"")
+    );
+    assert!(
+        !cm.to_string().contains("u:p@"),
+        "no credentials in the ConfigMap"
+    );
+    assert_eq!(
+        cm["metadata"]["annotations"][HASH_ANNOTATION],
+        report.hash.as_str()
+    );
+    assert!(fake.get(SECRET).unwrap()["data"]["team.seed.url"].is_string());
+    assert_eq!(
+        condition(&fake, "team", "seed", "Accepted"),
+        ("True".into(), "Valid".into())
+    );
+    assert_eq!(
+        condition(&fake, "team", "seed", "Ready"),
+        ("True".into(), "PolicyPublished".into())
+    );
+    let writes = fake.writes();
+    assert!(
+        writes
+            .iter()
+            .any(|w| w.starts_with("POST") && w.contains("events")),
+        "{writes:?}"
+    );
+    // Secret before ConfigMap.
+    let si = writes
+        .iter()
+        .position(|w| w.ends_with("/secrets/edge-routes"))
+        .unwrap();
+    let ci = writes
+        .iter()
+        .position(|w| w.ends_with("/configmaps/edge-policy"))
+        .unwrap();
+    assert!(si < ci, "{writes:?}");
+
+    fake.calls.lock().unwrap().clear();
+    let again = sync(&ctx, &cache(&fake, &routes), &secrets).await.unwrap();
+    assert!(!again.policy_written);
+    assert_eq!(again.statuses_written, 0);
+    assert_eq!(
+        fake.writes(),
+        Vec::<String>::new(),
+        "a second sync writes nothing"
+    );
+}
+
+#[tokio::test]
+async fn update_conflict_invalid_rotation_and_deletion() {
+    let (ctx, fake) = ctx();
+    let secrets = vec![Arc::new(rabbit_secret("amqp://u:p@rabbit:5672/%2f"))];
+    let old = seed_route("old", "2026-01-01T00:00:00Z");
+    let young = seed_route("young", "2026-02-01T00:00:00Z");
+    let invalid = route(
+        "team",
+        "broken",
+        "2026-01-01T00:00:00Z",
+        serde_json::json!({"match": {"domain": "b"}, "broker": {"url": "amqp://u:p@h/"}, "publish": {"routingKey": "k"}}),
+    );
+    let first = sync(
+        &ctx,
+        &cache(&fake, &[old.clone(), young.clone(), invalid.clone()]),
+        &secrets,
+    )
+    .await
+    .unwrap();
+    assert_eq!((first.accepted, first.rejected), (1, 2));
+    assert_eq!(condition(&fake, "team", "old", "Accepted").0, "True");
+    assert_eq!(
+        condition(&fake, "team", "young", "Accepted"),
+        ("False".into(), "Conflict".into())
+    );
+    assert_eq!(
+        condition(&fake, "team", "broken", "Accepted"),
+        ("False".into(), "Invalid".into())
+    );
+    assert_eq!(
+        condition(&fake, "team", "broken", "Ready"),
+        ("False".into(), "NotAccepted".into())
+    );
+
+    // Update: the route changes its routing key; the policy follows.
+    let mut updated = old.clone();
+    updated.spec.publish.routing_key = "events".into();
+    updated.metadata.generation = Some(2);
+    let second = sync(
+        &ctx,
+        &cache(&fake, &[updated.clone(), young.clone(), invalid.clone()]),
+        &secrets,
+    )
+    .await
+    .unwrap();
+    assert!(second.policy_written);
+    assert!(
+        fake.get(CM).unwrap()["data"]["routes.lua"]
+            .as_str()
+            .unwrap()
+            .contains("\"events\"")
+    );
+    let r = fake.get(&route_path("team", "old")).unwrap();
+    assert_eq!(r["status"]["observedGeneration"], 2);
+
+    // Secret rotation: same routes, new credentials → new Secret and hash.
+    let rotated = vec![Arc::new(rabbit_secret("amqp://u:new@rabbit:5672/%2f"))];
+    let third = sync(
+        &ctx,
+        &cache(&fake, &[updated.clone(), young.clone(), invalid.clone()]),
+        &rotated,
+    )
+    .await
+    .unwrap();
+    assert!(third.policy_written);
+    assert_ne!(third.hash, second.hash);
+    let stored = fake.get(SECRET).unwrap();
+    let b64 = stored["data"]["team.old.url"].as_str().unwrap();
+    assert_eq!(b64, "YW1xcDovL3U6bmV3QHJhYmJpdDo1NjcyLyUyZg==");
+
+    // Deletion: the winner goes; the younger route takes the queue.
+    let fourth = sync(
+        &ctx,
+        &cache(&fake, &[young.clone(), invalid.clone()]),
+        &rotated,
+    )
+    .await
+    .unwrap();
+    assert!(fourth.policy_written);
+    assert_eq!(
+        condition(&fake, "team", "young", "Accepted"),
+        ("True".into(), "Valid".into())
+    );
+
+    // All routes gone: the policy is emptied, not left serving stale routes.
+    let last = sync(&ctx, &[], &rotated).await.unwrap();
+    assert!(last.policy_written);
+    assert_eq!(last.accepted, 0);
+    assert!(
+        !fake.get(CM).unwrap()["data"]["routes.lua"]
+            .as_str()
+            .unwrap()
+            .contains("logging")
+    );
+}
