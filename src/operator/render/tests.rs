@@ -40,7 +40,25 @@ fn secret(ns: &str, name: &str, key: &str, value: &str) -> Secret {
 /// policy publishes, so tests see exactly the values that reach the broker.
 /// The returned Lua keeps the table alive.
 fn publish_params(policy: &str, domain: &str) -> (Lua, Table) {
+    let (lua, resp) = send_with_confirm(policy, domain, "{ status = 'Ack' }");
+    assert_eq!(resp.unwrap(), "250 Ack");
+    let stub: Table = lua.globals().get("STUB").unwrap();
+    let published: Table = stub.get("published").unwrap();
+    let first = published.get(1).unwrap();
+    (lua, first)
+}
+
+/// Runs `sender:send` with a stub broker whose confirm is `confirm` (Lua).
+fn send_with_confirm(policy: &str, domain: &str, confirm: &str) -> (Lua, mlua::Result<String>) {
     let lua = Lua::new();
+    lua.globals()
+        .set(
+            "CONFIRM",
+            lua.load(format!("return {confirm}"))
+                .eval::<Table>()
+                .unwrap(),
+        )
+        .unwrap();
     lua.load(
         r#"
         local handlers, published = {}, {}
@@ -55,7 +73,7 @@ fn publish_params(policy: &str, domain: &str) -> (Lua, Table) {
             return { publish = function(self, p)
               p.url = url
               table.insert(published, p)
-              return { wait = function() return { status = 'Ack' } end }
+              return { wait = function() return CONFIRM end }
             end, close = function() end }
           end },
         }
@@ -77,11 +95,8 @@ fn publish_params(policy: &str, domain: &str) -> (Lua, Table) {
         .eval::<Table>()
         .unwrap();
     let send: mlua::Function = sender.get("send").unwrap();
-    let resp: String = send.call((&sender, msg)).unwrap();
-    assert_eq!(resp, "250 Ack");
-    let published: Table = stub.get("published").unwrap();
-    let first = published.get(1).unwrap();
-    (lua, first)
+    let resp = send.call::<String>((&sender, msg));
+    (lua, resp)
 }
 
 #[test]
@@ -292,5 +307,51 @@ fn hostile_values_reach_the_broker_exactly_and_run_no_code() {
         assert_eq!(props.get::<String>("content_type").unwrap(), h);
         let headers: Table = props.get("headers").unwrap();
         assert_eq!(headers.get::<String>(h).unwrap(), h);
+    }
+}
+
+#[test]
+fn nack_and_return_follow_on_nack_and_on_return() {
+    let nack = "{ status = 'Nack' }";
+    let returned = "{ status = 'Ack', reply_code = 312, reply_text = 'NO_ROUTE' }";
+    for (on_nack, on_return, confirm, want) in [
+        ("retry", "bounce", nack, "451"),
+        ("bounce", "retry", nack, "550"),
+        ("retry", "bounce", returned, "550"),
+        ("bounce", "retry", returned, "451"),
+    ] {
+        let mut r = simple("ns", "r", "amqp");
+        r.spec.publish.on_nack = serde_json::from_value(serde_json::json!(on_nack)).unwrap();
+        r.spec.publish.on_return = serde_json::from_value(serde_json::json!(on_return)).unwrap();
+        r.spec.publish.mandatory = true;
+        let out = render(&[r], &[], DEFAULT_SECRETS_DIR);
+        let (_lua, resp) = send_with_confirm(&out.policy, "amqp", confirm);
+        let err = resp.unwrap_err().to_string();
+        assert!(err.contains(want), "{on_nack}/{on_return} {confirm}: {err}");
+    }
+}
+
+#[test]
+fn random_hostile_strings_always_compile_and_come_back_exactly() {
+    // A property test with a fixed seed: strings drawn from the characters
+    // that break naive quoting, up to 60 characters (at most 240 bytes).
+    let alphabet: Vec<char> = "\"'[]=-\\\n\r\t\0 .()%;:{}$@!#x\u{7f}é漢🙂"
+        .chars()
+        .collect();
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..300 {
+        let len = rng.usize(0..=60);
+        let s: String = (0..len)
+            .map(|_| alphabet[rng.usize(..alphabet.len())])
+            .collect();
+        let mut r = simple("ns", "r", "amqp");
+        r.spec.publish.routing_key = s.clone();
+        r.spec.publish.headers = [("h".to_string(), s.clone())].into();
+        let out = render(&[r], &[], &s);
+        let (_lua, p) = publish_params(&out.policy, "amqp");
+        assert_eq!(p.get::<String>("routing_key").unwrap(), s);
+        let props: Table = p.get("properties").unwrap();
+        let headers: Table = props.get("headers").unwrap();
+        assert_eq!(headers.get::<String>("h").unwrap(), s);
     }
 }
