@@ -66,6 +66,8 @@ struct Valid<'a> {
     route: &'a AmqpRoute,
     domain: String,
     url: Url,
+    /// CA certificate (PEM) for an amqps:// broker, with its key in the rendered Secret.
+    ca: Option<(String, Vec<u8>)>,
 }
 
 enum Url {
@@ -173,9 +175,6 @@ fn validate<'a>(r: &'a AmqpRoute, secrets: &[Secret]) -> Result<Valid<'a>, Strin
             "logEvents needs the relay's log hooks, which this version does not have yet".into(),
         );
     }
-    if spec.broker.tls.is_some() {
-        return Err("broker.tls: TLS to the broker is not available in this version".into());
-    }
     let url = match (&spec.broker.url, &spec.broker.url_secret_ref) {
         (Some(_), Some(_)) | (None, None) => {
             return Err("broker: set exactly one of url and urlSecretRef".into());
@@ -224,20 +223,56 @@ fn validate<'a>(r: &'a AmqpRoute, secrets: &[Secret]) -> Result<Valid<'a>, Strin
             )
         }
     };
+    let tls_url = match &url {
+        Url::Plain(u) => u.starts_with("amqps://"),
+        Url::Secret(_, v) => v.starts_with(b"amqps://"),
+    };
+    let ca = match &spec.broker.tls {
+        None => None,
+        Some(_) if !tls_url => {
+            return Err("broker.tls needs an amqps:// URL".into());
+        }
+        Some(tls) => {
+            let sr = &tls.ca_secret_ref;
+            let s = find_secret(secrets, &id.namespace, &sr.name).ok_or_else(|| {
+                format!(
+                    "broker.tls.caSecretRef: Secret {}/{} not found",
+                    id.namespace, sr.name
+                )
+            })?;
+            let pem = secret_value(s, &sr.key).ok_or_else(|| {
+                format!(
+                    "broker.tls.caSecretRef: Secret {}/{} has no key {:?}",
+                    id.namespace, sr.name, sr.key
+                )
+            })?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(format!(
+                    "broker.tls.caSecretRef: Secret {}/{} key {:?} holds no PEM certificate",
+                    id.namespace, sr.name, sr.key
+                ));
+            }
+            Some((format!("{}.{}.ca", id.namespace, id.name), pem))
+        }
+    };
     Ok(Valid {
         domain: m.domain.to_ascii_lowercase(),
         id,
         route: r,
         url,
+        ca,
     })
 }
 
 fn check_url(u: &str) -> Result<(), String> {
-    if u.starts_with("amqps://") {
-        return Err("broker.url: amqps:// (TLS) is not available in this version".into());
-    }
-    if !u.starts_with("amqp://") || u.len() <= "amqp://".len() {
-        return Err(format!("broker.url {u:?} must start with amqp://"));
+    let rest = u
+        .strip_prefix("amqp://")
+        .or_else(|| u.strip_prefix("amqps://"))
+        .unwrap_or("");
+    if rest.is_empty() {
+        return Err(format!(
+            "broker.url {u:?} must start with amqp:// or amqps://"
+        ));
     }
     if u.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("broker.url must not contain spaces or control characters".into());
@@ -360,6 +395,10 @@ fn render_route(lua: &mut String, v: &Valid, secret: &mut BTreeMap<String, Vec<u
             secret.insert(key.clone(), value.clone());
         }
     }
+    if let Some((key, pem)) = &v.ca {
+        let _ = writeln!(lua, "    ca_key = {},", lua_str(key));
+        secret.insert(key.clone(), pem.clone());
+    }
     let _ = writeln!(lua, "    exchange = {},", lua_str(&p.exchange));
     let _ = writeln!(lua, "    routing_key = {},", lua_str(&p.routing_key));
     let _ = writeln!(lua, "    persistent = {},", p.persistent);
@@ -458,7 +497,11 @@ kumo.on('amqp-relay.route', function(domain, tenant, campaign)
     url = kumo.secret_load { key_path = SECRETS_DIR .. '/' .. r.url_key }
     url = url:gsub('%s+$', '')
   end
-  local client = kumo.amqp.build_client(url)
+  local tls = nil
+  if r.ca_key then
+    tls = { root_ca_cert = SECRETS_DIR .. '/' .. r.ca_key }
+  end
+  local client = kumo.amqp.build_client(url, tls)
 
   local function publish(msg)
     local headers = {}

@@ -5,6 +5,7 @@
 //! on the next use, so a broker restart heals without restarting the relay.
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use lapin::{Confirmation, PublisherConfirm};
@@ -18,6 +19,27 @@ pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
+
+/// Where a client connects: the URI and, for `amqps://`, an optional CA file
+/// (PEM) trusted in addition to the system roots.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub uri: String,
+    pub ca_file: Option<String>,
+}
+
+impl Target {
+    pub fn plain(uri: impl Into<String>) -> Target {
+        Target {
+            uri: uri.into(),
+            ca_file: None,
+        }
+    }
+
+    fn key(&self) -> String {
+        format!("{}\0{}", self.uri, self.ca_file.as_deref().unwrap_or(""))
+    }
+}
 
 /// Connections and idle confirm-mode channels, per broker URI.
 #[derive(Default)]
@@ -39,12 +61,18 @@ pub fn redact(uri: &str) -> String {
 }
 
 impl AmqpPool {
-    async fn connection(&self, uri: &str, timeout: Duration) -> Result<Arc<Connection>, String> {
+    async fn connection(
+        &self,
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<Arc<Connection>, String> {
+        let uri = target.uri.as_str();
+        let key = target.key();
         let slot = self
             .conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(uri.to_owned())
+            .entry(key.clone())
             .or_default()
             .clone();
         let mut guard = slot.lock().await;
@@ -57,9 +85,20 @@ impl AmqpPool {
         self.idle_channels
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(uri);
+            .remove(&key);
         let props = ConnectionProperties::default().with_connection_name("amqp-relay".into());
-        let conn = tokio::time::timeout(timeout, Connection::connect(uri, props))
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain: match &target.ca_file {
+                Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                    format!("cannot read the CA file {path} for {}: {e}", redact(uri))
+                })?),
+                None => None,
+            },
+        };
+        let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+        let connect = Connection::connect_with_config(uri, props, tls, runtime);
+        let conn = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| format!("connect to {} timed out after {timeout:?}", redact(uri)))?
             .map_err(|e| format!("connect to {}: {e}", redact(uri)))?;
@@ -68,14 +107,15 @@ impl AmqpPool {
         Ok(conn)
     }
 
-    /// A channel in confirm mode on the pooled connection to `uri`.
-    pub async fn channel(&self, uri: &str, timeout: Duration) -> Result<Channel, String> {
+    /// A channel in confirm mode on the pooled connection to `target`.
+    pub async fn channel(&self, target: &Target, timeout: Duration) -> Result<Channel, String> {
+        let uri = target.uri.as_str();
         loop {
             let reused = self
                 .idle_channels
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .get_mut(uri)
+                .get_mut(&target.key())
                 .and_then(Vec::pop);
             match reused {
                 Some(ch) if ch.status().connected() => return Ok(ch),
@@ -83,7 +123,7 @@ impl AmqpPool {
                 None => break,
             }
         }
-        let conn = self.connection(uri, timeout).await?;
+        let conn = self.connection(target, timeout).await?;
         let open = async {
             let ch = conn.create_channel().await?;
             ch.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -95,12 +135,12 @@ impl AmqpPool {
             .map_err(|e| format!("opening a channel to {}: {e}", redact(uri)))
     }
 
-    pub fn give_back(&self, uri: &str, ch: Channel) {
+    pub fn give_back(&self, target: &Target, ch: Channel) {
         if ch.status().connected() {
             self.idle_channels
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .entry(uri.to_owned())
+                .entry(target.key())
                 .or_default()
                 .push(ch);
         }
@@ -127,7 +167,7 @@ fn short(what: &str, s: String) -> mlua::Result<ShortString> {
     Ok(s.into())
 }
 
-fn check_keys(t: &Table, call: &str, allowed: &[&str]) -> mlua::Result<()> {
+pub fn check_keys(t: &Table, call: &str, allowed: &[&str]) -> mlua::Result<()> {
     for pair in t.pairs::<Value, Value>() {
         let (k, _) = pair?;
         let name = match &k {
@@ -350,18 +390,22 @@ pub async fn await_confirm(c: PublisherConfirm, timeout: Duration) -> Result<Out
 /// `kumo.amqp.build_client(uri)`'s object.
 pub struct Client {
     pool: Arc<AmqpPool>,
-    uri: String,
+    target: Target,
     channel: tokio::sync::Mutex<Option<Channel>>,
 }
 
 pub struct Confirm(Mutex<Option<PublisherConfirm>>);
 
 impl Client {
-    pub async fn build(pool: Arc<AmqpPool>, uri: String) -> Result<Client, String> {
-        let ch = pool.channel(&uri, CONNECT_TIMEOUT).await?;
+    pub async fn build(
+        pool: Arc<AmqpPool>,
+        target: Target,
+        timeout: Duration,
+    ) -> Result<Client, String> {
+        let ch = pool.channel(&target, timeout).await?;
         Ok(Client {
             pool,
-            uri,
+            target,
             channel: tokio::sync::Mutex::new(Some(ch)),
         })
     }
@@ -374,7 +418,7 @@ impl Client {
         let confirm = p
             .send(ch, timeout)
             .await
-            .map_err(|e| mlua::Error::runtime(format!("amqp {}: {e}", redact(&self.uri))))?;
+            .map_err(|e| mlua::Error::runtime(format!("amqp {}: {e}", redact(&self.target.uri))))?;
         Ok(Confirm(Mutex::new(Some(confirm))))
     }
 }
@@ -400,7 +444,7 @@ impl UserData for Client {
             match ch {
                 // The connection is shared; only this client's channel goes back.
                 Some(ch) => {
-                    this.pool.give_back(&this.uri, ch);
+                    this.pool.give_back(&this.target, ch);
                     Ok(())
                 }
                 None => Err(mlua::Error::runtime("amqp client is already closed")),
@@ -426,8 +470,8 @@ impl UserData for Confirm {
     }
 }
 
-/// The URI `basic_publish`'s `connection` table describes.
-pub fn connection_uri(t: &Table) -> mlua::Result<String> {
+/// The broker `basic_publish`'s `connection` table describes.
+pub fn connection_target(t: &Table) -> mlua::Result<Target> {
     const CALL: &str = "kumo.amqp.basic_publish connection";
     check_keys(
         t,
@@ -454,12 +498,16 @@ pub fn connection_uri(t: &Table) -> mlua::Result<String> {
     let host = opt_string(t, "host", CALL)?
         .ok_or_else(|| mlua::Error::runtime(format!("{CALL}: 'host' is required")))?;
     let tls = t.get::<Option<bool>>("enable_tls")?.unwrap_or(false);
-    if tls {
+    if opt_string(t, "client_cert", CALL)?.is_some()
+        || opt_string(t, "client_private_key", CALL)?.is_some()
+    {
         return Err(mlua::Error::runtime(format!(
-            "{CALL}: enable_tls is not available in this build of amqp-relay"
+            "{CALL}: client certificates are not supported by amqp-relay; use username and password"
         )));
     }
-    let port = t.get::<Option<u16>>("port")?.unwrap_or(5672);
+    let port = t
+        .get::<Option<u16>>("port")?
+        .unwrap_or(if tls { 5671 } else { 5672 });
     let enc = |s: &str| percent_encode(s);
     let user = opt_string(t, "username", CALL)?;
     let pass = opt_string(t, "password", CALL)?;
@@ -474,11 +522,15 @@ pub fn connection_uri(t: &Table) -> mlua::Result<String> {
         (None, None) => String::new(),
     };
     let vhost = opt_string(t, "vhost", CALL)?.unwrap_or_else(|| "/".into());
-    let mut uri = format!("amqp://{auth}{host}:{port}/{}", enc(&vhost));
+    let scheme = if tls { "amqps" } else { "amqp" };
+    let mut uri = format!("{scheme}://{auth}{host}:{port}/{}", enc(&vhost));
     if let Some(hb) = t.get::<Option<u16>>("heartbeat")? {
         uri.push_str(&format!("?heartbeat={hb}"));
     }
-    Ok(uri)
+    Ok(Target {
+        uri,
+        ca_file: opt_string(t, "root_ca_cert", CALL)?,
+    })
 }
 
 fn percent_encode(s: &str) -> String {
@@ -514,12 +566,13 @@ pub async fn basic_publish(lua: &Lua, pool: &AmqpPool, t: Table) -> mlua::Result
     let conn: Table = t
         .get::<Option<Table>>("connection")?
         .ok_or_else(|| mlua::Error::runtime(format!("{CALL}: 'connection' is required")))?;
-    let uri = connection_uri(&conn)?;
+    let target = connection_target(&conn)?;
+    let uri = target.uri.clone();
     let connect_timeout = duration_field(&conn, "connect_timeout", CONNECT_TIMEOUT)?;
     let publish_timeout = duration_field(&conn, "publish_timeout", PUBLISH_TIMEOUT)?;
     let p = Publish::from_table(&t, CALL, &["connection"])?;
     let ch = pool
-        .channel(&uri, connect_timeout)
+        .channel(&target, connect_timeout)
         .await
         .map_err(mlua::Error::runtime)?;
     let result = async {
@@ -527,7 +580,7 @@ pub async fn basic_publish(lua: &Lua, pool: &AmqpPool, t: Table) -> mlua::Result
         await_confirm(confirm, publish_timeout.max(CONFIRM_TIMEOUT)).await
     }
     .await;
-    pool.give_back(&uri, ch);
+    pool.give_back(&target, ch);
     let outcome =
         result.map_err(|e| mlua::Error::runtime(format!("{CALL} to {}: {e}", redact(&uri))))?;
     if !outcome.accepted() {
@@ -563,11 +616,18 @@ mod tests {
             .eval()
             .unwrap();
         assert_eq!(
-            connection_uri(&t).unwrap(),
+            connection_target(&t).unwrap().uri,
             "amqp://u%20s:p%40ss%2F@h:1234/%2F"
         );
+        let tls: Table = lua
+            .load("return {host='h', enable_tls=true, root_ca_cert='/ca.pem'}")
+            .eval()
+            .unwrap();
+        let target = connection_target(&tls).unwrap();
+        assert_eq!(target.uri, "amqps://h:5671/%2F");
+        assert_eq!(target.ca_file.as_deref(), Some("/ca.pem"));
         let bad: Table = lua.load("return {host='h', prot=1}").eval().unwrap();
-        let err = connection_uri(&bad).unwrap_err().to_string();
+        let err = connection_target(&bad).unwrap_err().to_string();
         assert!(err.contains("'prot'"), "{err}");
     }
 

@@ -216,9 +216,23 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
     let amqp_t = lua.create_table()?;
     amqp_t.set(
         "build_client",
-        lua.create_async_function(|lua, uri: String| async move {
+        lua.create_async_function(|lua, (uri, opts): (String, Option<Table>)| async move {
             let pool = amqp_pool(&lua)?;
-            Client::build(pool, uri).await.map_err(mlua::Error::runtime)
+            // Our extension: an optional table with a CA file for amqps:// and a connect timeout.
+            let mut target = amqp::Target::plain(uri);
+            let mut timeout = amqp::CONNECT_TIMEOUT;
+            if let Some(o) = opts {
+                amqp::check_keys(
+                    &o,
+                    "kumo.amqp.build_client",
+                    &["root_ca_cert", "connect_timeout"],
+                )?;
+                target.ca_file = o.get::<Option<String>>("root_ca_cert")?;
+                timeout = amqp::duration_field(&o, "connect_timeout", timeout)?;
+            }
+            Client::build(pool, target, timeout)
+                .await
+                .map_err(mlua::Error::runtime)
         })?,
     )?;
     amqp_t.set(

@@ -11,6 +11,8 @@ const CTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
 
 pub struct Broker {
     pub port: u16,
+    /// With `private_tls`: the amqps:// port and the CA that signed its certificate.
+    pub tls_port: Option<u16>,
     dist_port: u16,
     node: String,
     dir: tempfile::TempDir,
@@ -61,16 +63,46 @@ impl Broker {
                 "port 5672 is taken: the seed policy connects to amqp://localhost, so the tests \
                  start their own broker there; stop whatever listens on 5672"
             );
-            Broker::start_on(5672)
+            Broker::start_on(5672, false)
         })
     }
 
     /// A broker of the test's own, on a free port.
     pub fn private() -> Broker {
-        Broker::start_on(free_port())
+        Broker::start_on(free_port(), false)
     }
 
-    fn start_on(port: u16) -> Broker {
+    /// A broker of the test's own with an amqps:// listener too, its
+    /// certificate (for localhost and 127.0.0.1) signed by a fresh CA.
+    pub fn private_tls() -> Broker {
+        Broker::start_on(free_port(), true)
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.path("ca.pem")
+    }
+
+    fn make_certs(&self) {
+        let dir = self.dir.path();
+        let script = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=amqp-relay-test-ca \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' > ext.cnf
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf 2>/dev/null
+chmod 644 server.key
+"#;
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "openssl could not make test certificates");
+    }
+
+    fn start_on(port: u16, tls: bool) -> Broker {
         ensure_installed();
         let dir = tempfile::Builder::new()
             .prefix("amqp-relay-rabbit-")
@@ -78,16 +110,28 @@ impl Broker {
             .expect("temp dir");
         let b = Broker {
             port,
+            tls_port: tls.then(free_port),
             dist_port: free_port(),
             node: format!("relaytest{port}@localhost"),
             dir,
             child: Mutex::new(None),
         };
-        std::fs::write(
-            b.path("rabbitmq.conf"),
-            format!("listeners.tcp.default = 127.0.0.1:{port}\nlog.console = false\nloopback_users = none\n"),
-        )
-        .unwrap();
+        let mut conf = format!(
+            "listeners.tcp.default = 127.0.0.1:{port}\nlog.console = false\nloopback_users = none\n"
+        );
+        if let Some(tls_port) = b.tls_port {
+            b.make_certs();
+            let p = |n: &str| b.path(n).display().to_string();
+            conf.push_str(&format!(
+                "listeners.ssl.default = 127.0.0.1:{tls_port}\nssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\nssl_options.keyfile = {}\nssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                p("ca.pem"),
+                p("server.pem"),
+                p("server.key")
+            ));
+        }
+        std::fs::write(b.path("rabbitmq.conf"), conf).unwrap();
         std::fs::write(b.path("enabled_plugins"), "[].\n").unwrap();
         b.boot();
         b

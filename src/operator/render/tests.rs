@@ -69,7 +69,8 @@ fn send_with_confirm(policy: &str, domain: &str, confirm: &str) -> (Lua, mlua::R
           reject = function(code, text) error(code .. ' ' .. text) end,
           json_encode = function() return '{}' end,
           secret_load = function(t) return 'amqp://from-secret' end,
-          amqp = { build_client = function(url)
+          amqp = { build_client = function(url, tls)
+            BUILD_TLS = tls
             return { publish = function(self, p)
               p.url = url
               table.insert(published, p)
@@ -354,4 +355,47 @@ fn random_hostile_strings_always_compile_and_come_back_exactly() {
         let headers: Table = props.get("headers").unwrap();
         assert_eq!(headers.get::<String>("h").unwrap(), s);
     }
+}
+
+#[test]
+fn tls_ca_goes_to_the_secret_and_the_client() {
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let tls_route = |url: &str| {
+        route(
+            "ns",
+            "tls",
+            serde_json::json!({
+                "match": {"domain": "amqp"},
+                "broker": {"url": url, "tls": {"caSecretRef": {"name": "ca", "key": "ca.crt"}}},
+                "publish": {"routingKey": "k"}
+            }),
+        )
+    };
+    let secrets = [secret("ns", "ca", "ca.crt", pem)];
+    let out = render(&[tls_route("amqps://rabbit:5671/%2f")], &secrets, "/mnt/r");
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    assert_eq!(
+        out.secret.get("ns.tls.ca").map(|v| v.as_slice()),
+        Some(pem.as_bytes())
+    );
+    let (lua, _) = publish_params(&out.policy, "amqp");
+    let tls: Table = lua.globals().get("BUILD_TLS").unwrap();
+    assert_eq!(
+        tls.get::<String>("root_ca_cert").unwrap(),
+        "/mnt/r/ns.tls.ca"
+    );
+
+    let plain = render(&[tls_route("amqp://rabbit:5672/%2f")], &secrets, "/mnt/r");
+    assert!(
+        plain.rejected[0]
+            .1
+            .message
+            .contains("needs an amqps:// URL")
+    );
+    let no_pem = render(
+        &[tls_route("amqps://rabbit/")],
+        &[secret("ns", "ca", "ca.crt", "junk")],
+        "/mnt/r",
+    );
+    assert!(no_pem.rejected[0].1.message.contains("no PEM certificate"));
 }
