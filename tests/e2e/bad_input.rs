@@ -164,3 +164,47 @@ async fn unknown_queue_config_key_is_named_and_nothing_is_accepted() {
     );
     assert_eq!(relay.metric("amqp_relay_received_total").await, 0.0);
 }
+
+#[test]
+fn render_reports_rejected_routes_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("routes.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: amqprelay.io/v1alpha1\nkind: AmqpRoute\nmetadata: {name: good}\nspec:\n  match: {domain: a}\n  broker: {url: 'amqp://rabbit/'}\n  publish: {routingKey: k}\n---\napiVersion: amqprelay.io/v1alpha1\nkind: AmqpRoute\nmetadata: {name: leaky}\nspec:\n  match: {domain: b}\n  broker: {url: 'amqp://user:hunter2@rabbit/'}\n  publish: {routingKey: k}\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["render", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "route default/leaky: rejected (Invalid): broker.url must not hold credentials"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("route default/good: accepted"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("kind: ConfigMap") && !stdout.contains("hunter2"),
+        "{stdout}"
+    );
+
+    let garbage = dir.path().join("garbage.yaml");
+    std::fs::write(&garbage, "kind: AmqpRoute\nspec: [1, 2\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["render", "-f"])
+        .arg(&garbage)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("garbage.yaml"),
+        "the error names the file: {stderr}"
+    );
+}
