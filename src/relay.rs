@@ -3,6 +3,7 @@
 use crate::engine::Engine;
 use crate::engine::spool::Spool;
 use crate::listeners::http;
+use crate::listeners::smtp::{self, EsmtpListener};
 use crate::policy::Policy;
 use crate::policy::amqp::AmqpPool;
 use crate::policy::kumo::{HttpListener, loopback};
@@ -28,28 +29,46 @@ pub struct RelayArgs {
     /// CIDRs allowed to inject over HTTP (with --http-listen).
     #[arg(long, env = "AMQP_RELAY_HTTP_TRUSTED_HOSTS", value_delimiter = ',', default_values_t = loopback())]
     pub http_trusted_hosts: Vec<String>,
-    /// SMTP listener, when the policy's init starts none (not yet available).
+    /// SMTP listener, when the policy has no init (none by default).
     #[arg(long, env = "AMQP_RELAY_SMTP_LISTEN")]
     pub smtp_listen: Option<String>,
+    /// CIDRs allowed to relay over SMTP (with --smtp-listen).
+    #[arg(long, env = "AMQP_RELAY_SMTP_RELAY_HOSTS", value_delimiter = ',', default_values_t = loopback())]
+    pub smtp_relay_hosts: Vec<String>,
 }
 
 pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
-    if args.smtp_listen.is_some() {
-        anyhow::bail!("--smtp-listen: the SMTP listener is not available in this version");
-    }
     let amqp = Arc::new(AmqpPool::default());
     let policy = Policy::load(&args.policy, amqp)?;
     let init = policy.run_init().await?;
-    let (listeners, data_dir) = match init {
-        Some(cfg) => (cfg.http_listeners, cfg.spool_dir.unwrap_or(args.data_dir)),
+    let (listeners, smtp_listeners, data_dir) = match init {
+        Some(cfg) => (
+            cfg.http_listeners,
+            cfg.esmtp_listeners,
+            cfg.spool_dir.unwrap_or(args.data_dir),
+        ),
         None => (
             vec![HttpListener {
                 listen: args.http_listen,
                 trusted_hosts: args.http_trusted_hosts,
             }],
+            args.smtp_listen
+                .map(|listen| {
+                    let mut l = EsmtpListener::with_defaults(listen);
+                    l.relay_hosts = args.smtp_relay_hosts;
+                    l
+                })
+                .into_iter()
+                .collect(),
             args.data_dir,
         ),
     };
+    // Check listener settings before anything is opened.
+    let smtp_settings = smtp_listeners
+        .into_iter()
+        .map(smtp::Settings::new)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
 
     let (spool, recovered) = Spool::open(&data_dir)?;
     if recovered.quarantined > 0 {
@@ -73,6 +92,13 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("http listener: cannot bind {}", l.listen))?;
         servers.spawn(http::serve(sock, engine.clone(), trusted));
+    }
+
+    for settings in smtp_settings {
+        let sock = tokio::net::TcpListener::bind(&settings.cfg.listen)
+            .await
+            .with_context(|| format!("smtp listener: cannot bind {}", settings.cfg.listen))?;
+        servers.spawn(smtp::serve(sock, engine.clone(), settings));
     }
 
     tokio::select! {

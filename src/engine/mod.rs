@@ -183,6 +183,31 @@ impl Engine {
         results
     }
 
+    /// Accepts all messages or none (SMTP's one reply to DATA covers every
+    /// recipient): each must have a queue, then all go into one durable commit.
+    pub async fn receive_all(self: &Arc<Self>, msgs: Vec<MessageRef>) -> Result<(), Refusal> {
+        let mut routed = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let name = msg.queue_name().map_err(|reason| Refusal {
+                code: 550,
+                reason: format!("5.1.3 {reason}"),
+            })?;
+            let q = self.queue(&name).await?;
+            routed.push((msg, q));
+        }
+        let refs: Vec<&Message> = routed.iter().map(|(m, _)| m.as_ref()).collect();
+        self.spool
+            .insert(&refs)
+            .await
+            .map_err(|e| spool_refusal(&e))?;
+        self.metrics.received.inc_by(routed.len() as u64);
+        for (m, q) in routed {
+            q.insert(m);
+            dispatcher::ensure_sessions(self, &q);
+        }
+        Ok(())
+    }
+
     /// Re-queues what the spool held at start. Messages the policy cannot
     /// place right now (a temporary error) are tried again every 30 s.
     pub async fn requeue(self: &Arc<Self>, msgs: Vec<MessageRef>) {

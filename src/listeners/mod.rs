@@ -1,3 +1,4 @@
 //! Where messages come in.
 
 pub mod http;
+pub mod smtp;

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Default, Clone)]
 pub struct InitConfig {
     pub http_listeners: Vec<HttpListener>,
+    pub esmtp_listeners: Vec<crate::listeners::smtp::EsmtpListener>,
     pub spool_dir: Option<PathBuf>,
 }
 
@@ -198,11 +199,19 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
             }
         })?,
     )?;
-    for name in [
+    kumo.set(
         "start_esmtp_listener",
-        "configure_local_logs",
-        "configure_log_hook",
-    ] {
+        lua.create_function(|lua, v: Value| {
+            let ctx = init_ctx(lua, "kumo.start_esmtp_listener")?;
+            let l = from_lua(lua, v, "kumo.start_esmtp_listener")?;
+            ctx.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .esmtp_listeners
+                .push(l);
+            Ok(())
+        })?,
+    )?;
+    for name in ["configure_local_logs", "configure_log_hook"] {
         kumo.set(
             name,
             lua.create_function(move |_, _: MultiValue| -> mlua::Result<()> {

@@ -55,11 +55,17 @@ impl Broker {
         SHARED.get_or_init(|| {
             // A previous run's node is killed by its watchdog within a second or two.
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while !port_is_free(5672) && std::time::Instant::now() < deadline {
+            let free = loop {
+                if port_is_free(5672) {
+                    break true;
+                }
+                if std::time::Instant::now() > deadline {
+                    break false;
+                }
                 std::thread::sleep(Duration::from_millis(200));
-            }
+            };
             assert!(
-                port_is_free(5672),
+                free,
                 "port 5672 is taken: the seed policy connects to amqp://localhost, so the tests \
                  start their own broker there; stop whatever listens on 5672"
             );

@@ -15,6 +15,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_amqp-relay");
 pub struct Relay {
     child: Child,
     pub http: SocketAddr,
+    /// SMTP listeners, in the order the relay bound them.
+    pub smtp: Vec<SocketAddr>,
     pub log: Arc<Mutex<Vec<String>>>,
     client: reqwest::Client,
 }
@@ -37,6 +39,26 @@ impl Relay {
     }
 
     pub fn start_with_env(policy: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Relay {
+        Self::launch(policy, data_dir, env, &[], 0)
+    }
+
+    /// With `--smtp-listen 127.0.0.1:0` (for policies without init).
+    pub fn start_smtp(policy: &Path, data_dir: &Path) -> Relay {
+        Self::launch(policy, data_dir, &[], &["--smtp-listen", "127.0.0.1:0"], 1)
+    }
+
+    /// For a policy whose init starts `smtp_listeners` SMTP listeners.
+    pub fn start_init(policy: &Path, data_dir: &Path, smtp_listeners: usize) -> Relay {
+        Self::launch(policy, data_dir, &[], &[], smtp_listeners)
+    }
+
+    fn launch(
+        policy: &Path,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+        smtp_listeners: usize,
+    ) -> Relay {
         let mut cmd = Command::new(BIN);
         cmd.arg("relay")
             .arg("--policy")
@@ -45,6 +67,7 @@ impl Relay {
             .arg(data_dir)
             .arg("--http-listen")
             .arg("127.0.0.1:0")
+            .args(args)
             .env("RUST_LOG", "info,lapin=off")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -59,25 +82,39 @@ impl Relay {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("http listener on ").nth(1) {
-                    let _ = tx.send(addr.trim().to_owned());
+                for kind in ["http", "smtp"] {
+                    if let Some(addr) = line.split(&format!("{kind} listener on ")).nth(1) {
+                        let _ = tx.send((kind, addr.trim().to_owned()));
+                    }
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a.parse().expect("listener address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "relay did not start listening; its log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
+        let mut http = None;
+        let mut smtp = Vec::new();
+        while http.is_none() || smtp.len() < smtp_listeners {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok((kind, a)) => {
+                    let a: SocketAddr = a.parse().expect("listener address");
+                    if kind == "http" {
+                        http = Some(a)
+                    } else {
+                        smtp.push(a)
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "relay did not start listening; its log:\n{}",
+                        log.lock().unwrap().join("\n")
+                    );
+                }
             }
-        };
+        }
         Relay {
             child,
-            http: addr,
+            smtp,
+            http: http.unwrap(),
             log,
             client: reqwest::Client::new(),
         }

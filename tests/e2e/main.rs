@@ -9,6 +9,7 @@ mod render;
 mod retry;
 mod seed;
 mod sessions;
+mod smtp;
 mod tls;
 
 use std::path::PathBuf;

@@ -17,7 +17,7 @@ async fn seed_policy_verbatim_delivers_then_bounces_a_nack() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("seed.lua");
     std::fs::write(&policy, crate::seed_policy()).unwrap();
-    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let relay = Relay::start_smtp(&policy, &dir.path().join("spool"));
 
     // Distinct bodies (with a non-ASCII byte sequence) so content can be compared.
     let mut sent = Vec::new();
@@ -63,6 +63,40 @@ async fn seed_policy_verbatim_delivers_then_bounces_a_nack() {
         )
         .await;
 
+    // The same over SMTP, from a standard client.
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    let smtp = relay.smtp[0];
+    let mail = Message::builder()
+        .from("sender@example.com".parse().unwrap())
+        .to("user@amqp".parse().unwrap())
+        .subject("seed over smtp")
+        .body(String::from(
+            "delivered by the seed policy
+",
+        ))
+        .unwrap();
+    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.ip().to_string())
+        .port(smtp.port())
+        .build()
+        .send(mail)
+        .await
+        .expect("SMTP delivery accepted");
+    let got = consume(&conn, "logging", 1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    let body = String::from_utf8_lossy(&got[0].data);
+    assert!(
+        body.contains("Subject: seed over smtp")
+            && body.contains("delivered by the seed policy\r\n"),
+        "{body}"
+    );
+    // A domain the seed does not route is refused at RCPT, naming the queue.
+    let mut c = crate::smtp::Raw::connect(smtp).await;
+    assert_eq!(c.cmd("HELO x").await.0, 250);
+    assert_eq!(c.cmd("MAIL FROM:<a@example.com>").await.0, 250);
+    let (code, text) = c.cmd("RCPT TO:<u@example.org>").await;
+    assert_eq!(code, 550, "{text}");
+    assert!(text.contains("queue example.org"), "{text}");
+
     // Other domains get the seed's `make_queue_config {}`: SMTP, which is refused at once.
     let (status, resp) = relay
         .inject(
@@ -106,7 +140,7 @@ async fn seed_policy_verbatim_delivers_then_bounces_a_nack() {
     );
     assert_eq!(
         relay.metric("amqp_relay_delivered_total").await,
-        MESSAGES as f64
+        (MESSAGES + 1) as f64
     );
 
     declare_queue(&conn, "logging", FieldTable::default()).await;

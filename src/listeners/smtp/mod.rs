@@ -1,0 +1,168 @@
+//! The ESMTP listener: configuration, accept loop and connection limit.
+
+pub mod command;
+pub mod lines;
+pub mod session;
+
+use crate::engine::Engine;
+use crate::policy::config::de_duration;
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn default_hostname() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "amqp-relay".into())
+}
+fn default_max_message_size() -> usize {
+    20 * 1024 * 1024
+}
+fn default_max_recipients() -> usize {
+    1024
+}
+fn default_max_messages() -> usize {
+    10_000
+}
+fn default_client_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_connections() -> usize {
+    32_768
+}
+fn default_line_limit() -> usize {
+    // RFC 5321 allows 998 bytes; generous headroom for sloppy clients.
+    4096
+}
+
+/// `kumo.start_esmtp_listener{…}` (or `--smtp-listen`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EsmtpListener {
+    pub listen: String,
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// Clients allowed to relay; others get 550 5.7.1 at RCPT.
+    #[serde(default = "crate::policy::kumo::loopback")]
+    pub relay_hosts: Vec<String>,
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients_per_message: usize,
+    #[serde(default = "default_max_messages")]
+    pub max_messages_per_connection: usize,
+    #[serde(default = "default_client_timeout", deserialize_with = "de_duration")]
+    pub client_timeout: Duration,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_line_limit")]
+    pub line_length_hard_limit: usize,
+    #[serde(default)]
+    pub tls_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_private_key: Option<PathBuf>,
+    #[serde(default)]
+    pub banner: Option<String>,
+}
+
+impl EsmtpListener {
+    pub fn with_defaults(listen: String) -> EsmtpListener {
+        serde_json::from_value(serde_json::json!({ "listen": listen }))
+            .expect("defaults deserialise")
+    }
+}
+
+/// What a session needs, resolved once per listener.
+pub struct Settings {
+    pub cfg: EsmtpListener,
+    pub relay_hosts: Vec<IpNet>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Settings {
+    pub fn new(cfg: EsmtpListener) -> Result<Settings, String> {
+        let relay_hosts = crate::listeners::http::parse_trusted(&cfg.relay_hosts)
+            .map_err(|e| format!("esmtp listener {}: relay_hosts: {e}", cfg.listen))?;
+        let tls = match (&cfg.tls_certificate, &cfg.tls_private_key) {
+            (Some(cert), Some(key)) => Some(
+                tls_acceptor(cert, key)
+                    .map_err(|e| format!("esmtp listener {}: {e}", cfg.listen))?,
+            ),
+            (None, None) => None,
+            _ => {
+                return Err(format!(
+                    "esmtp listener {}: give both tls_certificate and tls_private_key",
+                    cfg.listen
+                ));
+            }
+        };
+        Ok(Settings {
+            cfg,
+            relay_hosts,
+            tls,
+        })
+    }
+}
+
+fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("tls_certificate {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "tls_certificate {}: no certificate in the file",
+            cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("tls_private_key {}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("tls certificate and key: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Accepts connections until shutdown; logs `smtp listener on ADDR`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    engine: Arc<Engine>,
+    settings: Settings,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!("smtp listener on {addr}");
+    let settings = Arc::new(settings);
+    let slots = Arc::new(tokio::sync::Semaphore::new(settings.cfg.max_connections));
+    let mut stop = engine.shutdown_signal();
+    loop {
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "smtp accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+        };
+        let _ = sock.set_nodelay(true);
+        let permit = slots.clone().try_acquire_owned();
+        let engine = engine.clone();
+        let settings = settings.clone();
+        tokio::spawn(async move {
+            match permit {
+                Ok(_permit) => session::run(sock, peer, settings, engine).await,
+                Err(_) => session::refuse(sock, &settings.cfg.hostname).await,
+            }
+        });
+    }
+    Ok(())
+}
