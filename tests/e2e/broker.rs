@@ -88,26 +88,6 @@ impl Broker {
         self.path("ca.pem")
     }
 
-    fn make_certs(&self) {
-        let dir = self.dir.path();
-        let script = r#"set -e
-openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=amqp-relay-test-ca \
-  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' > ext.cnf
-openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf 2>/dev/null
-chmod 644 server.key
-"#;
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .current_dir(dir)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "openssl could not make test certificates");
-    }
-
     fn start_on(port: u16, tls: bool) -> Broker {
         ensure_installed();
         let dir = tempfile::Builder::new()
@@ -126,7 +106,7 @@ chmod 644 server.key
             "listeners.tcp.default = 127.0.0.1:{port}\nlog.console = false\nloopback_users = none\n"
         );
         if let Some(tls_port) = b.tls_port {
-            b.make_certs();
+            make_certs(b.dir.path());
             let p = |n: &str| b.path(n).display().to_string();
             conf.push_str(&format!(
                 "listeners.ssl.default = 127.0.0.1:{tls_port}\nssl_options.cacertfile = {}\n\
@@ -251,4 +231,25 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A fresh CA (`ca.pem`) and a server certificate for localhost and
+/// 127.0.0.1 (`server.pem`, `server.key`) signed by it, in `dir`.
+pub fn make_certs(dir: &Path) {
+    let script = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=amqp-relay-test-ca \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' > ext.cnf
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf 2>/dev/null
+chmod 644 server.key
+"#;
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "openssl could not make test certificates");
 }

@@ -218,3 +218,100 @@ async fn smtp_clients_edge_cases_and_abuse() {
         assert_eq!(q, "smtp@amqp");
     }
 }
+
+async fn line<S: tokio::io::AsyncBufRead + Unpin>(r: &mut S) -> String {
+    let mut l = String::new();
+    tokio::time::timeout(Duration::from_secs(30), r.read_line(&mut l))
+        .await
+        .expect("a reply in time")
+        .unwrap();
+    l
+}
+
+/// Reads a whole reply, returning it.
+async fn reply<S: tokio::io::AsyncBufRead + Unpin>(r: &mut S) -> String {
+    let mut all = String::new();
+    loop {
+        let l = line(r).await;
+        assert!(!l.is_empty(), "closed after {all:?}");
+        all.push_str(&l);
+        if l.as_bytes().get(3) == Some(&b' ') {
+            return all;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_upgrades_and_delivers() {
+    let broker = Broker::shared();
+    let conn = broker.connect().await;
+    declare_queue(&conn, "smtp-tls-q", FieldTable::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    crate::broker::make_certs(dir.path());
+    let cert = dir.path().join("server.pem").display().to_string();
+    let key = dir.path().join("server.key").display().to_string();
+    let policy = write_policy(
+        dir.path(),
+        "policy.lua",
+        &crate::policy_template("smtp_tls.lua"),
+        &[
+            ("QUEUE", "smtp-tls-q"),
+            ("URL", &broker.url()),
+            ("CERT", &cert),
+            ("KEY", &key),
+        ],
+    );
+    let relay = Relay::start_init(&policy, &dir.path().join("spool"), 1);
+
+    let mut plain = BufReader::new(TcpStream::connect(relay.smtp[0]).await.unwrap());
+    assert!(reply(&mut plain).await.starts_with("220 "));
+    plain
+        .get_mut()
+        .write_all(b"EHLO tls.test\r\n")
+        .await
+        .unwrap();
+    assert!(reply(&mut plain).await.contains("STARTTLS\r\n"));
+    plain.get_mut().write_all(b"STARTTLS\r\n").await.unwrap();
+    assert!(reply(&mut plain).await.starts_with("220 "));
+
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(dir.path().join("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tls = connector
+        .connect("localhost".try_into().unwrap(), plain.into_inner())
+        .await
+        .expect("TLS handshake with the relay");
+    let mut s = BufReader::new(tls);
+    s.get_mut().write_all(b"EHLO tls.test\r\n").await.unwrap();
+    let ehlo = reply(&mut s).await;
+    assert!(!ehlo.contains("STARTTLS"), "not offered twice: {ehlo}");
+    for cmd in ["MAIL FROM:<a@example.com>", "RCPT TO:<secure@amqp>"] {
+        s.get_mut()
+            .write_all(format!("{cmd}\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert!(reply(&mut s).await.starts_with("250"));
+    }
+    s.get_mut().write_all(b"DATA\r\n").await.unwrap();
+    assert!(reply(&mut s).await.starts_with("354"));
+    s.get_mut()
+        .write_all(b"Subject: tls\r\n\r\nover TLS\r\n.\r\n")
+        .await
+        .unwrap();
+    let done = reply(&mut s).await;
+    assert!(done.starts_with("250"), "{done}");
+
+    let got = consume(&conn, "smtp-tls-q", 1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1, "relay log:\n{}", relay.log_text());
+    assert_eq!(got[0].data, b"Subject: tls\r\n\r\nover TLS\r\n");
+}
