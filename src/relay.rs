@@ -1,6 +1,7 @@
 //! `amqp-relay relay`: load the policy, open the spool, re-queue, listen.
 
 use crate::engine::Engine;
+use crate::engine::logs::Logs;
 use crate::engine::spool::Spool;
 use crate::listeners::http;
 use crate::listeners::smtp::{self, EsmtpListener};
@@ -41,12 +42,18 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     let amqp = Arc::new(AmqpPool::default());
     let policy = Policy::load(&args.policy, amqp)?;
     let init = policy.run_init().await?;
+    let mut local_logs = None;
+    let mut log_hooks = Vec::new();
     let (listeners, smtp_listeners, data_dir) = match init {
-        Some(cfg) => (
-            cfg.http_listeners,
-            cfg.esmtp_listeners,
-            cfg.spool_dir.unwrap_or(args.data_dir),
-        ),
+        Some(cfg) => {
+            local_logs = cfg.local_logs;
+            log_hooks = cfg.log_hooks;
+            (
+                cfg.http_listeners,
+                cfg.esmtp_listeners,
+                cfg.spool_dir.unwrap_or(args.data_dir),
+            )
+        }
         None => (
             vec![HttpListener {
                 listen: args.http_listen,
@@ -77,7 +84,11 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
             "corrupt spool records were set aside"
         );
     }
-    let engine = Engine::new(spool, policy.clone());
+    let (logs, hook_rx) = Logs::new(local_logs, log_hooks).map_err(anyhow::Error::msg)?;
+    let engine = Engine::new(spool, policy.clone(), logs);
+    if let Some(rx) = hook_rx {
+        tokio::spawn(crate::engine::logs::run_hooks(engine.clone(), rx));
+    }
     let n = recovered.messages.len();
     let started = std::time::Instant::now();
     engine

@@ -1,6 +1,8 @@
 //! The engine: reception into the spool, queues, delivery sessions and outcomes.
 
 pub mod dispatcher;
+pub mod log_record;
+pub mod logs;
 pub mod message;
 pub mod metrics;
 pub mod queue;
@@ -10,6 +12,7 @@ pub mod throttle;
 
 use crate::policy::config::Protocol;
 use crate::policy::{Policy, PolicyError};
+use log_record::RecordType;
 use message::{Message, MessageRef, now_ms};
 use metrics::Metrics;
 use queue::Queue;
@@ -41,6 +44,7 @@ pub enum Outcome {
 
 pub struct Engine {
     spool: Spool,
+    logs: logs::Logs,
     policy: RwLock<Arc<Policy>>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     /// Serialises queue creation so get_queue_config runs once per queue.
@@ -50,9 +54,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(spool: Spool, policy: Arc<Policy>) -> Arc<Engine> {
+    pub fn new(spool: Spool, policy: Arc<Policy>, logs: logs::Logs) -> Arc<Engine> {
         Arc::new(Engine {
             spool,
+            logs,
             policy: RwLock::new(policy),
             queues: Mutex::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),
@@ -177,6 +182,7 @@ impl Engine {
         }
         self.metrics.received.inc_by(accepted.len() as u64);
         for (_, m, q) in accepted {
+            self.log(RecordType::Reception, &m, &q.label, "250 OK", None);
             q.insert(m);
             dispatcher::ensure_sessions(self, &q);
         }
@@ -202,6 +208,7 @@ impl Engine {
             .map_err(|e| spool_refusal(&e))?;
         self.metrics.received.inc_by(routed.len() as u64);
         for (m, q) in routed {
+            self.log(RecordType::Reception, &m, &q.label, "250 OK", None);
             q.insert(m);
             dispatcher::ensure_sessions(self, &q);
         }
@@ -241,7 +248,12 @@ impl Engine {
                     tracing::warn!(id = %msg.id(), reason = %r.reason, "spooled message cannot be queued yet; will try again in 30s");
                     later.push(msg);
                 }
-                Err(r) => self.finish_bounce(&msg, format!("{} {}", r.code, r.reason)),
+                Err(r) => {
+                    let label = msg.queue_name().map(|q| q.to_string()).unwrap_or_default();
+                    let resp = format!("{} {}", r.code, r.reason);
+                    self.log(RecordType::Bounce, &msg, &label, &resp, None);
+                    self.finish_bounce(&msg, resp);
+                }
             }
         }
         later
@@ -252,15 +264,24 @@ impl Engine {
         match outcome {
             Outcome::Delivered(resp) => {
                 tracing::debug!(id = %msg.id(), queue = %q.label, response = %resp, "delivered");
+                self.log(RecordType::Delivery, msg, &q.label, &resp, Some("Lua"));
                 self.metrics.delivered.inc();
                 self.spool.remove(msg.id());
             }
             Outcome::Bounced(resp) => {
                 tracing::warn!(id = %msg.id(), queue = %q.label, response = %resp, "bounced");
+                self.log(RecordType::Bounce, msg, &q.label, &resp, Some("Lua"));
                 self.finish_bounce(msg, resp);
             }
             Outcome::Transient(resp) => {
                 self.metrics.transient.inc();
+                self.log(
+                    RecordType::TransientFailure,
+                    msg,
+                    &q.label,
+                    &resp,
+                    Some("Lua"),
+                );
                 let delay = q.config.retry_delay(msg.num_attempts());
                 let next = now_ms() + delay.as_millis() as u64;
                 let expires = msg.created_ms() + q.config.max_age.as_millis() as u64;
@@ -286,12 +307,31 @@ impl Engine {
     pub fn expire(&self, q: &Queue, msg: &MessageRef, last: &str) {
         tracing::warn!(id = %msg.id(), queue = %q.label, last_response = %last, "expired: older than max_age");
         self.metrics.expired.inc();
+        self.log(RecordType::Expiration, msg, &q.label, last, None);
         self.spool.remove(msg.id());
+    }
+
+    fn log(
+        &self,
+        kind: RecordType,
+        msg: &Message,
+        queue: &str,
+        response: &str,
+        via: Option<&'static str>,
+    ) {
+        self.logs.emit(&log_record::Event {
+            kind,
+            msg,
+            queue,
+            response: log_record::Response::parse(response),
+            delivery_protocol: via,
+        });
     }
 
     /// Stops sessions from starting new sends and makes the spool durable.
     pub async fn shutdown(&self) -> Result<(), SpoolError> {
         let _ = self.shutdown.send(true);
+        self.logs.close().await;
         self.spool.flush().await
     }
 

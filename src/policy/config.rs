@@ -42,6 +42,26 @@ pub fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duratio
     de_duration(d).map(Some)
 }
 
+/// A size such as `"100MB"`, `"1 GiB"`, `"512k"` or a number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("invalid size {text:?}"))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return Err(format!("invalid size {text:?}: unknown unit {unit:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
 /// A rate such as `"100/s"`, `"6000/m"`, `"10/h"`, or a bare number per second.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate {
@@ -254,6 +274,15 @@ mod tests {
         }
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-3").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert_eq!(parse_size("2 KiB").unwrap(), 2048);
+        assert_eq!(parse_size("1MB").unwrap(), 1_000_000);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 furlongs").is_err());
     }
 
     #[test]

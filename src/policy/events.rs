@@ -8,7 +8,7 @@ use mlua::{Function, Lua, Table, Value};
 const REGISTRY_KEY: &str = "amqp_relay.events";
 
 /// Events that may have several handlers.
-const MULTI: &[&str] = &["get_queue_config", "should_enqueue_log_record"];
+const MULTI: &[&str] = &["get_queue_config", "should_enqueue_log_record", "pre_init"];
 
 /// KumoMTA events whose features this relay does not provide: registering one
 /// is an error, because the handler would never run.
@@ -22,7 +22,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("smtp_client_rewrite_delivery_status", "SMTP delivery"),
     ("message_requeued", "requeue hooks"),
     ("get_meta_spool", "spool customisation"),
-    ("should_enqueue_log_record", "log hooks"),
 ];
 
 pub fn is_multi(name: &str) -> bool {

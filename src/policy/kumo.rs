@@ -4,7 +4,7 @@ use super::amqp::{self, AmqpPool, Client};
 use super::config::{EgressPathConfig, QueueConfig};
 use super::events;
 use super::reject::Rejection;
-use mlua::{Function, Lua, LuaSerdeExt, MultiValue, Table, UserData, Value};
+use mlua::{Function, Lua, LuaSerdeExt, Table, UserData, Value};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 pub struct InitConfig {
     pub http_listeners: Vec<HttpListener>,
     pub esmtp_listeners: Vec<crate::listeners::smtp::EsmtpListener>,
+    pub local_logs: Option<crate::engine::logs::LocalLogsConfig>,
+    pub log_hooks: Vec<crate::engine::logs::LogHookConfig>,
     pub spool_dir: Option<PathBuf>,
 }
 
@@ -211,16 +213,38 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
             Ok(())
         })?,
     )?;
-    for name in ["configure_local_logs", "configure_log_hook"] {
-        kumo.set(
-            name,
-            lua.create_function(move |_, _: MultiValue| -> mlua::Result<()> {
-                Err(mlua::Error::runtime(format!(
-                    "kumo.{name} is not supported by this version of amqp-relay yet"
-                )))
-            })?,
-        )?;
-    }
+    kumo.set(
+        "configure_local_logs",
+        lua.create_function(|lua, v: Value| {
+            let ctx = init_ctx(lua, "kumo.configure_local_logs")?;
+            let cfg = from_lua(lua, v, "kumo.configure_local_logs")?;
+            let mut init = ctx.lock().unwrap_or_else(|e| e.into_inner());
+            if init.local_logs.is_some() {
+                return Err(mlua::Error::runtime(
+                    "kumo.configure_local_logs may be called only once",
+                ));
+            }
+            init.local_logs = Some(cfg);
+            Ok(())
+        })?,
+    )?;
+    kumo.set(
+        "configure_log_hook",
+        lua.create_function(|lua, v: Value| {
+            let ctx = init_ctx(lua, "kumo.configure_log_hook")?;
+            let cfg: crate::engine::logs::LogHookConfig =
+                from_lua(lua, v, "kumo.configure_log_hook")?;
+            let mut init = ctx.lock().unwrap_or_else(|e| e.into_inner());
+            if init.log_hooks.iter().any(|h| h.name == cfg.name) {
+                return Err(mlua::Error::runtime(format!(
+                    "kumo.configure_log_hook: a hook named '{}' is already configured",
+                    cfg.name
+                )));
+            }
+            init.log_hooks.push(cfg);
+            Ok(())
+        })?,
+    )?;
 
     let amqp_t = lua.create_table()?;
     amqp_t.set(

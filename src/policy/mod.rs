@@ -19,6 +19,9 @@ use reject::{Rejection, describe, find_rejection};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// `require 'policy-extras.log_hooks'`, as in KumoMTA.
+const LOG_HOOKS_LUA: &str = include_str!("log_hooks.lua");
+
 /// States kept for reuse; more are created on demand and dropped when surplus.
 const POOL_MAX: usize = 64;
 
@@ -141,6 +144,14 @@ impl Policy {
             package.set("path", format!("{dir}/?.lua;{dir}/?/init.lua"))?;
             // Native modules are not loaded into the relay.
             package.set("cpath", "")?;
+            // Bundled helpers KumoMTA policies `require`.
+            let preload: mlua::Table = package.get("preload")?;
+            preload.set(
+                "policy-extras.log_hooks",
+                lua.load(LOG_HOOKS_LUA)
+                    .set_name("=policy-extras.log_hooks")
+                    .into_function()?,
+            )?;
             Ok(())
         };
         setup().map_err(|e| self.load_err(&e))?;
@@ -280,6 +291,38 @@ impl Policy {
                 .map_err(|e| PolicyError::event(event, e))?;
         }
         Ok(())
+    }
+}
+
+impl Policy {
+    /// `should_enqueue_log_record(msg, hook_name)`: the first non-nil answer wins; none means no.
+    pub async fn should_enqueue_log_record(
+        self: &Arc<Self>,
+        msg: &MessageRef,
+        hook: &str,
+    ) -> Result<bool, PolicyError> {
+        const EVENT: &str = "should_enqueue_log_record";
+        let lua = self.acquire()?;
+        for h in events::handlers(&lua, EVENT).map_err(|e| PolicyError::event(EVENT, e))? {
+            let v: Value = h
+                .call_async((MessageUd(msg.clone()), hook))
+                .await
+                .map_err(|e| PolicyError::event(EVENT, e))?;
+            match v {
+                Value::Nil => continue,
+                Value::Boolean(b) => return Ok(b),
+                other => {
+                    return Err(PolicyError::Event {
+                        event: EVENT.into(),
+                        message: format!(
+                            "the handler returned a {}; expected a boolean",
+                            other.type_name()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(false)
     }
 }
 

@@ -4,6 +4,7 @@ mod bad_input;
 mod broker;
 mod durability;
 mod harness;
+mod log_hooks;
 mod publish;
 mod render;
 mod retry;

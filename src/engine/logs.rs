@@ -1,0 +1,318 @@
+//! Where log records go: local JSON-lines segments (rotated, optionally
+//! zstd) and log hooks, which turn records into spooled messages.
+
+use super::log_record::{Event, Selection};
+use super::message::Message;
+use super::{Engine, message::MessageRef};
+use crate::policy::config::{de_opt_duration, parse_size};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+fn default_max_file_size() -> u64 {
+    1024 * 1024 * 1024
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        T(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::T(t) => parse_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// `kumo.configure_local_logs{…}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalLogsConfig {
+    pub log_dir: PathBuf,
+    #[serde(default = "default_max_file_size", deserialize_with = "de_size")]
+    pub max_file_size: u64,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub max_segment_duration: Option<Duration>,
+    /// 0 writes plain JSON lines; 1–22 writes zstd segments (`.zst`).
+    #[serde(default)]
+    pub compression_level: i32,
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub meta: Vec<String>,
+}
+
+/// `kumo.configure_log_hook{…}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogHookConfig {
+    pub name: String,
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub meta: Vec<String>,
+}
+
+enum LocalOp {
+    Line(Vec<u8>),
+    Close(oneshot::Sender<()>),
+}
+
+#[derive(Default)]
+pub struct Logs {
+    local: Option<(mpsc::UnboundedSender<LocalOp>, Selection)>,
+    hooks: Vec<(String, Selection)>,
+    hook_tx: Option<mpsc::UnboundedSender<(String, Value)>>,
+}
+
+/// A message made by a log hook: its own records are never hooked again.
+pub fn is_hook_message(m: &Message) -> bool {
+    m.get_meta("log_record").is_some()
+}
+
+impl Logs {
+    pub fn new(
+        local: Option<LocalLogsConfig>,
+        hooks: Vec<LogHookConfig>,
+    ) -> Result<(Logs, Option<mpsc::UnboundedReceiver<(String, Value)>>), String> {
+        let local = match local {
+            Some(cfg) => {
+                std::fs::create_dir_all(&cfg.log_dir).map_err(|e| {
+                    format!("local logs: cannot create {}: {e}", cfg.log_dir.display())
+                })?;
+                if !(0..=22).contains(&cfg.compression_level) {
+                    return Err("local logs: compression_level must be 0 to 22".into());
+                }
+                let sel = Selection {
+                    headers: cfg.headers.clone(),
+                    meta: cfg.meta.clone(),
+                };
+                let (tx, rx) = mpsc::unbounded_channel();
+                let rt = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
+                std::thread::Builder::new()
+                    .name("local-logs".into())
+                    .spawn(move || SegmentWriter::new(cfg, rt).run(rx))
+                    .map_err(|e| e.to_string())?;
+                Some((tx, sel))
+            }
+            None => None,
+        };
+        let (hook_tx, hook_rx) = if hooks.is_empty() {
+            (None, None)
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        };
+        let hooks = hooks
+            .into_iter()
+            .map(|h| {
+                (
+                    h.name,
+                    Selection {
+                        headers: h.headers,
+                        meta: h.meta,
+                    },
+                )
+            })
+            .collect();
+        Ok((
+            Logs {
+                local,
+                hooks,
+                hook_tx,
+            },
+            hook_rx,
+        ))
+    }
+
+    pub fn emit(&self, ev: &Event) {
+        if let Some((tx, sel)) = &self.local {
+            let mut line = serde_json::to_vec(&ev.record(sel)).unwrap_or_default();
+            line.push(b'\n');
+            let _ = tx.send(LocalOp::Line(line));
+        }
+        if let Some(tx) = &self.hook_tx
+            && !is_hook_message(ev.msg)
+        {
+            for (name, sel) in &self.hooks {
+                let _ = tx.send((name.clone(), ev.record(sel)));
+            }
+        }
+    }
+
+    /// Closes the current local segment so everything written is readable.
+    pub async fn close(&self) {
+        if let Some((tx, _)) = &self.local {
+            let (done, wait) = oneshot::channel();
+            if tx.send(LocalOp::Close(done)).is_ok() {
+                let _ = wait.await;
+            }
+        }
+    }
+}
+
+/// Turns records into spooled messages, in batches: each batch is offered to
+/// `should_enqueue_log_record` and accepted with one durable commit.
+pub async fn run_hooks(engine: Arc<Engine>, mut rx: mpsc::UnboundedReceiver<(String, Value)>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 512).await > 0 {
+        let policy = engine.policy();
+        let mut msgs: Vec<MessageRef> = Vec::new();
+        for (hook, record) in batch.drain(..) {
+            let mut body = serde_json::to_vec(&record).unwrap_or_default();
+            body.push(b'\n');
+            let mut meta = Map::new();
+            meta.insert("log_record".into(), record);
+            meta.insert("reception_protocol".into(), Value::from("LogRecord"));
+            let msg = Arc::new(Message::new(
+                "nobody@localhost".into(),
+                format!("log@{hook}"),
+                meta,
+                body.into(),
+            ));
+            match policy.should_enqueue_log_record(&msg, &hook).await {
+                Ok(true) => msgs.push(msg),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(hook = %hook, error = %e, "should_enqueue_log_record failed; record dropped")
+                }
+            }
+        }
+        if msgs.is_empty() {
+            continue;
+        }
+        for (res, m) in engine.receive(msgs.clone()).await.into_iter().zip(&msgs) {
+            if let Err(r) = res {
+                tracing::warn!(id = %m.id(), code = r.code, reason = %r.reason, "log hook message not accepted");
+            }
+        }
+    }
+}
+
+struct SegmentWriter {
+    cfg: LocalLogsConfig,
+    rt: tokio::runtime::Handle,
+    current: Option<Segment>,
+}
+
+struct Segment {
+    out: Box<dyn Write + Send>,
+    encoder: Option<zstd::Encoder<'static, std::io::BufWriter<std::fs::File>>>,
+    path: PathBuf,
+    bytes: u64,
+    opened: Instant,
+}
+
+impl SegmentWriter {
+    fn new(cfg: LocalLogsConfig, rt: tokio::runtime::Handle) -> Self {
+        SegmentWriter {
+            cfg,
+            rt,
+            current: None,
+        }
+    }
+
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<LocalOp>) {
+        loop {
+            let wait = match (&self.current, self.cfg.max_segment_duration) {
+                (Some(s), Some(d)) => d.saturating_sub(s.opened.elapsed()),
+                _ => Duration::from_secs(3600),
+            };
+            let op = self
+                .rt
+                .block_on(async { tokio::time::timeout(wait, rx.recv()).await });
+            match op {
+                Ok(Some(LocalOp::Line(line))) => {
+                    if let Err(e) = self.write(&line) {
+                        tracing::error!(error = %e, dir = %self.cfg.log_dir.display(), "local log write failed");
+                        self.current = None;
+                    }
+                }
+                Ok(Some(LocalOp::Close(done))) => {
+                    self.close_segment();
+                    let _ = done.send(());
+                }
+                Ok(None) => {
+                    self.close_segment();
+                    return;
+                }
+                // The segment is old enough: close it even though nothing came.
+                Err(_) => self.close_segment(),
+            }
+        }
+    }
+
+    fn open(&self) -> std::io::Result<Segment> {
+        let stamp = humantime::format_rfc3339_micros(std::time::SystemTime::now())
+            .to_string()
+            .replace([':', '-'], "");
+        let ext = if self.cfg.compression_level > 0 {
+            ".zst"
+        } else {
+            ""
+        };
+        let path = self.cfg.log_dir.join(format!("{stamp}{ext}"));
+        let file = std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .open(&path)?,
+        );
+        let (out, encoder): (Box<dyn Write + Send>, _) = if self.cfg.compression_level > 0 {
+            (
+                Box::new(std::io::sink()),
+                Some(zstd::Encoder::new(file, self.cfg.compression_level)?),
+            )
+        } else {
+            (Box::new(file), None)
+        };
+        Ok(Segment {
+            out,
+            encoder,
+            path,
+            bytes: 0,
+            opened: Instant::now(),
+        })
+    }
+
+    fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
+        if self.current.is_none() {
+            self.current = Some(self.open()?);
+        }
+        let seg = self.current.as_mut().expect("opened above");
+        match &mut seg.encoder {
+            Some(enc) => enc.write_all(line)?,
+            None => {
+                seg.out.write_all(line)?;
+                seg.out.flush()?;
+            }
+        }
+        seg.bytes += line.len() as u64;
+        let too_old = self
+            .cfg
+            .max_segment_duration
+            .is_some_and(|d| seg.opened.elapsed() >= d);
+        if seg.bytes >= self.cfg.max_file_size || too_old {
+            self.close_segment();
+        }
+        Ok(())
+    }
+
+    fn close_segment(&mut self) {
+        if let Some(mut seg) = self.current.take() {
+            let result = match seg.encoder.take() {
+                Some(enc) => enc.finish().and_then(|mut f| f.flush()),
+                None => seg.out.flush(),
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, path = %seg.path.display(), "closing a local log segment failed");
+            }
+        }
+    }
+}
