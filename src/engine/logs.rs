@@ -59,6 +59,9 @@ pub struct LogHookConfig {
     pub meta: Vec<String>,
 }
 
+/// Records on their way to the log hooks: (hook name, record).
+pub type HookRecords = mpsc::UnboundedReceiver<(String, Value)>;
+
 enum LocalOp {
     Line(Vec<u8>),
     Close(oneshot::Sender<()>),
@@ -80,7 +83,7 @@ impl Logs {
     pub fn new(
         local: Option<LocalLogsConfig>,
         hooks: Vec<LogHookConfig>,
-    ) -> Result<(Logs, Option<mpsc::UnboundedReceiver<(String, Value)>>), String> {
+    ) -> Result<(Logs, Option<HookRecords>), String> {
         let local = match local {
             Some(cfg) => {
                 std::fs::create_dir_all(&cfg.log_dir).map_err(|e| {
@@ -159,7 +162,7 @@ impl Logs {
 
 /// Turns records into spooled messages, in batches: each batch is offered to
 /// `should_enqueue_log_record` and accepted with one durable commit.
-pub async fn run_hooks(engine: Arc<Engine>, mut rx: mpsc::UnboundedReceiver<(String, Value)>) {
+pub async fn run_hooks(engine: Arc<Engine>, mut rx: HookRecords) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 512).await > 0 {
         let policy = engine.policy();
