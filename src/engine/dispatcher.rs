@@ -21,7 +21,8 @@ pub fn ensure_sessions(engine: &Arc<Engine>, q: &Arc<Queue>) {
     loop {
         let active = q.sessions.load(Ordering::Acquire);
         let ready = q.ready_len();
-        if ready == 0 || active >= q.egress.connection_limit || active >= ready {
+        if q.is_suspended() || ready == 0 || active >= q.egress.connection_limit || active >= ready
+        {
             return;
         }
         if q.sessions
@@ -126,7 +127,10 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String>
     let mut stop = engine.shutdown_signal();
     let mut delivered = 0usize;
     let mut healthy = true;
-    while delivered < q.egress.max_deliveries_per_connection && !engine.is_shutting_down() {
+    while delivered < q.egress.max_deliveries_per_connection
+        && !engine.is_shutting_down()
+        && !q.is_suspended()
+    {
         // Never more than the session may still deliver.
         let want = batch.min(q.egress.max_deliveries_per_connection - delivered);
         let msgs = match next_batch(q, want, &mut stop).await {

@@ -1,5 +1,6 @@
 //! The engine: reception into the spool, queues, delivery sessions and outcomes.
 
+pub mod admin;
 pub mod dispatcher;
 pub mod log_record;
 pub mod logs;
@@ -51,6 +52,7 @@ pub struct Engine {
     creating: tokio::sync::Mutex<()>,
     pub metrics: Metrics,
     shutdown: watch::Sender<bool>,
+    suspensions: Mutex<Vec<admin::Suspension>>,
 }
 
 impl Engine {
@@ -63,6 +65,7 @@ impl Engine {
             creating: tokio::sync::Mutex::new(()),
             metrics: Metrics::default(),
             shutdown: watch::channel(false).0,
+            suspensions: Mutex::new(Vec::new()),
         })
     }
 
@@ -139,6 +142,10 @@ impl Engine {
             .await
             .map_err(policy_refusal)?;
         let q = Arc::new(Queue::new(name.clone(), config, custom, egress));
+        q.suspended.store(
+            self.is_suspended_name(name),
+            std::sync::atomic::Ordering::Release,
+        );
         self.queues
             .lock()
             .unwrap_or_else(|e| e.into_inner())

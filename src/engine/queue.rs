@@ -10,7 +10,7 @@ use super::throttle::Throttle;
 use crate::policy::config::{CustomLua, EgressPathConfig, QueueConfig};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::Notify;
 
 pub struct Queue {
@@ -28,6 +28,8 @@ pub struct Queue {
     pub schedule_notify: Notify,
     pub sessions: AtomicUsize,
     pub in_flight: AtomicUsize,
+    /// Set by an admin suspension: no new deliveries start.
+    pub suspended: AtomicBool,
 }
 
 impl Queue {
@@ -54,6 +56,7 @@ impl Queue {
             schedule_notify: Notify::new(),
             sessions: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
+            suspended: AtomicBool::new(false),
         }
     }
 
@@ -142,6 +145,22 @@ impl Queue {
         let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
         let out: Vec<_> = ready.drain(..).collect();
         self.in_flight.fetch_add(out.len(), Ordering::Relaxed);
+        out
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        self.suspended.load(Ordering::Acquire)
+    }
+
+    /// Takes every message waiting (scheduled or ready), not those in flight.
+    pub fn take_all_waiting(&self) -> Vec<MessageRef> {
+        let mut out = self.drain_ready();
+        let sched: Vec<_> =
+            std::mem::take(&mut *self.scheduled.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_values()
+                .collect();
+        self.in_flight.fetch_add(sched.len(), Ordering::Relaxed);
+        out.extend(sched);
         out
     }
 

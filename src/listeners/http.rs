@@ -1,5 +1,6 @@
 //! The HTTP listener: KumoMTA's injection API, health, and metrics.
 
+use crate::engine::admin::Criteria;
 use crate::engine::message::Message;
 use crate::engine::{Engine, Refusal};
 use axum::body::Bytes;
@@ -41,6 +42,14 @@ pub fn router(engine: Arc<Engine>, trusted: Vec<IpNet>) -> Router {
         .route("/healthz", get(live))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/api/admin/queue-summary/v1", get(queue_summary))
+        .route("/api/admin/bounce/v1", post(admin_bounce))
+        .route(
+            "/api/admin/suspend/v1",
+            post(admin_suspend)
+                .get(list_suspensions)
+                .delete(admin_resume),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(AppState {
             engine,
@@ -131,17 +140,143 @@ fn bad_request(reason: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": reason }))).into_response()
 }
 
+/// Injection and administration are for trusted hosts only.
+fn untrusted(st: &AppState, peer: &SocketAddr) -> Option<Response> {
+    if st.trusted.iter().any(|n| n.contains(&peer.ip())) {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": format!("{} is not a trusted host", peer.ip()) })),
+        )
+            .into_response(),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminRequest {
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    campaign: Option<String>,
+    #[serde(default)]
+    routing_domain: Option<String>,
+    reason: String,
+    #[serde(default)]
+    duration: Option<String>,
+}
+
+impl AdminRequest {
+    fn parse(body: &[u8]) -> Result<(Criteria, String, Option<std::time::Duration>), String> {
+        let r: AdminRequest =
+            serde_json::from_slice(body).map_err(|e| format!("invalid request: {e}"))?;
+        let duration = match &r.duration {
+            Some(d) => Some(
+                crate::policy::config::parse_duration(d).map_err(|e| format!("duration: {e}"))?,
+            ),
+            None => None,
+        };
+        let criteria = Criteria {
+            domain: r.domain,
+            tenant: r.tenant,
+            campaign: r.campaign,
+            routing_domain: r.routing_domain,
+        };
+        Ok((criteria, r.reason, duration))
+    }
+}
+
+async fn queue_summary(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Some(r) = untrusted(&st, &peer) {
+        return r;
+    }
+    Json(json!({ "queues": st.engine.queue_summary() })).into_response()
+}
+
+async fn admin_bounce(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = untrusted(&st, &peer) {
+        return r;
+    }
+    match AdminRequest::parse(&body) {
+        Ok((_, _, Some(_))) => bad_request("duration: bouncing future messages is not supported; bounce applies to what is queued now".into()),
+        Ok((criteria, reason, None)) => Json(st.engine.admin_bounce(&criteria, &reason)).into_response(),
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn admin_suspend(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = untrusted(&st, &peer) {
+        return r;
+    }
+    match AdminRequest::parse(&body) {
+        Ok((criteria, reason, duration)) => {
+            Json(st.engine.suspend(criteria, reason, duration)).into_response()
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn list_suspensions(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Some(r) = untrusted(&st, &peer) {
+        return r;
+    }
+    Json(json!({ "suspensions": st.engine.suspensions() })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResumeRequest {
+    id: String,
+}
+
+async fn admin_resume(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = untrusted(&st, &peer) {
+        return r;
+    }
+    let req: ResumeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("invalid request: {e}")),
+    };
+    if st.engine.resume(&req.id) {
+        Json(json!({ "resumed": req.id })).into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": format!("no suspension {}", req.id) })),
+        )
+            .into_response()
+    }
+}
+
 async fn inject(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Response {
-    if !st.trusted.iter().any(|n| n.contains(&peer.ip())) {
-        return (
-            StatusCode::FORBIDDEN,
-            Json(json!({ "error": format!("{} is not a trusted host for injection", peer.ip()) })),
-        )
-            .into_response();
+    if let Some(r) = untrusted(&st, &peer) {
+        return r;
     }
     if st.engine.is_shutting_down() {
         return (

@@ -1,5 +1,6 @@
 //! End-to-end tests: the relay binary, a real RabbitMQ node, real HTTP clients.
 
+mod admin;
 mod bad_input;
 mod broker;
 mod durability;
