@@ -79,7 +79,7 @@ pub fn main() -> ExitCode {
                 relay,
                 namespace,
                 secrets_dir,
-            } => render(files, &relay, &namespace, &secrets_dir),
+            } => render(files, &relay, &namespace, &secrets_dir).await,
             Command::Operator(args) => crate::operator::run::run(args).await,
             Command::Crd => {
                 print!("{}", crate::operator::crd::crd_yaml());
@@ -99,13 +99,16 @@ pub fn main() -> ExitCode {
 async fn check(path: PathBuf) -> anyhow::Result<()> {
     let policy = Policy::load(&path, Arc::new(AmqpPool::default()))?;
     let init = policy.run_init().await?;
-    match init {
-        Some(cfg) => println!(
-            "policy {} is valid (init: {} http listener(s))",
+    if init.has_init {
+        println!(
+            "policy {} is valid (init: {} http and {} smtp listener(s), {} log hook(s))",
             path.display(),
-            cfg.http_listeners.len()
-        ),
-        None => println!("policy {} is valid (no init event)", path.display()),
+            init.http_listeners.len(),
+            init.esmtp_listeners.len(),
+            init.log_hooks.len()
+        );
+    } else {
+        println!("policy {} is valid (no init event)", path.display());
     }
     Ok(())
 }
@@ -130,7 +133,7 @@ fn yaml_files(path: &std::path::Path, out: &mut Vec<PathBuf>) -> anyhow::Result<
     Ok(())
 }
 
-fn render(
+async fn render(
     files: Vec<PathBuf>,
     relay: &str,
     namespace: &str,
@@ -153,11 +156,9 @@ fn render(
     }
     let out = render::render(&inputs.routes, &inputs.secrets, secrets_dir);
     // Never ship a policy the engine cannot load.
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join(render::POLICY_KEY);
-    std::fs::write(&path, &out.policy)?;
-    Policy::load(&path, Default::default())
-        .map_err(|e| anyhow::anyhow!("internal error: the rendered policy does not load: {e}"))?;
+    crate::operator::sync::compile(&out.policy)
+        .await
+        .map_err(|e| anyhow::anyhow!("internal error: {e}"))?;
     print!(
         "{}---\n{}",
         manifests::to_yaml(&manifests::policy_configmap(relay, namespace, &out)),

@@ -42,19 +42,16 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     let amqp = Arc::new(AmqpPool::default());
     let policy = Policy::load(&args.policy, amqp)?;
     let init = policy.run_init().await?;
-    let mut local_logs = None;
-    let mut log_hooks = Vec::new();
-    let (listeners, smtp_listeners, data_dir) = match init {
-        Some(cfg) => {
-            local_logs = cfg.local_logs;
-            log_hooks = cfg.log_hooks;
-            (
-                cfg.http_listeners,
-                cfg.esmtp_listeners,
-                cfg.spool_dir.unwrap_or(args.data_dir),
-            )
-        }
-        None => (
+    let local_logs = init.local_logs;
+    let log_hooks = init.log_hooks;
+    let (listeners, smtp_listeners, data_dir) = if init.has_init {
+        (
+            init.http_listeners,
+            init.esmtp_listeners,
+            init.spool_dir.unwrap_or(args.data_dir),
+        )
+    } else {
+        (
             vec![HttpListener {
                 listen: args.http_listen,
                 trusted_hosts: args.http_trusted_hosts,
@@ -68,7 +65,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
                 .into_iter()
                 .collect(),
             args.data_dir,
-        ),
+        )
     };
     // Check listener settings before anything is opened.
     let smtp_settings = smtp_listeners

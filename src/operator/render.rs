@@ -170,10 +170,21 @@ fn validate<'a>(r: &'a AmqpRoute, secrets: &[Secret]) -> Result<Valid<'a>, Strin
     {
         return Err("delivery.batchSize must be 1 to 1000".into());
     }
-    if spec.log_events.is_some() {
-        return Err(
-            "logEvents needs the relay's log hooks, which this version does not have yet".into(),
-        );
+    if let Some(le) = &spec.log_events {
+        const TYPES: &[&str] = &[
+            "Reception",
+            "Delivery",
+            "TransientFailure",
+            "Bounce",
+            "Expiration",
+            "AdminBounce",
+        ];
+        if let Some(t) = le.types.iter().find(|t| !TYPES.contains(&t.as_str())) {
+            return Err(format!(
+                "logEvents.types: unknown record type {t:?} (expected one of {})",
+                TYPES.join(", ")
+            ));
+        }
     }
     let url = match (&spec.broker.url, &spec.broker.url_secret_ref) {
         (Some(_), Some(_)) | (None, None) => {
@@ -411,6 +422,25 @@ fn render_route(lua: &mut String, v: &Valid, secret: &mut BTreeMap<String, Vec<u
     let _ = writeln!(lua, " }},");
     let _ = writeln!(lua, "    on_nack = {},", disp(p.on_nack));
     let _ = writeln!(lua, "    on_return = {},", disp(p.on_return));
+    if let Some(le) = &spec.log_events {
+        let list = |v: &[String]| v.iter().map(|x| lua_str(x)).collect::<Vec<_>>().join(", ");
+        let queue = crate::engine::queue_name::QueueName::new(
+            &v.domain,
+            spec.route_match.tenant.as_deref(),
+            spec.route_match.campaign.as_deref(),
+            None,
+        );
+        let hook = format!("route.{}.{}", v.id.namespace, v.id.name);
+        let _ = writeln!(lua, "    hook = {},", lua_str(&hook));
+        let _ = writeln!(lua, "    queue_name = {},", lua_str(&queue.to_string()));
+        let _ = writeln!(
+            lua,
+            "    log_events = {{ types = {{ {} }}, headers = {{ {} }}, meta = {{ {} }} }},",
+            list(&le.types),
+            list(&le.headers),
+            list(&le.meta)
+        );
+    }
     let _ = writeln!(lua, "    batch_size = {},", d.batch_size.unwrap_or(1));
     let _ = writeln!(
         lua,
@@ -464,6 +494,35 @@ local function parse_queue(name)
   if tenant == '' then tenant = nil end
   return domain, tenant, campaign
 end
+
+-- Routes with logEvents take the relay's own log records through a log hook.
+local HOOKS = {}
+for _, r in ipairs(ROUTES) do
+  if r.log_events then
+    HOOKS[r.hook] = r
+    local wanted = {}
+    for _, t in ipairs(r.log_events.types) do
+      wanted[t] = true
+    end
+    r.log_events.wanted = wanted
+    kumo.on('pre_init', function()
+      kumo.configure_log_hook { name = r.hook, headers = r.log_events.headers, meta = r.log_events.meta }
+    end)
+  end
+end
+
+kumo.on('should_enqueue_log_record', function(msg, hook_name)
+  local r = HOOKS[hook_name]
+  if not r then
+    return nil
+  end
+  local record = msg:get_meta 'log_record'
+  if #r.log_events.types > 0 and not r.log_events.wanted[record.type] then
+    return false
+  end
+  msg:set_meta('queue', r.queue_name)
+  return true
+end)
 
 kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
   local r = find(domain, tenant, campaign)

@@ -5,7 +5,7 @@
 
 use super::crd::{AmqpRoute, AmqpRouteStatus};
 use super::manifests::{HASH_ANNOTATION, policy_configmap, routes_secret};
-use super::render::{self, POLICY_KEY, Rendered, RouteId};
+use super::render::{self, POLICY_KEY, RouteId};
 use super::status::{self, Published, Verdict};
 use crate::policy::Policy;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -61,11 +61,14 @@ fn id_of(r: &AmqpRoute) -> RouteId {
     }
 }
 
-fn compile(out: &Rendered) -> Result<(), Error> {
+/// Loads the policy in the engine, as a relay will, including `pre_init`.
+pub async fn compile(policy: &str) -> Result<(), Error> {
     let dir = tempfile::tempdir().map_err(|e| Error::Compile(e.to_string()))?;
     let path = dir.path().join(POLICY_KEY);
-    std::fs::write(&path, &out.policy).map_err(|e| Error::Compile(e.to_string()))?;
-    Policy::load(&path, Default::default())
+    std::fs::write(&path, policy).map_err(|e| Error::Compile(e.to_string()))?;
+    let p = Policy::load(&path, Default::default()).map_err(|e| Error::Compile(e.to_string()))?;
+    p.run_init()
+        .await
         .map(|_| ())
         .map_err(|e| Error::Compile(e.to_string()))
 }
@@ -78,7 +81,7 @@ pub async fn sync(
     let routes: Vec<AmqpRoute> = routes.iter().map(|r| (**r).clone()).collect();
     let secrets: Vec<Secret> = secrets.iter().map(|s| (**s).clone()).collect();
     let out = render::render(&routes, &secrets, &ctx.secrets_dir);
-    compile(&out)?;
+    compile(&out.policy).await?;
 
     let cm_name = format!("{}-policy", ctx.relay);
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);

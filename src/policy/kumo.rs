@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 /// What `init` configured; only the state that runs `init` carries one.
 #[derive(Debug, Default, Clone)]
 pub struct InitConfig {
+    /// The policy defines `init`, so listeners and spool come from it, not from flags.
+    pub has_init: bool,
     pub http_listeners: Vec<HttpListener>,
     pub esmtp_listeners: Vec<crate::listeners::smtp::EsmtpListener>,
     pub local_logs: Option<crate::engine::logs::LocalLogsConfig>,

@@ -181,13 +181,11 @@ impl Policy {
     }
 
     /// Runs `pre_init` and `init` in a state of their own and returns what they
-    /// configured; `None` when the policy defines no `init`.
-    pub async fn run_init(&self) -> Result<Option<InitConfig>, PolicyError> {
+    /// configured (`has_init` says whether the policy defines `init`).
+    pub async fn run_init(&self) -> Result<InitConfig, PolicyError> {
         let cfg = Arc::new(Mutex::new(InitConfig::default()));
         let lua = self.new_state(Some(cfg.clone()))?;
-        if !events::defined(&lua, "init") {
-            return Ok(None);
-        }
+        let has_init = events::defined(&lua, "init");
         for event in ["pre_init", "init"] {
             for h in events::handlers(&lua, event).map_err(|e| self.load_err(&e))? {
                 h.call_async::<()>(())
@@ -195,8 +193,9 @@ impl Policy {
                     .map_err(|e| PolicyError::event(event, e))?;
             }
         }
-        let out = cfg.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(Some(out))
+        let mut out = cfg.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        out.has_init = has_init;
+        Ok(out)
     }
 
     /// `get_queue_config(domain, tenant, campaign, routing_domain)`; the first

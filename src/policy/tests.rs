@@ -110,13 +110,14 @@ async fn init_collects_listeners_and_spool() {
          end)",
     )
     .unwrap();
-    let cfg = p.run_init().await.unwrap().unwrap();
+    let cfg = p.run_init().await.unwrap();
+    assert!(cfg.has_init);
     assert_eq!(cfg.spool_dir.as_deref(), Some(Path::new("/tmp/x")));
     assert_eq!(
         cfg.http_listeners[0].trusted_hosts,
         vec!["10.0.0.0/8".to_string()]
     );
-    assert!(load("").unwrap().run_init().await.unwrap().is_none());
+    assert!(!load("").unwrap().run_init().await.unwrap().has_init);
     // Outside init these are errors.
     let err = load("kumo.start_http_listener { listen = ':0' }")
         .err()

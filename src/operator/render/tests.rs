@@ -399,3 +399,73 @@ fn tls_ca_goes_to_the_secret_and_the_client() {
     );
     assert!(no_pem.rejected[0].1.message.contains("no PEM certificate"));
 }
+
+#[tokio::test]
+async fn log_events_routes_configure_a_hook_and_pick_record_types() {
+    let r = route(
+        "ns",
+        "events",
+        serde_json::json!({
+            "match": {"domain": "events", "tenant": "relay"},
+            "broker": {"url": "amqp://rabbit/"},
+            "publish": {"routingKey": "relay.events"},
+            "logEvents": {"types": ["Delivery", "Bounce"], "headers": ["Subject"], "meta": ["tenant"]}
+        }),
+    );
+    let out = render(&[r], &[], DEFAULT_SECRETS_DIR);
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(POLICY_KEY);
+    std::fs::write(&path, &out.policy).unwrap();
+    let policy = crate::policy::Policy::load(&path, Default::default()).unwrap();
+    let init = policy.run_init().await.unwrap();
+    assert!(!init.has_init);
+    assert_eq!(init.log_hooks.len(), 1);
+    assert_eq!(init.log_hooks[0].name, "route.ns.events");
+    assert_eq!(init.log_hooks[0].headers, vec!["Subject".to_string()]);
+
+    let record = |t: &str| {
+        let mut meta = serde_json::Map::new();
+        meta.insert("log_record".into(), serde_json::json!({"type": t}));
+        std::sync::Arc::new(crate::engine::message::Message::new(
+            "nobody@localhost".into(),
+            "log@x".into(),
+            meta,
+            bytes::Bytes::new(),
+        ))
+    };
+    let delivery = record("Delivery");
+    assert!(
+        policy
+            .should_enqueue_log_record(&delivery, "route.ns.events")
+            .await
+            .unwrap()
+    );
+    assert_eq!(delivery.queue_name().unwrap().to_string(), "relay@events");
+    assert!(
+        !policy
+            .should_enqueue_log_record(&record("Reception"), "route.ns.events")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !policy
+            .should_enqueue_log_record(&record("Delivery"), "other-hook")
+            .await
+            .unwrap()
+    );
+
+    let mut bad = route(
+        "ns",
+        "bad",
+        serde_json::json!({"match": {"domain": "e"}, "broker": {"url": "amqp://h/"}, "publish": {"routingKey": "k"}, "logEvents": {"types": ["Sent"]}}),
+    );
+    bad.metadata.generation = Some(1);
+    let out = render(&[bad], &[], DEFAULT_SECRETS_DIR);
+    assert!(
+        out.rejected[0]
+            .1
+            .message
+            .contains("unknown record type \"Sent\"")
+    );
+}
