@@ -1,8 +1,24 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests, then end-to-end tests against RabbitMQ
-# nodes the tests start themselves (one on 5672 for the seed policy's
-# amqp://localhost, others on free ports).
+# The whole test suite:
+#  1. Rust unit and end-to-end tests (`cargo test`); the end-to-end tests start
+#     their own RabbitMQ nodes (one on 5672 for the seed policy's
+#     amqp://localhost, others on free ports).
+#  2. The release build the Dockerfile runs (`cargo build --release --locked`).
+#  3. The Helm chart, CRD, examples and Dockerfile (pytest, in a venv with
+#     helm-python-sdk, kubernetes-validate and jsonschema from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
 cargo test --locked "$@"
+cargo build --release --locked --bin amqp-relay
+
+venv=target/pyvenv
+if [ ! -x "$venv/bin/pytest" ]; then
+  python3 -m venv "$venv" 2>/dev/null || {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  }
+  "$venv/bin/pip" install -q --disable-pip-version-check \
+    helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 'jsonschema>=4' 'pytest>=8' 'pyyaml>=6'
+fi
+"$venv/bin/pytest" -q tests/chart

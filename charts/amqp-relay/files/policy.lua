@@ -1,0 +1,55 @@
+-- Base policy of an amqp-relay pod (from the Helm chart). Settings arrive as
+-- environment variables, so no chart value is ever spliced into Lua code.
+-- Routes come from the operator's ConfigMap, mounted as a directory.
+local kumo = require 'kumo'
+
+local function env(name, default)
+  local v = os.getenv(name)
+  if v == nil or v == '' then
+    return default
+  end
+  return v
+end
+
+local function list(name)
+  local out = {}
+  for item in string.gmatch(env(name, ''), '[^,%s]+') do
+    table.insert(out, item)
+  end
+  return out
+end
+
+kumo.on('init', function()
+  kumo.define_spool { name = 'data', path = env('AMQP_RELAY_SPOOL', '/var/spool/amqp-relay') }
+  kumo.start_http_listener {
+    listen = env('AMQP_RELAY_HTTP_LISTEN', '0.0.0.0:8000'),
+    trusted_hosts = list 'AMQP_RELAY_TRUSTED_HOSTS',
+  }
+  local smtp = env('AMQP_RELAY_SMTP_LISTEN', nil)
+  if smtp then
+    local listener = {
+      listen = smtp,
+      hostname = env('AMQP_RELAY_SMTP_HOSTNAME', env('HOSTNAME', 'amqp-relay')),
+      relay_hosts = list 'AMQP_RELAY_SMTP_RELAY_HOSTS',
+      max_message_size = tonumber(env('AMQP_RELAY_SMTP_MAX_MESSAGE_SIZE', '20971520')),
+    }
+    local cert = env('AMQP_RELAY_SMTP_TLS_CERT', nil)
+    if cert then
+      listener.tls_certificate = cert
+      listener.tls_private_key = env('AMQP_RELAY_SMTP_TLS_KEY', nil)
+    end
+    kumo.start_esmtp_listener(listener)
+  end
+  local logs = env('AMQP_RELAY_LOCAL_LOGS', nil)
+  if logs then
+    kumo.configure_local_logs { log_dir = logs, max_segment_duration = '5m', compression_level = 3 }
+  end
+end)
+
+-- The operator's rendered routes. Until the first AmqpRoute is applied the
+-- ConfigMap is absent: the relay runs, and refuses mail it cannot route.
+package.path = env('AMQP_RELAY_ROUTES_DIR', '/etc/amqp-relay/routes-policy') .. '/?.lua;' .. package.path
+local ok, err = pcall(require, 'routes')
+if not ok and not string.find(tostring(err), "module 'routes' not found", 1, true) then
+  error(err, 0)
+end

@@ -1,0 +1,272 @@
+"""The Helm chart, rendered by Helm's own engine (helm-python-sdk), validated
+against Kubernetes' schemas (kubernetes-validate), plus the CRD, the examples
+and the Dockerfile."""
+
+import json
+import os
+import pathlib
+import subprocess
+import tempfile
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+import helm_python
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "amqp-relay"
+BIN = ROOT / "target" / "debug" / "amqp-relay"
+K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+
+VALUE_SETS = {
+    "defaults": {},
+    "ha-operator": {"operator": {"replicas": 2}},
+    "namespace-list": {"operator": {"watchNamespaces": ["team-a", "team-b"]}},
+    "all-namespaces": {"operator": {"watchNamespaces": ["*"]}},
+    "smtp-tls": {"relay": {"smtp": {"tlsSecretName": "smtp-cert"}}},
+    "monitoring": {"serviceMonitor": {"enabled": True}, "networkPolicy": {"enabled": True}},
+}
+
+
+def render(values, name="edge", namespace="mail"):
+    with helm_python.Chart.load(str(CHART)) as chart:
+        out = chart.render(values, name=name, namespace=namespace)
+    docs = []
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                docs.append(doc)
+    return docs
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs, kind, suffix):
+    found = [d for d in by_kind(docs, kind) if d["metadata"]["name"].endswith(suffix)]
+    assert len(found) == 1, f"{kind} *{suffix}: {[d['metadata']['name'] for d in docs]}"
+    return found[0]
+
+
+def test_lint_strict():
+    result = helm_python.lint(str(CHART), strict=True)
+    assert result["errors"] == []
+    # Severity 1 is informational (an icon is recommended); warnings and errors are not allowed.
+    assert [m for m in result["messages"] if m["severity"] > 1] == []
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_object_validates_strictly(name, version):
+    docs = render(VALUE_SETS[name])
+    assert docs
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a CRD of the Prometheus operator, not a built-in kind
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_crd_validates(version):
+    crd = yaml.safe_load((ROOT / "crds" / "amqproute.yaml").read_text())
+    kubernetes_validate.validate(crd, version, strict=True)
+
+
+def test_crd_in_chart_is_what_the_binary_prints():
+    printed = subprocess.run([str(BIN), "crd"], check=True, capture_output=True, text=True).stdout
+    assert (CHART / "crds" / "amqproute.yaml").read_text() == printed
+    assert (ROOT / "crds" / "amqproute.yaml").read_text() == printed
+
+
+def pod_specs(docs):
+    return {
+        "operator": one(docs, "Deployment", "-operator")["spec"]["template"]["spec"],
+        "relay": one(docs, "StatefulSet", "-relay")["spec"]["template"]["spec"],
+    }
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_hardened_pods_probes_and_no_subpath(name):
+    docs = render(VALUE_SETS[name])
+    for which, spec in pod_specs(docs).items():
+        psc = spec["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0, which
+        assert psc["seccompProfile"]["type"] == "RuntimeDefault", which
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, which
+            assert sc["readOnlyRootFilesystem"] is True, which
+            assert sc["capabilities"]["drop"] == ["ALL"], which
+            assert c["resources"]["requests"], which
+            assert c["readinessProbe"]["httpGet"]["path"], which
+            assert c["livenessProbe"]["httpGet"]["path"], which
+            for m in c.get("volumeMounts", []):
+                assert "subPath" not in m and "subPathExpr" not in m, (which, m)
+
+
+def test_relay_statefulset_spool_policy_and_probes():
+    docs = render({})
+    sts = one(docs, "StatefulSet", "-relay")
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    claim = sts["spec"]["volumeClaimTemplates"][0]
+    assert claim["metadata"]["name"] == "spool"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    tpl = sts["spec"]["template"]
+    assert tpl["metadata"]["annotations"]["checksum/base-policy"]
+    spec = tpl["spec"]
+    c = spec["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/api/check-liveness/v1"
+    assert spec["terminationGracePeriodSeconds"] >= 30
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["spool"] == "/var/spool/amqp-relay"
+    vols = {v["name"]: v for v in spec["volumes"]}
+    # The operator's objects, mounted whole so the kubelet can update them.
+    assert vols["routes-policy"]["configMap"]["name"] == "edge-amqp-relay-policy"
+    assert vols["routes-secret"]["secret"]["secretName"] == "edge-amqp-relay-routes"
+    operator_args = one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--relay=edge-amqp-relay" in operator_args
+    assert one(docs, "PodDisruptionBudget", "-relay")
+    ports = {p["name"] for s in by_kind(docs, "Service") for p in s["spec"]["ports"]}
+    assert {"http", "smtp", "metrics"} <= ports
+
+
+def test_leader_election_with_replicas():
+    args = lambda docs: one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--leader-election" not in args(render({}))
+    assert "--leader-election" in args(render({"operator": {"replicas": 2}}))
+
+
+def rules(docs):
+    return [r for d in docs if d["kind"] in ("Role", "ClusterRole") for r in d["rules"]]
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_rbac_is_least_privilege(name):
+    docs = render(VALUE_SETS[name])
+    for r in rules(docs):
+        for key in ("verbs", "resources", "apiGroups"):
+            assert "*" not in r.get(key, []), r
+    # Writes to ConfigMaps and Secrets are limited to the two objects by name (create cannot be).
+    writes = [r for r in rules(docs) if set(r["verbs"]) & {"patch", "update"} and set(r["resources"]) & {"configmaps", "secrets"}]
+    assert writes and all(r.get("resourceNames") for r in writes), writes
+
+
+def test_watch_scopes():
+    listed = render({"operator": {"watchNamespaces": ["team-a", "team-b"]}})
+    watch_roles = [d for d in by_kind(listed, "Role") if d["metadata"]["name"].endswith("-watch")]
+    assert sorted(d["metadata"]["namespace"] for d in watch_roles) == ["team-a", "team-b"]
+    assert not [d for d in by_kind(listed, "ClusterRole") if d["metadata"]["name"].endswith("-watch")]
+    everywhere = render({"operator": {"watchNamespaces": ["*"]}})
+    assert [d for d in by_kind(everywhere, "ClusterRole") if d["metadata"]["name"].endswith("-watch")]
+    default = render({})
+    assert [d["metadata"]["namespace"] for d in by_kind(default, "Role") if d["metadata"]["name"].endswith("-watch")] == ["mail"]
+
+
+def test_aggregated_cluster_roles_for_tenants():
+    docs = render({})
+    labels = [d["metadata"]["labels"] for d in by_kind(docs, "ClusterRole")]
+    assert any(l.get("rbac.authorization.k8s.io/aggregate-to-edit") == "true" for l in labels)
+    assert any(l.get("rbac.authorization.k8s.io/aggregate-to-view") == "true" for l in labels)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"relay": {"replicas": "two"}},
+        {"bogus": 1},
+        {"relay": {"smtp": {"prot": 2525}}},
+        {"operator": {"watchNamespaces": "team-a"}},
+        {"relay": {"persistence": {"size": "lots"}}},
+    ],
+)
+def test_values_schema_rejects(values):
+    with pytest.raises(helm_python.HelmError) as err:
+        render(values)
+    assert "schema" in str(err.value).lower() or "validat" in str(err.value).lower(), err.value
+
+
+def test_tls_and_monitoring_options_render():
+    tls = one(render(VALUE_SETS["smtp-tls"]), "StatefulSet", "-relay")["spec"]["template"]["spec"]
+    assert any(v.get("secret", {}).get("secretName") == "smtp-cert" for v in tls["volumes"])
+    mon = render(VALUE_SETS["monitoring"])
+    assert len(by_kind(mon, "ServiceMonitor")) == 2
+    assert len(by_kind(mon, "NetworkPolicy")) == 2
+
+
+def crd_schema():
+    crd = yaml.safe_load((ROOT / "crds" / "amqproute.yaml").read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def example_routes():
+    for f in sorted((ROOT / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(f.read_text()):
+            if doc and doc["kind"] == "AmqpRoute":
+                yield f.name, doc
+
+
+def test_examples_validate_against_the_crd():
+    schema = crd_schema()
+    names = []
+    for fname, doc in example_routes():
+        jsonschema.validate(doc, schema)
+        names.append(fname)
+    assert {"seed-route.yaml", "log-events-route.yaml", "tls-route.yaml"} <= set(names)
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda s: s["match"].pop("domain"),
+        lambda s: s["publish"].update(routingKey=7),
+        lambda s: s["publish"].update(onNack="maybe"),
+        lambda s: s.update(delivery={"connectionLimit": 0}),
+        lambda s: s.update(delivery={"retryInterval": "soon"}),
+        lambda s: s["match"].update(domain=""),
+    ],
+)
+def test_broken_examples_are_rejected(breakage):
+    _, doc = next(example_routes())
+    breakage(doc["spec"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, crd_schema())
+
+
+def test_base_policy_loads_in_the_relay():
+    env = dict(os.environ, AMQP_RELAY_SMTP_LISTEN="0.0.0.0:2525", AMQP_RELAY_TRUSTED_HOSTS="10.0.0.0/8",
+               AMQP_RELAY_SMTP_RELAY_HOSTS="10.0.0.0/8", AMQP_RELAY_ROUTES_DIR="/nonexistent")
+    out = subprocess.run([str(BIN), "check", "--policy", str(CHART / "files" / "policy.lua")],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "1 http and 1 smtp listener" in out.stdout
+    # With the operator's rendered routes beside it, as the pod mounts them.
+    with tempfile.TemporaryDirectory() as d:
+        rendered = subprocess.run([str(BIN), "render", "-f", str(ROOT / "examples")], capture_output=True, text=True)
+        assert rendered.returncode == 0, rendered.stderr
+        cm = next(yaml.safe_load_all(rendered.stdout))
+        pathlib.Path(d, "routes.lua").write_text(cm["data"]["routes.lua"])
+        env["AMQP_RELAY_ROUTES_DIR"] = d
+        out = subprocess.run([str(BIN), "check", "--policy", str(CHART / "files" / "policy.lua")],
+                             capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        assert "1 log hook" in out.stdout, out.stdout
+
+
+def test_dockerfile_builds_like_the_tests_and_runs_as_non_root():
+    text = (ROOT / "Dockerfile").read_text()
+    stages = text.split("\nFROM ")
+    assert len(stages) >= 2, "multi-stage"
+    assert "cargo build --release --locked" in stages[0]
+    final = stages[-1]
+    users = [l.split()[1] for l in final.splitlines() if l.startswith("USER ")]
+    assert users, "the runtime stage sets a user"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, users
+    assert 'ENTRYPOINT ["amqp-relay"]' in final
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "target" in ignored
