@@ -33,6 +33,9 @@ pub struct RelayArgs {
     /// SMTP listener, when the policy has no init (none by default).
     #[arg(long, env = "AMQP_RELAY_SMTP_LISTEN")]
     pub smtp_listen: Option<String>,
+    /// Reload the policy when its files change (on by default).
+    #[arg(long, env = "AMQP_RELAY_WATCH_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_policy: bool,
     /// CIDRs allowed to relay over SMTP (with --smtp-listen).
     #[arg(long, env = "AMQP_RELAY_SMTP_RELAY_HOSTS", value_delimiter = ',', default_values_t = loopback())]
     pub smtp_relay_hosts: Vec<String>,
@@ -92,6 +95,10 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         .requeue(recovered.messages.into_iter().map(Arc::new).collect())
         .await;
     tracing::info!(messages = n, elapsed = ?started.elapsed(), policy = %policy.path().display(), hash = %policy.hash(), "spool recovered");
+
+    if args.watch_policy {
+        crate::engine::policy_watch::spawn(engine.clone()).map_err(anyhow::Error::msg)?;
+    }
 
     let mut servers = tokio::task::JoinSet::new();
     for l in listeners {

@@ -6,7 +6,7 @@
 //! `max_deliveries_per_connection`, or on an error, calling `close` if defined.
 
 use super::message::{MessageRef, now_ms};
-use super::queue::Queue;
+use super::queue::{Queue, QueueSettings};
 use super::{Engine, Outcome};
 use crate::policy::events;
 use crate::policy::message_ud::MessageUd;
@@ -21,7 +21,10 @@ pub fn ensure_sessions(engine: &Arc<Engine>, q: &Arc<Queue>) {
     loop {
         let active = q.sessions.load(Ordering::Acquire);
         let ready = q.ready_len();
-        if q.is_suspended() || ready == 0 || active >= q.egress.connection_limit || active >= ready
+        if q.is_suspended()
+            || ready == 0
+            || active >= q.settings().egress.connection_limit
+            || active >= ready
         {
             return;
         }
@@ -81,15 +84,19 @@ async fn session(engine: Arc<Engine>, q: Arc<Queue>) {
 }
 
 async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String> {
+    // A session runs on one policy version; after a reload it ends, and new
+    // sessions take the new one.
+    let epoch = engine.epoch();
     let policy = engine.policy();
+    let settings = q.settings();
     let lua = policy.acquire().map_err(|e| e.to_string())?;
-    let ctor_name = &q.custom_lua.constructor;
+    let ctor_name = &settings.custom_lua.constructor;
     let ctor = events::handlers(&lua, ctor_name)
         .map_err(|e| describe(&e))?
         .into_iter()
         .next()
         .ok_or_else(|| format!("the policy has no kumo.on('{ctor_name}', …) handler"))?;
-    let timeout = q.egress.send_timeout;
+    let timeout = settings.egress.send_timeout;
     let made = tokio::time::timeout(
         timeout,
         ctor.call_async::<Value>((
@@ -115,7 +122,7 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String>
             ));
         }
     };
-    let batch = q.custom_lua.batch_size.max(1);
+    let batch = settings.custom_lua.batch_size.max(1);
     let method = if batch > 1 { "send_batch" } else { "send" };
     let send: Function = sender
         .get::<Option<Function>>(method)
@@ -127,17 +134,28 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String>
     let mut stop = engine.shutdown_signal();
     let mut delivered = 0usize;
     let mut healthy = true;
-    while delivered < q.egress.max_deliveries_per_connection
+    let max_deliveries = settings.egress.max_deliveries_per_connection;
+    while delivered < max_deliveries
         && !engine.is_shutting_down()
         && !q.is_suspended()
+        && engine.epoch() == epoch
     {
         // Never more than the session may still deliver.
-        let want = batch.min(q.egress.max_deliveries_per_connection - delivered);
-        let msgs = match next_batch(q, want, &mut stop).await {
+        let want = batch.min(max_deliveries - delivered);
+        let msgs = match next_batch(q, &settings, want, &mut stop).await {
             Some(m) => m,
             None => break,
         };
-        if let Some(t) = &q.throttle {
+        // The policy may have changed while this session waited: what it just
+        // took goes to a session of the new version instead.
+        if engine.epoch() != epoch {
+            for m in msgs {
+                q.done(1);
+                q.insert(m);
+            }
+            break;
+        }
+        if let Some(t) = &settings.throttle {
             for _ in &msgs {
                 t.acquire().await;
             }
@@ -203,23 +221,27 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String>
 /// `max_batch_latency` passes. `None` when idle too long or shutting down.
 async fn next_batch(
     q: &Queue,
+    settings: &QueueSettings,
     batch: usize,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<Vec<MessageRef>> {
-    let idle_deadline = tokio::time::Instant::now() + q.egress.idle_timeout;
+    let idle_deadline = tokio::time::Instant::now() + settings.egress.idle_timeout;
     let mut got: Vec<MessageRef> = Vec::new();
     let mut latency_deadline: Option<tokio::time::Instant> = None;
     loop {
         let notified = q.ready_notify.notified();
         got.extend(q.take_ready(batch - got.len()));
-        if got.len() >= batch || (!got.is_empty() && got.len() >= q.custom_lua.min_batch_size) {
+        if got.len() >= batch
+            || (!got.is_empty() && got.len() >= settings.custom_lua.min_batch_size)
+        {
             return Some(got);
         }
         let deadline = if got.is_empty() {
             idle_deadline
         } else {
-            *latency_deadline
-                .get_or_insert_with(|| tokio::time::Instant::now() + q.custom_lua.max_batch_latency)
+            *latency_deadline.get_or_insert_with(|| {
+                tokio::time::Instant::now() + settings.custom_lua.max_batch_latency
+            })
         };
         tokio::select! {
             _ = notified => {}

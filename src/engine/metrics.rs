@@ -19,6 +19,9 @@ pub struct Metrics {
     pub bounced: Counter,
     pub expired: Counter,
     pub queue_depth: Family<QueueLabel, Gauge>,
+    pub reloads: Counter,
+    pub reload_failures: Counter,
+    pub epoch: Gauge,
 }
 
 impl Default for Metrics {
@@ -31,6 +34,9 @@ impl Default for Metrics {
             bounced: Counter::default(),
             expired: Counter::default(),
             queue_depth: Family::default(),
+            reloads: Counter::default(),
+            reload_failures: Counter::default(),
+            epoch: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -55,6 +61,22 @@ impl Default for Metrics {
             "Messages in a queue: scheduled, ready and in flight",
             m.queue_depth.clone(),
         );
+        registry.register(
+            "policy_reloads",
+            "Policy reloads that took effect",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "policy_reload_failures",
+            "Policy reloads refused because the new policy did not load",
+            m.reload_failures.clone(),
+        );
+        registry.register(
+            "policy_epoch",
+            "Config epoch of the running policy",
+            m.epoch.clone(),
+        );
+        m.epoch.set(1);
         Metrics { registry, ..m }
     }
 }

@@ -6,8 +6,10 @@ pub mod log_record;
 pub mod logs;
 pub mod message;
 pub mod metrics;
+pub mod policy_watch;
 pub mod queue;
 pub mod queue_name;
+pub mod reload;
 pub mod spool;
 pub mod throttle;
 
@@ -53,6 +55,9 @@ pub struct Engine {
     pub metrics: Metrics,
     shutdown: watch::Sender<bool>,
     suspensions: Mutex<Vec<admin::Suspension>>,
+    epoch: std::sync::atomic::AtomicU64,
+    reloading: tokio::sync::Mutex<()>,
+    reload_error: Mutex<Option<reload::ReloadError>>,
 }
 
 impl Engine {
@@ -66,6 +71,9 @@ impl Engine {
             metrics: Metrics::default(),
             shutdown: watch::channel(false).0,
             suspensions: Mutex::new(Vec::new()),
+            epoch: std::sync::atomic::AtomicU64::new(1),
+            reloading: tokio::sync::Mutex::new(()),
+            reload_error: Mutex::new(None),
         })
     }
 
@@ -96,13 +104,23 @@ impl Engine {
         name: &queue_name::QueueName,
     ) -> Result<Arc<Queue>, Refusal> {
         let label = name.to_string();
-        if let Some(q) = self
+        let known = self
             .queues
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&label)
-        {
-            return Ok(q.clone());
+            .cloned();
+        if let Some(q) = known {
+            if q.unrouted.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(Refusal {
+                    code: 550,
+                    reason: format!(
+                        "5.1.2 queue {label}: the running policy no longer routes it \
+                         (get_queue_config gives no custom_lua protocol)"
+                    ),
+                });
+            }
+            return Ok(q);
         }
         let _creating = self.creating.lock().await;
         if let Some(q) = self
@@ -141,7 +159,10 @@ impl Engine {
             .egress_path_config(name)
             .await
             .map_err(policy_refusal)?;
-        let q = Arc::new(Queue::new(name.clone(), config, custom, egress));
+        let q = Arc::new(Queue::new(
+            name.clone(),
+            queue::QueueSettings::new(config, custom, egress),
+        ));
         q.suspended.store(
             self.is_suspended_name(name),
             std::sync::atomic::Ordering::Release,
@@ -289,9 +310,10 @@ impl Engine {
                     &resp,
                     Some("Lua"),
                 );
-                let delay = q.config.retry_delay(msg.num_attempts());
+                let settings = q.settings();
+                let delay = settings.config.retry_delay(msg.num_attempts());
                 let next = now_ms() + delay.as_millis() as u64;
-                let expires = msg.created_ms() + q.config.max_age.as_millis() as u64;
+                let expires = msg.created_ms() + settings.config.max_age.as_millis() as u64;
                 if next >= expires {
                     self.expire(q, msg, &resp);
                 } else {

@@ -9,17 +9,48 @@ use super::queue_name::QueueName;
 use super::throttle::Throttle;
 use crate::policy::config::{CustomLua, EgressPathConfig, QueueConfig};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
-pub struct Queue {
-    pub name: QueueName,
-    pub label: String,
+/// What the policy says about a queue; replaced whole when the policy reloads.
+pub struct QueueSettings {
     pub config: QueueConfig,
     pub custom_lua: CustomLua,
     pub egress: EgressPathConfig,
     pub throttle: Option<Throttle>,
+}
+
+impl QueueSettings {
+    pub fn new(
+        config: QueueConfig,
+        custom_lua: CustomLua,
+        egress: EgressPathConfig,
+    ) -> QueueSettings {
+        let rate = match (config.max_message_rate, egress.max_message_rate) {
+            (Some(a), Some(b)) => Some(if a.per_second < b.per_second { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        QueueSettings {
+            config,
+            custom_lua,
+            egress,
+            throttle: rate.map(Throttle::new),
+        }
+    }
+
+    /// Same policy answer (the throttle's state aside).
+    pub fn same_as(&self, other: &QueueSettings) -> bool {
+        self.config == other.config
+            && self.custom_lua == other.custom_lua
+            && self.egress == other.egress
+    }
+}
+
+pub struct Queue {
+    pub name: QueueName,
+    pub label: String,
+    settings: std::sync::RwLock<Arc<QueueSettings>>,
     ready: Mutex<VecDeque<MessageRef>>,
     scheduled: Mutex<BTreeMap<(u64, u128), MessageRef>>,
     /// Wakes sessions waiting for ready messages.
@@ -30,26 +61,17 @@ pub struct Queue {
     pub in_flight: AtomicUsize,
     /// Set by an admin suspension: no new deliveries start.
     pub suspended: AtomicBool,
+    /// The running policy no longer routes this queue: new mail is refused;
+    /// what is queued keeps its old settings until it is delivered or expires.
+    pub unrouted: AtomicBool,
 }
 
 impl Queue {
-    pub fn new(
-        name: QueueName,
-        config: QueueConfig,
-        custom_lua: CustomLua,
-        egress: EgressPathConfig,
-    ) -> Queue {
-        let rate = match (config.max_message_rate, egress.max_message_rate) {
-            (Some(a), Some(b)) => Some(if a.per_second < b.per_second { a } else { b }),
-            (a, b) => a.or(b),
-        };
+    pub fn new(name: QueueName, settings: QueueSettings) -> Queue {
         Queue {
             label: name.to_string(),
             name,
-            config,
-            custom_lua,
-            egress,
-            throttle: rate.map(Throttle::new),
+            settings: std::sync::RwLock::new(Arc::new(settings)),
             ready: Mutex::new(VecDeque::new()),
             scheduled: Mutex::new(BTreeMap::new()),
             ready_notify: Notify::new(),
@@ -57,7 +79,20 @@ impl Queue {
             sessions: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             suspended: AtomicBool::new(false),
+            unrouted: AtomicBool::new(false),
         }
+    }
+
+    pub fn settings(&self) -> Arc<QueueSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_settings(&self, s: QueueSettings) {
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
+        self.schedule_notify.notify_one();
     }
 
     /// Adds a message: straight to ready when it is due and there is room.
@@ -65,7 +100,7 @@ impl Queue {
         let due = msg.due_ms().unwrap_or(0);
         if due <= now_ms() {
             let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-            if ready.len() < self.egress.max_ready {
+            if ready.len() < self.settings().egress.max_ready {
                 ready.push_back(msg);
                 drop(ready);
                 self.ready_notify.notify_one();
@@ -111,7 +146,8 @@ impl Queue {
     /// found past `max_age` (the caller expires them) and when to look again.
     pub fn promote(&self) -> (Vec<MessageRef>, Option<u64>) {
         let now = now_ms();
-        let max_age = self.config.max_age.as_millis() as u64;
+        let settings = self.settings();
+        let max_age = settings.config.max_age.as_millis() as u64;
         let mut expired = Vec::new();
         let mut moved = 0;
         let mut sched = self.scheduled.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,7 +161,7 @@ impl Queue {
                 expired.push(entry.remove());
                 continue;
             }
-            if ready.len() >= self.egress.max_ready {
+            if ready.len() >= settings.egress.max_ready {
                 break;
             }
             ready.push_back(entry.remove());

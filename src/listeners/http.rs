@@ -42,6 +42,8 @@ pub fn router(engine: Arc<Engine>, trusted: Vec<IpNet>) -> Router {
         .route("/healthz", get(live))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/api/policy", get(policy_report))
+        .route("/api/admin/bump-config-epoch", post(bump_config_epoch))
         .route("/api/admin/queue-summary/v1", get(queue_summary))
         .route("/api/admin/bounce/v1", post(admin_bounce))
         .route(
@@ -82,9 +84,42 @@ async fn live() -> &'static str {
 
 async fn ready(State(st): State<AppState>) -> Response {
     if st.engine.is_shutting_down() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
-    } else {
-        "ready\n".into_response()
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    // Still serving on the last good policy; say what failed.
+    match st.engine.policy_report().last_error {
+        Some(e) => format!(
+            "ready (policy reload failed, running the previous version: {})\n",
+            e.error
+        )
+        .into_response(),
+        None => "ready\n".into_response(),
+    }
+}
+
+async fn policy_report(State(st): State<AppState>) -> Response {
+    Json(st.engine.policy_report()).into_response()
+}
+
+/// Re-reads the policy now (KumoMTA's bump-config-epoch).
+async fn bump_config_epoch(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Some(r) = untrusted(&st, &peer) {
+        return r;
+    }
+    match st.engine.reload().await {
+        Ok(changed) => {
+            let report = st.engine.policy_report();
+            Json(json!({ "changed": changed, "epoch": report.epoch, "hash": report.hash }))
+                .into_response()
+        }
+        Err(error) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": error, "epoch": st.engine.epoch() })),
+        )
+            .into_response(),
     }
 }
 

@@ -16,6 +16,7 @@ use kumo::{EgressPathUd, InitConfig, QueueConfigUd, StateCtx};
 use message_ud::MessageUd;
 use mlua::{Lua, Value};
 use reject::{Rejection, describe, find_rejection};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -51,10 +52,23 @@ impl PolicyError {
 pub struct Policy {
     path: PathBuf,
     source: String,
+    /// Of the main file and every module it required at load.
     hash: String,
     amqp: Arc<AmqpPool>,
     pool: Mutex<Vec<Lua>>,
+    modules: Modules,
+    overlay: Overlay,
+    loaded_at: std::time::SystemTime,
 }
+
+/// The Lua modules a policy version is made of, path → source, captured the
+/// first time each is required: every state of one version runs the same code
+/// even while the files change underneath (a reload makes a new version).
+type Modules = Arc<Mutex<BTreeMap<PathBuf, String>>>;
+
+/// File contents known before the kubelet writes them (the policy ConfigMap
+/// watched through the API); consulted before the disk.
+pub type Overlay = Arc<Mutex<HashMap<PathBuf, String>>>;
 
 /// A Lua state borrowed from the pool; it goes back on drop unless discarded.
 pub struct PooledState {
@@ -91,25 +105,120 @@ impl Drop for PooledState {
 impl Policy {
     /// Reads and runs the policy once; any error names the file and line.
     pub fn load(path: &Path, amqp: Arc<AmqpPool>) -> Result<Arc<Policy>, PolicyError> {
-        let source = std::fs::read_to_string(path).map_err(|e| PolicyError::Load {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let hash = content_hash(source.as_bytes());
-        let policy = Arc::new(Policy {
-            path: path.to_owned(),
-            source,
-            hash,
-            amqp,
-            pool: Mutex::new(Vec::new()),
-        });
-        let first = policy.new_state(None)?;
-        policy
-            .pool
+        Self::load_with(path, amqp, Overlay::default())
+    }
+
+    pub fn load_with(
+        path: &Path,
+        amqp: Arc<AmqpPool>,
+        overlay: Overlay,
+    ) -> Result<Arc<Policy>, PolicyError> {
+        let cached = overlay
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .cloned();
+        let source = match cached {
+            Some(s) => s,
+            None => std::fs::read_to_string(path).map_err(|e| PolicyError::Load {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?,
+        };
+        let mut policy = Policy {
+            path: path.to_owned(),
+            source,
+            hash: String::new(),
+            amqp,
+            pool: Mutex::new(Vec::new()),
+            modules: Modules::default(),
+            overlay,
+            loaded_at: std::time::SystemTime::now(),
+        };
+        let first = policy.new_state(None)?;
+        let mut all = policy.source.clone().into_bytes();
+        for (p, text) in policy
+            .modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            all.extend_from_slice(p.to_string_lossy().as_bytes());
+            all.push(0);
+            all.extend_from_slice(text.as_bytes());
+            all.push(0);
+        }
+        policy.hash = content_hash(&all);
+        policy
+            .pool
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
             .push(first);
-        Ok(policy)
+        Ok(Arc::new(policy))
+    }
+
+    /// Directories this version reads from: its own, its modules', and those on `package.path`.
+    pub fn watch_dirs(self: &Arc<Self>) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut add = |p: &Path| {
+            if p.is_dir() && !dirs.iter().any(|d| d == p) {
+                dirs.push(p.to_owned());
+            }
+        };
+        if let Some(d) = self.path.parent() {
+            add(d);
+        }
+        for p in self
+            .modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+        {
+            if let Some(d) = p.parent() {
+                add(d);
+            }
+        }
+        if let Ok(lua) = self.acquire()
+            && let Ok(package) = lua.globals().get::<mlua::Table>("package")
+            && let Ok(search) = package.get::<String>("path")
+        {
+            for t in search.split(';') {
+                if let Some(d) = Path::new(t).parent() {
+                    add(d);
+                }
+            }
+        }
+        dirs
+    }
+
+    pub fn amqp(&self) -> Arc<AmqpPool> {
+        self.amqp.clone()
+    }
+
+    pub fn loaded_at(&self) -> std::time::SystemTime {
+        self.loaded_at
+    }
+
+    pub fn overlay(&self) -> Overlay {
+        self.overlay.clone()
+    }
+
+    /// Every source file of this version with the hash of its content.
+    pub fn files(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        out.insert(
+            self.path.display().to_string(),
+            content_hash(self.source.as_bytes()),
+        );
+        for (p, text) in self
+            .modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            out.insert(p.display().to_string(), content_hash(text.as_bytes()));
+        }
+        out
     }
 
     pub fn path(&self) -> &Path {
@@ -144,6 +253,11 @@ impl Policy {
             package.set("path", format!("{dir}/?.lua;{dir}/?/init.lua"))?;
             // Native modules are not loaded into the relay.
             package.set("cpath", "")?;
+            let searchers: mlua::Table = package.get("searchers")?;
+            searchers.set(
+                2,
+                module_searcher(&lua, self.modules.clone(), self.overlay.clone())?,
+            )?;
             // Bundled helpers KumoMTA policies `require`.
             let preload: mlua::Table = package.get("preload")?;
             preload.set(
@@ -323,6 +437,50 @@ impl Policy {
         }
         Ok(false)
     }
+}
+
+/// Replaces Lua's file searcher: finds `require`d modules on `package.path`,
+/// serving each version's snapshot first, then the overlay, then the disk.
+fn module_searcher(lua: &Lua, modules: Modules, overlay: Overlay) -> mlua::Result<mlua::Function> {
+    use mlua::IntoLuaMulti;
+    lua.create_function(move |lua, name: String| {
+        let package: mlua::Table = lua.globals().get("package")?;
+        let search: String = package.get("path")?;
+        let file = name.replace('.', "/");
+        let mut tried = String::new();
+        for template in search.split(';').filter(|t| !t.is_empty()) {
+            let candidate = PathBuf::from(template.replace('?', &file));
+            let known = modules
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&candidate)
+                .cloned();
+            let text = known.or_else(|| {
+                overlay
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&candidate)
+                    .cloned()
+                    .or_else(|| std::fs::read_to_string(&candidate).ok())
+            });
+            match text {
+                Some(text) => {
+                    let chunk = lua
+                        .load(text.as_str())
+                        .set_name(format!("@{}", candidate.display()))
+                        .into_function()?;
+                    modules
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(candidate.clone())
+                        .or_insert(text);
+                    return (chunk, candidate.display().to_string()).into_lua_multi(lua);
+                }
+                None => tried.push_str(&format!("\n\tno file '{}'", candidate.display())),
+            }
+        }
+        tried.into_lua_multi(lua)
+    })
 }
 
 pub fn content_hash(bytes: &[u8]) -> String {

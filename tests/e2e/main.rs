@@ -7,6 +7,7 @@ mod durability;
 mod harness;
 mod log_hooks;
 mod publish;
+mod reload;
 mod render;
 mod retry;
 mod seed;

@@ -1,0 +1,155 @@
+//! Hot reload: a new policy version is loaded beside the running one; only if
+//! it loads does it replace it (a new config epoch). Queues then re-evaluate
+//! `get_queue_config`, running sessions finish their current call on the old
+//! version and end, and new sessions use the new one. Nothing queued is
+//! touched, so nothing is lost.
+
+use super::Engine;
+use super::queue::QueueSettings;
+use crate::policy::Policy;
+use crate::policy::config::Protocol;
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadError {
+    pub error: String,
+    /// Unix seconds.
+    pub at: u64,
+    /// Source files of the version that failed, with their content hashes.
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PolicyReport {
+    pub path: String,
+    pub hash: String,
+    pub epoch: u64,
+    pub loaded_at: u64,
+    pub files: std::collections::BTreeMap<String, String>,
+    pub last_error: Option<ReloadError>,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Hashes of the files a failed load read, so the operator can tell whose
+/// routes were rejected; the loader does not keep them, so read them again.
+fn files_of(
+    policy_path: &std::path::Path,
+    overlay: &crate::policy::Overlay,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let dir = policy_path.parent().map(|d| d.to_path_buf());
+    let overlay = overlay.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for (p, text) in overlay {
+        out.insert(
+            p.display().to_string(),
+            crate::policy::content_hash(text.as_bytes()),
+        );
+    }
+    if let Some(dir) = dir
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "lua")
+                && let Ok(text) = std::fs::read(&p)
+            {
+                out.entry(p.display().to_string())
+                    .or_insert_with(|| crate::policy::content_hash(&text));
+            }
+        }
+    }
+    out
+}
+
+impl Engine {
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub fn policy_report(&self) -> PolicyReport {
+        let p = self.policy();
+        PolicyReport {
+            path: p.path().display().to_string(),
+            hash: p.hash().to_owned(),
+            epoch: self.epoch(),
+            loaded_at: unix(p.loaded_at()),
+            files: p.files(),
+            last_error: self
+                .reload_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Loads the policy again; swaps it in if it loads and differs.
+    /// `Ok(true)` when a new epoch began.
+    pub async fn reload(self: &Arc<Self>) -> Result<bool, String> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let current = self.policy();
+        let loaded = Policy::load_with(current.path(), current.amqp(), current.overlay());
+        let next = match loaded {
+            Ok(p) => p,
+            Err(e) => {
+                let error = e.to_string();
+                self.metrics.reload_failures.inc();
+                tracing::error!(%error, "policy reload failed; the running policy stays");
+                let mut last = self.reload_error.lock().unwrap_or_else(|e| e.into_inner());
+                *last = Some(ReloadError {
+                    error: error.clone(),
+                    at: unix(SystemTime::now()),
+                    files: files_of(current.path(), &current.overlay()),
+                });
+                return Err(error);
+            }
+        };
+        if next.hash() == current.hash() {
+            return Ok(false);
+        }
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
+        *self.reload_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.metrics.reloads.inc();
+        self.metrics.epoch.set(epoch as i64);
+        tracing::info!(epoch, hash = %next.hash(), "policy reloaded");
+        self.reevaluate_queues(&next).await;
+        Ok(true)
+    }
+
+    async fn reevaluate_queues(self: &Arc<Self>, policy: &Arc<Policy>) {
+        for q in self.queues() {
+            let config = policy.queue_config(&q.name).await;
+            let egress = policy.egress_path_config(&q.name).await;
+            match (config, egress) {
+                (Ok(config), Ok(egress)) => match config.protocol.clone() {
+                    Protocol::CustomLua(custom) => {
+                        let next = QueueSettings::new(config, custom, egress);
+                        if !next.same_as(&q.settings()) {
+                            q.set_settings(next);
+                        }
+                        q.unrouted.store(false, Ordering::Release);
+                    }
+                    Protocol::Smtp => {
+                        q.unrouted.store(true, Ordering::Release);
+                        tracing::warn!(
+                            queue = %q.label,
+                            "the new policy no longer routes this queue: new mail is refused; queued messages retry under their old settings until they expire"
+                        )
+                    }
+                },
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(queue = %q.label, error = %e, "the new policy's queue config failed; keeping the old one")
+                }
+            }
+            super::dispatcher::ensure_sessions(self, &q);
+        }
+    }
+}
