@@ -17,7 +17,9 @@ fn policy(version: usize) -> String {
     // be larger; this one has a handful of handlers and a data table.
     let mut s = String::from("local ROUTES = {\n");
     for i in 0..200 {
-        s.push_str(&format!("  {{ domain = 'd{i}.example', routing_key = 'rk.{i}.{version}' }},\n"));
+        s.push_str(&format!(
+            "  {{ domain = 'd{i}.example', routing_key = 'rk.{i}.{version}' }},\n"
+        ));
     }
     s.push_str("}\nkumo.on('get_queue_config', function(domain)\n  return kumo.make_queue_config { protocol = { custom_lua = { constructor = 'make.x' } } }\nend)\n");
     s.push_str("kumo.on('make.x', function() return { send = function() return '250' end } end)\n");
@@ -54,7 +56,11 @@ async fn main() {
     let addr = BufReader::new(relay.stderr.take().unwrap())
         .lines()
         .map_while(Result::ok)
-        .find_map(|l| l.split("http listener on ").nth(1).map(|a| a.trim().to_owned()))
+        .find_map(|l| {
+            l.split("http listener on ")
+                .nth(1)
+                .map(|a| a.trim().to_owned())
+        })
         .expect("the relay's http listener");
     let client = reqwest::Client::new();
     let epoch = || async {
@@ -75,7 +81,10 @@ async fn main() {
         let t = Instant::now();
         std::fs::write(&path, policy(v)).unwrap();
         while epoch().await == before {
-            assert!(t.elapsed() < Duration::from_secs(10), "no reload after 10 s");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no reload after 10 s"
+            );
         }
         reloads.push(t.elapsed());
     }
@@ -84,7 +93,18 @@ async fn main() {
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let (p50, p100) = (percentile(&mut reloads, 0.5), percentile(&mut reloads, 1.0));
-    println!("reload via file watch, {CHANGES} changes: p50 {:.1} ms, max {:.1} ms (target <= 200 ms) -> {}",
-        ms(p50), ms(p100), if p100 <= Duration::from_millis(200) { "within target" } else { "OVER target" });
-    println!("baseline: loading the same policy in-process: p50 {:.1} ms (same run)", ms(percentile(&mut loads, 0.5)));
+    println!(
+        "reload via file watch, {CHANGES} changes: p50 {:.1} ms, max {:.1} ms (target <= 200 ms) -> {}",
+        ms(p50),
+        ms(p100),
+        if p100 <= Duration::from_millis(200) {
+            "within target"
+        } else {
+            "OVER target"
+        }
+    );
+    println!(
+        "baseline: loading the same policy in-process: p50 {:.1} ms (same run)",
+        ms(percentile(&mut loads, 0.5))
+    );
 }

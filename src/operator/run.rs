@@ -49,6 +49,16 @@ pub struct OperatorArgs {
     /// Take a Lease before writing, so several replicas are safe.
     #[arg(long, env = "AMQP_RELAY_LEADER_ELECTION")]
     pub leader_election: bool,
+    /// Label selector of the relay pods (in --namespace), asked which policy they run.
+    #[arg(
+        long,
+        env = "AMQP_RELAY_RELAY_SELECTOR",
+        default_value = "app.kubernetes.io/component=relay"
+    )]
+    pub relay_selector: String,
+    /// The relay pods' HTTP port.
+    #[arg(long, env = "AMQP_RELAY_RELAY_PORT", default_value_t = 8000)]
+    pub relay_port: u16,
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME", default_value = "amqp-relay-operator")]
     pub identity: String,
@@ -195,6 +205,9 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             },
         ),
         client,
+        relay_selector: args.relay_selector.clone(),
+        relay_port: args.relay_port,
+        http: reqwest::Client::new(),
         relay: args.relay.clone(),
         namespace,
         secrets_dir: args.secrets_dir.clone(),
@@ -226,7 +239,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         metrics.syncs.inc();
         match result {
             Ok(report) => {
-                retry_in = None;
+                // Until every relay runs the policy, look again soon.
+                retry_in = report.propagating.then_some(Duration::from_secs(2));
                 for (state, n) in [("accepted", report.accepted), ("rejected", report.rejected)] {
                     metrics
                         .routes

@@ -37,6 +37,10 @@ impl Error {
 
 pub struct Ctx {
     pub client: Client,
+    /// Label selector of the relay pods, whose `/api/policy` tells what they run.
+    pub relay_selector: String,
+    pub relay_port: u16,
+    pub http: reqwest::Client,
     pub recorder: Recorder,
     /// The relay: objects are `<relay>-policy` and `<relay>-routes`.
     pub relay: String,
@@ -48,6 +52,8 @@ pub struct Ctx {
 #[derive(Debug, Default, PartialEq)]
 pub struct Report {
     pub policy_written: bool,
+    /// Some accepted route is not yet running on every relay pod.
+    pub propagating: bool,
     pub statuses_written: usize,
     pub accepted: usize,
     pub rejected: usize,
@@ -113,9 +119,15 @@ pub async fn sync(
     }
 
     let configmap = format!("{}/{}", ctx.namespace, cm_name);
+    let relays = observe_relays(ctx).await?;
+    let propagation =
+        status::propagation(&crate::policy::content_hash(out.policy.as_bytes()), &relays);
+    report.propagating =
+        !matches!(propagation, status::Propagation::Done { .. }) && !out.accepted.is_empty();
     let published = Published {
         hash: &out.hash,
         configmap: &configmap,
+        propagation: &propagation,
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     for r in &routes {
@@ -142,6 +154,76 @@ pub async fn sync(
         }
     }
     Ok(report)
+}
+
+/// Asks every ready relay pod which policy it runs. A pod that does not
+/// answer counts as not running the new one.
+pub async fn observe_relays(ctx: &Ctx) -> Result<Vec<status::RelayView>, Error> {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let list = pods
+        .list(&kube::api::ListParams::default().labels(&ctx.relay_selector))
+        .await?;
+    let mut views = Vec::new();
+    for pod in list.items {
+        let status = pod.status.unwrap_or_default();
+        let ready = status
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let (true, Some(ip)) = (ready, status.pod_ip) else {
+            continue;
+        };
+        let name = pod.metadata.name.unwrap_or_default();
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip
+        };
+        let url = format!("http://{host}:{}/api/policy", ctx.relay_port);
+        let report = async {
+            ctx.http
+                .get(&url)
+                .timeout(std::time::Duration::from_secs(2))
+                .send()
+                .await?
+                .error_for_status()?
+                .json::<serde_json::Value>()
+                .await
+        }
+        .await;
+        let hashes = |v: &serde_json::Value| -> Vec<String> {
+            v.as_object()
+                .map(|m| {
+                    m.values()
+                        .filter_map(|h| h.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let view = match report {
+            Ok(r) => status::RelayView {
+                pod: name,
+                running: hashes(&r["files"]),
+                rejected: r["last_error"].as_object().map(|e| {
+                    (
+                        hashes(&e["files"]),
+                        e["error"].as_str().unwrap_or("").to_owned(),
+                    )
+                }),
+            },
+            Err(e) => {
+                tracing::debug!(pod = %name, error = %e, "relay pod did not report its policy");
+                status::RelayView {
+                    pod: name,
+                    ..Default::default()
+                }
+            }
+        };
+        views.push(view);
+    }
+    Ok(views)
 }
 
 async fn write_status(ctx: &Ctx, id: &RouteId, s: &AmqpRouteStatus) -> Result<(), Error> {

@@ -98,7 +98,7 @@ impl Broker {
             port,
             tls_port: tls.then(free_port),
             dist_port: free_port(),
-            node: format!("relaytest{port}@localhost"),
+            node: format!("relaytest{port}x{}@localhost", std::process::id()),
             dir,
             child: Mutex::new(None),
         };

@@ -59,6 +59,11 @@ async fn handle(fake: &Fake, req: Request<Body>) -> Response<Body> {
         .push((method.clone(), path.clone()));
     let not_found = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
     let mut objects = fake.objects.lock().unwrap();
+    if method == Method::GET && path == PODS && !objects.contains_key(PODS) {
+        let empty =
+            serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []});
+        return respond(StatusCode::OK, &empty);
+    }
     match method {
         Method::GET => match objects.get(&path) {
             Some(o) => respond(StatusCode::OK, o),
@@ -99,6 +104,9 @@ fn ctx() -> (Ctx, Arc<Fake>) {
     (
         Ctx {
             client,
+            relay_selector: "app.kubernetes.io/component=relay".into(),
+            relay_port: 0,
+            http: reqwest::Client::new(),
             recorder,
             relay: "edge".into(),
             namespace: "relay-ns".into(),
@@ -113,6 +121,7 @@ fn route_path(ns: &str, name: &str) -> String {
 }
 
 const CM: &str = "/api/v1/namespaces/relay-ns/configmaps/edge-policy";
+const PODS: &str = "/api/v1/namespaces/relay-ns/pods";
 const SECRET: &str = "/api/v1/namespaces/relay-ns/secrets/edge-routes";
 
 fn route(ns: &str, name: &str, created: &str, spec: serde_json::Value) -> AmqpRoute {
@@ -216,10 +225,12 @@ async fn create_then_idempotent() {
         condition(&fake, "team", "seed", "Accepted"),
         ("True".into(), "Valid".into())
     );
+    // No relay pod runs it yet.
     assert_eq!(
         condition(&fake, "team", "seed", "Ready"),
-        ("True".into(), "PolicyPublished".into())
+        ("False".into(), "NoRelays".into())
     );
+    assert!(report.propagating);
     let writes = fake.writes();
     assert!(
         writes
@@ -343,4 +354,86 @@ async fn update_conflict_invalid_rotation_and_deletion() {
             .unwrap()
             .contains("logging")
     );
+}
+
+/// A relay pod's `/api/policy`, served on its own loopback address.
+async fn relay_pod(ip: &str, port: u16, report: Arc<Mutex<serde_json::Value>>) -> u16 {
+    let app = axum::Router::new().route(
+        "/api/policy",
+        axum::routing::get(move || {
+            let r = report.lock().unwrap().clone();
+            async move { axum::Json(r) }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    port
+}
+
+fn pod(name: &str, ip: &str, ready: bool) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"name": name, "namespace": "relay-ns", "labels": {"app.kubernetes.io/component": "relay"}},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+    })
+}
+
+#[tokio::test]
+async fn ready_only_when_every_ready_relay_runs_the_route() {
+    let (mut ctx, fake) = ctx();
+    let a = Arc::new(Mutex::new(serde_json::json!({"files": {"/base.lua": "b"}})));
+    let b = Arc::new(Mutex::new(serde_json::json!({"files": {"/base.lua": "b"}})));
+    let port = relay_pod("127.0.0.2", 0, a.clone()).await;
+    relay_pod("127.0.0.3", port, b.clone()).await;
+    ctx.relay_port = port;
+    fake.objects.lock().unwrap().insert(
+        PODS.into(),
+        serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
+            pod("relay-0", "127.0.0.2", true), pod("relay-1", "127.0.0.3", true), pod("relay-2", "127.0.0.4", false)
+        ]}),
+    );
+    let routes = [seed_route("seed", "2026-01-01T00:00:00Z")];
+    let secrets = [Arc::new(rabbit_secret("amqp://u:p@rabbit:5672/%2f"))];
+    let first = sync(&ctx, &cache(&fake, &routes), &secrets).await.unwrap();
+    assert!(first.propagating);
+    assert_eq!(
+        condition(&fake, "team", "seed", "Ready"),
+        ("False".into(), "Propagating".into())
+    );
+    let relays =
+        |fake: &Fake| fake.get(&route_path("team", "seed")).unwrap()["status"]["relays"].clone();
+    assert_eq!(
+        relays(&fake),
+        "0/2",
+        "the pod that is not ready does not count"
+    );
+
+    let routes_hash = crate::policy::content_hash(
+        fake.get(CM).unwrap()["data"]["routes.lua"]
+            .as_str()
+            .unwrap()
+            .as_bytes(),
+    );
+    *a.lock().unwrap() =
+        serde_json::json!({"files": {"/base.lua": "b", "/routes/routes.lua": routes_hash}});
+    sync(&ctx, &cache(&fake, &routes), &secrets).await.unwrap();
+    assert_eq!(relays(&fake), "1/2");
+    assert_eq!(condition(&fake, "team", "seed", "Ready").1, "Propagating");
+
+    *b.lock().unwrap() = serde_json::json!({"files": {"/base.lua": "b"}, "last_error": {"error": "routes.lua:9: boom", "files": {"/routes/routes.lua": routes_hash}}});
+    sync(&ctx, &cache(&fake, &routes), &secrets).await.unwrap();
+    assert_eq!(
+        condition(&fake, "team", "seed", "Ready"),
+        ("False".into(), "RelayRejected".into())
+    );
+
+    *b.lock().unwrap() =
+        serde_json::json!({"files": {"/base.lua": "b", "/routes/routes.lua": routes_hash}});
+    let done = sync(&ctx, &cache(&fake, &routes), &secrets).await.unwrap();
+    assert!(!done.propagating);
+    assert_eq!(
+        condition(&fake, "team", "seed", "Ready"),
+        ("True".into(), "Propagated".into())
+    );
+    assert_eq!(relays(&fake), "2/2");
 }
