@@ -1,6 +1,7 @@
 //! The engine: reception into the spool, queues, delivery sessions and outcomes.
 
 pub mod admin;
+pub mod configmap_watch;
 pub mod dispatcher;
 pub mod log_record;
 pub mod logs;

@@ -135,6 +135,18 @@ def test_relay_statefulset_spool_policy_and_probes():
     assert {"http", "smtp", "metrics"} <= ports
 
 
+def test_relay_reads_only_its_routes_configmap():
+    docs = render({})
+    role = one(docs, "Role", "-relay")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                              "resourceNames": ["edge-amqp-relay-policy"], "verbs": ["get", "list", "watch"]}]
+    env = {e["name"]: e.get("value") for e in one(docs, "StatefulSet", "-relay")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AMQP_RELAY_POLICY_CONFIGMAP"] == "mail/edge-amqp-relay-policy"
+    off = render({"relay": {"policyApiWatch": False}})
+    assert not [d for d in by_kind(off, "Role") if d["metadata"]["name"].endswith("-relay")]
+    assert one(off, "StatefulSet", "-relay")["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
 def test_leader_election_with_replicas():
     args = lambda docs: one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--leader-election" not in args(render({}))

@@ -4,6 +4,7 @@ mod admin;
 mod bad_input;
 mod broker;
 mod durability;
+mod fake_kube;
 mod harness;
 mod log_hooks;
 mod publish;

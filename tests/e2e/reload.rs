@@ -258,3 +258,98 @@ async fn file_changes_and_configmap_style_symlink_swaps_reload_by_themselves() {
     assert_eq!(ready.status(), 200);
     assert!(ready.text().await.unwrap().contains("policy reload failed"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_changes_arrive_through_the_api_before_the_files_change() {
+    use crate::fake_kube::FakeKube;
+    let broker = Broker::shared();
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        "reload-x".into(),
+        lapin::ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    declare_queue(&conn, "api-reload-q", FieldTable::default()).await;
+    ch.queue_bind(
+        "api-reload-q".into(),
+        "reload-x".into(),
+        "rk-2".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = broker.url();
+    let policy_text = |v: &str| {
+        let d = tempfile::tempdir().unwrap();
+        let p = write_policy(
+            d.path(),
+            "routes.lua",
+            &crate::policy_template("versioned.lua"),
+            &[("VERSION", v), ("URL", &url)],
+        );
+        std::fs::read_to_string(p).unwrap()
+    };
+    // The mount holds version 1 and never changes in this test.
+    let mount = dir.path().join("mount");
+    std::fs::create_dir_all(&mount).unwrap();
+    std::fs::write(mount.join("routes.lua"), policy_text("1")).unwrap();
+    let base = dir.path().join("base.lua");
+    std::fs::write(
+        &base,
+        format!(
+            "package.path = '{}/?.lua;' .. package.path\nrequire 'routes'\n",
+            mount.display()
+        ),
+    )
+    .unwrap();
+    let kube = FakeKube::start(
+        dir.path(),
+        "mail",
+        "edge-policy",
+        [("routes.lua".to_string(), policy_text("1"))].into(),
+    )
+    .await;
+
+    let mut cmd_env = vec![("KUBECONFIG", kube.kubeconfig.to_str().unwrap().to_owned())];
+    cmd_env.push(("AMQP_RELAY_POLICY_CONFIGMAP", "mail/edge-policy".into()));
+    cmd_env.push((
+        "AMQP_RELAY_POLICY_CONFIGMAP_DIR",
+        mount.display().to_string(),
+    ));
+    let env: Vec<(&str, &str)> = cmd_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let relay = Relay::start_with_env(&base, &dir.path().join("spool"), &env);
+    // The watch is established once the relay's client is listening.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while kube.watchers() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay never watched the ConfigMap:\n{}",
+            relay.log_text()
+        );
+        tokio::task::yield_now().await;
+    }
+    kube.update([("routes.lua".to_string(), policy_text("2"))].into());
+    relay
+        .await_metric("amqp_relay_policy_epoch", 2.0, Duration::from_secs(10))
+        .await;
+    let (status, _) = relay
+        .inject("s@x.com", &["api@amqp".to_string()], "via api")
+        .await;
+    assert_eq!(status, 200);
+    let got = consume(&conn, "api-reload-q", 1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1, "relay log:\n{}", relay.log_text());
+    assert_eq!(
+        version(&got[0]),
+        2,
+        "published by the version that came through the API"
+    );
+}
