@@ -83,12 +83,7 @@ async fn broker_outage_delays_but_loses_nothing() {
         .await_metric("amqp_relay_delivered_total", 1.0, Duration::from_secs(30))
         .await;
 
-    let broker = tokio::task::spawn_blocking(move || {
-        broker.kill9();
-        broker
-    })
-    .await
-    .unwrap();
+    let broker = kill_broker(broker).await;
     for i in 0..N / 50 {
         let (status, resp) = relay
             .inject(
@@ -108,12 +103,7 @@ async fn broker_outage_delays_but_loses_nothing() {
         .await;
     assert_eq!(relay.metric("amqp_relay_delivered_total").await, 1.0);
 
-    let broker = tokio::task::spawn_blocking(move || {
-        broker.restart();
-        broker
-    })
-    .await
-    .unwrap();
+    let broker = restart_broker(broker).await;
     let conn = broker.connect().await;
     let got = consume(&conn, "outage-q", N + 1, Duration::from_secs(90)).await;
     assert_eq!(got.len(), N + 1, "relay log:\n{}", relay.log_text());

@@ -265,3 +265,52 @@ pub async fn consume(
 pub fn recipients(prefix: &str, domain: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}@{domain}")).collect()
 }
+
+/// A durable direct exchange, with `queue` declared afresh and bound to it by each key.
+pub async fn declare_bound(conn: &lapin::Connection, exchange: &str, queue: &str, keys: &[&str]) {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        exchange.into(),
+        lapin::ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    declare_queue(conn, queue, FieldTable::default()).await;
+    for key in keys {
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            (*key).into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// `kill -9` of a broker, off the async worker threads.
+pub async fn kill_broker(b: crate::broker::Broker) -> crate::broker::Broker {
+    tokio::task::spawn_blocking(move || {
+        b.kill9();
+        b
+    })
+    .await
+    .unwrap()
+}
+
+/// Starts a killed broker again on its data, off the async worker threads.
+pub async fn restart_broker(b: crate::broker::Broker) -> crate::broker::Broker {
+    tokio::task::spawn_blocking(move || {
+        b.restart();
+        b
+    })
+    .await
+    .unwrap()
+}

@@ -157,12 +157,7 @@ async fn a_broker_outage_only_delays_log_records() {
     const N: usize = 2;
     let broker = tokio::task::spawn_blocking(Broker::private).await.unwrap();
     let (dir, relay) = run("0", &broker, ("outage-mail-q", "outage-log-q")).await;
-    let broker = tokio::task::spawn_blocking(move || {
-        broker.kill9();
-        broker
-    })
-    .await
-    .unwrap();
+    let broker = kill_broker(broker).await;
     send_mail(relay.smtp[0], N).await;
     relay
         .await_metric(
@@ -171,12 +166,7 @@ async fn a_broker_outage_only_delays_log_records() {
             Duration::from_secs(30),
         )
         .await;
-    let broker = tokio::task::spawn_blocking(move || {
-        broker.restart();
-        broker
-    })
-    .await
-    .unwrap();
+    let broker = restart_broker(broker).await;
     let conn = broker.connect().await;
     assert_eq!(
         consume(&conn, "outage-mail-q", N, Duration::from_secs(60))

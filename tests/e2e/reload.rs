@@ -3,8 +3,7 @@
 
 use crate::broker::Broker;
 use crate::harness::*;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -35,30 +34,7 @@ async fn bump(relay: &Relay) -> (u16, serde_json::Value) {
 async fn twenty_reloads_under_load_lose_nothing_and_broken_ones_never_apply() {
     let broker = Broker::shared();
     let conn = broker.connect().await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(
-        "reload-x".into(),
-        lapin::ExchangeKind::Direct,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    declare_queue(&conn, "reload-q", FieldTable::default()).await;
-    for k in ["rk-0", "rk-1", "rk-2"] {
-        ch.queue_bind(
-            "reload-q".into(),
-            "reload-x".into(),
-            k.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    }
+    declare_bound(&conn, "reload-x", "reload-q", &["rk-0", "rk-1", "rk-2"]).await;
     let dir = tempfile::tempdir().unwrap();
     let url = broker.url();
     let write = |v: &str| {
@@ -264,28 +240,7 @@ async fn configmap_changes_arrive_through_the_api_before_the_files_change() {
     use crate::fake_kube::FakeKube;
     let broker = Broker::shared();
     let conn = broker.connect().await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(
-        "reload-x".into(),
-        lapin::ExchangeKind::Direct,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    declare_queue(&conn, "api-reload-q", FieldTable::default()).await;
-    ch.queue_bind(
-        "api-reload-q".into(),
-        "reload-x".into(),
-        "rk-2".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_bound(&conn, "reload-x", "api-reload-q", &["rk-2"]).await;
     let dir = tempfile::tempdir().unwrap();
     let url = broker.url();
     let policy_text = |v: &str| {

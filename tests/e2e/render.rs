@@ -4,8 +4,7 @@
 
 use crate::broker::Broker;
 use crate::harness::*;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,30 +18,8 @@ fn yaml_str(s: &str) -> String {
 async fn rendered_route_publishes_as_declared_and_hostile_keys_run_no_code() {
     let broker = Broker::shared();
     let conn = broker.connect().await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(
-        "relay-x".into(),
-        lapin::ExchangeKind::Direct,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    for (queue, key) in [("render-q", "rk.one"), ("hostile-q", HOSTILE_KEY)] {
-        declare_queue(&conn, queue, FieldTable::default()).await;
-        ch.queue_bind(
-            queue.into(),
-            "relay-x".into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    }
+    declare_bound(&conn, "relay-x", "render-q", &["rk.one"]).await;
+    declare_bound(&conn, "relay-x", "hostile-q", &[HOSTILE_KEY]).await;
 
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("PWNED");
