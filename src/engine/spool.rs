@@ -71,7 +71,7 @@ impl Spool {
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         let path = dir.join("spool.redb");
-        let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
+        let db = open_db(&path).map_err(|e| open_err(e.to_string()))?;
         let recovered = recover(&db).map_err(open_err)?;
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|_| open_err("the spool needs a tokio runtime".into()))?;
@@ -124,6 +124,13 @@ impl Spool {
             .map_err(|_| SpoolError::Closed)?;
         wait.await.map_err(|_| SpoolError::Closed)?
     }
+}
+
+/// Bodies live in memory already; redb's own cache need not hold them too.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
 }
 
 fn encode_envelope(e: &Envelope) -> Vec<u8> {
@@ -249,7 +256,7 @@ impl Writer {
     fn commit(&mut self, batch: &[Op], sync: bool) -> Result<(), SpoolError> {
         let werr = |e: &dyn std::fmt::Display| SpoolError::Write(e.to_string());
         if self.db.is_none() {
-            self.db = Some(Database::create(&self.path).map_err(|e| werr(&e))?);
+            self.db = Some(open_db(&self.path).map_err(|e| werr(&e))?);
         }
         let db = self.db.as_ref().expect("opened above");
         let mut w = db.begin_write().map_err(|e| werr(&e))?;
