@@ -97,6 +97,7 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String>
         .next()
         .ok_or_else(|| format!("the policy has no kumo.on('{ctor_name}', …) handler"))?;
     let timeout = settings.egress.send_timeout;
+    lua.limit(Some(timeout));
     let made = tokio::time::timeout(
         timeout,
         ctor.call_async::<Value>((
@@ -161,6 +162,7 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String>
             }
         }
         delivered += msgs.len();
+        lua.limit(Some(timeout));
         let call = async {
             if batch > 1 {
                 let list = lua.create_table().map_err(|e| describe(&e))?;
@@ -197,6 +199,7 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String>
             break;
         }
     }
+    lua.limit(Some(timeout));
     if healthy {
         if let Ok(Some(close)) = sender.get::<Option<Function>>("close") {
             match tokio::time::timeout(timeout, close.call_async::<Value>(&sender)).await {

@@ -48,6 +48,9 @@ struct SpoolDef {
 pub struct StateCtx {
     pub amqp: Arc<AmqpPool>,
     pub init: Option<Arc<Mutex<InitConfig>>>,
+    /// Lua code running past this instant is stopped with an error, so a
+    /// policy's endless loop cannot wedge a worker thread.
+    pub deadline: Mutex<Option<std::time::Instant>>,
 }
 
 pub struct QueueConfigUd(pub QueueConfig);

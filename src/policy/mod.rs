@@ -83,7 +83,18 @@ impl std::ops::Deref for PooledState {
     }
 }
 
+/// How long any one event handler may run.
+pub const EVENT_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl PooledState {
+    /// Lua running in this state past `limit` from now is stopped with an error.
+    pub fn limit(&self, limit: Option<std::time::Duration>) {
+        if let Some(ctx) = self.app_data_ref::<StateCtx>() {
+            *ctx.deadline.lock().unwrap_or_else(|e| e.into_inner()) =
+                limit.map(|l| std::time::Instant::now() + l);
+        }
+    }
+
     /// Drops the state instead of reusing it (after a timeout or an error
     /// that may have left it half-way through something).
     pub fn discard(mut self) {
@@ -241,7 +252,28 @@ impl Policy {
         lua.set_app_data(StateCtx {
             amqp: self.amqp.clone(),
             init,
+            deadline: Mutex::new(None),
         });
+        // Every so many VM instructions, check the running call's deadline.
+        lua.set_global_hook(
+            mlua::HookTriggers::new().every_nth_instruction(100_000),
+            |lua, _| {
+                let expired = lua.app_data_ref::<StateCtx>().is_some_and(|c| {
+                    c.deadline
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .is_some_and(|d| std::time::Instant::now() > d)
+                });
+                if expired {
+                    Err(mlua::Error::runtime(
+                        "the policy ran past its time limit (an endless loop?)",
+                    ))
+                } else {
+                    Ok(mlua::VmState::Continue)
+                }
+            },
+        )
+        .map_err(|e| self.load_err(&e))?;
         let setup = || -> mlua::Result<()> {
             let kumo = kumo::register(&lua)?;
             let package: mlua::Table = lua.globals().get("package")?;
@@ -270,10 +302,17 @@ impl Policy {
         };
         setup().map_err(|e| self.load_err(&e))?;
         // '@' makes Lua report positions as "path:line:".
+        let set_deadline = |d: Option<std::time::Instant>| {
+            if let Some(ctx) = lua.app_data_ref::<StateCtx>() {
+                *ctx.deadline.lock().unwrap_or_else(|e| e.into_inner()) = d;
+            }
+        };
+        set_deadline(Some(std::time::Instant::now() + EVENT_TIME_LIMIT));
         lua.load(&self.source)
             .set_name(format!("@{}", self.path.display()))
             .exec()
             .map_err(|e| self.load_err(&e))?;
+        set_deadline(None);
         Ok(lua)
     }
 
@@ -283,10 +322,12 @@ impl Policy {
             Some(l) => l,
             None => self.new_state(None)?,
         };
-        Ok(PooledState {
+        let state = PooledState {
             lua: Some(lua),
             policy: self.clone(),
-        })
+        };
+        state.limit(Some(EVENT_TIME_LIMIT));
+        Ok(state)
     }
 
     pub fn defines(self: &Arc<Self>, event: &str) -> Result<bool, PolicyError> {

@@ -236,15 +236,14 @@ pub async fn consume(
     n: usize,
     limit: Duration,
 ) -> Vec<lapin::message::Delivery> {
+    // Each message is acknowledged as it is taken: anything the broker pushed
+    // beyond `n` goes back to the queue when the channel closes, not lost.
     let ch = conn.create_channel().await.unwrap();
     let mut consumer = ch
         .basic_consume(
             queue.into(),
             "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
+            BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await
@@ -253,7 +252,13 @@ pub async fn consume(
     let deadline = tokio::time::Instant::now() + limit;
     while out.len() < n {
         match tokio::time::timeout_at(deadline, consumer.next()).await {
-            Ok(Some(Ok(d))) => out.push(d),
+            Ok(Some(Ok(d))) => {
+                d.acker
+                    .ack(lapin::options::BasicAckOptions::default())
+                    .await
+                    .expect("ack");
+                out.push(d);
+            }
             Ok(Some(Err(e))) => panic!("consumer error: {e}"),
             Ok(None) | Err(_) => break,
         }

@@ -3,6 +3,7 @@
 mod admin;
 mod bad_input;
 mod broker;
+mod chaos;
 mod durability;
 mod fake_kube;
 mod harness;
