@@ -4,6 +4,7 @@ mod admin;
 mod bad_input;
 mod broker;
 mod chaos;
+mod disk_full;
 mod durability;
 mod fake_kube;
 mod harness;
