@@ -69,18 +69,19 @@ struct SendResult {
 async fn session(engine: Arc<Engine>, q: Arc<Queue>) {
     let result = run_session(&engine, &q).await;
     q.sessions.fetch_sub(1, Ordering::AcqRel);
-    if let Err(reason) = result {
-        tracing::warn!(queue = %q.label, %reason, "delivery session could not start");
-        // Nobody else is delivering: fail what is ready so it waits for the
-        // retry interval instead of spinning on a broker that is down.
-        if q.sessions.load(Ordering::Acquire) == 0 {
+    match result {
+        Err(reason) => {
+            tracing::warn!(queue = %q.label, %reason, "delivery session could not start");
+            // As an MTA does when it cannot connect: what is ready fails
+            // temporarily and waits for its retry time, instead of sessions
+            // spinning on a broker that is down.
             for m in q.drain_ready() {
                 engine.complete(&q, &m, Outcome::Transient(format!("451 4.4.0 {reason}")));
             }
         }
+        // Messages may have arrived while this session was closing.
+        Ok(()) => ensure_sessions(&engine, &q),
     }
-    // Messages may have arrived while this session was closing.
-    ensure_sessions(&engine, &q);
 }
 
 async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String> {

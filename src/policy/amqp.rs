@@ -18,6 +18,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// In every timeout message below, so a stalled connection can be recognised.
+const TIMED_OUT: &str = "timed out";
+
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
 
 /// Where a client connects: the URI and, for `amqps://`, an optional CA file
@@ -133,6 +136,41 @@ impl AmqpPool {
             .await
             .map_err(|_| format!("opening a channel to {} timed out", redact(uri)))?
             .map_err(|e| format!("opening a channel to {}: {e}", redact(uri)))
+    }
+
+    /// Drops the pooled connection after it stalled (a publish or confirm timed
+    /// out): a dead peer can look connected until heartbeats notice, and the
+    /// next client should not wait on it.
+    pub fn forget(&self, target: &Target) {
+        let key = target.key();
+        self.idle_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        let slot = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(slot) = slot
+            && let Ok(mut guard) = slot.try_lock()
+            && let Some(conn) = guard.take()
+        {
+            tracing::warn!(broker = %redact(&target.uri), "dropping a stalled broker connection");
+            tokio::spawn(async move {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), conn.close(320, "stalled".into()))
+                        .await;
+            });
+        }
+    }
+
+    /// Forgets the connection when `err` says a publish or confirm timed out.
+    fn after_error(&self, target: &Target, err: &str) {
+        if err.contains(TIMED_OUT) {
+            self.forget(target);
+        }
     }
 
     pub fn give_back(&self, target: &Target, ch: Channel) {
@@ -339,7 +377,7 @@ impl Publish {
         );
         tokio::time::timeout(timeout, fut)
             .await
-            .map_err(|_| format!("publish timed out after {timeout:?}"))?
+            .map_err(|_| format!("publish {TIMED_OUT} after {timeout:?}"))?
             .map_err(|e| format!("publish failed: {e}"))
     }
 }
@@ -382,7 +420,7 @@ impl Outcome {
 pub async fn await_confirm(c: PublisherConfirm, timeout: Duration) -> Result<Outcome, String> {
     tokio::time::timeout(timeout, c)
         .await
-        .map_err(|_| format!("no confirm from the broker within {timeout:?}"))?
+        .map_err(|_| format!("confirm {TIMED_OUT}: no answer from the broker within {timeout:?}"))?
         .map(Outcome::from_confirmation)
         .map_err(|e| format!("waiting for the confirm: {e}"))
 }
@@ -394,7 +432,11 @@ pub struct Client {
     channel: tokio::sync::Mutex<Option<Channel>>,
 }
 
-pub struct Confirm(Mutex<Option<PublisherConfirm>>);
+pub struct Confirm {
+    pending: Mutex<Option<PublisherConfirm>>,
+    pool: Arc<AmqpPool>,
+    target: Target,
+}
 
 impl Client {
     pub async fn build(
@@ -415,11 +457,15 @@ impl Client {
         let ch = guard
             .as_ref()
             .ok_or_else(|| mlua::Error::runtime("amqp client is closed"))?;
-        let confirm = p
-            .send(ch, timeout)
-            .await
-            .map_err(|e| mlua::Error::runtime(format!("amqp {}: {e}", redact(&self.target.uri))))?;
-        Ok(Confirm(Mutex::new(Some(confirm))))
+        let confirm = p.send(ch, timeout).await.map_err(|e| {
+            self.pool.after_error(&self.target, &e);
+            mlua::Error::runtime(format!("amqp {}: {e}", redact(&self.target.uri)))
+        })?;
+        Ok(Confirm {
+            pending: Mutex::new(Some(confirm)),
+            pool: self.pool.clone(),
+            target: self.target.clone(),
+        })
     }
 }
 
@@ -457,14 +503,15 @@ impl UserData for Confirm {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_async_method("wait", |lua, this: UserDataRef<Confirm>, ()| async move {
             let c = this
-                .0
+                .pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take()
                 .ok_or_else(|| mlua::Error::runtime("confirm:wait() was already called"))?;
-            let outcome = await_confirm(c, CONFIRM_TIMEOUT)
-                .await
-                .map_err(mlua::Error::runtime)?;
+            let outcome = await_confirm(c, CONFIRM_TIMEOUT).await.map_err(|e| {
+                this.pool.after_error(&this.target, &e);
+                mlua::Error::runtime(e)
+            })?;
             outcome.to_lua(&lua)
         });
     }
@@ -580,7 +627,10 @@ pub async fn basic_publish(lua: &Lua, pool: &AmqpPool, t: Table) -> mlua::Result
         await_confirm(confirm, publish_timeout.max(CONFIRM_TIMEOUT)).await
     }
     .await;
-    pool.give_back(&target, ch);
+    match &result {
+        Ok(_) => pool.give_back(&target, ch),
+        Err(e) => pool.after_error(&target, e),
+    }
     let outcome =
         result.map_err(|e| mlua::Error::runtime(format!("{CALL} to {}: {e}", redact(&uri))))?;
     if !outcome.accepted() {

@@ -9,6 +9,7 @@ mod durability;
 mod fake_kube;
 mod harness;
 mod log_hooks;
+mod proxy;
 mod publish;
 mod reload;
 mod render;

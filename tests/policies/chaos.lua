@@ -7,6 +7,11 @@ kumo.on('get_queue_config', function(domain, tenant, campaign)
   }
 end)
 
+-- A stalled broker must not hold a session long.
+kumo.on('get_egress_path_config', function(domain, source, site)
+  return kumo.make_egress_path { send_timeout = '3s' }
+end)
+
 kumo.on('make.amqp', function(domain, tenant, campaign)
   local client = kumo.amqp.build_client '{{URL}}'
   local sender = {}
