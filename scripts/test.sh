@@ -6,6 +6,7 @@
 #  2. The release build the Dockerfile runs (`cargo build --release --locked`).
 #  3. The Helm chart, CRD, examples and Dockerfile (pytest, in a venv with
 #     helm-python-sdk, kubernetes-validate and jsonschema from PyPI).
+#  4. A short run of every cargo-fuzz target (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
@@ -22,3 +23,4 @@ if [ ! -x "$venv/bin/pytest" ]; then
     helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 'jsonschema>=4' 'pytest>=8' 'pyyaml>=6'
 fi
 "$venv/bin/pytest" -q tests/chart
+scripts/fuzz.sh "${FUZZ_SECONDS:-10}"

@@ -44,6 +44,16 @@ impl QueueName {
         if domain.is_empty() {
             return Err(format!("queue name {name:?} has no domain"));
         }
+        if domain.contains(':') {
+            return Err(format!(
+                "queue name {name:?}: the domain may not contain ':'"
+            ));
+        }
+        if tenant.is_some_and(|t| t.contains(':')) {
+            return Err(format!(
+                "queue name {name:?}: a tenant may not contain ':' (it separates the campaign)"
+            ));
+        }
         if campaign.is_some() && tenant.is_none() && !rest.contains('@') {
             return Err(format!(
                 "queue name {name:?}: a campaign needs the form campaign:tenant@domain or campaign:@domain"
@@ -102,5 +112,8 @@ mod tests {
         assert!(QueueName::parse("").is_err());
         assert!(QueueName::parse("t@").is_err());
         assert!(QueueName::parse("c:t@!r").is_err());
+        // Found by the queue_name fuzz target: it would not print back the same.
+        assert!(QueueName::parse("::\u{1}\0@\0").is_err());
+        assert!(QueueName::parse(":%@:%\0").is_err());
     }
 }

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -140,27 +140,6 @@ async fn metrics(State(st): State<AppState>) -> Response {
         m.encode(),
     )
         .into_response()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InjectRequest {
-    envelope_sender: String,
-    recipients: Vec<Recipient>,
-    content: Value,
-    #[serde(default)]
-    substitutions: Option<Map<String, Value>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Recipient {
-    email: String,
-    #[serde(default)]
-    #[allow(dead_code)] // accepted as in KumoMTA; only templates would use it
-    name: Option<String>,
-    #[serde(default)]
-    substitutions: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -320,47 +299,20 @@ async fn inject(
         )
             .into_response();
     }
-    let req: InjectRequest = match serde_json::from_slice(&body) {
+    let req = match super::inject::parse(&body) {
         Ok(r) => r,
-        Err(e) => return bad_request(format!("invalid inject request: {e}")),
+        Err(e) => return bad_request(e),
     };
-    let content = match req.content {
-        Value::String(s) => Bytes::from(s),
-        Value::Object(_) => {
-            return bad_request(
-                "content: the builder form is not supported; send the full message as a string"
-                    .into(),
-            );
-        }
-        other => {
-            return bad_request(format!(
-                "content must be a string holding the full message, not {}",
-                json_type(&other)
-            ));
-        }
-    };
-    let templated = req.substitutions.as_ref().is_some_and(|s| !s.is_empty())
-        || req
-            .recipients
-            .iter()
-            .any(|r| r.substitutions.as_ref().is_some_and(|s| !s.is_empty()));
-    if templated {
-        return bad_request("substitutions: templating is not supported by amqp-relay".into());
-    }
-    if req.recipients.is_empty() {
-        return bad_request("recipients: at least one recipient is required".into());
-    }
-
     let policy = st.engine.policy();
     let mut results: Vec<Option<Result<(), Refusal>>> = Vec::with_capacity(req.recipients.len());
     let mut msgs = Vec::new();
     let mut slots = Vec::new();
     for (i, r) in req.recipients.iter().enumerate() {
         let msg = Arc::new(Message::new(
-            req.envelope_sender.clone(),
-            r.email.clone(),
+            req.sender.clone(),
+            r.clone(),
             Map::new(),
-            content.clone(),
+            req.content.clone(),
         ));
         results.push(None);
         match policy.message_hook("http_message_generated", &msg).await {
@@ -399,9 +351,9 @@ async fn inject(
             Err(refusal) => {
                 temporary |= refusal.is_temporary();
                 resp.fail_count += 1;
-                resp.failed_recipients.push(r.email.clone());
+                resp.failed_recipients.push(r.clone());
                 resp.errors
-                    .push(format!("{}: {} {}", r.email, refusal.code, refusal.reason));
+                    .push(format!("{}: {} {}", r, refusal.code, refusal.reason));
             }
         }
     }
@@ -413,15 +365,4 @@ async fn inject(
         StatusCode::BAD_REQUEST
     };
     (status, Json(resp)).into_response()
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
