@@ -40,11 +40,10 @@ async fn misbehaving_sends_are_bounded_retried_and_never_wedge_the_queue() {
     }
     let got = consume(&conn, "misbehave-q", 15, Duration::from_secs(60)).await;
     assert_eq!(got.len(), 15, "relay log:\n{}", relay.log_text());
-    // Each misbehaving message failed once (12 of them), then went through.
-    assert_eq!(
-        relay.metric("amqp_relay_transient_failures_total").await,
-        12.0
-    );
+    // Each misbehaving message failed at least once (12 of them), then went
+    // through. A spinning policy holds a worker thread until its time limit,
+    // so a session start may time out meanwhile and add failures.
+    assert!(relay.metric("amqp_relay_transient_failures_total").await >= 12.0);
     let log = relay.log_text();
     assert!(log.contains("time limit"), "the spin was stopped: {log}");
     assert!(
