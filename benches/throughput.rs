@@ -194,7 +194,7 @@ fn rendered_policy(dir: &Path, url: &str, queue: &str) -> std::path::PathBuf {
         "match": {"domain": "amqp"},
         "broker": {"urlSecretRef": {"name": "rabbit", "key": "url"}},
         "publish": {"routingKey": queue},
-        "delivery": {"batchSize": 200, "connectionLimit": 8}
+        "delivery": {"batchSize": 100, "connectionLimit": 16}
     });
     let mut r = AmqpRoute::new("bench", serde_json::from_value(spec).unwrap());
     r.metadata.namespace = Some("bench".into());
