@@ -36,13 +36,13 @@ pub fn parse_trusted(hosts: &[String]) -> Result<Vec<IpNet>, String> {
 const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
 pub fn router(engine: Arc<Engine>, trusted: Vec<IpNet>) -> Router {
-    Router::new()
+    let state = AppState {
+        engine,
+        trusted: Arc::new(trusted),
+    };
+    // Injection and administration: trusted hosts only.
+    let trusted_routes = Router::new()
         .route("/api/inject/v1", post(inject))
-        .route("/api/check-liveness/v1", get(live))
-        .route("/healthz", get(live))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/api/policy", get(policy_report))
         .route("/api/admin/bump-config-epoch", post(bump_config_epoch))
         .route("/api/admin/queue-summary/v1", get(queue_summary))
         .route("/api/admin/bounce/v1", post(admin_bounce))
@@ -52,11 +52,19 @@ pub fn router(engine: Arc<Engine>, trusted: Vec<IpNet>) -> Router {
                 .get(list_suspensions)
                 .delete(admin_resume),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            only_trusted,
+        ));
+    Router::new()
+        .route("/api/check-liveness/v1", get(live))
+        .route("/healthz", get(live))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/api/policy", get(policy_report))
+        .merge(trusted_routes)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .with_state(AppState {
-            engine,
-            trusted: Arc::new(trusted),
-        })
+        .with_state(state)
 }
 
 /// Serves until `stop` fires; logs the bound address (port 0 works).
@@ -102,13 +110,7 @@ async fn policy_report(State(st): State<AppState>) -> Response {
 }
 
 /// Re-reads the policy now (KumoMTA's bump-config-epoch).
-async fn bump_config_epoch(
-    State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if let Some(r) = untrusted(&st, &peer) {
-        return r;
-    }
+async fn bump_config_epoch(State(st): State<AppState>) -> Response {
     match st.engine.reload().await {
         Ok(changed) => {
             let report = st.engine.policy_report();
@@ -154,18 +156,21 @@ fn bad_request(reason: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": reason }))).into_response()
 }
 
-/// Injection and administration are for trusted hosts only.
-fn untrusted(st: &AppState, peer: &SocketAddr) -> Option<Response> {
+/// Refuses peers outside `trusted_hosts` before the handler runs.
+async fn only_trusted(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     if st.trusted.iter().any(|n| n.contains(&peer.ip())) {
-        return None;
+        return next.run(req).await;
     }
-    Some(
-        (
-            StatusCode::FORBIDDEN,
-            Json(json!({ "error": format!("{} is not a trusted host", peer.ip()) })),
-        )
-            .into_response(),
+    (
+        StatusCode::FORBIDDEN,
+        Json(json!({ "error": format!("{} is not a trusted host", peer.ip()) })),
     )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,24 +209,11 @@ impl AdminRequest {
     }
 }
 
-async fn queue_summary(
-    State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if let Some(r) = untrusted(&st, &peer) {
-        return r;
-    }
+async fn queue_summary(State(st): State<AppState>) -> Response {
     Json(json!({ "queues": st.engine.queue_summary() })).into_response()
 }
 
-async fn admin_bounce(
-    State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = untrusted(&st, &peer) {
-        return r;
-    }
+async fn admin_bounce(State(st): State<AppState>, body: Bytes) -> Response {
     match AdminRequest::parse(&body) {
         Ok((_, _, Some(_))) => bad_request("duration: bouncing future messages is not supported; bounce applies to what is queued now".into()),
         Ok((criteria, reason, None)) => Json(st.engine.admin_bounce(&criteria, &reason)).into_response(),
@@ -229,14 +221,7 @@ async fn admin_bounce(
     }
 }
 
-async fn admin_suspend(
-    State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = untrusted(&st, &peer) {
-        return r;
-    }
+async fn admin_suspend(State(st): State<AppState>, body: Bytes) -> Response {
     match AdminRequest::parse(&body) {
         Ok((criteria, reason, duration)) => {
             Json(st.engine.suspend(criteria, reason, duration)).into_response()
@@ -245,13 +230,7 @@ async fn admin_suspend(
     }
 }
 
-async fn list_suspensions(
-    State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if let Some(r) = untrusted(&st, &peer) {
-        return r;
-    }
+async fn list_suspensions(State(st): State<AppState>) -> Response {
     Json(json!({ "suspensions": st.engine.suspensions() })).into_response()
 }
 
@@ -261,14 +240,7 @@ struct ResumeRequest {
     id: String,
 }
 
-async fn admin_resume(
-    State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = untrusted(&st, &peer) {
-        return r;
-    }
+async fn admin_resume(State(st): State<AppState>, body: Bytes) -> Response {
     let req: ResumeRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return bad_request(format!("invalid request: {e}")),
@@ -284,14 +256,7 @@ async fn admin_resume(
     }
 }
 
-async fn inject(
-    State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = untrusted(&st, &peer) {
-        return r;
-    }
+async fn inject(State(st): State<AppState>, body: Bytes) -> Response {
     if st.engine.is_shutting_down() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -208,3 +208,41 @@ fn render_reports_rejected_routes_and_exits_non_zero() {
         "the error names the file: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_hosts_may_not_inject_or_administer() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("seed.lua");
+    std::fs::write(&policy, crate::seed_policy()).unwrap();
+    let relay = Relay::start_with_env(
+        &policy,
+        &dir.path().join("spool"),
+        &[("AMQP_RELAY_HTTP_TRUSTED_HOSTS", "10.0.0.0/8")],
+    );
+    let (status, resp) = relay.inject("s@x.com", &["u@amqp".to_string()], "x").await;
+    assert_eq!(status, 403, "{resp}");
+    assert!(
+        resp["error"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1 is not a trusted host")
+    );
+    let c = reqwest::Client::new();
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/admin/queue-summary/v1"),
+        (reqwest::Method::POST, "/api/admin/bump-config-epoch"),
+        (reqwest::Method::POST, "/api/admin/bounce/v1"),
+    ] {
+        let r = c.request(method, relay.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+    }
+    // Health, metrics and the policy report stay open.
+    for path in ["/api/check-liveness/v1", "/metrics", "/api/policy"] {
+        assert_eq!(
+            reqwest::get(relay.url(path)).await.unwrap().status(),
+            200,
+            "{path}"
+        );
+    }
+    assert_eq!(relay.metric("amqp_relay_received_total").await, 0.0);
+}
