@@ -123,6 +123,8 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         let sock = tokio::net::TcpListener::bind(&l.listen)
             .await
             .with_context(|| format!("http listener: cannot bind {}", l.listen))?;
+        // Logged here, not in the task, so the lines come in declaration order.
+        tracing::info!("http listener on {}", sock.local_addr()?);
         servers.spawn(http::serve(sock, engine.clone(), trusted));
     }
 
@@ -130,6 +132,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         let sock = tokio::net::TcpListener::bind(&settings.cfg.listen)
             .await
             .with_context(|| format!("smtp listener: cannot bind {}", settings.cfg.listen))?;
+        tracing::info!("smtp listener on {}", sock.local_addr()?);
         servers.spawn(smtp::serve(sock, engine.clone(), settings));
     }
 

@@ -67,14 +67,12 @@ pub fn router(engine: Arc<Engine>, trusted: Vec<IpNet>) -> Router {
         .with_state(state)
 }
 
-/// Serves until `stop` fires; logs the bound address (port 0 works).
+/// Serves until shutdown.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
     trusted: Vec<IpNet>,
 ) -> std::io::Result<()> {
-    let addr = listener.local_addr()?;
-    tracing::info!("http listener on {addr}");
     let mut stop = engine.shutdown_signal();
     axum::serve(
         listener,

@@ -53,6 +53,13 @@ impl Broker {
     pub fn shared() -> &'static Broker {
         static SHARED: OnceLock<Broker> = OnceLock::new();
         SHARED.get_or_init(|| {
+            // Test runners that run each test in its own process (nextest) would race
+            // for 5672: the lock, held until this process exits, serialises them.
+            let lock =
+                std::fs::File::create(std::env::temp_dir().join("amqp-relay-tests-5672.lock"))
+                    .expect("create the shared-broker lock file");
+            lock.lock().expect("lock the shared-broker lock file");
+            std::mem::forget(lock);
             // A previous run's node is killed by its watchdog within a second or two.
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             let free = loop {

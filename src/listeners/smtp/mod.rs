@@ -129,14 +129,12 @@ fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<tokio_rustls::TlsAccept
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Accepts connections until shutdown; logs `smtp listener on ADDR`.
+/// Accepts connections until shutdown.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
     settings: Settings,
 ) -> std::io::Result<()> {
-    let addr = listener.local_addr()?;
-    tracing::info!("smtp listener on {addr}");
     let settings = Arc::new(settings);
     let slots = Arc::new(tokio::sync::Semaphore::new(settings.cfg.max_connections));
     let mut stop = engine.shutdown_signal();
