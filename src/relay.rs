@@ -124,7 +124,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("http listener: cannot bind {}", l.listen))?;
         // Logged here, not in the task, so the lines come in declaration order.
-        tracing::info!("http listener on {}", sock.local_addr()?);
+        tracing::info!(target: "amqp_relay::listeners", "http listener on {}", sock.local_addr()?);
         servers.spawn(http::serve(sock, engine.clone(), trusted));
     }
 
@@ -132,7 +132,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         let sock = tokio::net::TcpListener::bind(&settings.cfg.listen)
             .await
             .with_context(|| format!("smtp listener: cannot bind {}", settings.cfg.listen))?;
-        tracing::info!("smtp listener on {}", sock.local_addr()?);
+        tracing::info!(target: "amqp_relay::listeners", "smtp listener on {}", sock.local_addr()?);
         servers.spawn(smtp::serve(sock, engine.clone(), settings));
     }
 
