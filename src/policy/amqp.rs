@@ -11,7 +11,10 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use lapin::{Confirmation, PublisherConfirm};
 use mlua::{Lua, Table, UserData, UserDataMethods, UserDataRef, Value};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -188,8 +191,8 @@ impl AmqpPool {
 /// What a publish call asks for, read from its Lua table with unknown keys refused.
 #[derive(Debug)]
 pub struct Publish {
-    pub exchange: String,
-    pub routing_key: String,
+    pub exchange: ShortString,
+    pub routing_key: ShortString,
     pub payload: Vec<u8>,
     pub options: BasicPublishOptions,
     pub properties: BasicProperties,
@@ -205,21 +208,8 @@ fn short(what: &str, s: String) -> mlua::Result<ShortString> {
     Ok(s.into())
 }
 
-pub fn check_keys(t: &Table, call: &str, allowed: &[&str]) -> mlua::Result<()> {
-    for pair in t.pairs::<Value, Value>() {
-        let (k, _) = pair?;
-        let name = match &k {
-            Value::String(s) => s.to_string_lossy(),
-            other => format!("{other:?}"),
-        };
-        if !allowed.contains(&name.as_str()) {
-            return Err(mlua::Error::runtime(format!(
-                "{call}: unknown key '{name}' (expected one of: {})",
-                allowed.join(", ")
-            )));
-        }
-    }
-    Ok(())
+pub fn check_keys(t: &Table, call: &str, allowed: &[&'static str]) -> mlua::Result<()> {
+    each_field(t, Ctx { call, part: "" }, allowed, |_, _| Ok(()))
 }
 
 fn opt_string(t: &Table, key: &str, call: &str) -> mlua::Result<Option<String>> {
@@ -249,6 +239,97 @@ fn field_value(v: Value, key: &str) -> mlua::Result<AMQPValue> {
     })
 }
 
+fn unknown_key(what: Ctx, key: &Value, allowed: &[&str]) -> mlua::Error {
+    let name = match key {
+        Value::String(s) => s.to_string_lossy(),
+        other => format!("{other:?}"),
+    };
+    mlua::Error::runtime(format!(
+        "{what}: unknown key '{name}' (expected one of: {})",
+        allowed.join(", ")
+    ))
+}
+
+/// Names the call (and the part of its argument) in error messages, built only on error.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    call: &'a str,
+    part: &'static str,
+}
+
+impl std::fmt::Display for Ctx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.call, self.part)
+    }
+}
+
+/// Walks `t` once, handing each field to `f` under its name from `allowed`;
+/// any other key is an error. One pass, no allocation: this runs per message.
+fn each_field(
+    t: &Table,
+    what: Ctx,
+    allowed: &[&'static str],
+    mut f: impl FnMut(&'static str, Value) -> mlua::Result<()>,
+) -> mlua::Result<()> {
+    for pair in t.pairs::<Value, Value>() {
+        let (k, v) = pair?;
+        let known = match &k {
+            Value::String(s) => {
+                let b = s.as_bytes();
+                allowed.iter().find(|a| a.as_bytes() == &b[..]).copied()
+            }
+            _ => None,
+        };
+        match known {
+            Some(name) => f(name, v)?,
+            None => return Err(unknown_key(what, &k, allowed)),
+        }
+    }
+    Ok(())
+}
+
+fn type_error(what: Ctx, key: &str, wanted: &str, v: &Value) -> mlua::Error {
+    mlua::Error::runtime(format!(
+        "{what}: '{key}' must be {wanted}, not {}",
+        v.type_name()
+    ))
+}
+
+fn string_value(v: Value, what: Ctx, key: &str) -> mlua::Result<Option<String>> {
+    match v {
+        Value::Nil => Ok(None),
+        Value::String(s) => Ok(Some(s.to_str()?.to_owned())),
+        Value::Integer(i) => Ok(Some(i.to_string())),
+        other => Err(type_error(what, key, "a string", &other)),
+    }
+}
+
+fn short_value(v: Value, what: Ctx, key: &str) -> mlua::Result<Option<ShortString>> {
+    string_value(v, what, key)?
+        .map(|s| short(key, s))
+        .transpose()
+}
+
+fn int_value<T: TryFrom<i64>>(v: Value, what: Ctx, key: &str) -> mlua::Result<Option<T>> {
+    let i = match v {
+        Value::Nil => return Ok(None),
+        Value::Integer(i) => i,
+        Value::Number(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => n as i64,
+        other => return Err(type_error(what, key, "an integer", &other)),
+    };
+    T::try_from(i)
+        .map(Some)
+        .map_err(|_| mlua::Error::runtime(format!("{what}: '{key}' = {i} is out of range")))
+}
+
+fn bool_value(v: Value, what: Ctx, key: &str) -> mlua::Result<bool> {
+    match v {
+        Value::Nil => Ok(false),
+        Value::Boolean(b) => Ok(b),
+        other => Err(type_error(what, key, "a boolean", &other)),
+    }
+}
+
 fn properties(t: &Table, call: &str) -> mlua::Result<BasicProperties> {
     const KEYS: &[&str] = &[
         "content_type",
@@ -265,112 +346,141 @@ fn properties(t: &Table, call: &str) -> mlua::Result<BasicProperties> {
         "app_id",
         "headers",
     ];
-    let call = format!("{call} properties");
-    check_keys(t, &call, KEYS)?;
+    let w = Ctx {
+        call,
+        part: " properties",
+    };
     let mut p = BasicProperties::default();
-    let s = |k: &str| opt_string(t, k, &call);
-    if let Some(v) = s("content_type")? {
-        p = p.with_content_type(short("content_type", v)?);
-    }
-    if let Some(v) = s("content_encoding")? {
-        p = p.with_content_encoding(short("content_encoding", v)?);
-    }
-    if let Some(v) = t.get::<Option<u8>>("delivery_mode")? {
-        p = p.with_delivery_mode(v);
-    }
-    if let Some(v) = t.get::<Option<u8>>("priority")? {
-        p = p.with_priority(v);
-    }
-    if let Some(v) = s("correlation_id")? {
-        p = p.with_correlation_id(short("correlation_id", v)?);
-    }
-    if let Some(v) = s("reply_to")? {
-        p = p.with_reply_to(short("reply_to", v)?);
-    }
-    if let Some(v) = s("expiration")? {
-        p = p.with_expiration(short("expiration", v)?);
-    }
-    if let Some(v) = s("message_id")? {
-        p = p.with_message_id(short("message_id", v)?);
-    }
-    if let Some(v) = t.get::<Option<u64>>("timestamp")? {
-        p = p.with_timestamp(v);
-    }
-    if let Some(v) = s("kind")? {
-        p = p.with_type(short("kind", v)?);
-    }
-    if let Some(v) = s("user_id")? {
-        p = p.with_user_id(short("user_id", v)?);
-    }
-    if let Some(v) = s("app_id")? {
-        p = p.with_app_id(short("app_id", v)?);
-    }
-    if let Some(h) = t.get::<Option<Table>>("headers")? {
-        let mut ft = FieldTable::default();
-        for pair in h.pairs::<String, Value>() {
-            let (k, v) = pair?;
-            let value = field_value(v, &k)?;
-            ft.insert(short("header name", k)?, value);
-        }
-        p = p.with_headers(ft);
-    }
+    each_field(t, w, KEYS, |key, v| {
+        p = match key {
+            "delivery_mode" => match int_value(v, w, key)? {
+                Some(m) => std::mem::take(&mut p).with_delivery_mode(m),
+                None => std::mem::take(&mut p),
+            },
+            "priority" => match int_value(v, w, key)? {
+                Some(m) => std::mem::take(&mut p).with_priority(m),
+                None => std::mem::take(&mut p),
+            },
+            "timestamp" => match int_value(v, w, key)? {
+                Some(m) => std::mem::take(&mut p).with_timestamp(m),
+                None => std::mem::take(&mut p),
+            },
+            "headers" => match v {
+                Value::Nil => std::mem::take(&mut p),
+                Value::Table(h) => std::mem::take(&mut p).with_headers(headers(&h)?),
+                other => return Err(type_error(w, key, "a table", &other)),
+            },
+            _ => {
+                let Some(v) = short_value(v, w, key)? else {
+                    return Ok(());
+                };
+                let q = std::mem::take(&mut p);
+                match key {
+                    "content_type" => q.with_content_type(v),
+                    "content_encoding" => q.with_content_encoding(v),
+                    "correlation_id" => q.with_correlation_id(v),
+                    "reply_to" => q.with_reply_to(v),
+                    "expiration" => q.with_expiration(v),
+                    "message_id" => q.with_message_id(v),
+                    "kind" => q.with_type(v),
+                    "user_id" => q.with_user_id(v),
+                    _ => q.with_app_id(v),
+                }
+            }
+        };
+        Ok(())
+    })?;
     Ok(p)
+}
+
+fn headers(h: &Table) -> mlua::Result<FieldTable> {
+    let mut ft = FieldTable::default();
+    for pair in h.pairs::<String, Value>() {
+        let (k, v) = pair?;
+        let value = field_value(v, &k)?;
+        ft.insert(short("header name", k)?, value);
+    }
+    Ok(ft)
 }
 
 impl Publish {
     /// Reads `{routing_key, payload, exchange?, options?, properties?}` (+ `extra` keys the caller handles).
-    pub fn from_table(t: &Table, call: &str, extra: &[&str]) -> mlua::Result<Publish> {
-        let mut allowed = vec![
+    pub fn from_table(t: &Table, call: &str, extra: &[&'static str]) -> mlua::Result<Publish> {
+        const KEYS: &[&str] = &[
             "routing_key",
             "payload",
             "exchange",
             "options",
             "properties",
         ];
-        allowed.extend_from_slice(extra);
-        check_keys(t, call, &allowed)?;
-        let routing_key = opt_string(t, "routing_key", call)?
-            .ok_or_else(|| mlua::Error::runtime(format!("{call}: 'routing_key' is required")))?;
-        let payload = match t.get::<Value>("payload")? {
-            Value::String(s) => s.as_bytes().to_vec(),
-            Value::Nil => {
-                return Err(mlua::Error::runtime(format!(
-                    "{call}: 'payload' is required"
-                )));
-            }
-            other => {
-                return Err(mlua::Error::runtime(format!(
-                    "{call}: 'payload' must be a string, not {}",
-                    other.type_name()
-                )));
-            }
+        let mut extended;
+        let allowed = if extra.is_empty() {
+            KEYS
+        } else {
+            extended = KEYS.to_vec();
+            extended.extend_from_slice(extra);
+            &extended[..]
         };
-        let exchange = opt_string(t, "exchange", call)?.unwrap_or_default();
+        let (mut routing_key, mut payload, mut exchange) = (None, None, None);
         let mut options = BasicPublishOptions::default();
-        if let Some(o) = t.get::<Option<Table>>("options")? {
-            check_keys(&o, &format!("{call} options"), &["mandatory", "immediate"])?;
-            options.mandatory = o.get::<Option<bool>>("mandatory")?.unwrap_or(false);
-            options.immediate = o.get::<Option<bool>>("immediate")?.unwrap_or(false);
-        }
-        let properties = match t.get::<Option<Table>>("properties")? {
-            Some(p) => properties(&p, call)?,
-            None => BasicProperties::default(),
-        };
-        short("routing_key", routing_key.clone())?;
-        short("exchange", exchange.clone())?;
+        let mut props = BasicProperties::default();
+        let ctx = Ctx { call, part: "" };
+        each_field(t, ctx, allowed, |key, v| {
+            match key {
+                "routing_key" => routing_key = short_value(v, ctx, key)?,
+                "exchange" => exchange = short_value(v, ctx, key)?,
+                "payload" => {
+                    payload = match v {
+                        Value::Nil => None,
+                        Value::String(s) => Some(s.as_bytes().to_vec()),
+                        other => return Err(type_error(ctx, key, "a string", &other)),
+                    }
+                }
+                "options" => match v {
+                    Value::Nil => {}
+                    Value::Table(o) => {
+                        let what = Ctx {
+                            call,
+                            part: " options",
+                        };
+                        each_field(&o, what, &["mandatory", "immediate"], |k, v| {
+                            let b = bool_value(v, what, k)?;
+                            match k {
+                                "mandatory" => options.mandatory = b,
+                                _ => options.immediate = b,
+                            }
+                            Ok(())
+                        })?;
+                    }
+                    other => return Err(type_error(ctx, key, "a table", &other)),
+                },
+                "properties" => match v {
+                    Value::Nil => {}
+                    Value::Table(p) => props = properties(&p, call)?,
+                    other => return Err(type_error(ctx, key, "a table", &other)),
+                },
+                // The caller's own keys.
+                _ => {}
+            }
+            Ok(())
+        })?;
+        let routing_key = routing_key
+            .ok_or_else(|| mlua::Error::runtime(format!("{call}: 'routing_key' is required")))?;
+        let payload = payload
+            .ok_or_else(|| mlua::Error::runtime(format!("{call}: 'payload' is required")))?;
         Ok(Publish {
-            exchange,
+            exchange: exchange.unwrap_or_default(),
             routing_key,
             payload,
             options,
-            properties,
+            properties: props,
         })
     }
 
     pub async fn send(self, ch: &Channel, timeout: Duration) -> Result<PublisherConfirm, String> {
         let fut = ch.basic_publish(
-            self.exchange.into(),
-            self.routing_key.into(),
+            self.exchange,
+            self.routing_key,
             self.options,
             &self.payload,
             self.properties,
@@ -429,11 +539,19 @@ pub async fn await_confirm(c: PublisherConfirm, timeout: Duration) -> Result<Out
 pub struct Client {
     pool: Arc<AmqpPool>,
     target: Target,
-    channel: tokio::sync::Mutex<Option<Channel>>,
+    channel: Mutex<Option<Channel>>,
+}
+
+type Writing = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
+
+/// A publish whose frames are queued; `wait()` finishes the write, then awaits the confirm.
+enum Pending {
+    Writing(Writing, Duration),
+    Written(PublisherConfirm),
 }
 
 pub struct Confirm {
-    pending: Mutex<Option<PublisherConfirm>>,
+    pending: Mutex<Option<Pending>>,
     pool: Arc<AmqpPool>,
     target: Target,
 }
@@ -448,45 +566,85 @@ impl Client {
         Ok(Client {
             pool,
             target,
-            channel: tokio::sync::Mutex::new(Some(ch)),
+            channel: Mutex::new(Some(ch)),
         })
     }
 
-    async fn publish(&self, p: Publish, timeout: Duration) -> mlua::Result<Confirm> {
-        let guard = self.channel.lock().await;
-        let ch = guard
-            .as_ref()
+    fn fail(&self, e: impl std::fmt::Display) -> mlua::Error {
+        let e = e.to_string();
+        self.pool.after_error(&self.target, &e);
+        mlua::Error::runtime(format!("amqp {}: {e}", redact(&self.target.uri)))
+    }
+
+    /// Queues the message's frames without waiting for them to be written, so a
+    /// batch goes out back to back and `publish` needs no async round trip.
+    fn publish(&self, p: Publish, write_timeout: Duration) -> mlua::Result<Confirm> {
+        let ch = self
+            .channel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
             .ok_or_else(|| mlua::Error::runtime("amqp client is closed"))?;
-        let confirm = p.send(ch, timeout).await.map_err(|e| {
-            self.pool.after_error(&self.target, &e);
-            mlua::Error::runtime(format!("amqp {}: {e}", redact(&self.target.uri)))
-        })?;
+        let mut write: Writing = Box::pin(async move {
+            ch.basic_publish(
+                p.exchange,
+                p.routing_key,
+                p.options,
+                &p.payload,
+                p.properties,
+            )
+            .await
+        });
+        // lapin assigns the delivery tag and queues the frames on the first poll;
+        // the rest only waits for the socket write, which `wait()` picks up.
+        let pending = match write.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(confirm)) => Pending::Written(confirm),
+            Poll::Ready(Err(e)) => return Err(self.fail(format!("publish failed: {e}"))),
+            Poll::Pending => Pending::Writing(write, write_timeout),
+        };
         Ok(Confirm {
-            pending: Mutex::new(Some(confirm)),
+            pending: Mutex::new(Some(pending)),
             pool: self.pool.clone(),
             target: self.target.clone(),
         })
     }
 }
 
+impl Confirm {
+    async fn outcome(&self) -> Result<Outcome, String> {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or("confirm:wait() was already called")?;
+        let confirm = match pending {
+            Pending::Written(c) => c,
+            Pending::Writing(write, timeout) => tokio::time::timeout(timeout, write)
+                .await
+                .map_err(|_| format!("publish {TIMED_OUT} after {timeout:?}"))?
+                .map_err(|e| format!("publish failed: {e}"))?,
+        };
+        await_confirm(confirm, CONFIRM_TIMEOUT).await
+    }
+}
+
 impl UserData for Client {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_async_method(
-            "publish",
-            |_, this: UserDataRef<Client>, t: Table| async move {
-                let p = Publish::from_table(&t, "client:publish", &[])?;
-                this.publish(p, PUBLISH_TIMEOUT).await
-            },
-        );
-        m.add_async_method(
-            "publish_with_timeout",
-            |_, this: UserDataRef<Client>, (t, ms): (Table, u64)| async move {
-                let p = Publish::from_table(&t, "client:publish_with_timeout", &[])?;
-                this.publish(p, Duration::from_millis(ms)).await
-            },
-        );
-        m.add_async_method("close", |_, this: UserDataRef<Client>, ()| async move {
-            let ch = this.channel.lock().await.take();
+        m.add_method("publish", |_, this, t: Table| {
+            let p = Publish::from_table(&t, "client:publish", &[])?;
+            this.publish(p, PUBLISH_TIMEOUT)
+        });
+        m.add_method("publish_with_timeout", |_, this, (t, ms): (Table, u64)| {
+            let p = Publish::from_table(&t, "client:publish_with_timeout", &[])?;
+            this.publish(p, Duration::from_millis(ms))
+        });
+        m.add_method("close", |_, this, ()| {
+            let ch = this
+                .channel
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
             match ch {
                 // The connection is shared; only this client's channel goes back.
                 Some(ch) => {
@@ -502,13 +660,7 @@ impl UserData for Client {
 impl UserData for Confirm {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_async_method("wait", |lua, this: UserDataRef<Confirm>, ()| async move {
-            let c = this
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .ok_or_else(|| mlua::Error::runtime("confirm:wait() was already called"))?;
-            let outcome = await_confirm(c, CONFIRM_TIMEOUT).await.map_err(|e| {
+            let outcome = this.outcome().await.map_err(|e| {
                 this.pool.after_error(&this.target, &e);
                 mlua::Error::runtime(e)
             })?;
@@ -699,5 +851,53 @@ mod tests {
         let t: Table = lua.load("return {routing_key='k'}").eval().unwrap();
         let err = Publish::from_table(&t, "t", &[]).unwrap_err().to_string();
         assert!(err.contains("'payload' is required"), "{err}");
+    }
+
+    #[test]
+    fn publish_table_errors_name_the_part_and_key() {
+        let lua = Lua::new();
+        let cases = [
+            ("{routing_key='k', payload='', rk=1}", "t: unknown key 'rk'"),
+            (
+                "{routing_key='k', payload='', properties={mesage_id='x'}}",
+                "t properties: unknown key 'mesage_id'",
+            ),
+            (
+                "{routing_key='k', payload='', properties={delivery_mode='2'}}",
+                "t properties: 'delivery_mode' must be an integer, not string",
+            ),
+            (
+                "{routing_key='k', payload='', properties={priority=300}}",
+                "t properties: 'priority' = 300 is out of range",
+            ),
+            (
+                "{routing_key='k', payload='', options={mandatory='yes'}}",
+                "t options: 'mandatory' must be a boolean, not string",
+            ),
+            (
+                "{routing_key='k', payload={}}",
+                "t: 'payload' must be a string, not table",
+            ),
+            (
+                "{routing_key='k', payload='', properties={headers={x={}}}}",
+                "header 'x': a table cannot be an AMQP header value",
+            ),
+        ];
+        for (src, want) in cases {
+            let t: Table = lua.load(format!("return {src}")).eval().unwrap();
+            let err = Publish::from_table(&t, "t", &[]).unwrap_err().to_string();
+            assert!(err.contains(want), "{src}: {err}");
+        }
+        let t: Table = lua
+            .load("return {routing_key='k', payload='p', connection={}, options={mandatory=true}, properties={priority=9.0, app_id=7}}")
+            .eval()
+            .unwrap();
+        let p = Publish::from_table(&t, "t", &["connection"]).unwrap();
+        assert!(p.options.mandatory);
+        assert_eq!(p.properties.priority(), &Some(9));
+        assert_eq!(
+            p.properties.app_id().as_ref().map(|s| s.as_str()),
+            Some("7")
+        );
     }
 }
