@@ -1,4 +1,5 @@
-//! The durable spool: redb, one table for bodies and one for envelopes.
+//! The durable spool: redb, one record per message (envelope and body
+//! together, so a message costs one B-tree insert and one removal).
 //!
 //! A single writer thread owns the database and commits in groups: every
 //! insert that arrived while the previous commit was running goes into the
@@ -9,13 +10,16 @@
 
 use super::message::{Envelope, Message, MessageId};
 use bytes::Bytes;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-const DATA: TableDefinition<u128, &[u8]> = TableDefinition::new("data");
-const META: TableDefinition<u128, &[u8]> = TableDefinition::new("meta");
+/// `u32` LE envelope length, the envelope (JSON), then the body.
+const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("messages");
+/// The first layout (bodies and envelopes apart); migrated into `MESSAGES` on open.
+const OLD_DATA: TableDefinition<u128, &[u8]> = TableDefinition::new("data");
+const OLD_META: TableDefinition<u128, &[u8]> = TableDefinition::new("meta");
 /// Records that could not be decoded are moved here, not deleted, for an operator to look at.
 const QUARANTINE: TableDefinition<u128, &[u8]> = TableDefinition::new("quarantine");
 
@@ -43,7 +47,7 @@ impl SpoolError {
 
 enum Op {
     Insert {
-        records: Vec<(MessageId, Vec<u8>, Bytes)>,
+        records: Vec<(MessageId, Vec<u8>)>,
         done: oneshot::Sender<Result<(), SpoolError>>,
     },
     UpdateMeta(MessageId, Vec<u8>),
@@ -94,7 +98,12 @@ impl Spool {
     pub async fn insert(&self, messages: &[&Message]) -> Result<(), SpoolError> {
         let records = messages
             .iter()
-            .map(|m| (m.id(), encode_envelope(&m.envelope()), m.data()))
+            .map(|m| {
+                (
+                    m.id(),
+                    encode_record(&encode_envelope(&m.envelope()), &m.data()),
+                )
+            })
             .collect();
         let (done, wait) = oneshot::channel();
         self.ops
@@ -137,12 +146,90 @@ fn encode_envelope(e: &Envelope) -> Vec<u8> {
     serde_json::to_vec(e).expect("an envelope is plain JSON data")
 }
 
+fn encode_record(envelope: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(4 + envelope.len() + body.len());
+    r.extend_from_slice(&(envelope.len() as u32).to_le_bytes());
+    r.extend_from_slice(envelope);
+    r.extend_from_slice(body);
+    r
+}
+
+/// The envelope bytes and the body of a record.
+fn split_record(r: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let len = r
+        .first_chunk::<4>()
+        .map(|n| u32::from_le_bytes(*n) as usize)
+        .ok_or("record shorter than its header")?;
+    let rest = &r[4..];
+    if len > rest.len() {
+        return Err(format!(
+            "envelope length {len} exceeds the record's {} bytes",
+            rest.len()
+        ));
+    }
+    Ok(rest.split_at(len))
+}
+
+fn decode_record(key: u128, r: &[u8]) -> Result<Message, String> {
+    let (env, body) = split_record(r)?;
+    let env: Envelope = serde_json::from_slice(env).map_err(|e| e.to_string())?;
+    Ok(Message::from_parts(
+        MessageId::from_u128(key),
+        env,
+        Bytes::copy_from_slice(body),
+    ))
+}
+
+/// Moves messages of the two-table layout into `MESSAGES`, in one transaction;
+/// returns how many were torn (envelope without body) and set aside.
+fn migrate(db: &Database) -> Result<usize, String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let w = db.begin_write().map_err(|x| e(&x))?;
+    let names: Vec<String> = w
+        .list_tables()
+        .map_err(|x| e(&x))?
+        .map(|t| t.name().to_owned())
+        .collect();
+    if !names.iter().any(|n| n == OLD_META.name()) {
+        return Ok(0);
+    }
+    let (mut moved, mut torn) = (0, 0);
+    {
+        let meta = w.open_table(OLD_META).map_err(|x| e(&x))?;
+        let data = w.open_table(OLD_DATA).map_err(|x| e(&x))?;
+        let mut messages = w.open_table(MESSAGES).map_err(|x| e(&x))?;
+        let mut q = w.open_table(QUARANTINE).map_err(|x| e(&x))?;
+        for row in meta.iter().map_err(|x| e(&x))? {
+            let (k, env) = row.map_err(|x| e(&x))?;
+            let key = k.value();
+            match data.get(key).map_err(|x| e(&x))? {
+                Some(body) => {
+                    messages
+                        .insert(key, encode_record(env.value(), body.value()).as_slice())
+                        .map_err(|x| e(&x))?;
+                    moved += 1;
+                }
+                None => {
+                    tracing::error!(id = %MessageId::from_u128(key), "spool record without a body set aside in the quarantine table");
+                    q.insert(key, env.value()).map_err(|x| e(&x))?;
+                    torn += 1;
+                }
+            }
+        }
+    }
+    w.delete_table(OLD_META).map_err(|x| e(&x))?;
+    w.delete_table(OLD_DATA).map_err(|x| e(&x))?;
+    w.commit().map_err(|x| e(&x))?;
+    tracing::info!(messages = moved, "spool migrated to one record per message");
+    Ok(torn)
+}
+
 fn recover(db: &Database) -> Result<Recovered, String> {
+    let torn = migrate(db)?;
     // Make sure the tables exist so a fresh spool reads as empty.
     let w = db.begin_write().map_err(|e| e.to_string())?;
     {
-        w.open_table(DATA).map_err(|e| e.to_string())?;
-        w.open_table(META).map_err(|e| e.to_string())?;
+        w.open_table(MESSAGES).map_err(|e| e.to_string())?;
         w.open_table(QUARANTINE).map_err(|e| e.to_string())?;
     }
     w.commit().map_err(|e| e.to_string())?;
@@ -151,39 +238,31 @@ fn recover(db: &Database) -> Result<Recovered, String> {
     let mut bad: Vec<(u128, Vec<u8>, String)> = Vec::new();
     {
         let r = db.begin_read().map_err(|e| e.to_string())?;
-        let meta = r.open_table(META).map_err(|e| e.to_string())?;
-        let data = r.open_table(DATA).map_err(|e| e.to_string())?;
-        for row in meta.iter().map_err(|e| e.to_string())? {
+        let table = r.open_table(MESSAGES).map_err(|e| e.to_string())?;
+        for row in table.iter().map_err(|e| e.to_string())? {
             let (k, v) = row.map_err(|e| e.to_string())?;
-            let key = k.value();
-            let body = data.get(key).map_err(|e| e.to_string())?;
-            match (serde_json::from_slice::<Envelope>(v.value()), body) {
-                (Ok(env), Some(body)) => messages.push(Message::from_parts(
-                    MessageId::from_u128(key),
-                    env,
-                    Bytes::copy_from_slice(body.value()),
-                )),
-                (Err(e), _) => bad.push((key, v.value().to_vec(), e.to_string())),
-                (Ok(_), None) => bad.push((key, v.value().to_vec(), "body missing".into())),
+            match decode_record(k.value(), v.value()) {
+                Ok(m) => messages.push(m),
+                Err(why) => bad.push((k.value(), v.value().to_vec(), why)),
             }
         }
     }
     if !bad.is_empty() {
         let w = db.begin_write().map_err(|e| e.to_string())?;
         {
-            let mut meta = w.open_table(META).map_err(|e| e.to_string())?;
+            let mut table = w.open_table(MESSAGES).map_err(|e| e.to_string())?;
             let mut q = w.open_table(QUARANTINE).map_err(|e| e.to_string())?;
             for (key, raw, why) in &bad {
                 tracing::error!(id = %MessageId::from_u128(*key), reason = %why, "corrupt spool record set aside in the quarantine table");
                 q.insert(*key, raw.as_slice()).map_err(|e| e.to_string())?;
-                meta.remove(*key).map_err(|e| e.to_string())?;
+                table.remove(*key).map_err(|e| e.to_string())?;
             }
         }
         w.commit().map_err(|e| e.to_string())?;
     }
     Ok(Recovered {
         messages,
-        quarantined: bad.len(),
+        quarantined: torn + bad.len(),
     })
 }
 
@@ -267,29 +346,32 @@ impl Writer {
         })
         .map_err(|e| werr(&e))?;
         {
-            let mut data = w.open_table(DATA).map_err(|e| werr(&e))?;
-            let mut meta = w.open_table(META).map_err(|e| werr(&e))?;
+            let mut table = w.open_table(MESSAGES).map_err(|e| werr(&e))?;
             for op in batch {
                 match op {
                     Op::Insert { records, .. } => {
-                        for (id, env, body) in records {
-                            data.insert(id.as_u128(), body.as_ref())
-                                .map_err(|e| werr(&e))?;
-                            meta.insert(id.as_u128(), env.as_slice())
+                        for (id, record) in records {
+                            table
+                                .insert(id.as_u128(), record.as_slice())
                                 .map_err(|e| werr(&e))?;
                         }
                     }
                     Op::UpdateMeta(id, env) => {
                         // Only if still present: a late update must not resurrect a removed message.
-                        let present = meta.get(id.as_u128()).map_err(|e| werr(&e))?.is_some();
-                        if present {
-                            meta.insert(id.as_u128(), env.as_slice())
+                        let updated = match table.get(id.as_u128()).map_err(|e| werr(&e))? {
+                            Some(old) => split_record(old.value())
+                                .ok()
+                                .map(|(_, body)| encode_record(env, body)),
+                            None => None,
+                        };
+                        if let Some(record) = updated {
+                            table
+                                .insert(id.as_u128(), record.as_slice())
                                 .map_err(|e| werr(&e))?;
                         }
                     }
                     Op::Remove(id) => {
-                        data.remove(id.as_u128()).map_err(|e| werr(&e))?;
-                        meta.remove(id.as_u128()).map_err(|e| werr(&e))?;
+                        table.remove(id.as_u128()).map_err(|e| werr(&e))?;
                     }
                     Op::Flush(_) => {}
                 }
@@ -351,15 +433,49 @@ mod tests {
             let db = Database::create(dir.path().join("spool.redb")).unwrap();
             let w = db.begin_write().unwrap();
             {
-                let mut meta = w.open_table(META).unwrap();
-                meta.insert(7u128, b"{not json".as_slice()).unwrap();
-                let mut data = w.open_table(DATA).unwrap();
-                data.insert(7u128, b"x".as_slice()).unwrap();
+                let mut t = w.open_table(MESSAGES).unwrap();
+                t.insert(7u128, encode_record(b"{not json", b"x").as_slice())
+                    .unwrap();
+                t.insert(8u128, [200u8, 0, 0, 0, b'{'].as_slice()).unwrap();
+                t.insert(9u128, [1u8].as_slice()).unwrap();
             }
             w.commit().unwrap();
         }
         let (_spool, rec) = Spool::open(dir.path()).unwrap();
         assert_eq!(rec.messages.len(), 0);
+        assert_eq!(rec.quarantined, 3);
+    }
+
+    #[tokio::test]
+    async fn two_table_spool_is_migrated_without_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let msgs: Vec<_> = (0..3).map(message).collect();
+        {
+            let db = Database::create(dir.path().join("spool.redb")).unwrap();
+            let w = db.begin_write().unwrap();
+            {
+                let mut meta = w.open_table(OLD_META).unwrap();
+                let mut data = w.open_table(OLD_DATA).unwrap();
+                for m in &msgs {
+                    let key = m.id().as_u128();
+                    meta.insert(key, encode_envelope(&m.envelope()).as_slice())
+                        .unwrap();
+                    data.insert(key, m.data().as_ref()).unwrap();
+                }
+                // A torn record: an envelope without its body.
+                let torn = message(9);
+                meta.insert(1u128, encode_envelope(&torn.envelope()).as_slice())
+                    .unwrap();
+            }
+            w.commit().unwrap();
+        }
+        let (_spool, rec) = Spool::open(dir.path()).unwrap();
+        assert_eq!(rec.messages.len(), 3);
+        for m in &msgs {
+            let got = rec.messages.iter().find(|r| r.id() == m.id()).unwrap();
+            assert_eq!(got.data(), m.data());
+            assert_eq!(got.recipient(), m.recipient());
+        }
         assert_eq!(rec.quarantined, 1);
     }
 }
