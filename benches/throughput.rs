@@ -74,8 +74,9 @@ async fn depth(conn: &Connection, name: &str) -> u32 {
     q.message_count()
 }
 
-async fn raw_publisher(conn: &Connection) -> f64 {
+async fn raw_publisher(conn: &Connection, broker: &broker::Broker) -> (f64, String) {
     fresh_queue(conn, "bench-raw").await;
+    let cpu0 = Cpu::now(broker);
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -104,7 +105,8 @@ async fn raw_publisher(conn: &Connection) -> f64 {
     for c in inflight {
         assert!(c.await.unwrap().is_ack());
     }
-    N as f64 / start.elapsed().as_secs_f64()
+    let rate = N as f64 / start.elapsed().as_secs_f64();
+    (rate, cpu0.report(broker, None))
 }
 
 struct Relay {
@@ -174,9 +176,16 @@ async fn inject_all(http: &str, n: usize, tag: &str) {
     }
 }
 
-async fn relay_rate(conn: &Connection, policy: &Path, queue: &str, dir: &Path) -> f64 {
+async fn relay_rate(
+    conn: &Connection,
+    broker: &broker::Broker,
+    policy: &Path,
+    queue: &str,
+    dir: &Path,
+) -> (f64, String) {
     fresh_queue(conn, queue).await;
     let (relay, _) = start_relay(policy, &dir.join(format!("spool-{queue}")));
+    let cpu0 = Cpu::now(broker);
     let start = Instant::now();
     inject_all(&relay.http, N, queue).await;
     while depth(conn, queue).await < N as u32 {
@@ -186,7 +195,51 @@ async fn relay_rate(conn: &Connection, policy: &Path, queue: &str, dir: &Path) -
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    N as f64 / start.elapsed().as_secs_f64()
+    let rate = N as f64 / start.elapsed().as_secs_f64();
+    (rate, cpu0.report(broker, Some(relay.child.id())))
+}
+
+/// CPU time used by the broker and this process, to say where a run's cycles went.
+struct Cpu {
+    broker: f64,
+    bench: f64,
+}
+
+impl Cpu {
+    fn now(broker: &broker::Broker) -> Cpu {
+        Cpu {
+            broker: cpu_secs(&broker.beam_pid().unwrap()),
+            bench: cpu_secs("self"),
+        }
+    }
+
+    /// CPU µs per message since `now`: broker, this process, and the relay.
+    fn report(&self, broker: &broker::Broker, relay: Option<u32>) -> String {
+        let per = |s: f64| s * 1e6 / N as f64;
+        let relay = relay.map_or(String::new(), |pid| {
+            format!(", relay {:.0}", per(cpu_secs(&pid.to_string())))
+        });
+        format!(
+            "CPU us/msg: broker {:.0}, bench {:.0}{relay}",
+            per(cpu_secs(&broker.beam_pid().unwrap()) - self.broker),
+            per(cpu_secs("self") - self.bench),
+        )
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// User + system CPU time the process has used so far.
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
 }
 
 fn rendered_policy(dir: &Path, url: &str, queue: &str) -> std::path::PathBuf {
@@ -194,7 +247,7 @@ fn rendered_policy(dir: &Path, url: &str, queue: &str) -> std::path::PathBuf {
         "match": {"domain": "amqp"},
         "broker": {"urlSecretRef": {"name": "rabbit", "key": "url"}},
         "publish": {"routingKey": queue},
-        "delivery": {"batchSize": 100, "connectionLimit": 16}
+        "delivery": {"batchSize": std::env::var("BS").map(|v| v.parse::<u32>().unwrap()).unwrap_or(100), "connectionLimit": std::env::var("CL").map(|v| v.parse::<u32>().unwrap()).unwrap_or(16)}
     });
     let mut r = AmqpRoute::new("bench", serde_json::from_value(spec).unwrap());
     r.metadata.namespace = Some("bench".into());
@@ -291,17 +344,36 @@ async fn main() {
     let conn = broker.connect().await;
     let dir = tempfile::tempdir().unwrap();
 
-    let a = raw_publisher(&conn).await;
     let rendered = rendered_policy(dir.path(), &broker.url(), "bench-rendered");
-    let b = relay_rate(&conn, &rendered, "bench-rendered", dir.path()).await;
     let seed = dir.path().join("seed.lua");
     std::fs::copy(
         concat!(env!("CARGO_MANIFEST_DIR"), "/policies/seed.lua"),
         &seed,
     )
     .unwrap();
-    let c = relay_rate(&conn, &seed, "logging", dir.path()).await;
-    println!("Throughput, {N} persistent 1 KiB messages, durable classic queue:");
+    // Rounds alternate the three so drift on this shared machine hits each alike.
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    println!("Throughput, {N} persistent 1 KiB messages, durable classic queue, {rounds} rounds:");
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let (ra, ca) = raw_publisher(&conn, broker).await;
+        let (rb, cb) = relay_rate(&conn, broker, &rendered, "bench-rendered", dir.path()).await;
+        let (rc, cc) = relay_rate(&conn, broker, &seed, "logging", dir.path()).await;
+        println!(
+            "  round {round}: a {ra:6.0}  b {rb:6.0}  c {rc:6.0} msg/s  b/a {:.2}  c/a {:.2}",
+            rb / ra,
+            rc / ra
+        );
+        println!("           a {ca}\n           b {cb}\n           c {cc}");
+        a.push(ra);
+        b.push(rb);
+        c.push(rc);
+    }
+    let (a, b, c) = (median(a), median(b), median(c));
+    println!("Medians:");
     println!(
         "  (a) raw lapin publisher, <= 1000 confirms in flight: {a:8.0} msg/s  (the broker's limit here)"
     );
@@ -314,6 +386,9 @@ async fn main() {
         c / a
     );
 
+    if std::env::var("STOP").is_ok() {
+        return;
+    }
     let (p50, p99) = latency(&conn, &rendered, "bench-rendered", dir.path(), b / 2.0).await;
     println!(
         "Latency, HTTP 200 -> consumer, at {:.0} msg/s (half of b): p50 {:.1} ms, p99 {:.1} ms (target p99 <= 25 ms)",

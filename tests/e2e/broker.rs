@@ -193,7 +193,7 @@ impl Broker {
             .spawn();
     }
 
-    fn beam_pid(&self) -> Option<String> {
+    pub fn beam_pid(&self) -> Option<String> {
         std::fs::read_to_string(self.path("pid"))
             .ok()
             .map(|s| s.trim().to_owned())
