@@ -213,15 +213,7 @@ pub fn check_keys(t: &Table, call: &str, allowed: &[&'static str]) -> mlua::Resu
 }
 
 fn opt_string(t: &Table, key: &str, call: &str) -> mlua::Result<Option<String>> {
-    match t.get::<Value>(key)? {
-        Value::Nil => Ok(None),
-        Value::String(s) => Ok(Some(s.to_str()?.to_owned())),
-        Value::Integer(i) => Ok(Some(i.to_string())),
-        other => Err(mlua::Error::runtime(format!(
-            "{call}: '{key}' must be a string, not {}",
-            other.type_name()
-        ))),
-    }
+    string_value(t.get::<Value>(key)?, Ctx { call, part: "" }, key)
 }
 
 fn field_value(v: Value, key: &str) -> mlua::Result<AMQPValue> {
@@ -352,45 +344,50 @@ fn properties(t: &Table, call: &str) -> mlua::Result<BasicProperties> {
     };
     let mut p = BasicProperties::default();
     each_field(t, w, KEYS, |key, v| {
+        // lapin's builders take the properties by value.
+        let q = std::mem::take(&mut p);
         p = match key {
-            "delivery_mode" => match int_value(v, w, key)? {
-                Some(m) => std::mem::take(&mut p).with_delivery_mode(m),
-                None => std::mem::take(&mut p),
-            },
-            "priority" => match int_value(v, w, key)? {
-                Some(m) => std::mem::take(&mut p).with_priority(m),
-                None => std::mem::take(&mut p),
-            },
-            "timestamp" => match int_value(v, w, key)? {
-                Some(m) => std::mem::take(&mut p).with_timestamp(m),
-                None => std::mem::take(&mut p),
-            },
+            "delivery_mode" => with(
+                q,
+                int_value(v, w, key)?,
+                BasicProperties::with_delivery_mode,
+            ),
+            "priority" => with(q, int_value(v, w, key)?, BasicProperties::with_priority),
+            "timestamp" => with(q, int_value(v, w, key)?, BasicProperties::with_timestamp),
             "headers" => match v {
-                Value::Nil => std::mem::take(&mut p),
-                Value::Table(h) => std::mem::take(&mut p).with_headers(headers(&h)?),
+                Value::Nil => q,
+                Value::Table(h) => q.with_headers(headers(&h)?),
                 other => return Err(type_error(w, key, "a table", &other)),
             },
             _ => {
-                let Some(v) = short_value(v, w, key)? else {
-                    return Ok(());
+                let set = match key {
+                    "content_type" => BasicProperties::with_content_type,
+                    "content_encoding" => BasicProperties::with_content_encoding,
+                    "correlation_id" => BasicProperties::with_correlation_id,
+                    "reply_to" => BasicProperties::with_reply_to,
+                    "expiration" => BasicProperties::with_expiration,
+                    "message_id" => BasicProperties::with_message_id,
+                    "kind" => BasicProperties::with_type,
+                    "user_id" => BasicProperties::with_user_id,
+                    _ => BasicProperties::with_app_id,
                 };
-                let q = std::mem::take(&mut p);
-                match key {
-                    "content_type" => q.with_content_type(v),
-                    "content_encoding" => q.with_content_encoding(v),
-                    "correlation_id" => q.with_correlation_id(v),
-                    "reply_to" => q.with_reply_to(v),
-                    "expiration" => q.with_expiration(v),
-                    "message_id" => q.with_message_id(v),
-                    "kind" => q.with_type(v),
-                    "user_id" => q.with_user_id(v),
-                    _ => q.with_app_id(v),
-                }
+                with(q, short_value(v, w, key)?, set)
             }
         };
         Ok(())
     })?;
     Ok(p)
+}
+
+fn with<T>(
+    p: BasicProperties,
+    v: Option<T>,
+    set: fn(BasicProperties, T) -> BasicProperties,
+) -> BasicProperties {
+    match v {
+        Some(v) => set(p, v),
+        None => p,
+    }
 }
 
 fn headers(h: &Table) -> mlua::Result<FieldTable> {
@@ -477,19 +474,31 @@ impl Publish {
         })
     }
 
-    pub async fn send(self, ch: &Channel, timeout: Duration) -> Result<PublisherConfirm, String> {
-        let fut = ch.basic_publish(
-            self.exchange,
-            self.routing_key,
-            self.options,
-            &self.payload,
-            self.properties,
-        );
-        tokio::time::timeout(timeout, fut)
+    /// lapin's publish as an owned future: its first poll assigns the delivery
+    /// tag and queues the frames; the rest waits for the socket write.
+    fn start(self, ch: Channel) -> Writing {
+        Box::pin(async move {
+            ch.basic_publish(
+                self.exchange,
+                self.routing_key,
+                self.options,
+                &self.payload,
+                self.properties,
+            )
             .await
-            .map_err(|_| format!("publish {TIMED_OUT} after {timeout:?}"))?
-            .map_err(|e| format!("publish failed: {e}"))
+        })
     }
+
+    pub async fn send(self, ch: &Channel, timeout: Duration) -> Result<PublisherConfirm, String> {
+        finish_write(self.start(ch.clone()), timeout).await
+    }
+}
+
+async fn finish_write(write: Writing, timeout: Duration) -> Result<PublisherConfirm, String> {
+    tokio::time::timeout(timeout, write)
+        .await
+        .map_err(|_| format!("publish {TIMED_OUT} after {timeout:?}"))?
+        .map_err(|e| format!("publish failed: {e}"))
 }
 
 /// The confirm outcome, as `{status, reply_code?, reply_text?}`.
@@ -585,18 +594,8 @@ impl Client {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| mlua::Error::runtime("amqp client is closed"))?;
-        let mut write: Writing = Box::pin(async move {
-            ch.basic_publish(
-                p.exchange,
-                p.routing_key,
-                p.options,
-                &p.payload,
-                p.properties,
-            )
-            .await
-        });
-        // lapin assigns the delivery tag and queues the frames on the first poll;
-        // the rest only waits for the socket write, which `wait()` picks up.
+        let mut write = p.start(ch);
+        // Poll once now so the frames are queued in call order; `wait()` does the rest.
         let pending = match write.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(Ok(confirm)) => Pending::Written(confirm),
             Poll::Ready(Err(e)) => return Err(self.fail(format!("publish failed: {e}"))),
@@ -620,10 +619,7 @@ impl Confirm {
             .ok_or("confirm:wait() was already called")?;
         let confirm = match pending {
             Pending::Written(c) => c,
-            Pending::Writing(write, timeout) => tokio::time::timeout(timeout, write)
-                .await
-                .map_err(|_| format!("publish {TIMED_OUT} after {timeout:?}"))?
-                .map_err(|e| format!("publish failed: {e}"))?,
+            Pending::Writing(write, timeout) => finish_write(write, timeout).await?,
         };
         await_confirm(confirm, CONFIRM_TIMEOUT).await
     }
