@@ -9,9 +9,10 @@
 
 #[path = "../tests/e2e/fake_kube.rs"]
 mod fake_kube;
+#[path = "common/relay_log.rs"]
+mod relay_log;
 
 use amqp_relay::policy::Policy;
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -115,15 +116,7 @@ async fn measure(
             .env("AMQP_RELAY_WATCH_POLICY", "false");
     }
     let mut relay = cmd.spawn().unwrap();
-    let addr = BufReader::new(relay.stderr.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.split("http listener on ")
-                .nth(1)
-                .map(|a| a.trim().to_owned())
-        })
-        .expect("the relay's http listener");
+    let addr = relay_log::listener_addr(&mut relay, "http");
     if let Some((kube, _)) = api {
         let t = Instant::now();
         while kube.watchers() == 0 {

@@ -6,7 +6,9 @@
 //!
 //! Run: `cargo bench --bench smtp`
 
-use std::io::{BufRead, BufReader};
+#[path = "common/relay_log.rs"]
+mod relay_log;
+
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -137,16 +139,9 @@ async fn main() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = relay.stderr.take().unwrap();
-    let addr: SocketAddr = BufReader::new(stderr)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.split("smtp listener on ")
-                .nth(1)
-                .map(|a| a.trim().parse().unwrap())
-        })
-        .expect("the relay's smtp listener");
+    let addr: SocketAddr = relay_log::listener_addr(&mut relay, "smtp")
+        .parse()
+        .expect("a socket address");
     let relay_rate = load(addr, body).await;
     let _ = relay.kill();
     let _ = relay.wait();

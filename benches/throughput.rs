@@ -15,6 +15,9 @@
 //!
 //! Run: `cargo bench --bench throughput`
 
+#[path = "common/relay_log.rs"]
+mod relay_log;
+
 #[path = "../tests/e2e/broker.rs"]
 #[allow(dead_code)]
 mod broker;
@@ -26,7 +29,6 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -132,19 +134,7 @@ fn start_relay(policy: &Path, spool: &Path) -> (Relay, Duration) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let http = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.split("http listener on ")
-                .nth(1)
-                .map(|a| a.trim().to_owned())
-        })
-        .expect("the relay's http listener");
-    // Keep draining stderr so the relay never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
+    let http = relay_log::listener_addr(&mut child, "http");
     (Relay { child, http }, started.elapsed())
 }
 
