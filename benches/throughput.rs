@@ -9,72 +9,32 @@
 //!    policy; (c) the same with the seed policy verbatim. Targets: b/a >= 0.9.
 //! 2. Latency from HTTP 200 to the message reaching a consumer, at half of
 //!    (b)'s rate: p50/p99 (target p99 <= 25 ms).
-//! 3. Footprint: relay RSS idle and with 100,000 queued 1 KiB messages while
-//!    the broker is unreachable (targets 64 MB, 256 MB), and the time to
-//!    re-queue them on restart (target <= 2 s).
+//!
+//! Memory with a backlog, restart and drain: `cargo bench --bench backlog`.
 //!
 //! Run: `cargo bench --bench throughput`
 
 #[path = "common/relay_log.rs"]
 mod relay_log;
 
+#[path = "common/relay_proc.rs"]
+#[allow(dead_code)] // each bench uses a part
+mod relay_proc;
+
 #[path = "../tests/e2e/broker.rs"]
 #[allow(dead_code)]
 mod broker;
 
-use amqp_relay::operator::crd::AmqpRoute;
-use amqp_relay::operator::render::render;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
+use relay_proc::*;
 use std::collections::VecDeque;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 const N: usize = 20_000;
-const PER_REQUEST: usize = 100;
-const CLIENTS: usize = 4;
-
-fn body() -> String {
-    format!("Subject: bench\r\n\r\n{}\r\n", "x".repeat(1000))
-}
-
-async fn fresh_queue(conn: &Connection, name: &str) {
-    let ch = conn.create_channel().await.unwrap();
-    let _ = ch
-        .queue_delete(name.into(), QueueDeleteOptions::default())
-        .await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-}
-
-async fn depth(conn: &Connection, name: &str) -> u32 {
-    let ch = conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let _ = ch.close(200, "ok".into()).await;
-    q.message_count()
-}
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 async fn raw_publisher(conn: &Connection, broker: &broker::Broker) -> (f64, String) {
     fresh_queue(conn, "bench-raw").await;
@@ -109,61 +69,6 @@ async fn raw_publisher(conn: &Connection, broker: &broker::Broker) -> (f64, Stri
     }
     let rate = N as f64 / start.elapsed().as_secs_f64();
     (rate, cpu0.report(broker, None))
-}
-
-struct Relay {
-    child: Child,
-    http: String,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_relay(policy: &Path, spool: &Path) -> (Relay, Duration) {
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_amqp-relay"))
-        .args(["relay", "--http-listen", "127.0.0.1:0", "--policy"])
-        .arg(policy)
-        .arg("--data-dir")
-        .arg(spool)
-        .env("RUST_LOG", "warn,amqp_relay::listeners=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let http = relay_log::listener_addr(&mut child, "http");
-    (Relay { child, http }, started.elapsed())
-}
-
-async fn inject_all(http: &str, n: usize, tag: &str) {
-    let client = reqwest::Client::new();
-    let body = body();
-    let requests = n / PER_REQUEST;
-    let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
-        let (client, http, body, tag) = (
-            client.clone(),
-            http.to_owned(),
-            body.clone(),
-            tag.to_owned(),
-        );
-        tasks.push(tokio::spawn(async move {
-            for r in (c..requests).step_by(CLIENTS) {
-                let rcpts: Vec<_> = (0..PER_REQUEST)
-                    .map(|i| serde_json::json!({"email": format!("{tag}{r}-{i}@amqp")}))
-                    .collect();
-                let req = serde_json::json!({"envelope_sender": "b@example.com", "content": body, "recipients": rcpts});
-                let resp = client.post(format!("http://{http}/api/inject/v1")).json(&req).send().await.unwrap();
-                assert_eq!(resp.status(), 200);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
 }
 
 async fn relay_rate(
@@ -215,57 +120,6 @@ impl Cpu {
             per(cpu_secs("self") - self.bench),
         )
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// User + system CPU time the process has used so far.
-fn cpu_secs(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').unwrap().1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
-
-fn rendered_policy(dir: &Path, url: &str, queue: &str) -> std::path::PathBuf {
-    let spec = serde_json::json!({
-        "match": {"domain": "amqp"},
-        "broker": {"urlSecretRef": {"name": "rabbit", "key": "url"}},
-        "publish": {"routingKey": queue},
-        "delivery": {"batchSize": std::env::var("BS").map(|v| v.parse::<u32>().unwrap()).unwrap_or(100), "connectionLimit": std::env::var("CL").map(|v| v.parse::<u32>().unwrap()).unwrap_or(16)}
-    });
-    let mut r = AmqpRoute::new("bench", serde_json::from_value(spec).unwrap());
-    r.metadata.namespace = Some("bench".into());
-    let mut secret = k8s_openapi::api::core::v1::Secret::default();
-    secret.metadata.name = Some("rabbit".into());
-    secret.metadata.namespace = Some("bench".into());
-    secret.string_data = Some([("url".to_string(), url.to_string())].into());
-    let secrets_dir = dir.join(format!("secrets-{queue}"));
-    let out = render(&[r], &[secret], &secrets_dir.display().to_string());
-    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
-    std::fs::create_dir_all(&secrets_dir).unwrap();
-    for (k, v) in &out.secret {
-        std::fs::write(secrets_dir.join(k), v).unwrap();
-    }
-    let path = dir.join(format!("routes-{queue}.lua"));
-    std::fs::write(&path, out.policy).unwrap();
-    path
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")
-                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
-        })
-        .unwrap()
 }
 
 async fn latency(
@@ -334,7 +188,20 @@ async fn main() {
     let conn = broker.connect().await;
     let dir = tempfile::tempdir().unwrap();
 
-    let rendered = rendered_policy(dir.path(), &broker.url(), "bench-rendered");
+    let batch = std::env::var("BS")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(100);
+    let conns = std::env::var("CL")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(16);
+    let (rendered, _) = rendered_policy(
+        dir.path(),
+        "rendered",
+        &broker.url(),
+        "bench-rendered",
+        batch,
+        conns,
+    );
     let seed = dir.path().join("seed.lua");
     std::fs::copy(
         concat!(env!("CARGO_MANIFEST_DIR"), "/policies/seed.lua"),
@@ -386,29 +253,5 @@ async fn main() {
         p50.as_secs_f64() * 1000.0,
         p99.as_secs_f64() * 1000.0
     );
-
-    // Footprint: a broker that cannot be reached, so everything stays queued.
-    let nowhere = rendered_policy(
-        dir.path(),
-        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker::free_port()),
-        "never",
-    );
-    let spool = dir.path().join("spool-footprint");
-    let (relay, _) = start_relay(&nowhere, &spool);
-    let idle = rss_kib(relay.child.id());
-    inject_all(&relay.http, 100_000, "f").await;
-    let loaded = rss_kib(relay.child.id());
-    drop(relay);
-    let (relay, startup) = start_relay(&nowhere, &spool);
-    let after = rss_kib(relay.child.id());
-    println!(
-        "Footprint: RSS idle {:.1} MB (target <= 64), with 100,000 queued {:.1} MB (target <= 256), after re-queueing them {:.1} MB",
-        idle as f64 / 1024.0,
-        loaded as f64 / 1024.0,
-        after as f64 / 1024.0
-    );
-    println!(
-        "Restart with 100,000 spooled: listeners open after {:.2} s (re-queue included; target <= 2 s)",
-        startup.as_secs_f64()
-    );
+    println!("(Memory, restart and drain with a backlog: cargo bench --bench backlog)");
 }

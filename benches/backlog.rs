@@ -1,0 +1,179 @@
+//! A long broker outage: how much memory a backlog costs, how fast the relay
+//! comes back with it spooled, and how fast it drains, each beside the
+//! normal end-to-end rate measured in the same run.
+//!
+//! 1. Normal rate: a fresh relay, the operator-rendered route (16 connections,
+//!    batches of 100), `NORMAL` 1 KiB messages HTTP-injected and delivered to
+//!    a durable queue on a private RabbitMQ node.
+//! 2. Outage: a second relay whose route points at a closed port, its queue
+//!    suspended (an outage held without attempts, so every message is due
+//!    when the broker returns); RSS after 10,000, 100,000 and `BACKLOG`
+//!    (default 1,000,000) messages are acknowledged; spool bytes per message.
+//! 3. Recovery: SIGTERM, the route pointed at the live broker, restart on the
+//!    same spool: time until the listener accepts, until the first message
+//!    reaches the broker, and the drain rate as a ratio to (1).
+//!
+//! Targets: RSS <= 128 MB at 1,000,000 and <= 1.5x the RSS at 10,000;
+//! listener <= 2 s; first delivery <= 3 s; drain >= 0.9x normal.
+//!
+//! Run: `cargo bench --bench backlog` (BACKLOG=N for another size).
+
+#[path = "common/relay_log.rs"]
+mod relay_log;
+
+#[path = "common/relay_proc.rs"]
+#[allow(dead_code)] // each bench uses a part
+mod relay_proc;
+
+#[path = "../tests/e2e/broker.rs"]
+#[allow(dead_code)]
+mod broker;
+
+use relay_proc::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const NORMAL: usize = 100_000;
+const QUEUE: &str = "bench-backlog";
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+async fn suspend(http: &str) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{http}/api/admin/suspend/v1"))
+        .json(&serde_json::json!({"domain": "amqp", "reason": "broker outage"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+}
+
+/// Polls liveness until the listener answers.
+async fn await_accepting(http: &str) {
+    let client = reqwest::Client::new();
+    loop {
+        let ok = client
+            .get(format!("http://{http}/api/check-liveness/v1"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let backlog: usize = std::env::var("BACKLOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let broker = tokio::task::spawn_blocking(broker::Broker::private)
+        .await
+        .unwrap();
+    let conn = broker.connect().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // 1. The normal end-to-end rate.
+    let (live, _) = rendered_policy(dir.path(), "live", &broker.url(), QUEUE, 100, 16);
+    fresh_queue(&conn, QUEUE).await;
+    let (relay, _) = start_relay(&live, &dir.path().join("spool-normal"));
+    let cpu0 = cpu_secs(&relay.pid().to_string());
+    let start = Instant::now();
+    inject_all(&relay.http, NORMAL, "n").await;
+    await_depth(&conn, QUEUE, NORMAL as u32, Duration::from_secs(600)).await;
+    let normal = NORMAL as f64 / start.elapsed().as_secs_f64();
+    let normal_cpu = (cpu_secs(&relay.pid().to_string()) - cpu0) * 1e6 / NORMAL as f64;
+    assert!(relay.stop(), "the relay exits cleanly on SIGTERM");
+    println!(
+        "Normal end to end, {NORMAL} x 1 KiB: {normal:.0} msg/s (relay CPU {normal_cpu:.0} us/msg)"
+    );
+
+    // 2. The outage: everything acknowledged stays spooled.
+    fresh_queue(&conn, QUEUE).await;
+    let nowhere = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker::free_port());
+    let (policy, url_file) = rendered_policy(dir.path(), "outage", &nowhere, QUEUE, 100, 16);
+    let spool = dir.path().join("spool-outage");
+    let (relay, _) = start_relay(&policy, &spool);
+    suspend(&relay.http).await;
+    let idle = rss_kib(relay.pid());
+    let mut queued = 0;
+    let mut rss = Vec::new();
+    for mark in [10_000, 100_000, backlog] {
+        if mark > queued {
+            let t = Instant::now();
+            inject_all(&relay.http, mark - queued, &format!("b{mark}-")).await;
+            let rate = (mark - queued) as f64 / t.elapsed().as_secs_f64();
+            queued = mark;
+            let r = rss_kib(relay.pid());
+            println!(
+                "  {mark:>9} queued: RSS {:7.1} MB  (accepted at {rate:.0} msg/s)",
+                r as f64 / 1024.0
+            );
+            rss.push((mark, r));
+        }
+    }
+    let spool_bytes = dir_bytes(&spool);
+    let stopped = Instant::now();
+    assert!(relay.stop(), "the relay exits cleanly on SIGTERM");
+    let stop_time = stopped.elapsed();
+    let rss_at = |n: usize| {
+        rss.iter()
+            .find(|(m, _)| *m == n)
+            .map(|(_, r)| *r as f64 / 1024.0)
+    };
+    let (small, large) = (rss_at(10_000).unwrap(), rss_at(backlog).unwrap());
+    println!(
+        "Outage: RSS idle {:.1} MB; {large:.1} MB at {backlog} queued (target <= 128), {:.2}x the RSS at 10,000 (target <= 1.5)",
+        idle as f64 / 1024.0,
+        large / small
+    );
+    println!(
+        "Spool: {:.1} MB on disk for {backlog} messages, {:.0} bytes per message; SIGTERM to exit {:.2} s",
+        spool_bytes as f64 / 1e6,
+        spool_bytes as f64 / backlog as f64,
+        stop_time.as_secs_f64()
+    );
+
+    // 3. The broker is back: restart on the same spool.
+    std::fs::write(&url_file, broker.url()).unwrap();
+    let restarted = Instant::now();
+    let (relay, _) = start_relay(&policy, &spool);
+    await_accepting(&relay.http).await;
+    let accepting = restarted.elapsed();
+    while depth(&conn, QUEUE).await == 0 {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(120),
+            "nothing delivered two minutes after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let first = restarted.elapsed();
+    let rss_restart = rss_kib(relay.pid());
+    await_depth(&conn, QUEUE, backlog as u32, Duration::from_secs(3600)).await;
+    let drained = restarted.elapsed();
+    let drain = backlog as f64 / (drained - first).as_secs_f64();
+    let rss_drained = rss_kib(relay.pid());
+    println!(
+        "Restart with {backlog} spooled: accepting after {:.2} s (target <= 2), first delivery after {:.2} s (target <= 3)",
+        accepting.as_secs_f64(),
+        first.as_secs_f64()
+    );
+    println!(
+        "Drain: {drain:.0} msg/s = {:.2}x the normal rate (target >= 0.9); RSS {:.1} MB when the first went out, {:.1} MB after the drain",
+        drain / normal,
+        rss_restart as f64 / 1024.0,
+        rss_drained as f64 / 1024.0
+    );
+    assert!(relay.stop(), "the relay exits cleanly on SIGTERM");
+}
