@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod engine;
 pub mod listeners;
+pub mod model;
 pub mod operator;
 pub mod policy;
 pub mod relay;

@@ -1,6 +1,6 @@
 #![no_main]
 //! Parsing and printing queue names round-trip.
-use amqp_relay::engine::queue_name::QueueName;
+use amqp_relay::model::queue_name::QueueName;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|name: &str| {

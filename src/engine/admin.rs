@@ -1,8 +1,9 @@
 //! Administrative actions on queues: bounce what waits, suspend and resume.
 
+use super::Engine;
 use super::log_record::RecordType;
 use super::queue::Queue;
-use super::{Engine, queue_name::QueueName};
+use crate::model::queue_name::QueueName;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -115,7 +116,7 @@ impl Engine {
             id: uuid::Uuid::now_v7().to_string(),
             criteria,
             reason,
-            expires: duration.map(|d| super::message::now_ms() / 1000 + d.as_secs()),
+            expires: duration.map(|d| crate::model::message::now_ms() / 1000 + d.as_secs()),
         };
         self.suspensions
             .lock()

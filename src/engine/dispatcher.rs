@@ -5,9 +5,9 @@
 //! `send_batch`) per ready message. It ends on idle, after
 //! `max_deliveries_per_connection`, or on an error, calling `close` if defined.
 
-use super::message::{MessageRef, now_ms};
 use super::queue::{Queue, QueueSettings};
 use super::{Engine, Outcome};
+use crate::model::message::{MessageRef, now_ms};
 use crate::policy::events;
 use crate::policy::message_ud::MessageUd;
 use crate::policy::reject::{describe, find_rejection};

@@ -1,6 +1,6 @@
 //! Log records in KumoMTA's JSON shape, for local logs and log hooks.
 
-use super::message::Message;
+use crate::model::message::Message;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -5,19 +5,17 @@ pub mod configmap_watch;
 pub mod dispatcher;
 pub mod log_record;
 pub mod logs;
-pub mod message;
 pub mod metrics;
 pub mod policy_watch;
 pub mod queue;
-pub mod queue_name;
 pub mod reload;
 pub mod spool;
 pub mod throttle;
 
-use crate::policy::config::Protocol;
+use crate::model::config::Protocol;
+use crate::model::message::{Message, MessageRef, now_ms};
 use crate::policy::{Policy, PolicyError};
 use log_record::RecordType;
-use message::{Message, MessageRef, now_ms};
 use metrics::Metrics;
 use queue::Queue;
 use spool::{Spool, SpoolError};
@@ -102,7 +100,7 @@ impl Engine {
     /// `get_queue_config`; only `custom_lua` queues exist here.
     pub async fn queue(
         self: &Arc<Self>,
-        name: &queue_name::QueueName,
+        name: &crate::model::queue_name::QueueName,
     ) -> Result<Arc<Queue>, Refusal> {
         let label = name.to_string();
         let known = self

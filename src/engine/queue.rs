@@ -4,10 +4,10 @@
 //! `max_ready`), where delivery sessions take them. A maintainer task per
 //! queue does the moving and expires messages past `max_age`.
 
-use super::message::{MessageRef, now_ms};
-use super::queue_name::QueueName;
 use super::throttle::Throttle;
-use crate::policy::config::{CustomLua, EgressPathConfig, QueueConfig};
+use crate::model::config::{CustomLua, EgressPathConfig, QueueConfig};
+use crate::model::message::{MessageRef, now_ms};
+use crate::model::queue_name::QueueName;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

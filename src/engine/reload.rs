@@ -6,8 +6,8 @@
 
 use super::Engine;
 use super::queue::QueueSettings;
+use crate::model::config::Protocol;
 use crate::policy::Policy;
-use crate::policy::config::Protocol;
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -8,7 +8,7 @@
 //! Removals and retry bookkeeping ride along with later commits: a crash can
 //! then redeliver a message, never lose one.
 
-use super::message::{Envelope, Message, MessageId};
+use crate::model::message::{Envelope, Message, MessageId};
 use bytes::Bytes;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use std::path::{Path, PathBuf};

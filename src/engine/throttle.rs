@@ -1,7 +1,7 @@
 //! A rate limiter for `max_message_rate`: each permit moves the earliest time
 //! of the next one forward by 1/rate (GCRA without burst).
 
-use crate::policy::config::Rate;
+use crate::model::config::Rate;
 use std::sync::Mutex;
 use tokio::time::{Duration, Instant};
 

@@ -1,8 +1,8 @@
 //! The HTTP listener: KumoMTA's injection API, health, and metrics.
 
 use crate::engine::admin::Criteria;
-use crate::engine::message::Message;
 use crate::engine::{Engine, Refusal};
+use crate::model::message::Message;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
@@ -193,7 +193,7 @@ impl AdminRequest {
             serde_json::from_slice(body).map_err(|e| format!("invalid request: {e}"))?;
         let duration = match &r.duration {
             Some(d) => Some(
-                crate::policy::config::parse_duration(d).map_err(|e| format!("duration: {e}"))?,
+                crate::model::config::parse_duration(d).map_err(|e| format!("duration: {e}"))?,
             ),
             None => None,
         };

@@ -4,7 +4,7 @@
 
 use super::crd::{AmqpRoute, Disposition};
 use super::lua_literal::lua_str;
-use crate::policy::config::{Rate, parse_duration};
+use crate::model::config::{Rate, parse_duration};
 use k8s_openapi::api::core::v1::Secret;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -424,7 +424,7 @@ fn render_route(lua: &mut String, v: &Valid, secret: &mut BTreeMap<String, Vec<u
     let _ = writeln!(lua, "    on_return = {},", disp(p.on_return));
     if let Some(le) = &spec.log_events {
         let list = |v: &[String]| v.iter().map(|x| lua_str(x)).collect::<Vec<_>>().join(", ");
-        let queue = crate::engine::queue_name::QueueName::new(
+        let queue = crate::model::queue_name::QueueName::new(
             &v.domain,
             spec.route_match.tenant.as_deref(),
             spec.route_match.campaign.as_deref(),

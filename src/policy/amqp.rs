@@ -745,7 +745,7 @@ pub fn duration_field(t: &Table, key: &str, default: Duration) -> mlua::Result<D
         Value::Nil => Ok(default),
         Value::Integer(i) if i >= 0 => Ok(Duration::from_secs(i as u64)),
         Value::Number(n) if n >= 0.0 => Ok(Duration::from_secs_f64(n)),
-        Value::String(s) => super::config::parse_duration(&s.to_str()?)
+        Value::String(s) => crate::model::config::parse_duration(&s.to_str()?)
             .map_err(|e| mlua::Error::runtime(format!("'{key}': {e}"))),
         other => Err(mlua::Error::runtime(format!(
             "'{key}' must be a duration, not {}",

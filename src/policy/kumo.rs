@@ -1,9 +1,11 @@
 //! The `kumo` module: KumoMTA's Lua API, as far as a relay into RabbitMQ needs it.
 
 use super::amqp::{self, AmqpPool, Client};
-use super::config::{EgressPathConfig, QueueConfig};
 use super::events;
 use super::reject::Rejection;
+use crate::model::config::{EgressPathConfig, QueueConfig};
+use crate::model::listener_config::{EsmtpListener, HttpListener};
+use crate::model::log_config::{LocalLogsConfig, LogHookConfig};
 use mlua::{Function, Lua, LuaSerdeExt, Table, UserData, Value};
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -15,23 +17,10 @@ pub struct InitConfig {
     /// The policy defines `init`, so listeners and spool come from it, not from flags.
     pub has_init: bool,
     pub http_listeners: Vec<HttpListener>,
-    pub esmtp_listeners: Vec<crate::listeners::smtp::EsmtpListener>,
-    pub local_logs: Option<crate::engine::logs::LocalLogsConfig>,
-    pub log_hooks: Vec<crate::engine::logs::LogHookConfig>,
+    pub esmtp_listeners: Vec<EsmtpListener>,
+    pub local_logs: Option<LocalLogsConfig>,
+    pub log_hooks: Vec<LogHookConfig>,
     pub spool_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpListener {
-    pub listen: String,
-    /// CIDRs allowed to inject and administer; KumoMTA's default is loopback only.
-    #[serde(default = "loopback")]
-    pub trusted_hosts: Vec<String>,
-}
-
-pub fn loopback() -> Vec<String> {
-    vec!["127.0.0.1/32".into(), "::1/128".into()]
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,8 +226,7 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
         "configure_log_hook",
         lua.create_function(|lua, v: Value| {
             let ctx = init_ctx(lua, "kumo.configure_log_hook")?;
-            let cfg: crate::engine::logs::LogHookConfig =
-                from_lua(lua, v, "kumo.configure_log_hook")?;
+            let cfg: LogHookConfig = from_lua(lua, v, "kumo.configure_log_hook")?;
             let mut init = ctx.lock().unwrap_or_else(|e| e.into_inner());
             if init.log_hooks.iter().any(|h| h.name == cfg.name) {
                 return Err(mlua::Error::runtime(format!(

@@ -1,6 +1,6 @@
 //! The message object as Lua sees it (KumoMTA's method names).
 
-use crate::engine::message::MessageRef;
+use crate::model::message::MessageRef;
 use bytes::Bytes;
 use mlua::{LuaSerdeExt, MetaMethod, UserData, UserDataFields, UserDataMethods, Value};
 

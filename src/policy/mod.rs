@@ -2,16 +2,15 @@
 //! engine fires into it.
 
 pub mod amqp;
-pub mod config;
 pub mod events;
 pub mod kumo;
 pub mod message_ud;
 pub mod reject;
 
-use crate::engine::message::MessageRef;
-use crate::engine::queue_name::QueueName;
+use crate::model::config::{EgressPathConfig, QueueConfig};
+use crate::model::message::MessageRef;
+use crate::model::queue_name::QueueName;
 use amqp::AmqpPool;
-use config::{EgressPathConfig, QueueConfig};
 use kumo::{EgressPathUd, InitConfig, QueueConfigUd, StateCtx};
 use message_ud::MessageUd;
 use mlua::{Lua, Value};

@@ -1,5 +1,5 @@
 use super::*;
-use crate::engine::message::Message;
+use crate::model::message::Message;
 use bytes::Bytes;
 
 fn load(src: &str) -> Result<Arc<Policy>, PolicyError> {
@@ -34,7 +34,7 @@ async fn queue_config_from_the_first_handler_that_answers() {
     assert_eq!(a.retry_interval.as_secs(), 300);
     assert_eq!(a.max_age.as_secs(), 60);
     match a.protocol {
-        config::Protocol::CustomLua(c) => {
+        crate::model::config::Protocol::CustomLua(c) => {
             assert_eq!(c.constructor, "make.a");
             assert_eq!(c.batch_size, 10);
         }
@@ -42,7 +42,7 @@ async fn queue_config_from_the_first_handler_that_answers() {
     }
     // The empty table is KumoMTA's default config: SMTP.
     let b = p.queue_config(&name("b")).await.unwrap();
-    assert_eq!(b.protocol, config::Protocol::Smtp);
+    assert_eq!(b.protocol, crate::model::config::Protocol::Smtp);
     assert_eq!(b.retry_interval.as_secs(), 20 * 60);
 }
 

@@ -5,72 +5,12 @@ pub mod lines;
 pub mod session;
 
 use crate::engine::Engine;
-use crate::policy::config::de_duration;
 use ipnet::IpNet;
-use serde::Deserialize;
 use std::path::PathBuf;
+
+pub use crate::model::listener_config::EsmtpListener;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn default_hostname() -> String {
-    std::env::var("HOSTNAME").unwrap_or_else(|_| "amqp-relay".into())
-}
-fn default_max_message_size() -> usize {
-    20 * 1024 * 1024
-}
-fn default_max_recipients() -> usize {
-    1024
-}
-fn default_max_messages() -> usize {
-    10_000
-}
-fn default_client_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_max_connections() -> usize {
-    32_768
-}
-fn default_line_limit() -> usize {
-    // RFC 5321 allows 998 bytes; generous headroom for sloppy clients.
-    4096
-}
-
-/// `kumo.start_esmtp_listener{…}` (or `--smtp-listen`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EsmtpListener {
-    pub listen: String,
-    #[serde(default = "default_hostname")]
-    pub hostname: String,
-    /// Clients allowed to relay; others get 550 5.7.1 at RCPT.
-    #[serde(default = "crate::policy::kumo::loopback")]
-    pub relay_hosts: Vec<String>,
-    #[serde(default = "default_max_message_size")]
-    pub max_message_size: usize,
-    #[serde(default = "default_max_recipients")]
-    pub max_recipients_per_message: usize,
-    #[serde(default = "default_max_messages")]
-    pub max_messages_per_connection: usize,
-    #[serde(default = "default_client_timeout", deserialize_with = "de_duration")]
-    pub client_timeout: Duration,
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    #[serde(default = "default_line_limit")]
-    pub line_length_hard_limit: usize,
-    #[serde(default)]
-    pub tls_certificate: Option<PathBuf>,
-    #[serde(default)]
-    pub tls_private_key: Option<PathBuf>,
-    #[serde(default)]
-    pub banner: Option<String>,
-}
-
-impl EsmtpListener {
-    pub fn with_defaults(listen: String) -> EsmtpListener {
-        serde_json::from_value(serde_json::json!({ "listen": listen }))
-            .expect("defaults deserialise")
-    }
-}
 
 /// What a session needs, resolved once per listener.
 pub struct Settings {

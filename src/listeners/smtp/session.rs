@@ -5,8 +5,8 @@
 use super::Settings;
 use super::command::{self, Command};
 use super::lines::{Line, read_line};
-use crate::engine::message::Message;
 use crate::engine::{Engine, Refusal};
+use crate::model::message::Message;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use std::net::SocketAddr;
@@ -290,7 +290,7 @@ impl Session {
         }
         // Refuse early a recipient whose queue the policy will not take.
         let domain = to.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-        let name = crate::engine::queue_name::QueueName::new(domain, None, None, None);
+        let name = crate::model::queue_name::QueueName::new(domain, None, None, None);
         if let Err(r) = self.engine.queue(&name).await {
             self.refusal(&r);
             return;

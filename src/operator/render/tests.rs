@@ -124,8 +124,8 @@ async fn queue_config_only_for_routed_domains() {
     let path = dir.path().join(POLICY_KEY);
     std::fs::write(&path, &out.policy).unwrap();
     let policy = crate::policy::Policy::load(&path, Default::default()).unwrap();
-    use crate::engine::queue_name::QueueName;
-    use crate::policy::config::Protocol;
+    use crate::model::config::Protocol;
+    use crate::model::queue_name::QueueName;
     let q = policy
         .queue_config(&QueueName::new("amqp", Some("t"), None, None))
         .await
@@ -427,7 +427,7 @@ async fn log_events_routes_configure_a_hook_and_pick_record_types() {
     let record = |t: &str| {
         let mut meta = serde_json::Map::new();
         meta.insert("log_record".into(), serde_json::json!({"type": t}));
-        std::sync::Arc::new(crate::engine::message::Message::new(
+        std::sync::Arc::new(crate::model::message::Message::new(
             "nobody@localhost".into(),
             "log@x".into(),
             meta,

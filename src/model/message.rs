@@ -1,7 +1,7 @@
 //! A spooled message: envelope, metadata, body, and the retry bookkeeping that
 //! survives restarts.
 
-use super::queue_name::QueueName;
+use crate::model::queue_name::QueueName;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -1,0 +1,8 @@
+//! The types every layer shares and none owns: messages, queue names, and the
+//! serde configuration that policies, listeners and the engine read.
+
+pub mod config;
+pub mod listener_config;
+pub mod log_config;
+pub mod message;
+pub mod queue_name;
