@@ -1,17 +1,13 @@
 //! Delivery: per-queue maintainers and custom_lua sessions.
 //!
-//! A session borrows one Lua state for its life, calls the queue's
-//! constructor event once to get a sender object, then calls `send` (or
-//! `send_batch`) per ready message. It ends on idle, after
-//! `max_deliveries_per_connection`, or on an error, calling `close` if defined.
+//! A session opens one policy delivery session (the queue's constructor)
+//! and sends ready messages through it, one or a batch per call. It ends on
+//! idle, after `max_deliveries_per_connection`, or on an error.
 
+use super::Engine;
 use super::queue::{Queue, QueueSettings};
-use super::{Engine, Outcome};
 use crate::model::message::{MessageRef, now_ms};
-use crate::policy::events;
-use crate::policy::message_ud::MessageUd;
-use crate::policy::reject::{describe, find_rejection};
-use mlua::{Function, Table, Value};
+use crate::policy::delivery::{Outcome, SendResult};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -60,12 +56,6 @@ pub async fn maintain(engine: Arc<Engine>, q: Arc<Queue>) {
     }
 }
 
-/// The outcome for the messages of one call; `close` ends the session afterwards.
-struct SendResult {
-    outcome: Outcome,
-    close: bool,
-}
-
 async fn session(engine: Arc<Engine>, q: Arc<Queue>) {
     let result = run_session(&engine, &q).await;
     q.sessions.fetch_sub(1, Ordering::AcqRel);
@@ -90,52 +80,17 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String>
     let epoch = engine.epoch();
     let policy = engine.policy();
     let settings = q.settings();
-    let lua = policy.acquire().map_err(|e| e.to_string())?;
-    let ctor_name = &settings.custom_lua.constructor;
-    let ctor = events::handlers(&lua, ctor_name)
-        .map_err(|e| describe(&e))?
-        .into_iter()
-        .next()
-        .ok_or_else(|| format!("the policy has no kumo.on('{ctor_name}', …) handler"))?;
-    let timeout = settings.egress.send_timeout;
-    lua.limit(Some(timeout));
-    let made = tokio::time::timeout(
-        timeout,
-        ctor.call_async::<Value>((
-            q.name.domain.as_str(),
-            q.name.tenant.as_deref(),
-            q.name.campaign.as_deref(),
-        )),
-    )
-    .await;
-    let sender: Table = match made {
-        Err(_) => {
-            lua.discard();
-            return Err(format!(
-                "constructor '{ctor_name}' timed out after {timeout:?}"
-            ));
-        }
-        Ok(Err(e)) => return Err(format!("constructor '{ctor_name}': {}", describe(&e))),
-        Ok(Ok(Value::Table(t))) => t,
-        Ok(Ok(other)) => {
-            return Err(format!(
-                "constructor '{ctor_name}' returned a {}, expected a table with a send method",
-                other.type_name()
-            ));
-        }
-    };
     let batch = settings.custom_lua.batch_size.max(1);
-    let method = if batch > 1 { "send_batch" } else { "send" };
-    let send: Function = sender
-        .get::<Option<Function>>(method)
-        .map_err(|e| describe(&e))?
-        .ok_or_else(|| {
-            format!("constructor '{ctor_name}' returned an object without a {method} method")
-        })?;
-
+    let mut session = policy
+        .open_session(
+            &q.name,
+            &settings.custom_lua.constructor,
+            batch > 1,
+            settings.egress.send_timeout,
+        )
+        .await?;
     let mut stop = engine.shutdown_signal();
     let mut delivered = 0usize;
-    let mut healthy = true;
     let max_deliveries = settings.egress.max_deliveries_per_connection;
     while delivered < max_deliveries
         && !engine.is_shutting_down()
@@ -163,36 +118,7 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String>
             }
         }
         delivered += msgs.len();
-        lua.limit(Some(timeout));
-        let call = async {
-            if batch > 1 {
-                let list = lua.create_table().map_err(|e| describe(&e))?;
-                for m in &msgs {
-                    list.push(MessageUd(m.clone())).map_err(|e| describe(&e))?;
-                }
-                Ok::<_, String>(send.call_async::<Value>((&sender, list)).await)
-            } else {
-                Ok(send
-                    .call_async::<Value>((&sender, MessageUd(msgs[0].clone())))
-                    .await)
-            }
-        };
-        let SendResult { outcome, close } = match tokio::time::timeout(timeout, call).await {
-            Err(_) => {
-                healthy = false;
-                SendResult {
-                    outcome: Outcome::Transient(format!(
-                        "421 4.4.2 {method} did not finish within {timeout:?}"
-                    )),
-                    close: true,
-                }
-            }
-            Ok(Err(e)) => SendResult {
-                outcome: Outcome::Transient(format!("400 {e}")),
-                close: true,
-            },
-            Ok(Ok(r)) => classify(method, r),
-        };
+        let SendResult { outcome, close } = session.send(&msgs).await;
         for m in &msgs {
             engine.complete(q, m, outcome.clone());
         }
@@ -200,24 +126,7 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String>
             break;
         }
     }
-    lua.limit(Some(timeout));
-    if healthy {
-        if let Ok(Some(close)) = sender.get::<Option<Function>>("close") {
-            match tokio::time::timeout(timeout, close.call_async::<Value>(&sender)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(queue = %q.label, error = %describe(&e), "sender:close failed")
-                }
-                Err(_) => {
-                    tracing::warn!(queue = %q.label, "sender:close timed out");
-                    lua.discard();
-                }
-            }
-        }
-    } else {
-        // The state was interrupted mid-call; it is not reused.
-        lua.discard();
-    }
+    session.close(&q.label).await;
     Ok(())
 }
 
@@ -261,71 +170,5 @@ async fn next_batch(
                 return None;
             }
         }
-    }
-}
-
-/// Maps what `send` returned (or raised) to an outcome, as KumoMTA does.
-fn classify(method: &str, r: mlua::Result<Value>) -> SendResult {
-    match r {
-        Ok(Value::String(s)) => SendResult {
-            outcome: Outcome::Delivered(s.to_string_lossy()),
-            close: false,
-        },
-        Ok(other) => SendResult {
-            outcome: Outcome::Transient(format!(
-                "400 4.0.0 {method} returned a {} instead of a string",
-                other.type_name()
-            )),
-            close: true,
-        },
-        Err(e) => match find_rejection(&e) {
-            Some(r) if r.is_transient() => SendResult {
-                outcome: Outcome::Transient(format!("{} {}", r.code, r.message)),
-                close: false,
-            },
-            Some(r) => SendResult {
-                outcome: Outcome::Bounced(format!("{} {}", r.code, r.message)),
-                close: false,
-            },
-            None => SendResult {
-                outcome: Outcome::Transient(format!("400 4.0.0 {method} failed: {}", describe(&e))),
-                close: true,
-            },
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn outcome(r: mlua::Result<Value>) -> (String, bool) {
-        let SendResult { outcome, close } = classify("send", r);
-        (format!("{outcome:?}"), close)
-    }
-
-    #[test]
-    fn outcome_mapping() {
-        let lua = mlua::Lua::new();
-        let (o, close) = outcome(Ok(Value::String(lua.create_string("250 ok").unwrap())));
-        assert!(o.starts_with("Delivered"), "{o}");
-        assert!(!close);
-        let (o, close) = outcome(Ok(Value::Nil));
-        assert!(o.starts_with("Transient") && o.contains("nil"), "{o}");
-        assert!(close);
-        let reject = |code| {
-            mlua::Error::external(crate::policy::reject::Rejection {
-                code,
-                message: "x".into(),
-            })
-        };
-        let (o, close) = outcome(Err(reject(451)));
-        assert!(o.starts_with("Transient(\"451"), "{o}");
-        assert!(!close);
-        let (o, _) = outcome(Err(reject(500)));
-        assert!(o.starts_with("Bounced(\"500"), "{o}");
-        let (o, close) = outcome(Err(mlua::Error::runtime("boom")));
-        assert!(o.starts_with("Transient") && o.contains("boom"), "{o}");
-        assert!(close);
     }
 }

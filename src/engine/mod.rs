@@ -14,6 +14,7 @@ pub mod throttle;
 
 use crate::model::config::Protocol;
 use crate::model::message::{Message, MessageRef, now_ms};
+use crate::policy::delivery::Outcome;
 use crate::policy::{Policy, PolicyError};
 use log_record::RecordType;
 use metrics::Metrics;
@@ -34,14 +35,6 @@ impl Refusal {
     pub fn is_temporary(&self) -> bool {
         (400..500).contains(&self.code)
     }
-}
-
-/// How one delivery attempt ended.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    Delivered(String),
-    Transient(String),
-    Bounced(String),
 }
 
 pub struct Engine {

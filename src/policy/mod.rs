@@ -2,6 +2,7 @@
 //! engine fires into it.
 
 pub mod amqp;
+pub mod delivery;
 pub mod events;
 pub mod kumo;
 pub mod message_ud;
