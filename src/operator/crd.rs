@@ -136,8 +136,10 @@ pub struct Publish {
     /// delivery_mode 2, so the broker writes the message to disk.
     #[serde(default = "yes")]
     pub persistent: bool,
-    /// Ask the broker to return messages no queue takes.
-    #[serde(default)]
+    /// Ask the broker to return messages no queue takes (on by default: with
+    /// `onReturn: retry`, a routing key that matches no queue keeps the message
+    /// in the relay instead of the broker dropping it).
+    #[serde(default = "yes")]
     pub mandatory: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
@@ -148,13 +150,11 @@ pub struct Publish {
     /// What to do when the broker Nacks.
     #[serde(default)]
     pub on_nack: Disposition,
-    /// What to do when the broker returns an unroutable message (with `mandatory`).
-    #[serde(default = "bounce")]
+    /// What to do when the broker returns an unroutable message (with
+    /// `mandatory`): `retry` (the default) keeps it until a queue is bound or
+    /// it reaches `maxAge`; `bounce` gives up on it.
+    #[serde(default)]
     pub on_return: Disposition,
-}
-
-fn bounce() -> Disposition {
-    Disposition::Bounce
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -260,7 +260,8 @@ mod tests {
         .unwrap();
         assert!(r.publish.persistent);
         assert_eq!(r.publish.on_nack, Disposition::Retry);
-        assert_eq!(r.publish.on_return, Disposition::Bounce);
+        assert!(r.publish.mandatory, "no silent loss by default");
+        assert_eq!(r.publish.on_return, Disposition::Retry);
         assert_eq!(r.publish.exchange, "");
     }
 }

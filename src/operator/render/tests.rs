@@ -333,6 +333,20 @@ fn nack_and_return_follow_on_nack_and_on_return() {
 }
 
 #[test]
+fn a_default_route_keeps_a_message_no_queue_takes() {
+    // Defaults only: mandatory is on and a returned message is retried, so a
+    // routing key that matches no queue never loses the message silently.
+    let out = render(&[simple("ns", "r", "amqp")], &[], DEFAULT_SECRETS_DIR);
+    let (_lua, p) = publish_params(&out.policy, "amqp");
+    let options: Table = p.get("options").unwrap();
+    assert!(options.get::<bool>("mandatory").unwrap());
+    let returned = "{ status = 'Ack', reply_code = 312, reply_text = 'NO_ROUTE' }";
+    let (_lua, resp) = send_with_confirm(&out.policy, "amqp", returned);
+    let err = resp.unwrap_err().to_string();
+    assert!(err.contains("451"), "a temporary failure, retried: {err}");
+}
+
+#[test]
 fn random_hostile_strings_always_compile_and_come_back_exactly() {
     // A property test with a fixed seed: strings drawn from the characters
     // that break naive quoting, up to 60 characters (at most 240 bytes).
