@@ -8,6 +8,7 @@
 //! Run: `cargo bench --bench reload`
 
 #[path = "../tests/e2e/fake_kube.rs"]
+#[allow(dead_code)] // the tests use more of it
 mod fake_kube;
 #[path = "common/relay_log.rs"]
 mod relay_log;

@@ -1,16 +1,18 @@
 //! `amqp-relay relay`: load the policy, open the spool, re-queue, listen.
 
-use crate::engine::Engine;
 use crate::engine::logs::Logs;
 use crate::engine::spool::Spool;
+use crate::engine::{Engine, Limits};
 use crate::listeners::http;
 use crate::listeners::smtp::{self, EsmtpListener};
 use crate::model::listener_config::{HttpListener, loopback};
 use crate::policy::Policy;
 use crate::policy::amqp::AmqpPool;
+use crate::policy::kumo::InitConfig;
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct RelayArgs {
@@ -50,75 +52,121 @@ pub struct RelayArgs {
     /// CIDRs allowed to relay over SMTP (with --smtp-listen).
     #[arg(long, env = "AMQP_RELAY_SMTP_RELAY_HOSTS", value_delimiter = ',', default_values_t = loopback())]
     pub smtp_relay_hosts: Vec<String>,
+    /// Messages held in memory (ready or being delivered), whatever the
+    /// backlog; the rest wait on the spool's schedule on disk.
+    #[arg(long, env = "AMQP_RELAY_MAX_ACTIVE_MESSAGES", default_value_t = 20_000)]
+    pub max_active_messages: usize,
+    /// Bytes of message bodies kept in memory for those messages; past it,
+    /// bodies are read back from the spool to be delivered.
+    #[arg(long, env = "AMQP_RELAY_BODY_MEMORY", default_value = "64MiB", value_parser = parse_bytes)]
+    pub body_memory: u64,
+    /// A queue with nothing to do for this long is dropped from memory.
+    #[arg(long, env = "AMQP_RELAY_QUEUE_IDLE", default_value = "60s", value_parser = parse_duration)]
+    pub queue_idle: Duration,
+    /// On SIGTERM, how long listeners and delivery sessions may take to
+    /// finish what they are doing; keep it below the pod's termination grace period.
+    #[arg(long, env = "AMQP_RELAY_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    crate::model::config::parse_size(s)
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::model::config::parse_duration(s)
+}
+
+impl RelayArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_active: self.max_active_messages.max(1),
+            body_memory: usize::try_from(self.body_memory).unwrap_or(usize::MAX),
+            queue_idle: self.queue_idle,
+        }
+    }
+}
+
+/// What the relay serves, from the policy's `init` or else the flags.
+struct Setup {
+    http: Vec<HttpListener>,
+    smtp: Vec<smtp::Settings>,
+    data_dir: PathBuf,
+}
+
+fn setup(init: InitConfig, args: &RelayArgs) -> anyhow::Result<Setup> {
+    let (http, smtp, data_dir) = if init.has_init {
+        (
+            init.http_listeners,
+            init.esmtp_listeners,
+            init.spool_dir.unwrap_or_else(|| args.data_dir.clone()),
+        )
+    } else {
+        (
+            vec![HttpListener {
+                listen: args.http_listen.clone(),
+                trusted_hosts: args.http_trusted_hosts.clone(),
+            }],
+            args.smtp_listen
+                .iter()
+                .map(|listen| {
+                    let mut l = EsmtpListener::with_defaults(listen.clone());
+                    l.relay_hosts = args.smtp_relay_hosts.clone();
+                    l
+                })
+                .collect(),
+            args.data_dir.clone(),
+        )
+    };
+    // Check listener settings before anything is opened.
+    let smtp = smtp
+        .into_iter()
+        .map(smtp::Settings::new)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    Ok(Setup {
+        http,
+        smtp,
+        data_dir,
+    })
 }
 
 pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     let amqp = Arc::new(AmqpPool::default());
     let policy = Policy::load(&args.policy, amqp)?;
-    let init = policy.run_init().await?;
-    let local_logs = init.local_logs;
-    let log_hooks = init.log_hooks;
-    let (listeners, smtp_listeners, data_dir) = if init.has_init {
-        (
-            init.http_listeners,
-            init.esmtp_listeners,
-            init.spool_dir.unwrap_or(args.data_dir),
-        )
-    } else {
-        (
-            vec![HttpListener {
-                listen: args.http_listen,
-                trusted_hosts: args.http_trusted_hosts,
-            }],
-            args.smtp_listen
-                .map(|listen| {
-                    let mut l = EsmtpListener::with_defaults(listen);
-                    l.relay_hosts = args.smtp_relay_hosts;
-                    l
-                })
-                .into_iter()
-                .collect(),
-            args.data_dir,
-        )
-    };
-    // Check listener settings before anything is opened.
-    let smtp_settings = smtp_listeners
-        .into_iter()
-        .map(smtp::Settings::new)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
+    let mut init = policy.run_init().await?;
+    let (local_logs, log_hooks) = (init.local_logs.take(), std::mem::take(&mut init.log_hooks));
+    let setup = setup(init, &args)?;
 
-    let (spool, recovered) = Spool::open(&data_dir)?;
-    if recovered.quarantined > 0 {
+    let started = std::time::Instant::now();
+    let (spool, opened) = Spool::open(&setup.data_dir)?;
+    if opened.quarantined > 0 {
         tracing::error!(
-            count = recovered.quarantined,
+            count = opened.quarantined,
             "corrupt spool records were set aside"
         );
     }
+    tracing::info!(messages = opened.messages, elapsed = ?started.elapsed(), policy = %policy.path().display(), hash = %policy.hash(), "spool opened");
     let (logs, hook_rx) = Logs::new(local_logs, log_hooks).map_err(anyhow::Error::msg)?;
-    let engine = Engine::new(spool, policy.clone(), logs);
+    let engine = Engine::new(spool, policy.clone(), logs, args.limits());
     if let Some(rx) = hook_rx {
         tokio::spawn(crate::engine::logs::run_hooks(engine.clone(), rx));
     }
-    let n = recovered.messages.len();
-    let started = std::time::Instant::now();
-    engine
-        .requeue(recovered.messages.into_iter().map(Arc::new).collect())
-        .await;
-    tracing::info!(messages = n, elapsed = ?started.elapsed(), policy = %policy.path().display(), hash = %policy.hash(), "spool recovered");
-
     if let Some(spec) = &args.policy_configmap {
         let target =
             crate::engine::configmap_watch::Target::parse(spec, args.policy_configmap_dir.clone())
                 .map_err(anyhow::Error::msg)?;
+        // Nothing is delivered or accepted until the routes have been read.
+        engine.set_routes_ready(false);
         crate::engine::configmap_watch::spawn(engine.clone(), target);
     }
     if args.watch_policy {
         crate::engine::policy_watch::spawn(engine.clone()).map_err(anyhow::Error::msg)?;
     }
+    engine.start();
 
     let mut servers = tokio::task::JoinSet::new();
-    for l in listeners {
+    for l in setup.http {
         let trusted = http::parse_trusted(&l.trusted_hosts).map_err(anyhow::Error::msg)?;
         let sock = tokio::net::TcpListener::bind(&l.listen)
             .await
@@ -127,8 +175,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         tracing::info!(target: "amqp_relay::listeners", "http listener on {}", sock.local_addr()?);
         servers.spawn(http::serve(sock, engine.clone(), trusted));
     }
-
-    for settings in smtp_settings {
+    for settings in setup.smtp {
         let sock = tokio::net::TcpListener::bind(&settings.cfg.listen)
             .await
             .with_context(|| format!("smtp listener: cannot bind {}", settings.cfg.listen))?;
@@ -146,8 +193,40 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
             }
         }
     }
-    engine.shutdown().await?;
-    while servers.join_next().await.is_some() {}
+    stop(&engine, servers, args.shutdown_timeout).await
+}
+
+/// A graceful stop: readiness off and no new connections; listeners finish
+/// the requests and transactions under way, delivery sessions their current
+/// send (all within `limit`); then everything is made durable. What was not
+/// sent stays spooled, and what was sent is removed, so a restart delivers
+/// each message once.
+async fn stop(
+    engine: &Arc<Engine>,
+    mut servers: tokio::task::JoinSet<std::io::Result<()>>,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    engine.begin_shutdown();
+    let listeners = async { while servers.join_next().await.is_some() {} };
+    if tokio::time::timeout_at(deadline, listeners).await.is_err() {
+        tracing::warn!(
+            ?limit,
+            "listeners still busy at the shutdown limit; closing them"
+        );
+        servers.abort_all();
+    }
+    let left = engine
+        .drain_sessions(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
+    if left > 0 {
+        tracing::warn!(
+            sessions = left,
+            "delivery sessions still sending at the shutdown limit; their messages stay spooled and are sent again after the restart"
+        );
+    }
+    engine.finish().await?;
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 
 use super::Engine;
 use super::log_record::RecordType;
-use super::queue::Queue;
+use super::metrics::QueueLabel;
+use super::spool::SpoolError;
 use crate::model::queue_name::QueueName;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -57,53 +58,99 @@ pub struct BounceReport {
 #[derive(Debug, Serialize)]
 pub struct QueueSummary {
     pub name: String,
-    pub scheduled: usize,
+    /// Waiting on the spool's schedule (not in memory): for a later attempt,
+    /// behind a full ready queue, or held.
+    pub scheduled: u64,
     pub ready: usize,
     pub in_flight: usize,
     pub sessions: usize,
     pub suspended: bool,
+    /// The running policy cannot deliver this queue now; its messages wait.
+    pub held: bool,
 }
 
+/// Scheduled messages taken from the spool per step of an administrative bounce.
+const BOUNCE_STEP: usize = 1000;
+
 impl Engine {
-    pub fn queue_summary(&self) -> Vec<QueueSummary> {
-        let mut out: Vec<_> = self
-            .queues()
-            .iter()
-            .map(|q| QueueSummary {
-                name: q.label.clone(),
-                scheduled: q.scheduled_len(),
-                ready: q.ready_len(),
-                in_flight: q.in_flight.load(Ordering::Relaxed),
-                sessions: q.sessions.load(Ordering::Relaxed),
-                suspended: q.is_suspended(),
-            })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+    pub async fn queue_summary(&self) -> Result<Vec<QueueSummary>, SpoolError> {
+        let counts = self.spool.counts().await?;
+        let mut out: BTreeMap<String, QueueSummary> = BTreeMap::new();
+        let blank = |name: &str| QueueSummary {
+            name: name.to_owned(),
+            scheduled: 0,
+            ready: 0,
+            in_flight: 0,
+            sessions: 0,
+            suspended: false,
+            held: false,
+        };
+        for q in self.queues() {
+            let e = out
+                .entry(q.label.clone())
+                .or_insert_with(|| blank(&q.label));
+            e.ready = q.ready_len();
+            e.in_flight = q.in_flight.load(Ordering::Relaxed);
+            e.sessions = q.sessions.load(Ordering::Relaxed);
+            e.suspended = q.is_suspended();
+        }
+        for (label, n) in counts.scheduled {
+            let e = out.entry(label.clone()).or_insert_with(|| blank(&label));
+            e.scheduled = n;
+            e.suspended |= self.is_suspended_label(&label);
+            e.held = self.held.is_held(&label);
+        }
+        Ok(out.into_values().collect())
     }
 
-    /// Bounces every waiting message of the matching queues (AdminBounce).
-    pub fn admin_bounce(&self, criteria: &Criteria, reason: &str) -> BounceReport {
+    /// Bounces every waiting message of the matching queues (AdminBounce):
+    /// those ready in memory and those on the schedule.
+    pub async fn admin_bounce(
+        &self,
+        criteria: &Criteria,
+        reason: &str,
+    ) -> Result<BounceReport, SpoolError> {
         let mut bounced = BTreeMap::new();
         let response = format!("551 5.6.0 administratively bounced: {reason}");
         for q in self.queues().iter().filter(|q| criteria.matches(&q.name)) {
             let msgs = q.take_all_waiting();
+            if let Err(e) = self.spool.load_bodies(&msgs).await {
+                tracing::warn!(error = %e, "admin bounce: bodies not readable; log records without headers");
+            }
             for m in &msgs {
                 self.log(RecordType::AdminBounce, m, &q.label, &response, None);
-                self.finish_bounce(m, response.clone());
-                q.done(1);
+                self.finish_bounce(m);
+                self.released(q);
             }
             if !msgs.is_empty() {
-                bounced.insert(q.label.clone(), msgs.len());
+                *bounced.entry(q.label.clone()).or_default() += msgs.len();
+            }
+        }
+        let counts = self.spool.counts().await?;
+        for (label, _) in counts.scheduled {
+            let matches = QueueName::parse(&label).is_ok_and(|n| criteria.matches(&n));
+            if !matches {
+                continue;
+            }
+            loop {
+                let msgs = self.spool.take_scheduled(&label, BOUNCE_STEP).await?;
+                for m in &msgs {
+                    self.log(RecordType::AdminBounce, m, &label, &response, None);
+                    self.metrics.bounced.inc();
+                }
+                if msgs.is_empty() {
+                    break;
+                }
+                *bounced.entry(label.clone()).or_default() += msgs.len();
             }
         }
         let total_bounced = bounced.values().sum();
         tracing::warn!(?criteria, reason, total_bounced, "admin bounce");
-        BounceReport {
+        Ok(BounceReport {
             id: uuid::Uuid::now_v7().to_string(),
             bounced,
             total_bounced,
-        }
+        })
     }
 
     pub fn suspend(
@@ -165,20 +212,80 @@ impl Engine {
             .any(|s| s.criteria.matches(name))
     }
 
+    pub(super) fn is_suspended_label(&self, label: &str) -> bool {
+        let suspensions = self.suspensions.lock().unwrap_or_else(|e| e.into_inner());
+        !suspensions.is_empty()
+            && QueueName::parse(label)
+                .is_ok_and(|n| suspensions.iter().any(|s| s.criteria.matches(&n)))
+    }
+
+    /// Suspended queues give their waiting messages back to the schedule
+    /// (memory is for queues that deliver); resumed ones get the pager's attention.
     fn apply_suspensions(self: &Arc<Self>) {
         for q in self.queues() {
             let now = self.is_suspended_name(&q.name);
             let was = q.suspended.swap(now, Ordering::AcqRel);
+            if now && !was {
+                for m in q.take_all_waiting() {
+                    q.done(1);
+                    m.drop_uncharged_body();
+                    self.unload(&q.label, &m);
+                }
+            }
             if was && !now {
-                resume_queue(self, &q);
+                super::dispatcher::ensure_sessions(self, &q);
             }
         }
+        self.wake_pager();
     }
-}
 
-fn resume_queue(engine: &Arc<Engine>, q: &Arc<Queue>) {
-    q.schedule_notify.notify_one();
-    super::dispatcher::ensure_sessions(engine, q);
+    /// Sets the gauges that describe the spool and the queues.
+    pub async fn refresh_gauges(&self) -> Result<(), SpoolError> {
+        let counts = self.spool.counts().await?;
+        let m = &self.metrics;
+        m.spooled.set(counts.messages as i64);
+        m.active.set(self.active() as i64);
+        m.queue_depth.clear();
+        let queues = self.queues();
+        m.queues.set(queues.len() as i64);
+        m.tasks.set(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks() as i64,
+        );
+        for q in queues {
+            m.queue_depth
+                .get_or_create(&QueueLabel {
+                    queue: q.label.clone(),
+                })
+                .set(q.depth() as i64);
+        }
+        m.held.clear();
+        for (label, n) in counts.scheduled {
+            if self.held.is_held(&label) {
+                m.held
+                    .get_or_create(&QueueLabel { queue: label })
+                    .set(n as i64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops queues that have had nothing to do for `queue_idle`.
+    pub(super) fn reap_idle(&self) {
+        let idle = self.limits.queue_idle;
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let before = queues.len();
+        queues.retain(|_, q| !q.close_if_idle(idle));
+        let reaped = before - queues.len();
+        if reaped > 0 {
+            tracing::debug!(
+                reaped,
+                left = queues.len(),
+                "idle queues dropped from memory"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Delivery: per-queue maintainers and custom_lua sessions.
+//! Delivery: custom_lua sessions per queue.
 //!
 //! A session opens one policy delivery session (the queue's constructor)
 //! and sends ready messages through it, one or a batch per call. It ends on
@@ -6,11 +6,10 @@
 
 use super::Engine;
 use super::queue::{Queue, QueueSettings};
-use crate::model::message::{MessageRef, now_ms};
+use crate::model::message::MessageRef;
 use crate::policy::delivery::{Outcome, SendResult};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 /// Starts sessions while there are more ready messages than sessions, up to `connection_limit`.
 pub fn ensure_sessions(engine: &Arc<Engine>, q: &Arc<Queue>) {
@@ -18,6 +17,7 @@ pub fn ensure_sessions(engine: &Arc<Engine>, q: &Arc<Queue>) {
         let active = q.sessions.load(Ordering::Acquire);
         let ready = q.ready_len();
         if q.is_suspended()
+            || engine.is_shutting_down()
             || ready == 0
             || active >= q.settings().egress.connection_limit
             || active >= ready
@@ -28,87 +28,59 @@ pub fn ensure_sessions(engine: &Arc<Engine>, q: &Arc<Queue>) {
             .compare_exchange(active, active + 1, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            engine.session_started();
             tokio::spawn(session(engine.clone(), q.clone()));
         }
     }
 }
 
-/// Moves due messages to ready, expires old ones, and starts sessions.
-pub async fn maintain(engine: Arc<Engine>, q: Arc<Queue>) {
-    let mut stop = engine.shutdown_signal();
-    loop {
-        let (expired, next) = q.promote();
-        for m in expired {
-            q.in_flight.fetch_add(1, Ordering::Relaxed);
-            engine.expire(&q, &m, "message reached max_age while waiting");
-            q.done(1);
-        }
-        ensure_sessions(&engine, &q);
-        let wait = match next {
-            Some(due) => Duration::from_millis(due.saturating_sub(now_ms()).max(1)),
-            None => Duration::from_secs(3600),
-        };
-        tokio::select! {
-            _ = q.schedule_notify.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
-        }
-    }
-}
-
 async fn session(engine: Arc<Engine>, q: Arc<Queue>) {
-    let result = run_session(&engine, &q).await;
+    run_session(&engine, &q).await;
     q.sessions.fetch_sub(1, Ordering::AcqRel);
-    match result {
-        Err(reason) => {
-            tracing::warn!(queue = %q.label, %reason, "delivery session could not start");
-            // As an MTA does when it cannot connect: what is ready fails
-            // temporarily and waits for its retry time, instead of sessions
-            // spinning on a broker that is down.
-            for m in q.drain_ready() {
-                engine.complete(&q, &m, Outcome::Transient(format!("451 4.4.0 {reason}")));
-            }
-        }
-        // Messages may have arrived while this session was closing.
-        Ok(()) => ensure_sessions(&engine, &q),
+    engine.session_ended();
+    // Messages may have arrived while this session was closing.
+    if !engine.is_shutting_down() {
+        ensure_sessions(&engine, &q);
     }
 }
 
-async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String> {
+async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) {
     // A session runs on one policy version; after a reload it ends, and new
     // sessions take the new one.
     let epoch = engine.epoch();
     let policy = engine.policy();
     let settings = q.settings();
     let batch = settings.custom_lua.batch_size.max(1);
-    let mut session = policy
+    let mut stop = engine.shutdown_signal();
+    // The first messages are this session's before it connects: if it
+    // cannot, they are the ones that fail.
+    let Some(mut msgs) = next_batch(engine, q, &settings, batch, &mut stop).await else {
+        return;
+    };
+    let opened = policy
         .open_session(
             &q.name,
             &settings.custom_lua.constructor,
             batch > 1,
             settings.egress.send_timeout,
         )
-        .await?;
-    let mut stop = engine.shutdown_signal();
+        .await;
+    let mut session = match opened {
+        Ok(s) => s,
+        Err(reason) => {
+            start_failed(engine, q, msgs, &reason);
+            return;
+        }
+    };
+    q.live_sessions.fetch_add(1, Ordering::AcqRel);
     let mut delivered = 0usize;
     let max_deliveries = settings.egress.max_deliveries_per_connection;
-    while delivered < max_deliveries
-        && !engine.is_shutting_down()
-        && !q.is_suspended()
-        && engine.epoch() == epoch
-    {
-        // Never more than the session may still deliver.
-        let want = batch.min(max_deliveries - delivered);
-        let msgs = match next_batch(q, &settings, want, &mut stop).await {
-            Some(m) => m,
-            None => break,
-        };
+    loop {
         // The policy may have changed while this session waited: what it just
         // took goes to a session of the new version instead.
-        if engine.epoch() != epoch {
+        if engine.epoch() != epoch || engine.is_shutting_down() || q.is_suspended() {
             for m in msgs {
-                q.done(1);
-                q.insert(m);
+                engine.hand_back(q, m);
             }
             break;
         }
@@ -118,22 +90,52 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) -> Result<(), String>
             }
         }
         delivered += msgs.len();
-        let SendResult { outcome, close } = session.send(&msgs).await;
+        let SendResult { outcome, close } = match engine.load_bodies(&msgs).await {
+            Ok(()) => session.send(&msgs).await,
+            Err(e) => SendResult {
+                outcome: Outcome::Transient(format!("451 4.3.0 cannot read the message: {e}")),
+                close: false,
+            },
+        };
         for m in &msgs {
             engine.complete(q, m, outcome.clone());
         }
-        if close {
+        if close || delivered >= max_deliveries {
             break;
         }
+        // Never more than the session may still deliver.
+        let want = batch.min(max_deliveries - delivered);
+        msgs = match next_batch(engine, q, &settings, want, &mut stop).await {
+            Some(m) => m,
+            None => break,
+        };
     }
+    q.live_sessions.fetch_sub(1, Ordering::AcqRel);
     session.close(&q.label).await;
-    Ok(())
+}
+
+/// A session could not start: the messages it took fail temporarily. When no
+/// other session of the queue is delivering either (the broker is down), so
+/// does the rest of ready, as an MTA does when it cannot connect, instead of
+/// one session after another trying.
+fn start_failed(engine: &Arc<Engine>, q: &Arc<Queue>, mine: Vec<MessageRef>, reason: &str) {
+    tracing::warn!(queue = %q.label, %reason, "delivery session could not start");
+    let outcome = Outcome::Transient(format!("451 4.4.0 {reason}"));
+    for m in &mine {
+        engine.complete(q, m, outcome.clone());
+    }
+    if q.live_sessions.load(Ordering::Acquire) == 0 {
+        for m in q.take_all_waiting() {
+            engine.complete(q, &m, outcome.clone());
+        }
+    }
 }
 
 /// Waits for ready messages: up to `batch`, at least `min_batch_size` unless
 /// `max_batch_latency` passes. `None` when idle too long or shutting down.
 async fn next_batch(
-    q: &Queue,
+    engine: &Arc<Engine>,
+    q: &Arc<Queue>,
     settings: &QueueSettings,
     batch: usize,
     stop: &mut tokio::sync::watch::Receiver<bool>,
@@ -164,8 +166,7 @@ async fn next_batch(
             _ = stop.changed() => {
                 // Not sent: put them back so shutdown leaves them spooled, not lost.
                 for m in got {
-                    q.done(1);
-                    q.insert(m);
+                    engine.hand_back(q, m);
                 }
                 return None;
             }

@@ -13,8 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-/// Records on their way to the log hooks: (hook name, record).
-pub type HookRecords = mpsc::UnboundedReceiver<(String, Value)>;
+/// On the way to the log hooks: (hook name, record), or a barrier that is
+/// answered once everything sent before it is spooled.
+pub enum HookItem {
+    Record(String, Value),
+    Barrier(oneshot::Sender<()>),
+}
+
+pub type HookRecords = mpsc::UnboundedReceiver<HookItem>;
 
 enum LocalOp {
     Line(Vec<u8>),
@@ -25,7 +31,7 @@ enum LocalOp {
 pub struct Logs {
     local: Option<(mpsc::UnboundedSender<LocalOp>, Selection)>,
     hooks: Vec<(String, Selection)>,
-    hook_tx: Option<mpsc::UnboundedSender<(String, Value)>>,
+    hook_tx: Option<mpsc::UnboundedSender<HookItem>>,
 }
 
 /// A message made by a log hook: its own records are never hooked again.
@@ -98,7 +104,17 @@ impl Logs {
             && !is_hook_message(ev.msg)
         {
             for (name, sel) in &self.hooks {
-                let _ = tx.send((name.clone(), ev.record(sel)));
+                let _ = tx.send(HookItem::Record(name.clone(), ev.record(sel)));
+            }
+        }
+    }
+
+    /// Waits until every record emitted so far is spooled by its hook.
+    pub async fn drain_hooks(&self) {
+        if let Some(tx) = &self.hook_tx {
+            let (done, wait) = oneshot::channel();
+            if tx.send(HookItem::Barrier(done)).is_ok() {
+                let _ = wait.await;
             }
         }
     }
@@ -117,37 +133,54 @@ impl Logs {
 /// Turns records into spooled messages, in batches: each batch is offered to
 /// `should_enqueue_log_record` and accepted with one durable commit.
 pub async fn run_hooks(engine: Arc<Engine>, mut rx: HookRecords) {
-    let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, 512).await > 0 {
-        let policy = engine.policy();
-        let mut msgs: Vec<MessageRef> = Vec::new();
-        for (hook, record) in batch.drain(..) {
-            let mut body = serde_json::to_vec(&record).unwrap_or_default();
-            body.push(b'\n');
-            let mut meta = Map::new();
-            meta.insert("log_record".into(), record);
-            meta.insert("reception_protocol".into(), Value::from("LogRecord"));
-            let msg = Arc::new(Message::new(
-                "nobody@localhost".into(),
-                format!("log@{hook}"),
-                meta,
-                body.into(),
-            ));
-            match policy.should_enqueue_log_record(&msg, &hook).await {
-                Ok(true) => msgs.push(msg),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(hook = %hook, error = %e, "should_enqueue_log_record failed; record dropped")
+    let mut items = Vec::new();
+    while rx.recv_many(&mut items, 512).await > 0 {
+        let mut records = Vec::new();
+        for item in items.drain(..) {
+            match item {
+                HookItem::Record(hook, record) => records.push((hook, record)),
+                HookItem::Barrier(done) => {
+                    spool_records(&engine, std::mem::take(&mut records)).await;
+                    let _ = done.send(());
                 }
             }
         }
-        if msgs.is_empty() {
-            continue;
-        }
-        for (res, m) in engine.receive(msgs.clone()).await.into_iter().zip(&msgs) {
-            if let Err(r) = res {
-                tracing::warn!(id = %m.id(), code = r.code, reason = %r.reason, "log hook message not accepted");
+        spool_records(&engine, records).await;
+    }
+}
+
+async fn spool_records(engine: &Arc<Engine>, records: Vec<(String, Value)>) {
+    if records.is_empty() {
+        return;
+    }
+    let policy = engine.policy();
+    let mut msgs: Vec<MessageRef> = Vec::new();
+    for (hook, record) in records {
+        let mut body = serde_json::to_vec(&record).unwrap_or_default();
+        body.push(b'\n');
+        let mut meta = Map::new();
+        meta.insert("log_record".into(), record);
+        meta.insert("reception_protocol".into(), Value::from("LogRecord"));
+        let msg = Arc::new(Message::new(
+            "nobody@localhost".into(),
+            format!("log@{hook}"),
+            meta,
+            body.into(),
+        ));
+        match policy.should_enqueue_log_record(&msg, &hook).await {
+            Ok(true) => msgs.push(msg),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(hook = %hook, error = %e, "should_enqueue_log_record failed; record dropped")
             }
+        }
+    }
+    if msgs.is_empty() {
+        return;
+    }
+    for (res, m) in engine.receive(msgs.clone()).await.into_iter().zip(&msgs) {
+        if let Err(r) = res {
+            tracing::warn!(id = %m.id(), code = r.code, reason = %r.reason, "log hook message not accepted");
         }
     }
 }

@@ -19,6 +19,11 @@ pub struct Metrics {
     pub bounced: Counter,
     pub expired: Counter,
     pub queue_depth: Family<QueueLabel, Gauge>,
+    pub held: Family<QueueLabel, Gauge>,
+    pub spooled: Gauge,
+    pub active: Gauge,
+    pub queues: Gauge,
+    pub tasks: Gauge,
     pub reloads: Counter,
     pub reload_failures: Counter,
     pub epoch: Gauge,
@@ -34,6 +39,11 @@ impl Default for Metrics {
             bounced: Counter::default(),
             expired: Counter::default(),
             queue_depth: Family::default(),
+            held: Family::default(),
+            spooled: Gauge::default(),
+            active: Gauge::default(),
+            queues: Gauge::default(),
+            tasks: Gauge::default(),
             reloads: Counter::default(),
             reload_failures: Counter::default(),
             epoch: Gauge::default(),
@@ -58,8 +68,33 @@ impl Default for Metrics {
         );
         registry.register(
             "queue_depth",
-            "Messages in a queue: scheduled, ready and in flight",
+            "Messages of a queue in memory: ready and in flight",
             m.queue_depth.clone(),
+        );
+        registry.register(
+            "held_messages",
+            "Spooled messages of a queue the running policy cannot deliver now (held, never bounced)",
+            m.held.clone(),
+        );
+        registry.register(
+            "spooled_messages",
+            "Messages in the spool",
+            m.spooled.clone(),
+        );
+        registry.register(
+            "queues",
+            "Queues in memory (idle ones are dropped)",
+            m.queues.clone(),
+        );
+        registry.register(
+            "tasks",
+            "Asynchronous tasks alive in the relay",
+            m.tasks.clone(),
+        );
+        registry.register(
+            "active_messages",
+            "Messages in memory (ready or being delivered); the rest wait on disk",
+            m.active.clone(),
         );
         registry.register(
             "policy_reloads",

@@ -1,11 +1,15 @@
-//! The engine: reception into the spool, queues, delivery sessions and outcomes.
+//! The engine: reception into the spool, queues, delivery sessions and
+//! outcomes. It holds at most `max_active` messages in memory; the rest wait
+//! on the spool's schedule and the pager brings them in as room frees up.
 
 pub mod admin;
 pub mod configmap_watch;
 pub mod dispatcher;
+mod held;
 pub mod log_record;
 pub mod logs;
 pub mod metrics;
+mod pager;
 pub mod policy_watch;
 pub mod queue;
 pub mod reload;
@@ -13,16 +17,19 @@ pub mod spool;
 pub mod throttle;
 
 use crate::model::config::Protocol;
-use crate::model::message::{Message, MessageRef, now_ms};
+use crate::model::message::{BodyBudget, Message, MessageRef, now_ms};
+use crate::model::queue_name::QueueName;
 use crate::policy::delivery::Outcome;
 use crate::policy::{Policy, PolicyError};
 use log_record::RecordType;
 use metrics::Metrics;
 use queue::Queue;
-use spool::{Spool, SpoolError};
+use spool::{NewMessage, Spool, SpoolError};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::watch;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
 
 /// Why a message was not accepted; `code` is SMTP-style (4xx temporary, 5xx permanent).
 #[derive(Debug, Clone)]
@@ -37,6 +44,27 @@ impl Refusal {
     }
 }
 
+/// What bounds the engine's memory, whatever the backlog.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Messages held in memory (ready or being delivered); the rest wait on disk.
+    pub max_active: usize,
+    /// Bytes of message bodies kept in memory for active messages.
+    pub body_memory: usize,
+    /// A queue with nothing to do for this long is dropped from memory.
+    pub queue_idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_active: 20_000,
+            body_memory: 64 * 1024 * 1024,
+            queue_idle: Duration::from_secs(60),
+        }
+    }
+}
+
 pub struct Engine {
     spool: Spool,
     logs: logs::Logs,
@@ -47,13 +75,27 @@ pub struct Engine {
     pub metrics: Metrics,
     shutdown: watch::Sender<bool>,
     suspensions: Mutex<Vec<admin::Suspension>>,
-    epoch: std::sync::atomic::AtomicU64,
+    epoch: AtomicU64,
     reloading: tokio::sync::Mutex<()>,
     reload_error: Mutex<Option<reload::ReloadError>>,
+    limits: Limits,
+    /// Messages in memory: in a ready queue or being delivered.
+    active: AtomicUsize,
+    bodies: Arc<BodyBudget>,
+    held: held::Held,
+    /// Wakes the pager: room freed, messages scheduled, routes changed.
+    pager: Notify,
+    /// Something may be due on the schedule; cleared when a pager pass finds nothing.
+    schedule_hint: AtomicBool,
+    /// False until the routes are known (with `--policy-configmap`, its first read).
+    routes_ready: AtomicBool,
+    /// Delivery sessions running, for a graceful stop.
+    sessions: AtomicUsize,
+    sessions_done: Notify,
 }
 
 impl Engine {
-    pub fn new(spool: Spool, policy: Arc<Policy>, logs: logs::Logs) -> Arc<Engine> {
+    pub fn new(spool: Spool, policy: Arc<Policy>, logs: logs::Logs, limits: Limits) -> Arc<Engine> {
         Arc::new(Engine {
             spool,
             logs,
@@ -63,10 +105,24 @@ impl Engine {
             metrics: Metrics::default(),
             shutdown: watch::channel(false).0,
             suspensions: Mutex::new(Vec::new()),
-            epoch: std::sync::atomic::AtomicU64::new(1),
+            epoch: AtomicU64::new(1),
             reloading: tokio::sync::Mutex::new(()),
             reload_error: Mutex::new(None),
+            bodies: BodyBudget::new(limits.body_memory),
+            limits,
+            active: AtomicUsize::new(0),
+            held: held::Held::default(),
+            pager: Notify::new(),
+            schedule_hint: AtomicBool::new(true),
+            routes_ready: AtomicBool::new(true),
+            sessions: AtomicUsize::new(0),
+            sessions_done: Notify::new(),
         })
+    }
+
+    /// Starts the pager, which brings scheduled messages in as they fall due.
+    pub fn start(self: &Arc<Self>) {
+        tokio::spawn(pager::run(self.clone()));
     }
 
     pub fn policy(&self) -> Arc<Policy> {
@@ -89,39 +145,43 @@ impl Engine {
             .collect()
     }
 
+    fn known_queue(&self, label: &str) -> Option<Arc<Queue>> {
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(label)
+            .cloned()
+    }
+
+    /// The routes are known: until then new mail is refused temporarily and
+    /// nothing spooled is delivered, so a relay that starts before its routes
+    /// arrive holds mail instead of bouncing it.
+    pub fn set_routes_ready(&self, ready: bool) {
+        let was = self.routes_ready.swap(ready, Ordering::AcqRel);
+        if ready && !was {
+            tracing::info!("routes are in: delivering");
+            self.held.clear();
+            self.wake_pager();
+        }
+    }
+
+    pub fn routes_ready(&self) -> bool {
+        self.routes_ready.load(Ordering::Acquire)
+    }
+
     /// The queue for a name, created on first use from the policy's
     /// `get_queue_config`; only `custom_lua` queues exist here.
-    pub async fn queue(
-        self: &Arc<Self>,
-        name: &crate::model::queue_name::QueueName,
-    ) -> Result<Arc<Queue>, Refusal> {
+    pub async fn queue(self: &Arc<Self>, name: &QueueName) -> Result<Arc<Queue>, Refusal> {
         let label = name.to_string();
-        let known = self
-            .queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&label)
-            .cloned();
-        if let Some(q) = known {
-            if q.unrouted.load(std::sync::atomic::Ordering::Acquire) {
-                return Err(Refusal {
-                    code: 550,
-                    reason: format!(
-                        "5.1.2 queue {label}: the running policy no longer routes it \
-                         (get_queue_config gives no custom_lua protocol)"
-                    ),
-                });
-            }
+        if let Some(q) = self.known_queue(&label) {
             return Ok(q);
         }
+        if let Some(r) = self.held.refusal(&label) {
+            return Err(r);
+        }
         let _creating = self.creating.lock().await;
-        if let Some(q) = self
-            .queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&label)
-        {
-            return Ok(q.clone());
+        if let Some(q) = self.known_queue(&label) {
+            return Ok(q);
         }
         let policy = self.policy();
         let policy_refusal = |e: PolicyError| match e {
@@ -137,15 +197,7 @@ impl Engine {
         let config = policy.queue_config(name).await.map_err(policy_refusal)?;
         let custom = match &config.protocol {
             Protocol::CustomLua(c) => c.clone(),
-            Protocol::Smtp => {
-                return Err(Refusal {
-                    code: 550,
-                    reason: format!(
-                        "5.1.2 queue {label}: the policy's get_queue_config gives no custom_lua \
-                         protocol for it, and this relay delivers only through custom_lua"
-                    ),
-                });
-            }
+            Protocol::Smtp => return Err(unrouted(&label)),
         };
         let egress = policy
             .egress_path_config(name)
@@ -155,15 +207,13 @@ impl Engine {
             name.clone(),
             queue::QueueSettings::new(config, custom, egress),
         ));
-        q.suspended.store(
-            self.is_suspended_name(name),
-            std::sync::atomic::Ordering::Release,
-        );
+        q.suspended
+            .store(self.is_suspended_name(name), Ordering::Release);
+        self.held.release(&label);
         self.queues
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(label, q.clone());
-        tokio::spawn(dispatcher::maintain(self.clone(), q.clone()));
         Ok(q)
     }
 
@@ -172,39 +222,22 @@ impl Engine {
     /// only for messages that are durable.
     pub async fn receive(self: &Arc<Self>, msgs: Vec<MessageRef>) -> Vec<Result<(), Refusal>> {
         let mut results = Vec::with_capacity(msgs.len());
-        let mut accepted: Vec<(usize, MessageRef, Arc<Queue>)> = Vec::new();
-        for (i, msg) in msgs.into_iter().enumerate() {
-            let routed = match msg.queue_name() {
-                Ok(name) => self.queue(&name).await,
-                Err(reason) => Err(Refusal {
-                    code: 550,
-                    reason: format!("5.1.3 {reason}"),
-                }),
-            };
-            match routed {
+        let mut routed = Vec::new();
+        let mut slots = Vec::new();
+        for msg in msgs {
+            match self.route(&msg).await {
                 Ok(q) => {
-                    accepted.push((i, msg, q));
+                    slots.push(results.len());
+                    routed.push((msg, q));
                     results.push(Ok(()));
                 }
                 Err(r) => results.push(Err(r)),
             }
         }
-        if accepted.is_empty() {
-            return results;
-        }
-        let refs: Vec<&Message> = accepted.iter().map(|(_, m, _)| m.as_ref()).collect();
-        if let Err(e) = self.spool.insert(&refs).await {
-            let refusal = spool_refusal(&e);
-            for (i, _, _) in &accepted {
-                results[*i] = Err(refusal.clone());
+        if let Err(refusal) = self.store(routed).await {
+            for i in slots {
+                results[i] = Err(refusal.clone());
             }
-            return results;
-        }
-        self.metrics.received.inc_by(accepted.len() as u64);
-        for (_, m, q) in accepted {
-            self.log(RecordType::Reception, &m, &q.label, "250 OK", None);
-            q.insert(m);
-            dispatcher::ensure_sessions(self, &q);
         }
         results
     }
@@ -214,69 +247,119 @@ impl Engine {
     pub async fn receive_all(self: &Arc<Self>, msgs: Vec<MessageRef>) -> Result<(), Refusal> {
         let mut routed = Vec::with_capacity(msgs.len());
         for msg in msgs {
-            let name = msg.queue_name().map_err(|reason| Refusal {
-                code: 550,
-                reason: format!("5.1.3 {reason}"),
-            })?;
-            let q = self.queue(&name).await?;
+            let q = self.route(&msg).await?;
             routed.push((msg, q));
         }
-        let refs: Vec<&Message> = routed.iter().map(|(m, _)| m.as_ref()).collect();
-        self.spool
-            .insert(&refs)
-            .await
-            .map_err(|e| spool_refusal(&e))?;
+        self.store(routed).await
+    }
+
+    async fn route(self: &Arc<Self>, msg: &Message) -> Result<Arc<Queue>, Refusal> {
+        if !self.routes_ready() {
+            return Err(Refusal {
+                code: 451,
+                reason: "4.3.0 the relay is waiting for its routes, try again later".into(),
+            });
+        }
+        let name = msg.queue_name().map_err(|reason| Refusal {
+            code: 550,
+            reason: format!("5.1.3 {reason}"),
+        })?;
+        self.queue(&name).await
+    }
+
+    /// Makes routed messages durable in one commit; those the engine has
+    /// room for stay in memory, the others wait on the schedule.
+    async fn store(self: &Arc<Self>, routed: Vec<(MessageRef, Arc<Queue>)>) -> Result<(), Refusal> {
+        if routed.is_empty() {
+            return Ok(());
+        }
+        let active: Vec<bool> = routed.iter().map(|(_, q)| self.admit(q)).collect();
+        let news: Vec<NewMessage> = routed
+            .iter()
+            .zip(&active)
+            .map(|((m, q), &active)| NewMessage {
+                msg: m,
+                queue: &q.label,
+                active,
+            })
+            .collect();
+        let stored = self.spool.insert(&news).await;
+        drop(news);
+        if let Err(e) = stored {
+            let admitted = active.iter().filter(|a| **a).count();
+            self.active.fetch_sub(admitted, Ordering::AcqRel);
+            return Err(spool_refusal(&e));
+        }
         self.metrics.received.inc_by(routed.len() as u64);
-        for (m, q) in routed {
+        let mut scheduled = false;
+        for ((m, q), active) in routed.into_iter().zip(active) {
             self.log(RecordType::Reception, &m, &q.label, "250 OK", None);
-            q.insert(m);
-            dispatcher::ensure_sessions(self, &q);
+            if active {
+                m.keep_body_within(&self.bodies);
+                self.place(&q, m);
+            } else {
+                q.backlogged.store(true, Ordering::Release);
+                scheduled = true;
+            }
+        }
+        if scheduled {
+            self.wake_pager();
         }
         Ok(())
     }
 
-    /// Re-queues what the spool held at start. Messages the policy cannot
-    /// place right now (a temporary error) are tried again every 30 s.
-    pub async fn requeue(self: &Arc<Self>, msgs: Vec<MessageRef>) {
-        let later = self.requeue_pass(msgs).await;
-        if later.is_empty() {
-            return;
-        }
-        let engine = self.clone();
-        tokio::spawn(async move {
-            let mut later = later;
-            while !later.is_empty() && !engine.is_shutting_down() {
-                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-                later = engine.requeue_pass(later).await;
-            }
-        });
+    /// Takes a place in memory for a new message of `q`, if there is one.
+    fn admit(&self, q: &Queue) -> bool {
+        q.takes_new_mail() && self.reserve_active(1) == 1
     }
 
-    async fn requeue_pass(self: &Arc<Self>, msgs: Vec<MessageRef>) -> Vec<MessageRef> {
-        let mut later = Vec::new();
-        for msg in msgs {
-            let q = match msg.queue_name() {
-                Ok(name) => self.queue(&name).await,
-                Err(reason) => Err(Refusal { code: 550, reason }),
-            };
-            match q {
-                Ok(q) => {
-                    q.insert(msg);
-                    dispatcher::ensure_sessions(self, &q);
-                }
-                Err(r) if r.is_temporary() => {
-                    tracing::warn!(id = %msg.id(), reason = %r.reason, "spooled message cannot be queued yet; will try again in 30s");
-                    later.push(msg);
-                }
-                Err(r) => {
-                    let label = msg.queue_name().map(|q| q.to_string()).unwrap_or_default();
-                    let resp = format!("{} {}", r.code, r.reason);
-                    self.log(RecordType::Bounce, &msg, &label, &resp, None);
-                    self.finish_bounce(&msg, resp);
-                }
+    /// Reserves up to `n` places in memory; returns how many.
+    fn reserve_active(&self, n: usize) -> usize {
+        let mut cur = self.active.load(Ordering::Acquire);
+        loop {
+            let take = n.min(self.limits.max_active.saturating_sub(cur));
+            if take == 0 {
+                return 0;
+            }
+            match self.active.compare_exchange_weak(
+                cur,
+                cur + take,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return take,
+                Err(now) => cur = now,
             }
         }
-        later
+    }
+
+    /// An active message goes to its queue's ready list; if the queue was
+    /// closed meanwhile, back on the schedule.
+    fn place(self: &Arc<Self>, q: &Arc<Queue>, m: MessageRef) {
+        match q.insert(m) {
+            Ok(()) => dispatcher::ensure_sessions(self, q),
+            Err(m) => self.unload(&q.label, &m),
+        }
+    }
+
+    /// An active message leaves memory for the schedule, unchanged but for
+    /// what its envelope says (its retry time, its attempts).
+    fn unload(&self, label: &str, m: &Message) {
+        self.spool.schedule(m, label);
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.wake_pager();
+    }
+
+    /// A message taken from `q` that was not attempted goes back: to ready,
+    /// or to the schedule when the queue is closed or suspended.
+    pub(crate) fn hand_back(self: &Arc<Self>, q: &Arc<Queue>, m: MessageRef) {
+        q.done(1);
+        m.drop_uncharged_body();
+        if q.is_suspended() {
+            self.unload(&q.label, &m);
+        } else {
+            self.place(q, m);
+        }
     }
 
     /// Applies a delivery outcome to a message that was taken from `q`.
@@ -287,11 +370,13 @@ impl Engine {
                 self.log(RecordType::Delivery, msg, &q.label, &resp, Some("Lua"));
                 self.metrics.delivered.inc();
                 self.spool.remove(msg.id());
+                self.released(q);
             }
             Outcome::Bounced(resp) => {
                 tracing::warn!(id = %msg.id(), queue = %q.label, response = %resp, "bounced");
                 self.log(RecordType::Bounce, msg, &q.label, &resp, Some("Lua"));
-                self.finish_bounce(msg, resp);
+                self.finish_bounce(msg);
+                self.released(q);
             }
             Outcome::Transient(resp) => {
                 self.metrics.transient.inc();
@@ -307,28 +392,42 @@ impl Engine {
                 let next = now_ms() + delay.as_millis() as u64;
                 let expires = msg.created_ms() + settings.config.max_age.as_millis() as u64;
                 if next >= expires {
-                    self.expire(q, msg, &resp);
+                    self.expire(&q.label, msg, &resp);
+                    self.released(q);
                 } else {
                     tracing::info!(id = %msg.id(), queue = %q.label, response = %resp, retry_in = ?delay, "transient failure");
                     msg.record_attempt(next);
-                    self.spool.update(msg);
-                    q.insert(msg.clone());
+                    q.done(1);
+                    self.unload(&q.label, msg);
                 }
             }
         }
-        q.done(1);
     }
 
-    fn finish_bounce(&self, msg: &MessageRef, resp: String) {
-        tracing::debug!(id = %msg.id(), response = %resp, "removed after bounce");
+    /// A message taken from `q` left the spool.
+    fn released(&self, q: &Queue) {
+        q.done(1);
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        if self.schedule_hint.load(Ordering::Acquire) {
+            self.pager.notify_one();
+        }
+    }
+
+    fn wake_pager(&self) {
+        self.schedule_hint.store(true, Ordering::Release);
+        self.pager.notify_one();
+    }
+
+    fn finish_bounce(&self, msg: &Message) {
         self.metrics.bounced.inc();
         self.spool.remove(msg.id());
     }
 
-    pub fn expire(&self, q: &Queue, msg: &MessageRef, last: &str) {
-        tracing::warn!(id = %msg.id(), queue = %q.label, last_response = %last, "expired: older than max_age");
+    /// Logs and removes a message past its `max_age`.
+    fn expire(&self, queue: &str, msg: &Message, last: &str) {
+        tracing::warn!(id = %msg.id(), %queue, last_response = %last, "expired: older than max_age");
         self.metrics.expired.inc();
-        self.log(RecordType::Expiration, msg, &q.label, last, None);
+        self.log(RecordType::Expiration, msg, queue, last, None);
         self.spool.remove(msg.id());
     }
 
@@ -349,15 +448,67 @@ impl Engine {
         });
     }
 
-    /// Stops sessions from starting new sends and makes the spool durable.
-    pub async fn shutdown(&self) -> Result<(), SpoolError> {
+    /// Reads the bodies of messages about to be delivered.
+    pub(crate) async fn load_bodies(&self, msgs: &[MessageRef]) -> Result<(), SpoolError> {
+        self.spool.load_bodies(msgs).await
+    }
+
+    /// Messages in memory now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Stops reception and new sends; returns at once.
+    pub fn begin_shutdown(&self) {
         let _ = self.shutdown.send(true);
+        self.sessions_done.notify_waiters();
+    }
+
+    /// Waits until every delivery session has ended, or `limit` passed;
+    /// returns how many still run.
+    pub async fn drain_sessions(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let done = self.sessions_done.notified();
+            let running = self.sessions.load(Ordering::Acquire);
+            if running == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return self.sessions.load(Ordering::Acquire);
+            }
+        }
+    }
+
+    /// Spools what the log hooks still have, closes the local logs, makes
+    /// every spool operation durable and closes the spool.
+    pub async fn finish(&self) -> Result<(), SpoolError> {
+        self.logs.drain_hooks().await;
         self.logs.close().await;
-        self.spool.flush().await
+        self.spool.close().await
     }
 
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    fn session_started(&self) {
+        self.sessions.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn session_ended(&self) {
+        self.sessions.fetch_sub(1, Ordering::AcqRel);
+        self.sessions_done.notify_waiters();
+    }
+}
+
+fn unrouted(label: &str) -> Refusal {
+    Refusal {
+        code: 550,
+        reason: format!(
+            "5.1.2 queue {label}: the policy's get_queue_config gives no custom_lua \
+             protocol for it, and this relay delivers only through custom_lua"
+        ),
     }
 }
 

@@ -1,16 +1,16 @@
-//! One scheduled queue (`campaign:tenant@domain`) and its ready queue.
-//!
-//! Messages wait in `scheduled` until due, then move to `ready` (bounded by
-//! `max_ready`), where delivery sessions take them. A maintainer task per
-//! queue does the moving and expires messages past `max_age`.
+//! One queue (`campaign:tenant@domain`) as the engine holds it in memory:
+//! its ready messages, the sessions delivering them, and what the policy
+//! said about it. Messages waiting for a later attempt are not here: they
+//! are on the spool's schedule until the pager brings them back.
 
 use super::throttle::Throttle;
 use crate::model::config::{CustomLua, EgressPathConfig, QueueConfig};
-use crate::model::message::{MessageRef, now_ms};
+use crate::model::message::MessageRef;
 use crate::model::queue_name::QueueName;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::Notify;
 
 /// What the policy says about a queue; replaced whole when the policy reloads.
@@ -51,19 +51,27 @@ pub struct Queue {
     pub name: QueueName,
     pub label: String,
     settings: std::sync::RwLock<Arc<QueueSettings>>,
-    ready: Mutex<VecDeque<MessageRef>>,
-    scheduled: Mutex<BTreeMap<(u64, u128), MessageRef>>,
+    ready: Mutex<Ready>,
     /// Wakes sessions waiting for ready messages.
     pub ready_notify: Notify,
-    /// Wakes the maintainer when the schedule or the ready space changes.
-    pub schedule_notify: Notify,
     pub sessions: AtomicUsize,
+    /// Sessions whose constructor succeeded and that have not ended.
+    pub live_sessions: AtomicUsize,
     pub in_flight: AtomicUsize,
     /// Set by an admin suspension: no new deliveries start.
     pub suspended: AtomicBool,
-    /// The running policy no longer routes this queue: new mail is refused;
-    /// what is queued keeps its old settings until it is delivered or expires.
-    pub unrouted: AtomicBool,
+    /// Messages of this queue wait on the spool's schedule, due now: new ones
+    /// go behind them rather than overtake them.
+    pub backlogged: AtomicBool,
+}
+
+struct Ready {
+    messages: VecDeque<MessageRef>,
+    /// Removed from the engine (reaped, or no longer routed): nothing may be
+    /// added; whoever holds a message for it looks the queue up again.
+    closed: bool,
+    /// When the queue last had no work at all.
+    idle_since: Option<Instant>,
 }
 
 impl Queue {
@@ -72,15 +80,22 @@ impl Queue {
             label: name.to_string(),
             name,
             settings: std::sync::RwLock::new(Arc::new(settings)),
-            ready: Mutex::new(VecDeque::new()),
-            scheduled: Mutex::new(BTreeMap::new()),
+            ready: Mutex::new(Ready {
+                messages: VecDeque::new(),
+                closed: false,
+                idle_since: Some(Instant::now()),
+            }),
             ready_notify: Notify::new(),
-            schedule_notify: Notify::new(),
             sessions: AtomicUsize::new(0),
+            live_sessions: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             suspended: AtomicBool::new(false),
-            unrouted: AtomicBool::new(false),
+            backlogged: AtomicBool::new(false),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ready> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn settings(&self) -> Arc<QueueSettings> {
@@ -92,115 +107,103 @@ impl Queue {
 
     pub fn set_settings(&self, s: QueueSettings) {
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
-        self.schedule_notify.notify_one();
     }
 
-    /// Adds a message: straight to ready when it is due and there is room.
-    pub fn insert(&self, msg: MessageRef) {
-        let due = msg.due_ms().unwrap_or(0);
-        if due <= now_ms() {
-            let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-            if ready.len() < self.settings().egress.max_ready {
-                ready.push_back(msg);
-                drop(ready);
-                self.ready_notify.notify_one();
-                return;
-            }
+    /// Adds an active message to ready; gives it back if the queue is closed.
+    pub fn insert(&self, msg: MessageRef) -> Result<(), MessageRef> {
+        let mut ready = self.lock();
+        if ready.closed {
+            return Err(msg);
         }
-        self.scheduled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((due, msg.id().as_u128()), msg);
-        self.schedule_notify.notify_one();
+        ready.messages.push_back(msg);
+        ready.idle_since = None;
+        drop(ready);
+        self.ready_notify.notify_one();
+        Ok(())
+    }
+
+    /// Room in ready for messages paged in (`max_ready`).
+    pub fn room(&self) -> usize {
+        self.settings()
+            .egress
+            .max_ready
+            .saturating_sub(self.ready_len())
+    }
+
+    /// New mail may go straight to ready (otherwise it goes on the schedule).
+    pub fn takes_new_mail(&self) -> bool {
+        !self.is_suspended() && !self.backlogged.load(Ordering::Acquire) && self.room() > 0
     }
 
     pub fn take_ready(&self, max: usize) -> Vec<MessageRef> {
-        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        let n = max.min(ready.len());
-        let out: Vec<_> = ready.drain(..n).collect();
-        drop(ready);
+        let mut ready = self.lock();
+        let n = max.min(ready.messages.len());
+        let out: Vec<_> = ready.messages.drain(..n).collect();
         if !out.is_empty() {
-            self.in_flight.fetch_add(out.len(), Ordering::Relaxed);
-            // Room was made: the maintainer may promote more.
-            self.schedule_notify.notify_one();
+            self.in_flight.fetch_add(out.len(), Ordering::AcqRel);
         }
         out
     }
 
     pub fn ready_len(&self) -> usize {
-        self.ready.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn scheduled_len(&self) -> usize {
-        self.scheduled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.lock().messages.len()
     }
 
     pub fn depth(&self) -> usize {
-        self.ready_len() + self.scheduled_len() + self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Moves due messages to ready while there is room. Returns the messages
-    /// found past `max_age` (the caller expires them) and when to look again.
-    pub fn promote(&self) -> (Vec<MessageRef>, Option<u64>) {
-        let now = now_ms();
-        let settings = self.settings();
-        let max_age = settings.config.max_age.as_millis() as u64;
-        let mut expired = Vec::new();
-        let mut moved = 0;
-        let mut sched = self.scheduled.lock().unwrap_or_else(|e| e.into_inner());
-        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(entry) = sched.first_entry() {
-            let (due, _) = *entry.key();
-            if due > now {
-                break;
-            }
-            if now.saturating_sub(entry.get().created_ms()) >= max_age {
-                expired.push(entry.remove());
-                continue;
-            }
-            if ready.len() >= settings.egress.max_ready {
-                break;
-            }
-            ready.push_back(entry.remove());
-            moved += 1;
-        }
-        let next = sched.first_key_value().map(|((due, _), _)| *due);
-        drop(ready);
-        drop(sched);
-        for _ in 0..moved {
-            self.ready_notify.notify_one();
-        }
-        (expired, next)
-    }
-
-    /// Everything waiting in ready goes back to the schedule at `due_ms`.
-    pub fn drain_ready(&self) -> Vec<MessageRef> {
-        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        let out: Vec<_> = ready.drain(..).collect();
-        self.in_flight.fetch_add(out.len(), Ordering::Relaxed);
-        out
+        self.ready_len() + self.in_flight.load(Ordering::Acquire)
     }
 
     pub fn is_suspended(&self) -> bool {
         self.suspended.load(Ordering::Acquire)
     }
 
-    /// Takes every message waiting (scheduled or ready), not those in flight.
+    /// Takes every message waiting in ready (not those in flight); they
+    /// count as in flight until the caller is done with them.
     pub fn take_all_waiting(&self) -> Vec<MessageRef> {
-        let mut out = self.drain_ready();
-        let sched: Vec<_> =
-            std::mem::take(&mut *self.scheduled.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_values()
-                .collect();
-        self.in_flight.fetch_add(sched.len(), Ordering::Relaxed);
-        out.extend(sched);
+        let mut ready = self.lock();
+        let out: Vec<_> = ready.messages.drain(..).collect();
+        self.in_flight.fetch_add(out.len(), Ordering::AcqRel);
         out
     }
 
+    /// Messages taken from ready are finished with.
     pub fn done(&self, n: usize) {
-        self.in_flight.fetch_sub(n, Ordering::Relaxed);
+        self.in_flight.fetch_sub(n, Ordering::AcqRel);
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            let mut ready = self.lock();
+            if ready.messages.is_empty() && ready.idle_since.is_none() {
+                ready.idle_since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Closes the queue if it has had nothing to do for `idle`: no ready
+    /// messages, none in flight, no sessions. Returns whether it closed.
+    pub fn close_if_idle(&self, idle: std::time::Duration) -> bool {
+        let mut ready = self.lock();
+        let idle_long = ready.idle_since.is_some_and(|t| t.elapsed() >= idle);
+        if idle_long
+            && ready.messages.is_empty()
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && self.sessions.load(Ordering::Acquire) == 0
+        {
+            ready.closed = true;
+            return true;
+        }
+        false
+    }
+
+    /// Closes the queue whatever it holds; returns what was waiting in ready
+    /// (counted as in flight until the caller is done with them).
+    pub fn close(&self) -> Vec<MessageRef> {
+        let mut ready = self.lock();
+        ready.closed = true;
+        let out: Vec<_> = ready.messages.drain(..).collect();
+        self.in_flight.fetch_add(out.len(), Ordering::AcqRel);
+        out
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 }

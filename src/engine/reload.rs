@@ -124,32 +124,42 @@ impl Engine {
         Ok(true)
     }
 
+    /// Queues the new policy routes take its settings; those it does not
+    /// (or whose config fails) are closed and their waiting messages held on
+    /// the schedule. Held queues are asked about again.
     async fn reevaluate_queues(self: &Arc<Self>, policy: &Arc<Policy>) {
         for q in self.queues() {
             let config = policy.queue_config(&q.name).await;
             let egress = policy.egress_path_config(&q.name).await;
-            match (config, egress) {
+            let refusal = match (config, egress) {
                 (Ok(config), Ok(egress)) => match config.protocol.clone() {
                     Protocol::CustomLua(custom) => {
                         let next = QueueSettings::new(config, custom, egress);
                         if !next.same_as(&q.settings()) {
                             q.set_settings(next);
                         }
-                        q.unrouted.store(false, Ordering::Release);
+                        super::dispatcher::ensure_sessions(self, &q);
+                        continue;
                     }
-                    Protocol::Smtp => {
-                        q.unrouted.store(true, Ordering::Release);
-                        tracing::warn!(
-                            queue = %q.label,
-                            "the new policy no longer routes this queue: new mail is refused; queued messages retry under their old settings until they expire"
-                        )
-                    }
+                    Protocol::Smtp => super::unrouted(&q.label),
                 },
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(queue = %q.label, error = %e, "the new policy's queue config failed; keeping the old one")
-                }
+                (Err(e), _) | (_, Err(e)) => super::Refusal {
+                    code: 451,
+                    reason: format!("4.3.0 queue {}: policy error: {e}", q.label),
+                },
+            };
+            self.queues
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&q.label);
+            self.held.hold(&q.label, refusal);
+            for m in q.close() {
+                q.done(1);
+                m.drop_uncharged_body();
+                self.unload(&q.label, &m);
             }
-            super::dispatcher::ensure_sessions(self, &q);
         }
+        self.held.clear();
+        self.wake_pager();
     }
 }

@@ -92,6 +92,13 @@ async fn ready(State(st): State<AppState>) -> Response {
     if st.engine.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
+    if !st.engine.routes_ready() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the routes ConfigMap\n",
+        )
+            .into_response();
+    }
     // Still serving on the last good policy; say what failed.
     match st.engine.policy_report().last_error {
         Some(e) => format!(
@@ -124,20 +131,23 @@ async fn bump_config_epoch(State(st): State<AppState>) -> Response {
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
-    let m = &st.engine.metrics;
-    for q in st.engine.queues() {
-        m.queue_depth
-            .get_or_create(&crate::engine::metrics::QueueLabel {
-                queue: q.label.clone(),
-            })
-            .set(q.depth() as i64);
+    if let Err(e) = st.engine.refresh_gauges().await {
+        return spool_unavailable(&e);
     }
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        m.encode(),
+        st.engine.metrics.encode(),
+    )
+        .into_response()
+}
+
+fn spool_unavailable(e: &crate::engine::spool::SpoolError) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "error": e.to_string() })),
     )
         .into_response()
 }
@@ -208,13 +218,19 @@ impl AdminRequest {
 }
 
 async fn queue_summary(State(st): State<AppState>) -> Response {
-    Json(json!({ "queues": st.engine.queue_summary() })).into_response()
+    match st.engine.queue_summary().await {
+        Ok(queues) => Json(json!({ "queues": queues })).into_response(),
+        Err(e) => spool_unavailable(&e),
+    }
 }
 
 async fn admin_bounce(State(st): State<AppState>, body: Bytes) -> Response {
     match AdminRequest::parse(&body) {
         Ok((_, _, Some(_))) => bad_request("duration: bouncing future messages is not supported; bounce applies to what is queued now".into()),
-        Ok((criteria, reason, None)) => Json(st.engine.admin_bounce(&criteria, &reason)).into_response(),
+        Ok((criteria, reason, None)) => match st.engine.admin_bounce(&criteria, &reason).await {
+            Ok(report) => Json(report).into_response(),
+            Err(e) => spool_unavailable(&e),
+        },
         Err(e) => bad_request(e),
     }
 }

@@ -1,10 +1,15 @@
 //! A spooled message: envelope, metadata, body, and the retry bookkeeping that
 //! survives restarts.
+//!
+//! Once a message is durable its body need not stay in memory: the engine
+//! keeps it only while a byte budget allows ([`BodyBudget`]) and reads it back
+//! from the spool to deliver it.
 
 use crate::model::queue_name::QueueName;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -42,7 +47,75 @@ pub struct Message {
 #[derive(Debug)]
 struct State {
     envelope: Envelope,
-    data: Bytes,
+    body: Option<Body>,
+    /// Of the body, known even when the body is not in memory.
+    size: usize,
+    /// The policy changed the body (`set_data`) since it was spooled.
+    body_dirty: bool,
+}
+
+/// A body in memory, with the budget it was charged to (if any).
+#[derive(Debug)]
+struct Body {
+    bytes: Bytes,
+    charge: Option<Charge>,
+}
+
+/// Bytes of bodies the engine keeps in memory for messages waiting to be
+/// delivered; past the limit, bodies are read back from the spool instead.
+#[derive(Debug)]
+pub struct BodyBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl BodyBudget {
+    pub fn new(limit: usize) -> Arc<BodyBudget> {
+        Arc::new(BodyBudget {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn take(self: &Arc<Self>, n: usize) -> Option<Charge> {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            if used + n > self.limit {
+                return None;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + n,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Some(Charge {
+                        budget: self.clone(),
+                        n,
+                    });
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+}
+
+/// Given back to the budget when the body leaves memory.
+#[derive(Debug)]
+struct Charge {
+    budget: Arc<BodyBudget>,
+    n: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.n, Ordering::AcqRel);
+    }
 }
 
 pub type MessageRef = Arc<Message>;
@@ -66,7 +139,28 @@ impl Message {
     pub fn from_parts(id: MessageId, envelope: Envelope, data: Bytes) -> Self {
         Self {
             id,
-            state: Mutex::new(State { envelope, data }),
+            state: Mutex::new(State {
+                envelope,
+                size: data.len(),
+                body: Some(Body {
+                    bytes: data,
+                    charge: None,
+                }),
+                body_dirty: false,
+            }),
+        }
+    }
+
+    /// A message read back from the spool without its body.
+    pub fn without_body(id: MessageId, envelope: Envelope, size: usize) -> Self {
+        Self {
+            id,
+            state: Mutex::new(State {
+                envelope,
+                size,
+                body: None,
+                body_dirty: false,
+            }),
         }
     }
 
@@ -84,12 +178,78 @@ impl Message {
         self.lock().envelope.clone()
     }
 
-    pub fn data(&self) -> Bytes {
-        self.lock().data.clone()
+    /// The body, when it is in memory.
+    pub fn data(&self) -> Option<Bytes> {
+        self.lock().body.as_ref().map(|b| b.bytes.clone())
     }
 
+    pub fn has_body(&self) -> bool {
+        self.lock().body.is_some()
+    }
+
+    /// The policy's new body: kept in memory until the message leaves, and
+    /// written to the spool if the message is retried.
     pub fn set_data(&self, data: Bytes) {
-        self.lock().data = data;
+        let mut st = self.lock();
+        st.size = data.len();
+        st.body = Some(Body {
+            bytes: data,
+            charge: None,
+        });
+        st.body_dirty = true;
+    }
+
+    /// The body changed since it was spooled: returns it, and forgets that.
+    pub fn take_dirty_body(&self) -> Option<Bytes> {
+        let mut st = self.lock();
+        if !std::mem::take(&mut st.body_dirty) {
+            return None;
+        }
+        st.body.as_ref().map(|b| b.bytes.clone())
+    }
+
+    /// Puts a body read back from the spool in place (not charged to a budget:
+    /// it is wanted for a delivery attempt now).
+    pub fn attach_body(&self, data: Bytes) {
+        let mut st = self.lock();
+        if st.body.is_none() {
+            st.body = Some(Body {
+                bytes: data,
+                charge: None,
+            });
+        }
+    }
+
+    /// Keeps the body in memory if `budget` has room for it; drops it
+    /// otherwise (unless the policy changed it and it is not spooled yet).
+    /// Returns whether it is kept.
+    pub fn keep_body_within(&self, budget: &Arc<BodyBudget>) -> bool {
+        let mut st = self.lock();
+        let size = st.size;
+        let dirty = st.body_dirty;
+        match &mut st.body {
+            None => false,
+            Some(b) if b.charge.is_some() => true,
+            Some(b) => match budget.take(size) {
+                Some(c) => {
+                    b.charge = Some(c);
+                    true
+                }
+                None if dirty => true,
+                None => {
+                    st.body = None;
+                    false
+                }
+            },
+        }
+    }
+
+    /// Drops a body that was attached for one attempt and is not charged.
+    pub fn drop_uncharged_body(&self) {
+        let mut st = self.lock();
+        if !st.body_dirty && st.body.as_ref().is_some_and(|b| b.charge.is_none()) {
+            st.body = None;
+        }
     }
 
     pub fn sender(&self) -> String {
@@ -136,6 +296,12 @@ impl Message {
         self.lock().envelope.due_ms = due_ms;
     }
 
+    /// When the message is next due: its retry time, or its reception.
+    pub fn due_or_created(&self) -> u64 {
+        let st = self.lock();
+        st.envelope.due_ms.unwrap_or(st.envelope.created_ms)
+    }
+
     /// The queue this message belongs in: meta `queue` names it outright;
     /// otherwise `campaign`, `tenant`, `routing_domain` and the recipient's domain.
     pub fn queue_name(&self) -> Result<QueueName, String> {
@@ -155,11 +321,12 @@ impl Message {
     }
 
     pub fn size(&self) -> usize {
-        self.lock().data.len()
+        self.lock().size
     }
 
+    /// `None` also when the body is not in memory.
     pub fn first_header(&self, name: &str) -> Option<String> {
-        let data = self.data();
+        let data = self.data()?;
         let (headers, _) = mailparse::parse_headers(&data).ok()?;
         use mailparse::MailHeaderMap;
         headers.get_first_value(name)

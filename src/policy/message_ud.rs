@@ -9,7 +9,13 @@ pub struct MessageUd(pub MessageRef);
 impl UserData for MessageUd {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_method("id", |_, this, ()| Ok(this.0.id().simple().to_string()));
-        m.add_method("get_data", |lua, this, ()| lua.create_string(this.0.data()));
+        m.add_method("get_data", |lua, this, ()| match this.0.data() {
+            Some(d) => lua.create_string(d),
+            // The engine loads the body before any event sees the message.
+            None => Err(mlua::Error::runtime(
+                "message:get_data(): the body is not loaded (a relay bug)",
+            )),
+        });
         m.add_method("set_data", |_, this, data: mlua::LuaString| {
             this.0.set_data(Bytes::copy_from_slice(&data.as_bytes()));
             Ok(())

@@ -158,7 +158,7 @@ async fn message_object_and_json_helpers() {
     ));
     p.message_hook("http_message_generated", &m).await.unwrap();
     assert_eq!(m.queue_name().unwrap().to_string(), "acme@amqp");
-    assert!(m.data().ends_with(b"\0tail"));
+    assert!(m.data().unwrap().ends_with(b"\0tail"));
 }
 
 #[tokio::test]

@@ -122,6 +122,12 @@ def test_relay_statefulset_spool_policy_and_probes():
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/api/check-liveness/v1"
     assert spec["terminationGracePeriodSeconds"] >= 30
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    # Sessions must be done before the kubelet's SIGKILL.
+    assert env["AMQP_RELAY_SHUTDOWN_TIMEOUT"] == f'{spec["terminationGracePeriodSeconds"] - 10}s'
+    # Memory is bounded by these, not by the backlog.
+    assert int(env["AMQP_RELAY_MAX_ACTIVE_MESSAGES"]) == 20000
+    assert env["AMQP_RELAY_BODY_MEMORY"] == "64MiB"
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert mounts["spool"] == "/var/spool/amqp-relay"
     vols = {v["name"]: v for v in spec["volumes"]}

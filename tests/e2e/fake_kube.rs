@@ -9,7 +9,10 @@ use tokio::sync::broadcast;
 
 #[derive(Clone)]
 struct Shared {
-    cm: Arc<Mutex<serde_json::Value>>,
+    ns: String,
+    name: String,
+    /// `None` while the ConfigMap does not exist.
+    cm: Arc<Mutex<Option<serde_json::Value>>>,
     version: Arc<Mutex<u64>>,
     events: broadcast::Sender<String>,
 }
@@ -42,12 +45,12 @@ async fn configmaps(
         });
         return axum::body::Body::from_stream(stream).into_response();
     }
-    let cm = s.cm.lock().unwrap().clone();
+    let items: Vec<_> = s.cm.lock().unwrap().iter().cloned().collect();
     let rv = *s.version.lock().unwrap();
     axum::Json(serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMapList",
         "metadata": {"resourceVersion": rv.to_string()},
-        "items": [cm],
+        "items": items,
     }))
     .into_response()
 }
@@ -59,8 +62,24 @@ impl FakeKube {
         name: &str,
         data: BTreeMap<String, String>,
     ) -> FakeKube {
+        Self::serve(dir, ns, name, Some(configmap(ns, name, 1, &data))).await
+    }
+
+    /// An API in which the ConfigMap does not exist (yet).
+    pub async fn start_without(dir: &std::path::Path, ns: &str, name: &str) -> FakeKube {
+        Self::serve(dir, ns, name, None).await
+    }
+
+    async fn serve(
+        dir: &std::path::Path,
+        ns: &str,
+        name: &str,
+        cm: Option<serde_json::Value>,
+    ) -> FakeKube {
         let shared = Shared {
-            cm: Arc::new(Mutex::new(configmap(ns, name, 1, &data))),
+            ns: ns.to_owned(),
+            name: name.to_owned(),
+            cm: Arc::new(Mutex::new(cm)),
             version: Arc::new(Mutex::new(1)),
             events: broadcast::channel(64).0,
         };
@@ -86,27 +105,20 @@ impl FakeKube {
         FakeKube { shared, kubeconfig }
     }
 
-    /// Replaces the ConfigMap's data and tells every watcher.
+    /// Creates or replaces the ConfigMap's data and tells every watcher.
     pub fn update(&self, data: BTreeMap<String, String>) {
         let rv = {
             let mut v = self.shared.version.lock().unwrap();
             *v += 1;
             *v
         };
-        let (ns, name) = {
-            let cm = self.shared.cm.lock().unwrap();
-            let m = &cm["metadata"];
-            (
-                m["namespace"].as_str().unwrap().to_owned(),
-                m["name"].as_str().unwrap().to_owned(),
-            )
-        };
-        let cm = configmap(&ns, &name, rv, &data);
-        *self.shared.cm.lock().unwrap() = cm.clone();
+        let cm = configmap(&self.shared.ns, &self.shared.name, rv, &data);
+        let existed = self.shared.cm.lock().unwrap().replace(cm.clone()).is_some();
+        let kind = if existed { "MODIFIED" } else { "ADDED" };
         let _ = self
             .shared
             .events
-            .send(serde_json::json!({"type": "MODIFIED", "object": cm}).to_string() + "\n");
+            .send(serde_json::json!({"type": kind, "object": cm}).to_string() + "\n");
     }
 
     pub fn watchers(&self) -> usize {

@@ -69,7 +69,7 @@ fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<tokio_rustls::TlsAccept
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Accepts connections until shutdown.
+/// Accepts connections until shutdown, then waits for the sessions to end.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
@@ -78,7 +78,10 @@ pub async fn serve(
     let settings = Arc::new(settings);
     let slots = Arc::new(tokio::sync::Semaphore::new(settings.cfg.max_connections));
     let mut stop = engine.shutdown_signal();
+    let mut sessions = tokio::task::JoinSet::new();
     loop {
+        // Reap finished sessions so the set stays as large as the live ones.
+        while sessions.try_join_next().is_some() {}
         let (sock, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -95,12 +98,14 @@ pub async fn serve(
         let permit = slots.clone().try_acquire_owned();
         let engine = engine.clone();
         let settings = settings.clone();
-        tokio::spawn(async move {
+        sessions.spawn(async move {
             match permit {
                 Ok(_permit) => session::run(sock, peer, settings, engine).await,
                 Err(_) => session::refuse(sock, &settings.cfg.hostname).await,
             }
         });
     }
+    // Sessions end at their next command; a transaction under way finishes.
+    while sessions.join_next().await.is_some() {}
     Ok(())
 }

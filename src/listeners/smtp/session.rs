@@ -28,6 +28,7 @@ pub async fn refuse(mut sock: TcpStream, hostname: &str) {
 
 pub async fn run(sock: TcpStream, peer: SocketAddr, settings: Arc<Settings>, engine: Arc<Engine>) {
     let local = sock.local_addr().ok();
+    let engine_stop = engine.shutdown_signal();
     let mut s = Session {
         settings: settings.clone(),
         engine,
@@ -39,6 +40,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, settings: Arc<Settings>, eng
         messages: 0,
         errors: 0,
         tls: false,
+        stop: engine_stop,
     };
     let banner = settings
         .cfg
@@ -94,6 +96,8 @@ struct Session {
     messages: usize,
     errors: usize,
     tls: bool,
+    /// Ends a session waiting for its next command when the relay stops.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Session {
@@ -120,19 +124,38 @@ impl Session {
         Ok(())
     }
 
+    /// Reads a line. A command read (`command`) also ends when the relay
+    /// stops; a line of message data does not, so a transaction under way
+    /// is finished.
     async fn read<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut BufReader<S>,
         buf: &mut Vec<u8>,
         limit: usize,
+        command: bool,
     ) -> Option<Line> {
         // Pipelined commands still buffered are answered together.
         if io.buffer().is_empty() && self.flush(io).await.is_err() {
             return None;
         }
-        match tokio::time::timeout(self.settings.cfg.client_timeout, read_line(io, buf, limit))
-            .await
-        {
+        let timeout = self.settings.cfg.client_timeout;
+        let mut stop = self.stop.clone();
+        let stopped = async move {
+            if command {
+                let _ = stop.wait_for(|s| *s).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let line = tokio::select! {
+            r = tokio::time::timeout(timeout, read_line(io, buf, limit)) => r,
+            _ = stopped => {
+                self.reply(421, "4.3.2 relay is shutting down, try again later");
+                let _ = self.flush(io).await;
+                return None;
+            }
+        };
+        match line {
             Ok(Ok(l)) => Some(l),
             Ok(Err(_)) => None,
             Err(_) => {
@@ -153,7 +176,7 @@ impl Session {
                 let _ = self.flush(io).await;
                 return End::Close;
             }
-            let Some(line) = self.read(io, &mut buf, limit).await else {
+            let Some(line) = self.read(io, &mut buf, limit, true).await else {
                 return End::Close;
             };
             let cmd = match line {
@@ -325,7 +348,7 @@ impl Session {
         let mut oversize = false;
         let mut long_line = false;
         loop {
-            let line = self.read(io, buf, limit).await?;
+            let line = self.read(io, buf, limit, false).await?;
             match line {
                 Line::Eof => return Some(End::Close),
                 Line::TooLong => long_line = true,

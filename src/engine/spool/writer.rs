@@ -1,0 +1,615 @@
+//! The thread that owns the database: every operation, reads included, runs
+//! here in arrival order, so paging in can never race a commit.
+
+use super::tables::{self, Tables};
+use super::{Reply, SpoolError};
+use crate::model::message::Message;
+use bytes::Bytes;
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How long deferred work (removals, retries, paging) may wait for an fsync.
+const LAZY_SYNC: Duration = Duration::from_secs(1);
+/// Upper bound of operations folded into one commit.
+const MAX_BATCH: usize = 4096;
+/// redb's page cache. Bodies are read once per delivery at most; the cache
+/// mostly serves the schedule's index pages.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+pub struct Insert {
+    pub id: u128,
+    pub queue: String,
+    pub due: u64,
+    pub active: bool,
+    pub record: Vec<u8>,
+}
+
+pub enum Op {
+    Insert {
+        items: Vec<Insert>,
+        done: Reply<()>,
+    },
+    Schedule {
+        id: u128,
+        queue: String,
+        due: u64,
+        envelope: Vec<u8>,
+        body: Option<Bytes>,
+    },
+    Remove(u128),
+    PageIn {
+        queue: String,
+        max: usize,
+        now: u64,
+        max_age_ms: u64,
+        body_bytes: usize,
+        done: Reply<Paged>,
+    },
+    Bodies {
+        ids: Vec<u128>,
+        done: Reply<Vec<Option<Bytes>>>,
+    },
+    DueQueues {
+        now: u64,
+        limit: usize,
+        skip: Box<dyn Fn(&str) -> bool + Send>,
+        done: Reply<DueQueues>,
+    },
+    TakeScheduled {
+        queue: String,
+        max: usize,
+        done: Reply<Vec<Message>>,
+    },
+    Counts {
+        done: Reply<SpoolCounts>,
+    },
+    Flush(Reply<()>),
+    /// Commits, closes the database (so the next open needs no repair) and
+    /// ends the thread.
+    Close(Reply<()>),
+}
+
+/// Messages made active by `page_in`.
+#[derive(Default)]
+pub struct Paged {
+    pub messages: Vec<Message>,
+    /// Past their queue's `max_age`: removed from the spool, bodies included
+    /// for their log records.
+    pub expired: Vec<Message>,
+    /// More of the queue's scheduled messages are due now.
+    pub more_due: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct DueQueues {
+    pub due: Vec<String>,
+    /// The earliest due time after now, of a queue not skipped.
+    pub next: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct SpoolCounts {
+    pub messages: u64,
+    pub active: u64,
+    /// Per queue: scheduled messages.
+    pub scheduled: Vec<(String, u64)>,
+}
+
+/// A reply to send once the commit that holds the work is done.
+enum Pending {
+    Unit(Reply<()>),
+    Paged(Reply<Paged>, Paged),
+    Bodies(Reply<Vec<Option<Bytes>>>, Vec<Option<Bytes>>),
+    Due(Reply<DueQueues>, DueQueues),
+    Taken(Reply<Vec<Message>>, Vec<Message>),
+    Counts(Reply<SpoolCounts>, SpoolCounts),
+}
+
+impl Pending {
+    fn send(self, result: &Result<(), SpoolError>) {
+        fn reply<T>(to: Reply<T>, value: T, result: &Result<(), SpoolError>) {
+            let _ = to.send(result.clone().map(|()| value));
+        }
+        match self {
+            Pending::Unit(to) => reply(to, (), result),
+            Pending::Paged(to, v) => reply(to, v, result),
+            Pending::Bodies(to, v) => reply(to, v, result),
+            Pending::Due(to, v) => reply(to, v, result),
+            Pending::Taken(to, v) => reply(to, v, result),
+            Pending::Counts(to, v) => reply(to, v, result),
+        }
+    }
+
+    /// The operation failed before the commit.
+    fn fail(self, e: &SpoolError) {
+        self.send(&Err(e.clone()));
+    }
+}
+
+fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
+}
+
+/// Opens the database and prepares it, then starts the writer thread.
+pub fn start(dir: &Path) -> Result<(mpsc::UnboundedSender<Op>, tables::Opened), SpoolError> {
+    let open_err = |reason: String| SpoolError::Open {
+        path: dir.display().to_string(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+    let path = dir.join("spool.redb");
+    let db = open_db(&path).map_err(|e| open_err(e.to_string()))?;
+    let opened = {
+        let w = db.begin_write().map_err(|e| open_err(e.to_string()))?;
+        let opened = tables::prepare(&w).map_err(open_err)?;
+        w.commit().map_err(|e| open_err(e.to_string()))?;
+        opened
+    };
+    let rt = tokio::runtime::Handle::try_current()
+        .map_err(|_| open_err("the spool needs a tokio runtime".into()))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("spool-writer".into())
+        .spawn(move || {
+            Writer {
+                rt,
+                db: Some(db),
+                path,
+            }
+            .run(rx)
+        })
+        .map_err(|e| open_err(e.to_string()))?;
+    Ok((tx, opened))
+}
+
+struct Writer {
+    rt: tokio::runtime::Handle,
+    db: Option<Database>,
+    path: PathBuf,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
+        let mut last_sync = Instant::now();
+        let mut unsynced = false;
+        loop {
+            let first = if unsynced {
+                // Deferred work is waiting for an fsync: wake up for it.
+                let wait = LAZY_SYNC.saturating_sub(last_sync.elapsed());
+                match self
+                    .rt
+                    .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+                {
+                    Ok(Some(op)) => Some(op),
+                    Err(_elapsed) => None,
+                    Ok(None) => break,
+                }
+            } else {
+                match rx.blocking_recv() {
+                    Some(op) => Some(op),
+                    None => break,
+                }
+            };
+            let mut batch: Vec<Op> = Vec::new();
+            let mut close = None;
+            let mut next = first;
+            while let Some(op) = next {
+                match op {
+                    Op::Close(done) => {
+                        close = Some(done);
+                        break;
+                    }
+                    op => batch.push(op),
+                }
+                next = if batch.len() < MAX_BATCH {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            let must_sync = batch
+                .iter()
+                .any(|op| matches!(op, Op::Insert { .. } | Op::Flush(_)))
+                || last_sync.elapsed() >= LAZY_SYNC;
+            let (result, pending) = self.commit(batch, must_sync);
+            match &result {
+                Ok(()) if must_sync => {
+                    last_sync = Instant::now();
+                    unsynced = false;
+                }
+                Ok(()) => unsynced = true,
+                Err(e) => {
+                    tracing::error!(error = %e, "spool commit failed");
+                    // redb refuses further writes after an I/O error; reopen next time.
+                    self.db = None;
+                }
+            }
+            for p in pending {
+                p.send(&result);
+            }
+            if let Some(done) = close {
+                let _ = done.send(self.close());
+                return;
+            }
+        }
+    }
+
+    /// Makes everything durable and drops the database, which records its
+    /// allocator state so the next open is quick.
+    fn close(&mut self) -> Result<(), SpoolError> {
+        let result = self.commit(vec![], true).0;
+        self.db = None;
+        result
+    }
+
+    /// Applies a batch in one transaction. Lost bookkeeping after a failed
+    /// commit only means a redelivery; inserts and reads report the failure.
+    fn commit(&mut self, batch: Vec<Op>, sync: bool) -> (Result<(), SpoolError>, Vec<Pending>) {
+        let mut pending = Vec::new();
+        let result = self.apply(batch, sync, &mut pending);
+        if let Err(e) = &result {
+            for p in pending.drain(..) {
+                p.fail(e);
+            }
+        }
+        (result, pending)
+    }
+
+    fn apply(
+        &mut self,
+        batch: Vec<Op>,
+        sync: bool,
+        pending: &mut Vec<Pending>,
+    ) -> Result<(), SpoolError> {
+        let mut ops = batch;
+        ops.reverse();
+        if self.db.is_none() {
+            match open_db(&self.path) {
+                Ok(db) => self.db = Some(db),
+                Err(e) => {
+                    let err = SpoolError::from_redb(e);
+                    for op in ops {
+                        if let Some(p) = reply_of(op) {
+                            p.fail(&err);
+                        }
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        let db = self.db.as_ref().expect("opened above");
+        let mut run = || -> Result<(), redb::Error> {
+            let mut w = db.begin_write()?;
+            w.set_durability(if sync {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })?;
+            {
+                let mut t = Tables::open(&w)?;
+                let mut touched: HashMap<String, i64> = HashMap::new();
+                // Popped one by one: after a failure the rest are still here to answer.
+                while let Some(op) = ops.pop() {
+                    apply_op(&mut t, op, &mut touched, pending)?;
+                }
+                for (queue, delta) in touched {
+                    t.refresh_queue(&queue, delta)?;
+                }
+            }
+            w.commit()?;
+            Ok(())
+        };
+        let result = run().map_err(SpoolError::from_redb);
+        if let Err(e) = &result {
+            // Operations not reached before the failure still need an answer.
+            for op in ops {
+                if let Some(p) = reply_of(op) {
+                    p.fail(e);
+                }
+            }
+        }
+        result
+    }
+}
+
+/// The reply an operation waits for, if any, with an empty value.
+fn reply_of(op: Op) -> Option<Pending> {
+    match op {
+        Op::Insert { done, .. } | Op::Flush(done) => Some(Pending::Unit(done)),
+        Op::PageIn { done, .. } => Some(Pending::Paged(done, Paged::default())),
+        Op::Bodies { done, .. } => Some(Pending::Bodies(done, Vec::new())),
+        Op::DueQueues { done, .. } => Some(Pending::Due(done, DueQueues::default())),
+        Op::TakeScheduled { done, .. } => Some(Pending::Taken(done, Vec::new())),
+        Op::Counts { done } => Some(Pending::Counts(done, SpoolCounts::default())),
+        Op::Close(done) => Some(Pending::Unit(done)),
+        Op::Schedule { .. } | Op::Remove(_) => None,
+    }
+}
+
+/// Records the reply for an operation whatever its work returned, so a
+/// failure reaches the caller as the commit's error.
+fn answer<T: Default>(
+    pending: &mut Vec<Pending>,
+    done: Reply<T>,
+    wrap: fn(Reply<T>, T) -> Pending,
+    work: Result<T, redb::Error>,
+) -> Result<(), redb::Error> {
+    match work {
+        Ok(v) => {
+            pending.push(wrap(done, v));
+            Ok(())
+        }
+        Err(e) => {
+            pending.push(wrap(done, T::default()));
+            Err(e)
+        }
+    }
+}
+
+fn apply_op(
+    t: &mut Tables,
+    op: Op,
+    touched: &mut HashMap<String, i64>,
+    pending: &mut Vec<Pending>,
+) -> Result<(), redb::Error> {
+    match op {
+        Op::Insert { items, done } => {
+            let work = insert(t, &items, touched);
+            answer(pending, done, |d, ()| Pending::Unit(d), work)
+        }
+        Op::Schedule {
+            id,
+            queue,
+            due,
+            envelope,
+            body,
+        } => schedule(t, id, queue, due, &envelope, body, touched),
+        Op::Remove(id) => {
+            t.messages.remove(id)?;
+            t.active.remove(id)?;
+            Ok(())
+        }
+        Op::PageIn {
+            queue,
+            max,
+            now,
+            max_age_ms,
+            body_bytes,
+            done,
+        } => {
+            let work = page_in(t, &queue, max, now, max_age_ms, body_bytes);
+            if let Ok(paged) = &work {
+                let moved = (paged.messages.len() + paged.expired.len()) as i64;
+                *touched.entry(queue).or_default() -= moved;
+            }
+            answer(pending, done, Pending::Paged, work)
+        }
+        Op::Bodies { ids, done } => {
+            let work = bodies(t, &ids);
+            answer(pending, done, Pending::Bodies, work)
+        }
+        Op::DueQueues {
+            now,
+            limit,
+            skip,
+            done,
+        } => {
+            let work = due_queues(t, now, limit, &*skip);
+            answer(pending, done, Pending::Due, work)
+        }
+        Op::TakeScheduled { queue, max, done } => {
+            let work = take_scheduled(t, &queue, max);
+            if let Ok(taken) = &work {
+                *touched.entry(queue).or_default() -= taken.len() as i64;
+            }
+            answer(pending, done, Pending::Taken, work)
+        }
+        Op::Counts { done } => {
+            let work = counts(t);
+            answer(pending, done, Pending::Counts, work)
+        }
+        Op::Flush(done) => answer(pending, done, |d, ()| Pending::Unit(d), Ok(())),
+        Op::Close(done) => {
+            // Taken out of every batch before it is applied.
+            let _ = done.send(Ok(()));
+            Ok(())
+        }
+    }
+}
+
+fn insert(
+    t: &mut Tables,
+    items: &[Insert],
+    touched: &mut HashMap<String, i64>,
+) -> Result<(), redb::Error> {
+    for i in items {
+        t.messages.insert(i.id, i.record.as_slice())?;
+        if i.active {
+            t.active.insert(i.id, (i.due, i.queue.as_str()))?;
+        } else {
+            t.schedule.insert((i.queue.as_str(), i.due, i.id), ())?;
+            *touched.entry(i.queue.clone()).or_default() += 1;
+        }
+    }
+    Ok(())
+}
+
+fn schedule(
+    t: &mut Tables,
+    id: u128,
+    queue: String,
+    due: u64,
+    envelope: &[u8],
+    body: Option<Bytes>,
+    touched: &mut HashMap<String, i64>,
+) -> Result<(), redb::Error> {
+    // Only if still active: a late update must not resurrect a removed message.
+    if t.active.remove(id)?.is_none() {
+        return Ok(());
+    }
+    let record = match body {
+        Some(b) => Some(tables::encode_record(envelope, &b)),
+        None => t.messages.get(id)?.and_then(|old| {
+            tables::split_record(old.value())
+                .ok()
+                .map(|(_, body)| tables::encode_record(envelope, body))
+        }),
+    };
+    if let Some(record) = record {
+        t.messages.insert(id, record.as_slice())?;
+        t.schedule.insert((queue.as_str(), due, id), ())?;
+        *touched.entry(queue).or_default() += 1;
+    }
+    Ok(())
+}
+
+fn bodies(t: &Tables, ids: &[u128]) -> Result<Vec<Option<Bytes>>, redb::Error> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let body = t.messages.get(*id)?.and_then(|r| {
+            tables::split_record(r.value())
+                .ok()
+                .map(|(_, b)| Bytes::copy_from_slice(b))
+        });
+        out.push(body);
+    }
+    Ok(out)
+}
+
+fn due_queues(
+    t: &Tables,
+    now: u64,
+    limit: usize,
+    skip: &dyn Fn(&str) -> bool,
+) -> Result<DueQueues, redb::Error> {
+    let mut due = DueQueues::default();
+    for row in t.due_queues.iter()? {
+        let (k, _) = row?;
+        let (at, queue) = k.value();
+        if skip(queue) {
+            continue;
+        }
+        if at > now {
+            due.next = Some(at);
+            break;
+        }
+        if due.due.len() < limit {
+            due.due.push(queue.to_owned());
+        }
+    }
+    Ok(due)
+}
+
+fn take_scheduled(t: &mut Tables, queue: &str, max: usize) -> Result<Vec<Message>, redb::Error> {
+    let keys = scheduled_keys(t, queue, u64::MAX, max)?;
+    let mut out = Vec::with_capacity(keys.len());
+    for (due, id) in keys {
+        t.schedule.remove((queue, due, id))?;
+        if let Some(r) = t.messages.remove(id)? {
+            match tables::decode_record(id, r.value(), true) {
+                Ok(m) => out.push(m),
+                Err(why) => {
+                    tracing::error!(id = %uuid::Uuid::from_u128(id), %why, "undecodable record removed by an administrative bounce")
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn counts(t: &Tables) -> Result<SpoolCounts, redb::Error> {
+    let mut scheduled = Vec::new();
+    for row in t.queues.iter()? {
+        let (k, v) = row?;
+        scheduled.push((k.value().to_owned(), v.value().0));
+    }
+    Ok(SpoolCounts {
+        messages: t.messages.len()?,
+        active: t.active.len()?,
+        scheduled,
+    })
+}
+
+/// Up to `max` (due, id) of `queue`'s schedule with due <= `until`, earliest first.
+fn scheduled_keys(
+    t: &Tables,
+    queue: &str,
+    until: u64,
+    max: usize,
+) -> Result<Vec<(u64, u128)>, redb::Error> {
+    let mut keys = Vec::new();
+    for row in t
+        .schedule
+        .range((queue, 0u64, 0u128)..=(queue, until, u128::MAX))?
+    {
+        if keys.len() >= max {
+            break;
+        }
+        let (k, _) = row?;
+        let (_, due, id) = k.value();
+        keys.push((due, id));
+    }
+    Ok(keys)
+}
+
+fn page_in(
+    t: &mut Tables,
+    queue: &str,
+    max: usize,
+    now: u64,
+    max_age_ms: u64,
+    mut body_bytes: usize,
+) -> Result<Paged, redb::Error> {
+    // One more than wanted, to tell whether more are due.
+    let mut keys = scheduled_keys(t, queue, now, max.saturating_add(1))?;
+    let more_due = keys.len() > max;
+    keys.truncate(max);
+    let mut paged = Paged {
+        more_due,
+        ..Paged::default()
+    };
+    for (due, id) in keys {
+        t.schedule.remove((queue, due, id))?;
+        let decoded = match t.messages.get(id)? {
+            None => {
+                tracing::error!(id = %uuid::Uuid::from_u128(id), %queue, "scheduled message has no record; dropped from the schedule");
+                continue;
+            }
+            Some(r) => {
+                let raw = r.value();
+                let size = tables::split_record(raw).map_or(0, |(_, b)| b.len());
+                let with_body = size <= body_bytes;
+                match tables::decode_record(id, raw, with_body) {
+                    Ok(m) => {
+                        if with_body {
+                            body_bytes -= size;
+                        }
+                        Ok(m)
+                    }
+                    Err(why) => Err((raw.to_vec(), why)),
+                }
+            }
+        };
+        match decoded {
+            Err((raw, why)) => t.quarantine(id, &raw, &why)?,
+            Ok(m) if now.saturating_sub(m.created_ms()) >= max_age_ms => {
+                if !m.has_body()
+                    && let Some(r) = t.messages.get(id)?
+                    && let Ok((_, b)) = tables::split_record(r.value())
+                {
+                    m.attach_body(Bytes::copy_from_slice(b));
+                }
+                t.messages.remove(id)?;
+                paged.expired.push(m);
+            }
+            Ok(m) => {
+                t.active.insert(id, (due, queue))?;
+                paged.messages.push(m);
+            }
+        }
+    }
+    Ok(paged)
+}
