@@ -718,6 +718,7 @@ pub fn connection_target(t: &Table) -> mlua::Result<Target> {
     };
     let vhost = opt_string(t, "vhost", CALL)?.unwrap_or_else(|| "/".into());
     let scheme = if tls { "amqps" } else { "amqp" };
+    let host = uri_host(&host).map_err(|e| mlua::Error::runtime(format!("{CALL}: {e}")))?;
     let mut uri = format!("{scheme}://{auth}{host}:{port}/{}", enc(&vhost));
     if let Some(hb) = t.get::<Option<u16>>("heartbeat")? {
         uri.push_str(&format!("?heartbeat={hb}"));
@@ -726,6 +727,22 @@ pub fn connection_target(t: &Table) -> mlua::Result<Target> {
         uri,
         ca_file: opt_string(t, "root_ca_cert", CALL)?,
     })
+}
+
+/// A host as it goes into a URI: IPv6 addresses in brackets; anything that
+/// would change the URI's meaning refused.
+fn uri_host(host: &str) -> Result<String, String> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(v6) = bare.parse::<std::net::Ipv6Addr>() {
+        return Ok(format!("[{v6}]"));
+    }
+    if host.is_empty() || host.contains(|c: char| "/@?#[]:%\\".contains(c) || c.is_whitespace() || c.is_control()) {
+        return Err(format!("'host' {host:?} is not a host name or an IP address"));
+    }
+    Ok(host.to_owned())
 }
 
 fn percent_encode(s: &str) -> String {
@@ -827,6 +844,31 @@ mod tests {
         let bad: Table = lua.load("return {host='h', prot=1}").eval().unwrap();
         let err = connection_target(&bad).unwrap_err().to_string();
         assert!(err.contains("'prot'"), "{err}");
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed_and_bad_hosts_refused() {
+        let lua = Lua::new();
+        for (host, want) in [
+            ("::1", "amqp://[::1]:5672/%2F"),
+            ("[::1]", "amqp://[::1]:5672/%2F"),
+            ("fd00::a:1", "amqp://[fd00::a:1]:5672/%2F"),
+            ("10.0.0.1", "amqp://10.0.0.1:5672/%2F"),
+            ("rabbit.mq.svc", "amqp://rabbit.mq.svc:5672/%2F"),
+        ] {
+            let t = lua.create_table().unwrap();
+            t.set("host", host).unwrap();
+            let uri = connection_target(&t).unwrap().uri;
+            assert_eq!(uri, want);
+            let parsed: lapin::uri::AMQPUri = uri.parse().unwrap_or_else(|e| panic!("{uri}: {e}"));
+            assert_eq!(parsed.authority.port, 5672, "{uri}");
+        }
+        for host in ["h/x", "u@h", "h:99", "", "h x", "h?x"] {
+            let t = lua.create_table().unwrap();
+            t.set("host", host).unwrap();
+            let err = connection_target(&t).unwrap_err().to_string();
+            assert!(err.contains("is not a host name"), "{host}: {err}");
+        }
     }
 
     #[test]
