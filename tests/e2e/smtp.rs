@@ -315,3 +315,51 @@ async fn starttls_upgrades_and_delivers() {
     assert_eq!(got.len(), 1, "relay log:\n{}", relay.log_text());
     assert_eq!(got[0].data, b"Subject: tls\r\n\r\nover TLS\r\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_is_decided_after_the_reception_event() {
+    let broker = Broker::shared();
+    let conn = broker.connect().await;
+    declare_queue(&conn, "smtp-tenant-q", FieldTable::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(
+        dir.path(),
+        "policy.lua",
+        &crate::policy_template("smtp_tenant.lua"),
+        &[("QUEUE", "smtp-tenant-q"), ("URL", &broker.url())],
+    );
+    let relay = Relay::start_smtp(&policy, &dir.path().join("spool"));
+    let mut s = Raw::connect(relay.smtp[0]).await;
+    assert_eq!(s.cmd("EHLO client.test").await.0, 250);
+    // The bare domain has no route, but the tenant the reception event sets does.
+    assert_eq!(s.cmd("MAIL FROM:<a@example.com>").await.0, 250);
+    let (code, text) = s.cmd("RCPT TO:<x@amqp>").await;
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(s.cmd("DATA").await.0, 354);
+    let (code, text) = s
+        .cmd("X-Tenant: billing\r\nSubject: t\r\n\r\nrouted by tenant\r\n.")
+        .await;
+    assert_eq!(code, 250, "{text}");
+    // Another tenant is refused for the whole transaction, at DATA.
+    assert_eq!(s.cmd("MAIL FROM:<a@example.com>").await.0, 250);
+    assert_eq!(s.cmd("RCPT TO:<y@amqp>").await.0, 250);
+    assert_eq!(s.cmd("DATA").await.0, 354);
+    let (code, text) = s
+        .cmd("X-Tenant: marketing\r\nSubject: t\r\n\r\nnot routed\r\n.")
+        .await;
+    assert_eq!(code, 550, "{text}");
+    assert!(text.contains("5.1.2") && text.contains("marketing@amqp"), "{text}");
+    assert_eq!(s.cmd("QUIT").await.0, 221);
+    let got = consume(&conn, "smtp-tenant-q", 1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    let queue = got[0]
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("queue").cloned());
+    assert_eq!(
+        queue,
+        Some(AMQPValue::LongString("billing@amqp".into())),
+        "queued under the tenant the event set"
+    );
+}

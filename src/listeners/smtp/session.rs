@@ -268,7 +268,7 @@ impl Session {
                         self.reply(250, "2.1.0 OK");
                     }
                 }
-                Command::Rcpt { to } => self.rcpt(to).await,
+                Command::Rcpt { to } => self.rcpt(to),
                 Command::Data => {
                     if let Some(end) = self.data(io, &mut buf).await {
                         return end;
@@ -291,7 +291,7 @@ impl Session {
         }
     }
 
-    async fn rcpt(&mut self, to: String) {
+    fn rcpt(&mut self, to: String) {
         let max = self.settings.cfg.max_recipients_per_message;
         let relay_ok = self
             .settings
@@ -311,16 +311,10 @@ impl Session {
             self.reply(452, "4.5.3 too many recipients");
             return;
         }
-        // Refuse early a recipient whose queue the policy will not take.
-        let domain = to.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-        let name = crate::model::queue_name::QueueName::new(domain, None, None, None);
-        if let Err(r) = self.engine.queue(&name).await {
-            self.refusal(&r);
-            return;
-        }
-        if let Some(tx) = self.tx.as_mut() {
-            tx.rcpts.push(to);
-        }
+        // The queue is decided after smtp_server_message_received has run
+        // (the policy may set tenant, campaign or queue there), as KumoMTA
+        // does: routing is checked at DATA, for all recipients at once.
+        tx.rcpts.push(to);
         self.reply(250, "2.1.5 OK");
     }
 
