@@ -111,11 +111,12 @@ impl Engine {
                 return Err(error);
             }
         };
+        // The files load again (a bad change reverted): the old error is history.
+        *self.reload_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if next.hash() == current.hash() {
             return Ok(false);
         }
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
-        *self.reload_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         self.metrics.reloads.inc();
         self.metrics.epoch.set(epoch as i64);
@@ -161,5 +162,35 @@ impl Engine {
         }
         self.held.clear();
         self.wake_pager();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::spool::Spool;
+    use crate::engine::{Limits, logs::Logs};
+    use crate::policy::amqp::AmqpPool;
+
+    #[tokio::test]
+    async fn a_reverted_bad_change_clears_the_reported_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.lua");
+        let good = "kumo.on('get_queue_config', function() return nil end)\n";
+        std::fs::write(&path, good).unwrap();
+        let policy = Policy::load(&path, Arc::new(AmqpPool::default())).unwrap();
+        let (spool, _) = Spool::open(&dir.path().join("spool")).unwrap();
+        let engine = Engine::new(spool, policy, Logs::default(), Limits::default());
+
+        std::fs::write(&path, "this is not lua").unwrap();
+        assert!(engine.reload().await.is_err());
+        assert!(engine.policy_report().last_error.is_some());
+
+        std::fs::write(&path, good).unwrap();
+        assert_eq!(engine.reload().await, Ok(false), "same content as the running version");
+        assert!(
+            engine.policy_report().last_error.is_none(),
+            "the error of the reverted version is still reported"
+        );
     }
 }
