@@ -187,7 +187,11 @@ mod tests {
         assert!(engine.policy_report().last_error.is_some());
 
         std::fs::write(&path, good).unwrap();
-        assert_eq!(engine.reload().await, Ok(false), "same content as the running version");
+        assert_eq!(
+            engine.reload().await,
+            Ok(false),
+            "same content as the running version"
+        );
         assert!(
             engine.policy_report().last_error.is_none(),
             "the error of the reverted version is still reported"

@@ -739,8 +739,12 @@ fn uri_host(host: &str) -> Result<String, String> {
     if let Ok(v6) = bare.parse::<std::net::Ipv6Addr>() {
         return Ok(format!("[{v6}]"));
     }
-    if host.is_empty() || host.contains(|c: char| "/@?#[]:%\\".contains(c) || c.is_whitespace() || c.is_control()) {
-        return Err(format!("'host' {host:?} is not a host name or an IP address"));
+    if host.is_empty()
+        || host.contains(|c: char| "/@?#[]:%\\".contains(c) || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "'host' {host:?} is not a host name or an IP address"
+        ));
     }
     Ok(host.to_owned())
 }

@@ -147,6 +147,7 @@ impl Policy {
             loaded_at: std::time::SystemTime::now(),
         };
         let first = policy.new_state(None)?;
+        policy.snapshot_modules(&first);
         let mut all = policy.source.clone().into_bytes();
         for (p, text) in policy
             .modules
@@ -166,6 +167,40 @@ impl Policy {
             .unwrap_or_else(|e| e.into_inner())
             .push(first);
         Ok(Arc::new(policy))
+    }
+
+    /// Captures every module this version could `require` later (the Lua
+    /// files in the directories on `package.path`, the overlay's first), so
+    /// a module first required inside a handler runs the code this version
+    /// reported, not whatever is on disk by then.
+    fn snapshot_modules(&self, lua: &Lua) {
+        let search: String = lua
+            .globals()
+            .get::<mlua::Table>("package")
+            .and_then(|p| p.get("path"))
+            .unwrap_or_default();
+        let overlay = self
+            .overlay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        let mut budget = SNAPSHOT_FILES;
+        for root in module_roots(&search) {
+            for (path, text) in &overlay {
+                if path.starts_with(&root) && path.extension().is_some_and(|x| x == "lua") {
+                    modules.entry(path.clone()).or_insert_with(|| text.clone());
+                }
+            }
+            collect_lua_files(&root, SNAPSHOT_DEPTH, &mut budget, &mut |path, text| {
+                if path != self.path {
+                    modules.entry(path).or_insert(text);
+                }
+            });
+        }
+        if budget == 0 {
+            tracing::warn!(policy = %self.path.display(), "more than {SNAPSHOT_FILES} Lua files on package.path; the rest are captured when first required");
+        }
     }
 
     /// Directories this version reads from: its own, its modules', and those on `package.path`.
@@ -527,6 +562,63 @@ fn module_searcher(lua: &Lua, modules: Modules, overlay: Overlay) -> mlua::Resul
         }
         tried.into_lua_multi(lua)
     })
+}
+
+/// Bounds of the module snapshot taken at load.
+const SNAPSHOT_FILES: usize = 512;
+const SNAPSHOT_DEPTH: usize = 4;
+const SNAPSHOT_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The directories `package.path` templates search (`/dir/?.lua` → `/dir`).
+fn module_roots(search: &str) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for template in search.split(';') {
+        let Some((before, _)) = template.split_once('?') else {
+            continue;
+        };
+        let root = PathBuf::from(before.trim_end_matches('/'));
+        if root.as_os_str().is_empty() || roots.contains(&root) {
+            continue;
+        }
+        roots.push(root);
+    }
+    roots
+}
+
+/// Calls `found` with each `.lua` file under `dir` (readable, not too large),
+/// `depth` levels deep, at most `budget` of them.
+fn collect_lua_files(
+    dir: &Path,
+    depth: usize,
+    budget: &mut usize,
+    found: &mut dyn FnMut(PathBuf, String),
+) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = entries.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        if *budget == 0 {
+            return;
+        }
+        let path = e.path();
+        // Kubelet mounts keep their files behind `..data`; the visible names are links.
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let hidden = e.file_name().to_string_lossy().starts_with('.');
+        if meta.is_dir() && depth > 0 && !hidden {
+            collect_lua_files(&path, depth - 1, budget, found);
+        } else if meta.is_file()
+            && path.extension().is_some_and(|x| x == "lua")
+            && meta.len() <= SNAPSHOT_FILE_BYTES
+            && let Ok(text) = std::fs::read_to_string(&path)
+        {
+            *budget -= 1;
+            found(path, text);
+        }
+    }
 }
 
 pub fn content_hash(bytes: &[u8]) -> String {

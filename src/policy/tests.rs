@@ -193,3 +193,46 @@ fn require_finds_modules_beside_the_policy_but_no_native_ones() {
     .unwrap();
     Policy::load(&path, Arc::new(AmqpPool::default())).unwrap();
 }
+
+#[tokio::test]
+async fn a_module_required_only_inside_a_handler_is_part_of_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.lua");
+    std::fs::write(
+        &path,
+        r#"
+        kumo.on('get_queue_config', function(domain)
+          local lazy = require 'lazy'
+          return kumo.make_queue_config { retry_interval = lazy.interval }
+        end)
+        "#,
+    )
+    .unwrap();
+    let lazy = dir.path().join("lazy.lua");
+    std::fs::write(&lazy, "return { interval = '7s' }").unwrap();
+    let p = Policy::load(&path, Arc::new(AmqpPool::default())).unwrap();
+    assert!(
+        p.files().contains_key(&lazy.display().to_string()),
+        "the version reports the module: {:?}",
+        p.files()
+    );
+    // The file changes on disk; this version still runs what it reported,
+    // in its pooled state and in a state made afresh.
+    std::fs::write(&lazy, "return { interval = '9s' }").unwrap();
+    let states: Vec<_> = (0..2).map(|_| p.acquire().unwrap()).collect();
+    drop(states);
+    for _ in 0..3 {
+        let c = p.queue_config(&name("a")).await.unwrap();
+        assert_eq!(c.retry_interval.as_secs(), 7);
+    }
+    let next = Policy::load(&path, Arc::new(AmqpPool::default())).unwrap();
+    assert_ne!(next.hash(), p.hash(), "a new version sees the change");
+    assert_eq!(
+        next.queue_config(&name("a"))
+            .await
+            .unwrap()
+            .retry_interval
+            .as_secs(),
+        9
+    );
+}

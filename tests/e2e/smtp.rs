@@ -348,7 +348,10 @@ async fn routing_is_decided_after_the_reception_event() {
         .cmd("X-Tenant: marketing\r\nSubject: t\r\n\r\nnot routed\r\n.")
         .await;
     assert_eq!(code, 550, "{text}");
-    assert!(text.contains("5.1.2") && text.contains("marketing@amqp"), "{text}");
+    assert!(
+        text.contains("5.1.2") && text.contains("marketing@amqp"),
+        "{text}"
+    );
     assert_eq!(s.cmd("QUIT").await.0, 221);
     let got = consume(&conn, "smtp-tenant-q", 1, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 1);
