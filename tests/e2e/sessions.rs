@@ -87,3 +87,49 @@ async fn batch_size_calls_send_batch() {
         "messages waiting together go in one batch: {sizes:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_cannot_start_fails_only_what_it_took() {
+    let broker = Broker::shared();
+    let conn = broker.connect().await;
+    declare_queue(&conn, "flaky-start-q", FieldTable::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(
+        dir.path(),
+        "policy.lua",
+        &crate::policy_template("flaky_start.lua"),
+        &[
+            ("QUEUE", "flaky-start-q"),
+            ("URL", &broker.url()),
+            ("DIR", dir.path().to_str().unwrap()),
+        ],
+    );
+    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    // One session connects and stays (idle_timeout 60s).
+    let (status, _) = relay
+        .inject("s@example.com", &["warm@amqp".to_string()], "warm")
+        .await;
+    assert_eq!(status, 200);
+    relay
+        .await_metric("amqp_relay_delivered_total", 1.0, Duration::from_secs(30))
+        .await;
+    // The next session to start fails; the others keep delivering.
+    std::fs::write(dir.path().join("fail-next"), "").unwrap();
+    let (status, _) = relay
+        .inject("s@example.com", &recipients("flaky", "amqp", 200), "many")
+        .await;
+    assert_eq!(status, 200);
+    relay
+        .await_metric("amqp_relay_delivered_total", 200.0, Duration::from_secs(30))
+        .await;
+    assert!(
+        !dir.path().join("fail-next").exists(),
+        "a session start failed: the test exercised it"
+    );
+    assert_eq!(
+        relay.metric("amqp_relay_transient_failures_total").await,
+        1.0,
+        "only the message the failed session took is deferred; log:\n{}",
+        relay.log_text()
+    );
+}
