@@ -189,6 +189,9 @@ struct SegmentWriter {
     cfg: LocalLogsConfig,
     rt: tokio::runtime::Handle,
     current: Option<Segment>,
+    /// After `close`, the process may end at any moment: each later line
+    /// goes into a segment that is finished at once, never left open.
+    closed: bool,
 }
 
 struct Segment {
@@ -205,6 +208,7 @@ impl SegmentWriter {
             cfg,
             rt,
             current: None,
+            closed: false,
         }
     }
 
@@ -223,9 +227,13 @@ impl SegmentWriter {
                         tracing::error!(error = %e, dir = %self.cfg.log_dir.display(), "local log write failed");
                         self.current = None;
                     }
+                    if self.closed {
+                        self.close_segment();
+                    }
                 }
                 Ok(Some(LocalOp::Close(done))) => {
                     self.close_segment();
+                    self.closed = true;
                     let _ = done.send(());
                 }
                 Ok(None) => {
@@ -303,6 +311,60 @@ impl SegmentWriter {
             if let Err(e) = result {
                 tracing::error!(error = %e, path = %seg.path.display(), "closing a local log segment failed");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::message::Message;
+    use std::io::Read;
+
+    fn event(msg: &Message) -> Event<'_> {
+        Event {
+            kind: super::super::log_record::RecordType::Delivery,
+            msg,
+            queue: "q",
+            response: super::super::log_record::Response::parse("250 ok"),
+            delivery_protocol: Some("Lua"),
+        }
+    }
+
+    /// Every segment decodes to the end, with the lines it holds.
+    fn complete_lines(dir: &std::path::Path) -> Option<usize> {
+        let mut lines = 0;
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let mut text = String::new();
+            let mut dec = zstd::Decoder::new(std::fs::File::open(e.path()).unwrap()).ok()?;
+            dec.read_to_string(&mut text).ok()?;
+            lines += text.lines().count();
+        }
+        Some(lines)
+    }
+
+    #[tokio::test]
+    async fn a_record_after_close_never_leaves_a_truncated_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: LocalLogsConfig = serde_json::from_value(serde_json::json!({
+            "log_dir": dir.path(), "compression_level": 3
+        }))
+        .unwrap();
+        let (logs, _) = Logs::new(Some(cfg), vec![]).unwrap();
+        let m = Message::new("s@x".into(), "r@q".into(), Default::default(), "b".into());
+        logs.emit(&event(&m));
+        logs.close().await;
+        assert_eq!(complete_lines(dir.path()), Some(1));
+        // A record emitted after close (a late delivery at shutdown): the
+        // process may exit now without closing again.
+        logs.emit(&event(&m));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while complete_lines(dir.path()) != Some(2) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the segment opened after close is never finished"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 }
