@@ -1,14 +1,19 @@
 //! amqp-relay: SMTP and HTTP in, a durable spool, a KumoMTA-compatible Lua
 //! policy, and RabbitMQ out.
 //!
-//! - [`engine`]: messages, the redb spool with group commit, per-queue
-//!   scheduling and retry, custom_lua delivery sessions, metrics.
+//! Modules import only those above them in this list (no cycles):
+//! - [`model`]: messages, queue names, and the serde configuration that
+//!   policies, listeners and the engine share.
 //! - [`policy`]: the Lua runtime, the `kumo` module (with `kumo.amqp` on
-//!   lapin), and the events the engine fires.
-//! - [`listeners`]: the HTTP injection API (and health, metrics).
-//! - [`operator`]: the `AmqpRoute` custom resource.
-//! - [`relay`]: wires them together for `amqp-relay relay`.
-//! - [`cli`]: the command line.
+//!   lapin), the events the engine fires, and delivery sessions.
+//! - [`engine`]: the redb spool with its on-disk schedule, queues, the pager
+//!   that bounds memory, delivery scheduling and outcomes, log records,
+//!   hot reload, metrics.
+//! - [`listeners`]: the SMTP listener and the HTTP API (injection, admin,
+//!   health, metrics).
+//! - [`relay`] and [`cli`]: `amqp-relay relay` and the command line.
+//! - [`operator`] (beside them): the `AmqpRoute` resource, rendering routes
+//!   into a policy, and the controller.
 
 pub mod cli;
 pub mod engine;
