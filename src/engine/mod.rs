@@ -85,8 +85,10 @@ pub struct Engine {
     held: held::Held,
     /// Wakes the pager: room freed, messages scheduled, routes changed.
     pager: Notify,
-    /// Something may be due on the schedule; cleared when a pager pass finds nothing.
+    /// The schedule changed (or a due time came): the pager asks the spool.
     schedule_hint: AtomicBool,
+    /// Due messages wait on the schedule for room in memory: a release wakes the pager.
+    backlog: AtomicBool,
     /// False until the routes are known (with `--policy-configmap`, its first read).
     routes_ready: AtomicBool,
     /// Delivery sessions running, for a graceful stop.
@@ -114,6 +116,7 @@ impl Engine {
             held: held::Held::default(),
             pager: Notify::new(),
             schedule_hint: AtomicBool::new(true),
+            backlog: AtomicBool::new(false),
             routes_ready: AtomicBool::new(true),
             sessions: AtomicUsize::new(0),
             sessions_done: Notify::new(),
@@ -408,7 +411,7 @@ impl Engine {
     fn released(&self, q: &Queue) {
         q.done(1);
         self.active.fetch_sub(1, Ordering::AcqRel);
-        if self.schedule_hint.load(Ordering::Acquire) {
+        if self.backlog.load(Ordering::Acquire) {
             self.pager.notify_one();
         }
     }

@@ -25,12 +25,21 @@ pub async fn run(engine: Arc<Engine>) {
             return;
         }
         let wake = engine.pager.notified();
-        let (next, busy) = match pass(&engine).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "pager: the spool failed; trying again in a second");
-                (Some(crate::model::message::now_ms() + 1000), false)
+        // Ask the spool only when the schedule changed, a due time came, or
+        // a backlog waits and room was made for it (releases alone cost nothing).
+        let changed = engine.schedule_hint.swap(false, Ordering::AcqRel);
+        let room_for_backlog = engine.backlog.load(Ordering::Acquire) && worth_paging(&engine);
+        let (next, busy) = if engine.routes_ready() && (changed || room_for_backlog) {
+            match pass(&engine).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "pager: the spool failed; trying again in a second");
+                    engine.schedule_hint.store(true, Ordering::Release);
+                    (Some(crate::model::message::now_ms() + 1000), false)
+                }
             }
+        } else {
+            (None, false)
         };
         if last_reap.elapsed() >= REAP_EVERY.min(engine.limits.queue_idle) {
             engine.reap_idle();
@@ -61,41 +70,73 @@ pub async fn run(engine: Arc<Engine>) {
     }
 }
 
+/// How many places a queue needs free before paging in for it pays (one
+/// spool round trip per chunk, not per message).
+fn chunk(max_ready: usize) -> usize {
+    (max_ready / 4).clamp(1, 256)
+}
+
+/// A queue with messages due on the schedule has room enough to page in.
+fn worth_paging(engine: &Engine) -> bool {
+    let room = engine.limits.max_active.saturating_sub(engine.active());
+    room >= chunk(engine.limits.max_active)
+        && engine.queues().iter().any(|q| {
+            q.backlogged.load(Ordering::Acquire)
+                && !q.is_suspended()
+                && (q.ready_len() == 0 || q.room() >= chunk(q.settings().egress.max_ready))
+        })
+}
+
 /// One look at what is due. Returns when the next scheduled message falls
 /// due, and whether this pass filled queues and should go on at once.
 async fn pass(engine: &Arc<Engine>) -> Result<(Option<u64>, bool), super::SpoolError> {
-    if !engine.routes_ready() || !engine.schedule_hint.swap(false, Ordering::AcqRel) {
-        return Ok((None, false));
-    }
     let skip = {
         let engine = engine.clone();
         Box::new(move |label: &str| engine.held.contains(label) || engine.is_suspended_label(label))
     };
     let due = engine.spool.due_queues(QUEUES_PER_PASS, skip).await?;
     let mut busy = false;
+    let mut waiting = false;
     for label in &due.due {
         let room = engine.limits.max_active.saturating_sub(engine.active());
         if room == 0 {
-            // Woken again when a message leaves memory.
-            engine.schedule_hint.store(true, Ordering::Release);
-            return Ok((due.next, false));
+            waiting = true;
+            break;
         }
-        busy |= page_queue(engine, label, room).await?;
+        match page_queue(engine, label, room).await? {
+            Paging::MoreDue => {
+                busy = true;
+                waiting = true;
+            }
+            Paging::NoRoom => waiting = true,
+            Paging::Done => {}
+        }
     }
-    if !due.due.is_empty() {
-        // Others may be due too, past this pass's share.
-        engine.schedule_hint.store(true, Ordering::Release);
-        busy |= due.due.len() >= QUEUES_PER_PASS;
-    }
-    Ok((due.next, busy))
+    // Past this pass's share, others may be due too.
+    busy |= due.due.len() >= QUEUES_PER_PASS;
+    engine.backlog.store(waiting || busy, Ordering::Release);
+    Ok((due.next, busy && !waiting_for_room(engine)))
 }
 
-/// Pages in what is due of one queue, up to `room`; true if more is due.
+fn waiting_for_room(engine: &Engine) -> bool {
+    engine.limits.max_active.saturating_sub(engine.active()) < chunk(engine.limits.max_active)
+}
+
+enum Paging {
+    /// Nothing more of the queue is due now (or it is held).
+    Done,
+    /// Paged in as much as there was room for; more is due.
+    MoreDue,
+    /// No room worth paging for now; more is due.
+    NoRoom,
+}
+
+/// Pages in what is due of one queue, up to `room`.
 async fn page_queue(
     engine: &Arc<Engine>,
     label: &str,
     room: usize,
-) -> Result<bool, super::SpoolError> {
+) -> Result<Paging, super::SpoolError> {
     let q = match QueueName::parse(label) {
         Ok(name) => engine.queue(&name).await,
         Err(why) => Err(super::Refusal {
@@ -107,15 +148,19 @@ async fn page_queue(
         Ok(q) => q,
         Err(why) => {
             engine.held.hold(label, why);
-            return Ok(false);
+            return Ok(Paging::Done);
         }
     };
+    if q.is_suspended() {
+        return Ok(Paging::Done);
+    }
+    let settings = q.settings();
     let want = room.min(q.room());
-    if want == 0 || q.is_suspended() {
-        return Ok(false);
+    if want == 0 || (want < chunk(settings.egress.max_ready) && q.ready_len() > 0) {
+        q.backlogged.store(true, Ordering::Release);
+        return Ok(Paging::NoRoom);
     }
     let reserved = engine.reserve_active(want);
-    let settings = q.settings();
     let body_room = engine
         .limits
         .body_memory
@@ -147,5 +192,9 @@ async fn page_queue(
         engine.place(&q, m);
     }
     q.backlogged.store(paged.more_due, Ordering::Release);
-    Ok(paged.more_due)
+    Ok(if paged.more_due {
+        Paging::MoreDue
+    } else {
+        Paging::Done
+    })
 }
