@@ -46,6 +46,10 @@ impl Drop for Relay {
 
 /// Starts the relay; returns it once its HTTP listener is bound, with the time that took.
 pub fn start_relay(policy: &Path, spool: &Path) -> (Relay, Duration) {
+    start_relay_env(policy, spool, &[])
+}
+
+pub fn start_relay_env(policy: &Path, spool: &Path, env: &[(&str, &str)]) -> (Relay, Duration) {
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_amqp-relay"))
         .args(["relay", "--http-listen", "127.0.0.1:0", "--policy"])
@@ -53,6 +57,7 @@ pub fn start_relay(policy: &Path, spool: &Path) -> (Relay, Duration) {
         .arg("--data-dir")
         .arg(spool)
         .env("RUST_LOG", "warn,amqp_relay::listeners=info")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
