@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// How long deferred work (removals, retries, paging) may wait for an fsync.
+/// How long deferred work (removals, retries) may wait for a commit.
 const LAZY_SYNC: Duration = Duration::from_secs(1);
 /// Upper bound of operations folded into one commit.
 const MAX_BATCH: usize = 4096;
@@ -40,6 +40,8 @@ pub enum Op {
         body: Option<Bytes>,
     },
     Remove(u128),
+    /// Removals are waiting in the shared list (sent once per list, not per removal).
+    Removals,
     PageIn {
         queue: String,
         max: usize,
@@ -70,6 +72,8 @@ pub enum Op {
     /// Commits, closes the database (so the next open needs no repair) and
     /// ends the thread.
     Close(Reply<()>),
+    /// A commit with nothing else in it.
+    Sync,
 }
 
 /// Messages made active by `page_in`.
@@ -133,8 +137,13 @@ fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
     Database::builder().set_cache_size(CACHE_BYTES).create(path)
 }
 
+/// Ids of messages to forget, collected without waking the writer for each.
+pub type Removals = std::sync::Arc<std::sync::Mutex<Vec<u128>>>;
+
 /// Opens the database and prepares it, then starts the writer thread.
-pub fn start(dir: &Path) -> Result<(mpsc::UnboundedSender<Op>, tables::Opened), SpoolError> {
+pub fn start(
+    dir: &Path,
+) -> Result<(mpsc::UnboundedSender<Op>, Removals, tables::Opened), SpoolError> {
     let open_err = |reason: String| SpoolError::Open {
         path: dir.display().to_string(),
         reason,
@@ -151,6 +160,8 @@ pub fn start(dir: &Path) -> Result<(mpsc::UnboundedSender<Op>, tables::Opened), 
     let rt = tokio::runtime::Handle::try_current()
         .map_err(|_| open_err("the spool needs a tokio runtime".into()))?;
     let (tx, rx) = mpsc::unbounded_channel();
+    let removals = Removals::default();
+    let pending_removals = removals.clone();
     std::thread::Builder::new()
         .name("spool-writer".into())
         .spawn(move || {
@@ -158,27 +169,35 @@ pub fn start(dir: &Path) -> Result<(mpsc::UnboundedSender<Op>, tables::Opened), 
                 rt,
                 db: Some(db),
                 path,
+                removals: pending_removals,
             }
             .run(rx)
         })
         .map_err(|e| open_err(e.to_string()))?;
-    Ok((tx, opened))
+    Ok((tx, removals, opened))
 }
 
 struct Writer {
     rt: tokio::runtime::Handle,
     db: Option<Database>,
     path: PathBuf,
+    removals: Removals,
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
-        let mut last_sync = Instant::now();
-        let mut unsynced = false;
+        // Removals and retries wait here (not yet applied) until an operation
+        // that needs an answer comes, or for at most LAZY_SYNC.
+        let mut deferred: Vec<Op> = Vec::new();
+        let mut deferred_since = Instant::now();
         loop {
-            let first = if unsynced {
-                // Deferred work is waiting for an fsync: wake up for it.
-                let wait = LAZY_SYNC.saturating_sub(last_sync.elapsed());
+            let first = if deferred.is_empty() {
+                match rx.blocking_recv() {
+                    Some(op) => Some(op),
+                    None => break,
+                }
+            } else {
+                let wait = LAZY_SYNC.saturating_sub(deferred_since.elapsed());
                 match self
                     .rt
                     .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
@@ -186,11 +205,6 @@ impl Writer {
                     Ok(Some(op)) => Some(op),
                     Err(_elapsed) => None,
                     Ok(None) => break,
-                }
-            } else {
-                match rx.blocking_recv() {
-                    Some(op) => Some(op),
-                    None => break,
                 }
             };
             let mut batch: Vec<Op> = Vec::new();
@@ -210,22 +224,24 @@ impl Writer {
                     None
                 };
             }
-            let must_sync = batch
-                .iter()
-                .any(|op| matches!(op, Op::Insert { .. } | Op::Flush(_)))
-                || last_sync.elapsed() >= LAZY_SYNC;
-            let (result, pending) = self.commit(batch, must_sync);
-            match &result {
-                Ok(()) if must_sync => {
-                    last_sync = Instant::now();
-                    unsynced = false;
+            let waited_long = deferred_since.elapsed() >= LAZY_SYNC;
+            let answer_now = close.is_some() || batch.iter().any(|op| reply_of_ref(op));
+            if !answer_now && !waited_long && deferred.len() + batch.len() < MAX_BATCH {
+                if deferred.is_empty() {
+                    deferred_since = Instant::now();
                 }
-                Ok(()) => unsynced = true,
-                Err(e) => {
-                    tracing::error!(error = %e, "spool commit failed");
-                    // redb refuses further writes after an I/O error; reopen next time.
-                    self.db = None;
-                }
+                deferred.append(&mut batch);
+                continue;
+            }
+            // Removals and deferred work first: they came first.
+            let mut ops = self.take_removals();
+            ops.append(&mut deferred);
+            ops.append(&mut batch);
+            let (result, pending) = self.commit(ops);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "spool commit failed");
+                // redb refuses further writes after an I/O error; reopen next time.
+                self.db = None;
             }
             for p in pending {
                 p.send(&result);
@@ -235,21 +251,38 @@ impl Writer {
                 return;
             }
         }
+        let mut ops = self.take_removals();
+        ops.append(&mut deferred);
+        if !ops.is_empty() {
+            let _ = self.commit(ops);
+        }
+    }
+
+    fn take_removals(&self) -> Vec<Op> {
+        std::mem::take(&mut *self.removals.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_iter()
+            .map(Op::Remove)
+            .collect()
     }
 
     /// Makes everything durable and drops the database, which records its
     /// allocator state so the next open is quick.
     fn close(&mut self) -> Result<(), SpoolError> {
-        let result = self.commit(vec![], true).0;
+        let mut ops = self.take_removals();
+        ops.push(Op::Sync);
+        let result = self.commit(ops).0;
         self.db = None;
         result
     }
 
-    /// Applies a batch in one transaction. Lost bookkeeping after a failed
-    /// commit only means a redelivery; inserts and reads report the failure.
-    fn commit(&mut self, batch: Vec<Op>, sync: bool) -> (Result<(), SpoolError>, Vec<Pending>) {
+    /// Applies a batch in one durable transaction (every commit fsyncs: redb's
+    /// non-durable commits re-walk the pages they freed, a cost that grows
+    /// with each one). A batch that only reads is not committed. Lost
+    /// bookkeeping after a failed commit only means a redelivery; inserts and
+    /// reads report the failure.
+    fn commit(&mut self, batch: Vec<Op>) -> (Result<(), SpoolError>, Vec<Pending>) {
         let mut pending = Vec::new();
-        let result = self.apply(batch, sync, &mut pending);
+        let result = self.apply(batch, &mut pending);
         if let Err(e) = &result {
             for p in pending.drain(..) {
                 p.fail(e);
@@ -258,12 +291,8 @@ impl Writer {
         (result, pending)
     }
 
-    fn apply(
-        &mut self,
-        batch: Vec<Op>,
-        sync: bool,
-        pending: &mut Vec<Pending>,
-    ) -> Result<(), SpoolError> {
+    fn apply(&mut self, batch: Vec<Op>, pending: &mut Vec<Pending>) -> Result<(), SpoolError> {
+        let writes = batch.iter().any(writes);
         let mut ops = batch;
         ops.reverse();
         if self.db.is_none() {
@@ -283,11 +312,7 @@ impl Writer {
         let db = self.db.as_ref().expect("opened above");
         let mut run = || -> Result<(), redb::Error> {
             let mut w = db.begin_write()?;
-            w.set_durability(if sync {
-                Durability::Immediate
-            } else {
-                Durability::None
-            })?;
+            w.set_durability(Durability::Immediate)?;
             {
                 let mut t = Tables::open(&w)?;
                 let mut touched: HashMap<String, i64> = HashMap::new();
@@ -299,7 +324,11 @@ impl Writer {
                     t.refresh_queue(&queue, delta)?;
                 }
             }
-            w.commit()?;
+            if writes {
+                w.commit()?;
+            } else {
+                w.abort()?;
+            }
             Ok(())
         };
         let result = run().map_err(SpoolError::from_redb);
@@ -315,6 +344,22 @@ impl Writer {
     }
 }
 
+/// Whether someone waits for the operation's answer.
+fn reply_of_ref(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::Schedule { .. } | Op::Remove(_) | Op::Removals | Op::Sync
+    )
+}
+
+/// Whether the operation may change the database (so the batch is committed).
+fn writes(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::Bodies { .. } | Op::DueQueues { .. } | Op::Counts { .. }
+    )
+}
+
 /// The reply an operation waits for, if any, with an empty value.
 fn reply_of(op: Op) -> Option<Pending> {
     match op {
@@ -325,7 +370,7 @@ fn reply_of(op: Op) -> Option<Pending> {
         Op::TakeScheduled { done, .. } => Some(Pending::Taken(done, Vec::new())),
         Op::Counts { done } => Some(Pending::Counts(done, SpoolCounts::default())),
         Op::Close(done) => Some(Pending::Unit(done)),
-        Op::Schedule { .. } | Op::Remove(_) => None,
+        Op::Schedule { .. } | Op::Remove(_) | Op::Removals | Op::Sync => None,
     }
 }
 
@@ -417,6 +462,7 @@ fn apply_op(
             let _ = done.send(Ok(()));
             Ok(())
         }
+        Op::Sync | Op::Removals => Ok(()),
     }
 }
 
