@@ -97,6 +97,7 @@ pub use tables::Opened;
 #[derive(Clone)]
 pub struct Spool {
     ops: mpsc::UnboundedSender<writer::Op>,
+    removals: writer::Removals,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
@@ -105,8 +106,8 @@ impl Spool {
     /// Opens (or creates) the spool in `dir`; every message it holds is on
     /// the schedule, to be paged in.
     pub fn open(dir: &Path) -> Result<(Spool, Opened), SpoolError> {
-        let (ops, opened) = writer::start(dir)?;
-        Ok((Spool { ops }, opened))
+        let (ops, removals, opened) = writer::start(dir)?;
+        Ok((Spool { ops, removals }, opened))
     }
 
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> writer::Op) -> Result<T, SpoolError> {
@@ -145,9 +146,17 @@ impl Spool {
         });
     }
 
-    /// Forgets an active message that reached a final state; durable with a later commit.
+    /// Forgets an active message that reached a final state; durable with a
+    /// later commit. The writer is woken once per batch of removals, not per one.
     pub fn remove(&self, id: MessageId) {
-        let _ = self.ops.send(writer::Op::Remove(id.as_u128()));
+        let first = {
+            let mut ids = self.removals.lock().unwrap_or_else(|e| e.into_inner());
+            ids.push(id.as_u128());
+            ids.len() == 1
+        };
+        if first {
+            let _ = self.ops.send(writer::Op::Removals);
+        }
     }
 
     /// Makes up to `max` scheduled messages of `queue` that are due active;
