@@ -262,6 +262,18 @@ async fn main() {
         .unwrap_or(5);
     println!("Throughput, {N} 1 KiB messages to a durable classic queue, {rounds} rounds:");
     let (mut a, mut t, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    if let Ok(only) = std::env::var("ONLY") {
+        // For profiling one variant: run it alone, round after round.
+        for round in 1..=rounds {
+            let r = match only.as_str() {
+                "b" => relay_rate(&conn, broker, &rendered, "bench-rendered", dir.path()).await,
+                "c" => relay_rate(&conn, broker, &seed, "logging", dir.path()).await,
+                other => panic!("ONLY={other}: b or c"),
+            };
+            println!("  round {round}: {only} {:6.0} msg/s  {}", r.rate, r.cpu());
+        }
+        return;
+    }
     for round in 1..=rounds {
         let ra = raw_publisher(&conn, broker, true).await;
         let rt = raw_publisher(&conn, broker, false).await;
