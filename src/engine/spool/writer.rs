@@ -225,7 +225,7 @@ impl Writer {
                 };
             }
             let waited_long = deferred_since.elapsed() >= LAZY_SYNC;
-            let answer_now = close.is_some() || batch.iter().any(|op| reply_of_ref(op));
+            let answer_now = close.is_some() || batch.iter().any(awaited);
             if !answer_now && !waited_long && deferred.len() + batch.len() < MAX_BATCH {
                 if deferred.is_empty() {
                     deferred_since = Instant::now();
@@ -345,7 +345,7 @@ impl Writer {
 }
 
 /// Whether someone waits for the operation's answer.
-fn reply_of_ref(op: &Op) -> bool {
+fn awaited(op: &Op) -> bool {
     !matches!(
         op,
         Op::Schedule { .. } | Op::Remove(_) | Op::Removals | Op::Sync
