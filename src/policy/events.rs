@@ -94,6 +94,18 @@ pub fn handlers(lua: &Lua, name: &str) -> mlua::Result<Vec<Function>> {
     }
 }
 
+/// Every event with at least one handler.
+pub fn names(lua: &Lua) -> mlua::Result<std::collections::HashSet<String>> {
+    let mut out = std::collections::HashSet::new();
+    for pair in registry(lua)?.pairs::<String, Table>() {
+        let (name, entry) = pair?;
+        if entry.get::<Table>("handlers")?.raw_len() > 0 {
+            out.insert(name);
+        }
+    }
+    Ok(out)
+}
+
 pub fn defined(lua: &Lua, name: &str) -> bool {
     handlers(lua, name).map(|h| !h.is_empty()).unwrap_or(false)
 }

@@ -59,6 +59,9 @@ pub struct Policy {
     modules: Modules,
     overlay: Overlay,
     loaded_at: std::time::SystemTime,
+    /// Events with handlers, as the main chunk registered them: an event
+    /// without one costs no Lua state per message.
+    events: std::collections::HashSet<String>,
 }
 
 /// The Lua modules a policy version is made of, path → source, captured the
@@ -145,9 +148,11 @@ impl Policy {
             modules: Modules::default(),
             overlay,
             loaded_at: std::time::SystemTime::now(),
+            events: Default::default(),
         };
         let first = policy.new_state(None)?;
         policy.snapshot_modules(&first);
+        policy.events = events::names(&first).map_err(|e| policy.load_err(&e))?;
         let mut all = policy.source.clone().into_bytes();
         for (p, text) in policy
             .modules
@@ -370,9 +375,9 @@ impl Policy {
         Ok(state)
     }
 
-    pub fn defines(self: &Arc<Self>, event: &str) -> Result<bool, PolicyError> {
-        let lua = self.acquire()?;
-        Ok(events::defined(&lua, event))
+    /// Whether the policy registered a handler for `event` when it loaded.
+    pub fn defines(&self, event: &str) -> bool {
+        self.events.contains(event)
     }
 
     /// Runs `pre_init` and `init` in a state of their own and returns what they
@@ -478,6 +483,9 @@ impl Policy {
         event: &str,
         msg: &MessageRef,
     ) -> Result<(), PolicyError> {
+        if !self.defines(event) {
+            return Ok(());
+        }
         let lua = self.acquire()?;
         for h in events::handlers(&lua, event).map_err(|e| PolicyError::event(event, e))? {
             h.call_async::<()>(MessageUd(msg.clone()))
