@@ -39,7 +39,13 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const N: usize = 20_000;
+/// Messages per run (`BENCH_N`, default 20,000; more for a longer profile).
+static N: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+    std::env::var("BENCH_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000)
+});
 
 /// One run's rate and the CPU each process spent per message.
 #[derive(Clone, Copy)]
@@ -83,7 +89,7 @@ async fn raw_publisher(conn: &Connection, broker: &broker::Broker, persistent: b
     };
     let start = Instant::now();
     let mut inflight = VecDeque::new();
-    for _ in 0..N {
+    for _ in 0..*N {
         if inflight.len() >= 1000 {
             let c: lapin::PublisherConfirm = inflight.pop_front().unwrap();
             assert!(c.await.unwrap().is_ack());
@@ -103,7 +109,7 @@ async fn raw_publisher(conn: &Connection, broker: &broker::Broker, persistent: b
     for c in inflight {
         assert!(c.await.unwrap().is_ack());
     }
-    let rate = N as f64 / start.elapsed().as_secs_f64();
+    let rate = *N as f64 / start.elapsed().as_secs_f64();
     cpu0.run(rate, broker, None)
 }
 
@@ -119,16 +125,16 @@ async fn relay_rate(
     let relay_cpu0 = cpu_secs(&relay.pid().to_string());
     let cpu0 = Cpu::now(broker);
     let start = Instant::now();
-    inject_all(&relay.http, N, queue).await;
-    while depth(conn, queue).await < N as u32 {
+    inject_all(&relay.http, *N, queue).await;
+    while depth(conn, queue).await < *N as u32 {
         assert!(
             start.elapsed() < Duration::from_secs(300),
             "not all delivered"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let rate = N as f64 / start.elapsed().as_secs_f64();
-    let relay_us = (cpu_secs(&relay.pid().to_string()) - relay_cpu0) * 1e6 / N as f64;
+    let rate = *N as f64 / start.elapsed().as_secs_f64();
+    let relay_us = (cpu_secs(&relay.pid().to_string()) - relay_cpu0) * 1e6 / *N as f64;
     cpu0.run(rate, broker, Some(relay_us))
 }
 
@@ -148,7 +154,7 @@ impl Cpu {
 
     /// The run since `now`, with CPU µs per message of broker and this process.
     fn run(&self, rate: f64, broker: &broker::Broker, relay_us: Option<f64>) -> Run {
-        let per = |s: f64| s * 1e6 / N as f64;
+        let per = |s: f64| s * 1e6 / *N as f64;
         Run {
             rate,
             broker_us: per(cpu_secs(&broker.beam_pid().unwrap()) - self.broker),
@@ -260,7 +266,10 @@ async fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
-    println!("Throughput, {N} 1 KiB messages to a durable classic queue, {rounds} rounds:");
+    println!(
+        "Throughput, {} 1 KiB messages to a durable classic queue, {rounds} rounds:",
+        *N
+    );
     let (mut a, mut t, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     if let Ok(only) = std::env::var("ONLY") {
         // For profiling one variant: run it alone, round after round.

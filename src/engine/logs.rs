@@ -94,6 +94,11 @@ impl Logs {
         ))
     }
 
+    /// Someone reads log records (local logs or a log hook).
+    pub fn wanted(&self) -> bool {
+        self.local.is_some() || self.hook_tx.is_some()
+    }
+
     pub fn emit(&self, ev: &Event) {
         if let Some((tx, sel)) = &self.local {
             let mut line = serde_json::to_vec(&ev.record(sel)).unwrap_or_default();

@@ -442,6 +442,9 @@ impl Engine {
         response: &str,
         via: Option<&'static str>,
     ) {
+        if !self.logs.wanted() {
+            return;
+        }
         self.logs.emit(&log_record::Event {
             kind,
             msg,
