@@ -21,6 +21,7 @@ mod tests;
 mod writer;
 
 use crate::model::message::{Message, MessageId, MessageRef};
+use bytes::Bytes;
 use std::path::Path;
 use tokio::sync::{mpsc, oneshot};
 pub use writer::{DueQueues, Paged, SpoolCounts};
@@ -94,6 +95,33 @@ pub struct NewMessage<'a> {
 /// What opening found.
 pub use tables::Opened;
 
+/// Bodies smaller than this are stored with each message even when shared.
+const SHARE_FROM: usize = 256;
+
+/// A body's identity in memory: recipients of one message share the buffer.
+fn body_key(b: &Bytes) -> (usize, usize) {
+    (b.as_ptr() as usize, b.len())
+}
+
+/// The bodies more than one of `messages` carry (and large enough to be
+/// worth it), keyed by identity: (shared id, bytes, how many refer to it).
+fn shared_bodies(
+    messages: &[NewMessage<'_>],
+    bodies: &[Option<Bytes>],
+) -> std::collections::HashMap<(usize, usize), (u128, Bytes, u64)> {
+    let mut seen: std::collections::HashMap<(usize, usize), (u128, Bytes, u64)> =
+        std::collections::HashMap::new();
+    for (n, body) in messages.iter().zip(bodies) {
+        if let Some(b) = body.as_ref().filter(|b| b.len() >= SHARE_FROM) {
+            seen.entry(body_key(b))
+                .or_insert_with(|| (n.msg.id().as_u128(), b.clone(), 0))
+                .2 += 1;
+        }
+    }
+    seen.retain(|_, (_, _, refs)| *refs > 1);
+    seen
+}
+
 #[derive(Clone)]
 pub struct Spool {
     ops: mpsc::UnboundedSender<writer::Op>,
@@ -117,21 +145,38 @@ impl Spool {
     }
 
     /// Stores messages durably; resolves after the commit that holds them.
+    /// Messages that carry the same body (the recipients of one injection)
+    /// store it once.
     pub async fn insert(&self, messages: &[NewMessage<'_>]) -> Result<(), SpoolError> {
+        let bodies: Vec<Option<Bytes>> = messages.iter().map(|n| n.msg.data()).collect();
+        let shared = shared_bodies(messages, &bodies);
         let items = messages
             .iter()
-            .map(|n| writer::Insert {
-                id: n.msg.id().as_u128(),
-                queue: n.queue.to_owned(),
-                due: n.msg.due_or_created(),
-                active: n.active,
-                record: tables::encode_record(
-                    &tables::encode_envelope(&n.msg.envelope()),
-                    n.msg.data().as_deref().unwrap_or_default(),
-                ),
+            .zip(&bodies)
+            .map(|(n, body)| {
+                let stored = match body.as_ref().and_then(|b| shared.get(&body_key(b))) {
+                    Some((id, _, _)) => tables::StoredBody::Shared(*id),
+                    None => tables::StoredBody::Inline(body.as_deref().unwrap_or_default()),
+                };
+                writer::Insert {
+                    id: n.msg.id().as_u128(),
+                    queue: n.queue.to_owned(),
+                    due: n.msg.due_or_created(),
+                    active: n.active,
+                    record: tables::encode_record(
+                        &tables::encode_envelope(&n.msg.envelope()),
+                        stored,
+                    ),
+                }
             })
             .collect();
-        self.call(|done| writer::Op::Insert { items, done }).await
+        let bodies = shared.into_values().collect();
+        self.call(|done| writer::Op::Insert {
+            items,
+            bodies,
+            done,
+        })
+        .await
     }
 
     /// Puts an active message back on the schedule at its due time, with its

@@ -30,24 +30,48 @@ pub const QUARANTINE: TableDefinition<u128, &[u8]> = TableDefinition::new("quara
 const OLD_DATA: TableDefinition<u128, &[u8]> = TableDefinition::new("data");
 const OLD_META: TableDefinition<u128, &[u8]> = TableDefinition::new("meta");
 
+/// A body several messages share (recipients of one injection or one SMTP
+/// transaction), stored once: id → bytes.
+pub const BODIES: TableDefinition<u128, &[u8]> = TableDefinition::new("bodies");
+/// How many records refer to each shared body.
+pub const BODY_REFS: TableDefinition<u128, u64> = TableDefinition::new("body_refs");
+
+/// Set in a record's envelope length when its body is a shared one's id.
+const SHARED_BODY: u32 = 1 << 31;
+
+/// Where a record's body is.
+#[derive(Debug, Clone, Copy)]
+pub enum StoredBody<'a> {
+    Inline(&'a [u8]),
+    /// The id of a body in `BODIES`.
+    Shared(u128),
+}
+
 pub fn encode_envelope(e: &Envelope) -> Vec<u8> {
     serde_json::to_vec(e).expect("an envelope is plain JSON data")
 }
 
-pub fn encode_record(envelope: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut r = Vec::with_capacity(4 + envelope.len() + body.len());
-    r.extend_from_slice(&(envelope.len() as u32).to_le_bytes());
+/// `u32` LE envelope length (high bit: the body is shared), the envelope
+/// (JSON), then the body or the shared body's id.
+pub fn encode_record(envelope: &[u8], body: StoredBody) -> Vec<u8> {
+    let (flag, tail): (u32, std::borrow::Cow<[u8]>) = match body {
+        StoredBody::Inline(b) => (0, b.into()),
+        StoredBody::Shared(id) => (SHARED_BODY, id.to_le_bytes().to_vec().into()),
+    };
+    let mut r = Vec::with_capacity(4 + envelope.len() + tail.len());
+    r.extend_from_slice(&(envelope.len() as u32 | flag).to_le_bytes());
     r.extend_from_slice(envelope);
-    r.extend_from_slice(body);
+    r.extend_from_slice(&tail);
     r
 }
 
-/// The envelope bytes and the body of a record.
-pub fn split_record(r: &[u8]) -> Result<(&[u8], &[u8]), String> {
-    let len = r
+/// The envelope bytes and where the body is.
+pub fn split_record(r: &[u8]) -> Result<(&[u8], StoredBody<'_>), String> {
+    let head = r
         .first_chunk::<4>()
-        .map(|n| u32::from_le_bytes(*n) as usize)
+        .map(|n| u32::from_le_bytes(*n))
         .ok_or("record shorter than its header")?;
+    let len = (head & !SHARED_BODY) as usize;
     let rest = &r[4..];
     if len > rest.len() {
         return Err(format!(
@@ -55,24 +79,25 @@ pub fn split_record(r: &[u8]) -> Result<(&[u8], &[u8]), String> {
             rest.len()
         ));
     }
-    Ok(rest.split_at(len))
+    let (env, body) = rest.split_at(len);
+    if head & SHARED_BODY == 0 {
+        return Ok((env, StoredBody::Inline(body)));
+    }
+    let id = body
+        .try_into()
+        .map(u128::from_le_bytes)
+        .map_err(|_| format!("a shared body's id takes 16 bytes, not {}", body.len()))?;
+    Ok((env, StoredBody::Shared(id)))
 }
 
-/// A record as a message; its body only when `with_body`.
-pub fn decode_record(key: u128, r: &[u8], with_body: bool) -> Result<Message, String> {
-    let (env, body) = split_record(r)?;
-    let env: Envelope = serde_json::from_slice(env).map_err(|e| e.to_string())?;
-    let id = MessageId::from_u128(key);
-    Ok(if with_body {
-        Message::from_parts(id, env, Bytes::copy_from_slice(body))
-    } else {
-        Message::without_body(id, env, body.len())
-    })
+fn decode_envelope(env: &[u8]) -> Result<Envelope, String> {
+    serde_json::from_slice(env).map_err(|e| e.to_string())
 }
 
 /// The queue label and due time of a spooled message, from its record.
 fn place_of(key: u128, r: &[u8]) -> Result<(String, u64), String> {
-    let m = decode_record(key, r, false)?;
+    let (env, _) = split_record(r)?;
+    let m = Message::without_body(MessageId::from_u128(key), decode_envelope(env)?, 0);
     let label = m.queue_name()?.to_string();
     Ok((label, m.due_or_created()))
 }
@@ -92,6 +117,8 @@ pub struct Tables<'t> {
     pub queues: Table<'t, &'static str, (u64, u64)>,
     pub due_queues: Table<'t, (u64, &'static str), ()>,
     pub quarantine: Table<'t, u128, &'static [u8]>,
+    pub bodies: Table<'t, u128, &'static [u8]>,
+    pub body_refs: Table<'t, u128, u64>,
 }
 
 impl<'t> Tables<'t> {
@@ -103,7 +130,64 @@ impl<'t> Tables<'t> {
             queues: w.open_table(QUEUES)?,
             due_queues: w.open_table(DUE_QUEUES)?,
             quarantine: w.open_table(QUARANTINE)?,
+            bodies: w.open_table(BODIES)?,
+            body_refs: w.open_table(BODY_REFS)?,
         })
+    }
+
+    /// The body a record holds or refers to.
+    pub fn body<'b>(
+        &self,
+        stored: StoredBody<'b>,
+    ) -> Result<Option<std::borrow::Cow<'b, [u8]>>, redb::Error> {
+        Ok(match stored {
+            StoredBody::Inline(b) => Some(b.into()),
+            StoredBody::Shared(id) => self.bodies.get(id)?.map(|b| b.value().to_vec().into()),
+        })
+    }
+
+    /// The length of a record's body, without copying it.
+    pub fn body_len(&self, stored: StoredBody) -> Result<Option<usize>, redb::Error> {
+        Ok(match stored {
+            StoredBody::Inline(b) => Some(b.len()),
+            StoredBody::Shared(id) => self.bodies.get(id)?.map(|b| b.value().len()),
+        })
+    }
+
+    /// A record as a message; its body only when `with_body`.
+    pub fn decode(&self, key: u128, raw: &[u8], with_body: bool) -> Result<Message, String> {
+        let (env, stored) = split_record(raw)?;
+        let env = decode_envelope(env)?;
+        let id = MessageId::from_u128(key);
+        let missing = || format!("the shared body of message {id} is missing");
+        if !with_body {
+            let len = self.body_len(stored).map_err(|e| e.to_string())?;
+            return Ok(Message::without_body(id, env, len.ok_or_else(missing)?));
+        }
+        let body = self
+            .body(stored)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(missing)?;
+        Ok(Message::from_parts(id, env, Bytes::copy_from_slice(&body)))
+    }
+
+    /// Counts down the shared bodies that `released` records referred to
+    /// (id → how many); a body no record refers to any more is deleted.
+    pub fn release_bodies(&mut self, released: HashMap<u128, u64>) -> Result<(), redb::Error> {
+        for (id, n) in released {
+            let left = self
+                .body_refs
+                .get(id)?
+                .map_or(0, |c| c.value())
+                .saturating_sub(n);
+            if left == 0 {
+                self.body_refs.remove(id)?;
+                self.bodies.remove(id)?;
+            } else {
+                self.body_refs.insert(id, left)?;
+            }
+        }
+        Ok(())
     }
 
     /// Sets `QUEUES` and `DUE_QUEUES` for `label` from `SCHEDULE`, with
@@ -207,9 +291,8 @@ fn migrate_two_tables(w: &Txn) -> Result<usize, String> {
             let key = k.value();
             match data.get(key).map_err(e)? {
                 Some(body) => {
-                    messages
-                        .insert(key, encode_record(env.value(), body.value()).as_slice())
-                        .map_err(e)?;
+                    let record = encode_record(env.value(), StoredBody::Inline(body.value()));
+                    messages.insert(key, record.as_slice()).map_err(e)?;
                     moved += 1;
                 }
                 None => {

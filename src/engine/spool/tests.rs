@@ -1,4 +1,4 @@
-use super::tables::{MESSAGES, encode_envelope, encode_record};
+use super::tables::{MESSAGES, StoredBody, encode_envelope, encode_record};
 use super::*;
 use crate::model::message::now_ms;
 use bytes::Bytes;
@@ -148,6 +148,19 @@ async fn due_queues_skip_and_order() {
 }
 
 #[tokio::test]
+async fn a_retry_is_due_as_soon_as_the_spool_is_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let m = message(1);
+    store(&spool, std::slice::from_ref(&m), "q", true).await;
+    // Scheduled (deferred in the writer) and asked for in the same breath.
+    m.record_attempt(now_ms() - 1);
+    spool.schedule(&m, "q");
+    let due = spool.due_queues(10, never_skip()).await.unwrap();
+    assert_eq!(due.due, vec!["q".to_string()]);
+}
+
+#[tokio::test]
 async fn take_scheduled_removes_them_with_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(dir.path()).unwrap();
@@ -195,14 +208,21 @@ async fn corrupt_records_are_quarantined_not_fatal() {
         let w = db.begin_write().unwrap();
         {
             let mut t = w.open_table(MESSAGES).unwrap();
-            t.insert(7u128, encode_record(b"{not json", b"x").as_slice())
-                .unwrap();
+            t.insert(
+                7u128,
+                encode_record(b"{not json", StoredBody::Inline(b"x")).as_slice(),
+            )
+            .unwrap();
             t.insert(8u128, [200u8, 0, 0, 0, b'{'].as_slice()).unwrap();
             t.insert(9u128, [1u8].as_slice()).unwrap();
             let good = message(1);
             t.insert(
                 good.id().as_u128(),
-                encode_record(&encode_envelope(&good.envelope()), b"ok").as_slice(),
+                encode_record(
+                    &encode_envelope(&good.envelope()),
+                    StoredBody::Inline(b"ok"),
+                )
+                .as_slice(),
             )
             .unwrap();
         }
@@ -288,6 +308,52 @@ async fn space_of_a_drained_backlog_is_used_again() {
         sizes[2] <= sizes[0] + sizes[0] / 10,
         "the file keeps growing across equal backlogs: {sizes:?}"
     );
+}
+
+#[tokio::test]
+async fn recipients_of_one_body_share_it_until_the_last_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let body = Bytes::from(vec![b'x'; 4096]);
+    let msgs: Vec<_> = (0..5)
+        .map(|i| Message::new("s@x".into(), format!("r{i}@amqp"), Map::new(), body.clone()))
+        .collect();
+    store(&spool, &msgs[..3], "amqp", true).await;
+    store(&spool, &msgs[3..], "amqp", false).await;
+    let c = spool.counts().await.unwrap();
+    assert_eq!((c.messages, c.shared_bodies), (5, 2), "one body per insert");
+    // Read back through the shared body, whole and without it.
+    let refs: Vec<MessageRef> = msgs[..3]
+        .iter()
+        .map(|m| Arc::new(Message::without_body(m.id(), m.envelope(), m.size())))
+        .collect();
+    spool.load_bodies(&refs).await.unwrap();
+    assert!(refs.iter().all(|m| m.data().unwrap() == body));
+    let paged = spool.page_in("amqp", 10, u64::MAX, 0).await.unwrap();
+    assert_eq!(paged.messages.len(), 2);
+    assert!(
+        paged
+            .messages
+            .iter()
+            .all(|m| !m.has_body() && m.size() == 4096)
+    );
+    // One recipient's body changed by the policy becomes its own.
+    msgs[0].set_data(Bytes::from_static(b"mine"));
+    spool.schedule(&msgs[0], "amqp");
+    for m in &msgs[1..] {
+        spool.remove(m.id());
+    }
+    let c = spool.counts().await.unwrap();
+    assert_eq!(
+        (c.messages, c.shared_bodies),
+        (1, 0),
+        "no body outlives its records"
+    );
+    let paged = spool
+        .page_in("amqp", 10, u64::MAX, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(paged.messages[0].data().unwrap().as_ref(), b"mine");
 }
 
 #[test]

@@ -12,12 +12,36 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// How long deferred work (removals, retries) may wait for a commit.
-const LAZY_SYNC: Duration = Duration::from_secs(1);
+const LAZY_SYNC: Duration = Duration::from_millis(250);
 /// Upper bound of operations folded into one commit.
 const MAX_BATCH: usize = 4096;
 /// redb's page cache. Bodies are read once per delivery at most; the cache
 /// mostly serves the schedule's index pages.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// What a batch changed beyond its rows: queues whose schedule changed (by
+/// how many) and shared bodies released (by how many records).
+#[derive(Default)]
+struct Changes {
+    touched: HashMap<String, i64>,
+    released: HashMap<u128, u64>,
+}
+
+impl Changes {
+    /// Brings the per-queue summaries and the shared bodies up to date.
+    fn settle(&mut self, t: &mut Tables) -> Result<(), redb::Error> {
+        for (queue, delta) in self.touched.drain() {
+            t.refresh_queue(&queue, delta)?;
+        }
+        t.release_bodies(std::mem::take(&mut self.released))
+    }
+
+    fn release(&mut self, stored: tables::StoredBody) {
+        if let tables::StoredBody::Shared(id) = stored {
+            *self.released.entry(id).or_default() += 1;
+        }
+    }
+}
 
 pub struct Insert {
     pub id: u128,
@@ -30,6 +54,8 @@ pub struct Insert {
 pub enum Op {
     Insert {
         items: Vec<Insert>,
+        /// Bodies the records share: id, bytes, how many records refer to it.
+        bodies: Vec<(u128, Bytes, u64)>,
         done: Reply<()>,
     },
     Schedule {
@@ -98,6 +124,8 @@ pub struct DueQueues {
 pub struct SpoolCounts {
     pub messages: u64,
     pub active: u64,
+    /// Bodies stored once for several messages.
+    pub shared_bodies: u64,
     /// Per queue: scheduled messages.
     pub scheduled: Vec<(String, u64)>,
 }
@@ -315,14 +343,16 @@ impl Writer {
             w.set_durability(Durability::Immediate)?;
             {
                 let mut t = Tables::open(&w)?;
-                let mut touched: HashMap<String, i64> = HashMap::new();
+                let mut changes = Changes::default();
                 // Popped one by one: after a failure the rest are still here to answer.
                 while let Some(op) = ops.pop() {
-                    apply_op(&mut t, op, &mut touched, pending)?;
+                    if awaited(&op) {
+                        // What it reads must include the changes before it.
+                        changes.settle(&mut t)?;
+                    }
+                    apply_op(&mut t, op, &mut changes, pending)?;
                 }
-                for (queue, delta) in touched {
-                    t.refresh_queue(&queue, delta)?;
-                }
+                changes.settle(&mut t)?;
             }
             if writes {
                 w.commit()?;
@@ -397,12 +427,16 @@ fn answer<T: Default>(
 fn apply_op(
     t: &mut Tables,
     op: Op,
-    touched: &mut HashMap<String, i64>,
+    changes: &mut Changes,
     pending: &mut Vec<Pending>,
 ) -> Result<(), redb::Error> {
     match op {
-        Op::Insert { items, done } => {
-            let work = insert(t, &items, touched);
+        Op::Insert {
+            items,
+            bodies,
+            done,
+        } => {
+            let work = insert(t, &items, &bodies, changes);
             answer(pending, done, |d, ()| Pending::Unit(d), work)
         }
         Op::Schedule {
@@ -411,9 +445,13 @@ fn apply_op(
             due,
             envelope,
             body,
-        } => schedule(t, id, queue, due, &envelope, body, touched),
+        } => schedule(t, id, queue, due, &envelope, body, changes),
         Op::Remove(id) => {
-            t.messages.remove(id)?;
+            if let Some(old) = t.messages.remove(id)?
+                && let Ok((_, stored)) = tables::split_record(old.value())
+            {
+                changes.release(stored);
+            }
             t.active.remove(id)?;
             Ok(())
         }
@@ -425,10 +463,10 @@ fn apply_op(
             body_bytes,
             done,
         } => {
-            let work = page_in(t, &queue, max, now, max_age_ms, body_bytes);
+            let work = page_in(t, &queue, max, now, max_age_ms, body_bytes, changes);
             if let Ok(paged) = &work {
                 let moved = (paged.messages.len() + paged.expired.len()) as i64;
-                *touched.entry(queue).or_default() -= moved;
+                *changes.touched.entry(queue).or_default() -= moved;
             }
             answer(pending, done, Pending::Paged, work)
         }
@@ -446,9 +484,9 @@ fn apply_op(
             answer(pending, done, Pending::Due, work)
         }
         Op::TakeScheduled { queue, max, done } => {
-            let work = take_scheduled(t, &queue, max);
+            let work = take_scheduled(t, &queue, max, changes);
             if let Ok(taken) = &work {
-                *touched.entry(queue).or_default() -= taken.len() as i64;
+                *changes.touched.entry(queue).or_default() -= taken.len() as i64;
             }
             answer(pending, done, Pending::Taken, work)
         }
@@ -469,15 +507,20 @@ fn apply_op(
 fn insert(
     t: &mut Tables,
     items: &[Insert],
-    touched: &mut HashMap<String, i64>,
+    bodies: &[(u128, Bytes, u64)],
+    changes: &mut Changes,
 ) -> Result<(), redb::Error> {
+    for (id, body, refs) in bodies {
+        t.bodies.insert(*id, body.as_ref())?;
+        t.body_refs.insert(*id, *refs)?;
+    }
     for i in items {
         t.messages.insert(i.id, i.record.as_slice())?;
         if i.active {
             t.active.insert(i.id, (i.due, i.queue.as_str()))?;
         } else {
             t.schedule.insert((i.queue.as_str(), i.due, i.id), ())?;
-            *touched.entry(i.queue.clone()).or_default() += 1;
+            *changes.touched.entry(i.queue.clone()).or_default() += 1;
         }
     }
     Ok(())
@@ -490,24 +533,29 @@ fn schedule(
     due: u64,
     envelope: &[u8],
     body: Option<Bytes>,
-    touched: &mut HashMap<String, i64>,
+    changes: &mut Changes,
 ) -> Result<(), redb::Error> {
     // Only if still active: a late update must not resurrect a removed message.
     if t.active.remove(id)?.is_none() {
         return Ok(());
     }
-    let record = match body {
-        Some(b) => Some(tables::encode_record(envelope, &b)),
-        None => t.messages.get(id)?.and_then(|old| {
-            tables::split_record(old.value())
-                .ok()
-                .map(|(_, body)| tables::encode_record(envelope, body))
-        }),
+    let record = match t.messages.get(id)? {
+        None => None,
+        Some(old) => match tables::split_record(old.value()) {
+            Err(_) => None,
+            // The policy changed the body: it is the message's own now.
+            Ok((_, stored)) if body.is_some() => {
+                changes.release(stored);
+                body.as_ref()
+                    .map(|b| tables::encode_record(envelope, tables::StoredBody::Inline(b)))
+            }
+            Ok((_, stored)) => Some(tables::encode_record(envelope, stored)),
+        },
     };
     if let Some(record) = record {
         t.messages.insert(id, record.as_slice())?;
         t.schedule.insert((queue.as_str(), due, id), ())?;
-        *touched.entry(queue).or_default() += 1;
+        *changes.touched.entry(queue).or_default() += 1;
     }
     Ok(())
 }
@@ -515,11 +563,13 @@ fn schedule(
 fn bodies(t: &Tables, ids: &[u128]) -> Result<Vec<Option<Bytes>>, redb::Error> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        let body = t.messages.get(*id)?.and_then(|r| {
-            tables::split_record(r.value())
-                .ok()
-                .map(|(_, b)| Bytes::copy_from_slice(b))
-        });
+        let body = match t.messages.get(*id)? {
+            None => None,
+            Some(r) => match tables::split_record(r.value()) {
+                Ok((_, stored)) => t.body(stored)?.map(|b| Bytes::copy_from_slice(&b)),
+                Err(_) => None,
+            },
+        };
         out.push(body);
     }
     Ok(out)
@@ -549,18 +599,27 @@ fn due_queues(
     Ok(due)
 }
 
-fn take_scheduled(t: &mut Tables, queue: &str, max: usize) -> Result<Vec<Message>, redb::Error> {
+fn take_scheduled(
+    t: &mut Tables,
+    queue: &str,
+    max: usize,
+    changes: &mut Changes,
+) -> Result<Vec<Message>, redb::Error> {
     let keys = scheduled_keys(t, queue, u64::MAX, max)?;
     let mut out = Vec::with_capacity(keys.len());
     for (due, id) in keys {
         t.schedule.remove((queue, due, id))?;
-        if let Some(r) = t.messages.remove(id)? {
-            match tables::decode_record(id, r.value(), true) {
-                Ok(m) => out.push(m),
-                Err(why) => {
-                    tracing::error!(id = %uuid::Uuid::from_u128(id), %why, "undecodable record removed by an administrative bounce")
-                }
+        let Some(raw) = t.messages.remove(id)?.map(|r| r.value().to_vec()) else {
+            continue;
+        };
+        match t.decode(id, &raw, true) {
+            Ok(m) => out.push(m),
+            Err(why) => {
+                tracing::error!(id = %uuid::Uuid::from_u128(id), %why, "undecodable record removed by an administrative bounce")
             }
+        }
+        if let Ok((_, stored)) = tables::split_record(&raw) {
+            changes.release(stored);
         }
     }
     Ok(out)
@@ -575,6 +634,7 @@ fn counts(t: &Tables) -> Result<SpoolCounts, redb::Error> {
     Ok(SpoolCounts {
         messages: t.messages.len()?,
         active: t.active.len()?,
+        shared_bodies: t.bodies.len()?,
         scheduled,
     })
 }
@@ -608,6 +668,7 @@ fn page_in(
     now: u64,
     max_age_ms: u64,
     mut body_bytes: usize,
+    changes: &mut Changes,
 ) -> Result<Paged, redb::Error> {
     // One more than wanted, to tell whether more are due.
     let mut keys = scheduled_keys(t, queue, now, max.saturating_add(1))?;
@@ -619,43 +680,44 @@ fn page_in(
     };
     for (due, id) in keys {
         t.schedule.remove((queue, due, id))?;
-        let decoded = match t.messages.get(id)? {
-            None => {
-                tracing::error!(id = %uuid::Uuid::from_u128(id), %queue, "scheduled message has no record; dropped from the schedule");
+        let Some(raw) = t.messages.get(id)?.map(|r| r.value().to_vec()) else {
+            tracing::error!(id = %uuid::Uuid::from_u128(id), %queue, "scheduled message has no record; dropped from the schedule");
+            continue;
+        };
+        // The body comes along while it fits the byte budget.
+        let size = tables::split_record(&raw)
+            .ok()
+            .and_then(|(_, stored)| t.body_len(stored).transpose())
+            .transpose()?
+            .unwrap_or(0);
+        let with_body = size <= body_bytes;
+        let m = match t.decode(id, &raw, with_body) {
+            Ok(m) => m,
+            Err(why) => {
+                t.quarantine(id, &raw, &why)?;
                 continue;
             }
-            Some(r) => {
-                let raw = r.value();
-                let size = tables::split_record(raw).map_or(0, |(_, b)| b.len());
-                let with_body = size <= body_bytes;
-                match tables::decode_record(id, raw, with_body) {
-                    Ok(m) => {
-                        if with_body {
-                            body_bytes -= size;
-                        }
-                        Ok(m)
-                    }
-                    Err(why) => Err((raw.to_vec(), why)),
-                }
-            }
         };
-        match decoded {
-            Err((raw, why)) => t.quarantine(id, &raw, &why)?,
-            Ok(m) if now.saturating_sub(m.created_ms()) >= max_age_ms => {
-                if !m.has_body()
-                    && let Some(r) = t.messages.get(id)?
-                    && let Ok((_, b)) = tables::split_record(r.value())
-                {
-                    m.attach_body(Bytes::copy_from_slice(b));
-                }
-                t.messages.remove(id)?;
-                paged.expired.push(m);
+        if now.saturating_sub(m.created_ms()) >= max_age_ms {
+            // Its log record may name headers: bring the body along.
+            if !m.has_body()
+                && let Ok((_, stored)) = tables::split_record(&raw)
+                && let Some(b) = t.body(stored)?
+            {
+                m.attach_body(Bytes::copy_from_slice(&b));
             }
-            Ok(m) => {
-                t.active.insert(id, (due, queue))?;
-                paged.messages.push(m);
+            t.messages.remove(id)?;
+            if let Ok((_, stored)) = tables::split_record(&raw) {
+                changes.release(stored);
             }
+            paged.expired.push(m);
+            continue;
         }
+        if with_body {
+            body_bytes -= size;
+        }
+        t.active.insert(id, (due, queue))?;
+        paged.messages.push(m);
     }
     Ok(paged)
 }
