@@ -121,7 +121,9 @@ async fn relay_rate(
     dir: &Path,
 ) -> Run {
     fresh_queue(conn, queue).await;
-    let (relay, _) = start_relay(policy, &dir.join(format!("spool-{queue}")));
+    // A fresh spool each run: a reused one would carry the last run's free pages.
+    let spool = tempfile::tempdir_in(dir).unwrap();
+    let (relay, _) = start_relay(policy, spool.path());
     let relay_cpu0 = cpu_secs(&relay.pid().to_string());
     let cpu0 = Cpu::now(broker);
     let start = Instant::now();
