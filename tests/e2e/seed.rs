@@ -89,11 +89,14 @@ async fn seed_policy_verbatim_delivers_then_bounces_a_nack() {
             && body.contains("delivered by the seed policy\r\n"),
         "{body}"
     );
-    // A domain the seed does not route is refused at RCPT, naming the queue.
+    // A domain the seed does not route is refused at DATA (the queue is
+    // decided after the reception event, as in KumoMTA), naming the queue.
     let mut c = crate::smtp::Raw::connect(smtp).await;
     assert_eq!(c.cmd("HELO x").await.0, 250);
     assert_eq!(c.cmd("MAIL FROM:<a@example.com>").await.0, 250);
-    let (code, text) = c.cmd("RCPT TO:<u@example.org>").await;
+    assert_eq!(c.cmd("RCPT TO:<u@example.org>").await.0, 250);
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    let (code, text) = c.cmd("Subject: x\r\n\r\nx\r\n.").await;
     assert_eq!(code, 550, "{text}");
     assert!(text.contains("queue example.org"), "{text}");
 
