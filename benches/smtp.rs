@@ -1,13 +1,19 @@
 //! SMTP reception throughput with 8 concurrent clients, each sending
-//! messages over one connection (MAIL, RCPT and DATA pipelined). Measured
-//! against the relay (durable spool, Lua delivery to a sink) and, in the same
-//! run, against a trivial SMTP responder that stores nothing: the client and
-//! protocol cost alone, i.e. the most any server could reach here.
+//! messages over one connection (MAIL, RCPT and DATA pipelined). Measured in
+//! alternating rounds, same clients, same run, against: the relay (durable
+//! spool, Lua delivery to a sink); a private Postfix (Debian's package, its
+//! own port and queue directory, receiving into its durable incoming queue);
+//! and a trivial SMTP responder that stores nothing (the client and protocol
+//! cost alone, the most any server could reach here). Target: the relay at
+//! least twice Postfix's rate.
 //!
 //! Run: `cargo bench --bench smtp`
 
 #[path = "common/relay_log.rs"]
 mod relay_log;
+
+#[path = "common/postfix.rs"]
+mod postfix;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -106,17 +112,40 @@ async fn sink_server() -> SocketAddr {
     addr
 }
 
-#[tokio::main]
-async fn main() {
-    let body: &'static [u8] = Box::leak(
-        format!("Subject: bench\r\n\r\n{}\r\n.\r\n", "x".repeat(1000))
-            .into_bytes()
-            .into_boxed_slice(),
-    );
-    let baseline = load(sink_server().await, body).await;
+/// CPU seconds of a process so far (user + system).
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.lua");
+/// One server's run: its rate, and CPU µs per message of the server (when
+/// it is a process of its own) and of this process (the clients).
+struct Run {
+    rate: f64,
+    server_us: Option<f64>,
+    client_us: f64,
+}
+
+async fn measure(addr: SocketAddr, body: &'static [u8], server: Option<&dyn Fn() -> f64>) -> Run {
+    let n = (CLIENTS * PER_CLIENT) as f64;
+    let (s0, c0) = (server.map(|f| f()), cpu_secs("self"));
+    let rate = load(addr, body).await;
+    Run {
+        rate,
+        server_us: server.zip(s0).map(|(f, s0)| (f() - s0) * 1e6 / n),
+        client_us: (cpu_secs("self") - c0) * 1e6 / n,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn start_relay(dir: &std::path::Path) -> (std::process::Child, SocketAddr) {
+    let policy = dir.join("policy.lua");
     std::fs::write(
         &policy,
         "kumo.on('get_queue_config', function() return kumo.make_queue_config { protocol = { custom_lua = { constructor = 'make.sink' } } } end)\n\
@@ -134,7 +163,7 @@ async fn main() {
         ])
         .arg(&policy)
         .arg("--data-dir")
-        .arg(dir.path().join("spool"))
+        .arg(dir.join("spool"))
         .env("RUST_LOG", "warn,amqp_relay::listeners=info")
         .stderr(Stdio::piped())
         .spawn()
@@ -142,12 +171,84 @@ async fn main() {
     let addr: SocketAddr = relay_log::listener_addr(&mut relay, "smtp")
         .parse()
         .expect("a socket address");
-    let relay_rate = load(addr, body).await;
-    let _ = relay.kill();
-    let _ = relay.wait();
+    (relay, addr)
+}
 
-    println!("SMTP, {CLIENTS} clients x {PER_CLIENT} messages of 1 KiB, MAIL/RCPT/DATA pipelined:");
-    println!("  amqp-relay (durable spool, Lua delivery to a sink): {relay_rate:8.0} msg/s");
-    println!("  baseline: trivial SMTP responder, no storage:     {baseline:8.0} msg/s (same run)");
-    println!("  relay / baseline: {:.2}", relay_rate / baseline);
+#[tokio::main]
+async fn main() {
+    let body: &'static [u8] = Box::leak(
+        format!("Subject: bench\r\n\r\n{}\r\n.\r\n", "x".repeat(1000))
+            .into_bytes()
+            .into_boxed_slice(),
+    );
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let sink = sink_server().await;
+    let n = CLIENTS * PER_CLIENT;
+    println!(
+        "SMTP, {CLIENTS} clients x {PER_CLIENT} messages of 1 KiB, MAIL/RCPT/DATA pipelined, {rounds} rounds; \
+         CPU us/msg of the server and of the clients:"
+    );
+    let (mut trivial, mut relays, mut postfixes) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let t = measure(sink, body, None).await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (mut relay, addr) = start_relay(dir.path());
+        let pid = relay.id().to_string();
+        let r = measure(addr, body, Some(&|| cpu_secs(&pid))).await;
+        let _ = relay.kill();
+        let _ = relay.wait();
+
+        let pdir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let pf = postfix::Postfix::start(pdir.path(), port)
+            .expect("a private Postfix instance (Debian's postfix package)");
+        let p = measure(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            body,
+            Some(&|| pf.cpu_secs()),
+        )
+        .await;
+        assert_eq!(pf.queued(pdir.path()), n, "Postfix queued every message");
+        drop(pf);
+
+        println!(
+            "  round {round}: relay {:6.0} msg/s (server {:.0}, clients {:.0})  postfix {:6.0} msg/s (server {:.0}, clients {:.0})  trivial {:6.0} msg/s (clients+server {:.0})",
+            r.rate,
+            r.server_us.unwrap_or(f64::NAN),
+            r.client_us,
+            p.rate,
+            p.server_us.unwrap_or(f64::NAN),
+            p.client_us,
+            t.rate,
+            t.client_us,
+        );
+        trivial.push(t);
+        relays.push(r);
+        postfixes.push(p);
+    }
+    let rate = |v: &[Run]| median(v.iter().map(|r| r.rate).collect());
+    let server = |v: &[Run]| median(v.iter().map(|r| r.server_us.unwrap_or(f64::NAN)).collect());
+    let (r, p, t) = (rate(&relays), rate(&postfixes), rate(&trivial));
+    println!("Medians:");
+    println!(
+        "  amqp-relay (durable spool, Lua delivery to a sink):  {r:8.0} msg/s, server CPU {:.0} us/msg",
+        server(&relays)
+    );
+    println!(
+        "  Postfix 3.7 (durable hold queue, no delivery):        {p:8.0} msg/s, server CPU {:.0} us/msg",
+        server(&postfixes)
+    );
+    println!("  trivial SMTP responder, no storage:                  {t:8.0} msg/s");
+    println!(
+        "  relay / Postfix: {:.2} (target >= 2); relay / trivial: {:.2}",
+        r / p,
+        r / t
+    );
 }
