@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         loop {
             match read_line(&mut r, &mut buf, LIMIT).await.unwrap() {
                 Line::Eof => break,
-                Line::Line => assert!(buf.len() <= LIMIT + 2 && !buf.ends_with(b"\n")),
+                Line::Line { .. } => assert!(buf.len() <= LIMIT + 2 && !buf.ends_with(b"\n")),
                 Line::TooLong => {}
             }
             lines += 1;

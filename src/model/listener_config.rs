@@ -35,7 +35,13 @@ fn default_client_timeout() -> Duration {
     Duration::from_secs(60)
 }
 fn default_max_connections() -> usize {
-    32_768
+    // Idle, a session costs about 16 KiB (buffers, state): 1,024 of them
+    // 16 MiB. Message bodies being received are bounded apart, by
+    // max_data_memory.
+    1024
+}
+fn default_max_data_memory() -> usize {
+    64 * 1024 * 1024
 }
 fn default_line_limit() -> usize {
     // RFC 5321 allows 998 bytes; generous headroom for sloppy clients.
@@ -70,6 +76,16 @@ pub struct EsmtpListener {
     pub tls_private_key: Option<PathBuf>,
     #[serde(default)]
     pub banner: Option<String>,
+    /// Our extension: bytes of message bodies all this listener's sessions
+    /// may hold while receiving DATA; past it a transaction gets 452 4.3.1.
+    #[serde(default = "default_max_data_memory")]
+    pub max_data_memory: usize,
+    /// Our extension: refuse MAIL until the client has started TLS.
+    #[serde(default)]
+    pub require_starttls: bool,
+    /// Our extension: offer AUTH without TLS (credentials in the clear).
+    #[serde(default)]
+    pub allow_auth_without_tls: bool,
 }
 
 impl EsmtpListener {

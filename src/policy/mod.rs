@@ -496,7 +496,81 @@ impl Policy {
     }
 }
 
+/// What an authentication event said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthVerdict {
+    /// The policy has no handler for the event.
+    NoHandler,
+    Allow,
+    Deny,
+}
+
 impl Policy {
+    /// Calls a single-handler event that answers a bool (KumoMTA's auth
+    /// events): `true` allows, `false` denies; anything else is an error.
+    async fn auth_event<A: mlua::IntoLuaMulti>(
+        self: &Arc<Self>,
+        event: &str,
+        args: impl FnOnce(&Lua) -> mlua::Result<A>,
+    ) -> Result<AuthVerdict, PolicyError> {
+        if !self.defines(event) {
+            return Ok(AuthVerdict::NoHandler);
+        }
+        let lua = self.acquire()?;
+        let Some(h) = events::handlers(&lua, event)
+            .map_err(|e| PolicyError::event(event, e))?
+            .into_iter()
+            .next()
+        else {
+            return Ok(AuthVerdict::NoHandler);
+        };
+        let args = args(&lua).map_err(|e| PolicyError::event(event, e))?;
+        match h
+            .call_async::<Value>(args)
+            .await
+            .map_err(|e| PolicyError::event(event, e))?
+        {
+            Value::Boolean(true) => Ok(AuthVerdict::Allow),
+            Value::Boolean(false) => Ok(AuthVerdict::Deny),
+            other => Err(PolicyError::Event {
+                event: event.into(),
+                message: format!(
+                    "the handler returned a {}; expected a boolean",
+                    other.type_name()
+                ),
+            }),
+        }
+    }
+
+    /// `http_server_validate_auth_basic(user, password)`.
+    pub async fn http_auth_basic(
+        self: &Arc<Self>,
+        user: &str,
+        password: &str,
+    ) -> Result<AuthVerdict, PolicyError> {
+        self.auth_event("http_server_validate_auth_basic", |_| Ok((user, password)))
+            .await
+    }
+
+    /// `smtp_server_auth_plain(authz, authc, password, conn_meta)`;
+    /// `conn_meta` is a table of the connection's metadata.
+    pub async fn smtp_auth_plain(
+        self: &Arc<Self>,
+        authz: &str,
+        authc: &str,
+        password: &str,
+        conn_meta: &BTreeMap<String, String>,
+    ) -> Result<AuthVerdict, PolicyError> {
+        self.auth_event("smtp_server_auth_plain", |lua| {
+            let meta = lua.create_table()?;
+            for (k, v) in conn_meta {
+                meta.set(k.as_str(), v.as_str())?;
+            }
+            Ok((authz, authc, password, meta))
+        })
+        .await
+    }
+
     /// `should_enqueue_log_record(msg, hook_name)`: the first non-nil answer wins; none means no.
     pub async fn should_enqueue_log_record(
         self: &Arc<Self>,

@@ -20,6 +20,7 @@ mod retry;
 mod seed;
 mod sessions;
 mod smtp;
+mod smtp_security;
 mod tls;
 
 use std::path::PathBuf;

@@ -18,6 +18,11 @@ pub enum Command {
     Quit,
     Vrfy,
     StartTls,
+    /// `AUTH mechanism [initial-response]`; the mechanism upper-cased.
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
 }
 
 /// A command that could not be parsed, with the reply it deserves.
@@ -126,6 +131,15 @@ pub fn parse(line: &str) -> Result<Command, Malformed> {
         "QUIT" => no_args(Command::Quit),
         "VRFY" => Ok(Command::Vrfy),
         "STARTTLS" => no_args(Command::StartTls),
+        "AUTH" => {
+            let mut words = rest.split_ascii_whitespace();
+            let mechanism = words.next().ok_or(SYNTAX)?.to_ascii_uppercase();
+            let initial = words.next().map(str::to_owned);
+            if words.next().is_some() {
+                return Err(SYNTAX);
+            }
+            Ok(Command::Auth { mechanism, initial })
+        }
         _ => Err(Malformed {
             code: 500,
             text: "5.5.1 command not recognized",
@@ -179,6 +193,20 @@ mod tests {
         assert_eq!(parse("data"), Ok(Command::Data));
         assert_eq!(parse("NOOP whatever"), Ok(Command::Noop));
         assert_eq!(parse("VRFY someone"), Ok(Command::Vrfy));
+        assert_eq!(
+            parse("auth plain AGEAYg=="),
+            Ok(Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial: Some("AGEAYg==".into())
+            })
+        );
+        assert_eq!(
+            parse("AUTH LOGIN"),
+            Ok(Command::Auth {
+                mechanism: "LOGIN".into(),
+                initial: None
+            })
+        );
     }
 
     #[test]
@@ -194,6 +222,8 @@ mod tests {
             ("RCPT TO:<a b@c>", 553),
             ("RCPT TO:<a@b> NOTIFY=NEVER", 555),
             ("DATA now", 501),
+            ("AUTH", 501),
+            ("AUTH PLAIN a b", 501),
             ("FOO", 500),
             ("", 500),
             ("\u{1}\u{2}", 500),

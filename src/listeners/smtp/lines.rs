@@ -4,8 +4,11 @@
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 pub enum Line {
-    /// The line without its terminator.
-    Line,
+    /// The line without its terminator; `crlf` is false when it ended in a
+    /// bare LF (or at end of input).
+    Line {
+        crlf: bool,
+    },
     Eof,
     /// Longer than the limit; the rest of it was read and dropped.
     TooLong,
@@ -27,7 +30,7 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
             } else if too_long {
                 Line::TooLong
             } else {
-                Line::Line
+                Line::Line { crlf: false }
             });
         }
         let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
@@ -47,13 +50,12 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
             if too_long {
                 return Ok(Line::TooLong);
             }
-            if buf.ends_with(b"\n") {
+            buf.pop();
+            let crlf = buf.ends_with(b"\r");
+            if crlf {
                 buf.pop();
             }
-            if buf.ends_with(b"\r") {
-                buf.pop();
-            }
-            return Ok(Line::Line);
+            return Ok(Line::Line { crlf });
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The ESMTP listener: configuration, accept loop and connection limit.
 
+pub mod auth;
 pub mod command;
 pub mod lines;
 pub mod session;
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 
 pub use crate::model::listener_config::EsmtpListener;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// What a session needs, resolved once per listener.
@@ -17,6 +19,89 @@ pub struct Settings {
     pub cfg: EsmtpListener,
     pub relay_hosts: Vec<IpNet>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Bytes of message bodies the listener's sessions hold while receiving.
+    pub data_memory: Arc<DataMemory>,
+}
+
+/// The bytes of DATA all sessions of a listener may hold at once.
+pub struct DataMemory {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl DataMemory {
+    fn take(&self, n: usize) -> bool {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            if used + n > self.limit {
+                return false;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + n,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// A message body being received, counted against its listener's DataMemory.
+pub struct DataBuffer<'a> {
+    buf: Vec<u8>,
+    memory: &'a DataMemory,
+}
+
+impl<'a> DataBuffer<'a> {
+    pub fn new(memory: &'a Arc<DataMemory>) -> Self {
+        DataBuffer {
+            buf: Vec::new(),
+            memory,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Appends the parts; false (and nothing appended) past the memory bound.
+    pub fn extend(&mut self, parts: &[&[u8]]) -> bool {
+        let n: usize = parts.iter().map(|p| p.len()).sum();
+        if !self.memory.take(n) {
+            return false;
+        }
+        for p in parts {
+            self.buf.extend_from_slice(p);
+        }
+        true
+    }
+
+    pub fn clear(&mut self) {
+        self.memory.give(self.buf.len());
+        self.buf = Vec::new();
+    }
+
+    pub fn into_vec(mut self) -> Vec<u8> {
+        self.memory.give(self.buf.len());
+        std::mem::take(&mut self.buf)
+    }
+}
+
+impl Drop for DataBuffer<'_> {
+    fn drop(&mut self) {
+        self.memory.give(self.buf.len());
+    }
 }
 
 impl Settings {
@@ -36,10 +121,15 @@ impl Settings {
                 ));
             }
         };
+        let data_memory = Arc::new(DataMemory {
+            used: AtomicUsize::new(0),
+            limit: cfg.max_data_memory,
+        });
         Ok(Settings {
             cfg,
             relay_hosts,
             tls,
+            data_memory,
         })
     }
 }

@@ -1,14 +1,19 @@
 //! One SMTP conversation: commands in, replies out, messages into the spool.
 //! Replies are buffered while the client's pipelined commands are still
-//! buffered, and flushed before the relay waits for more.
+//! buffered, and flushed before the relay waits for more. Each verb has its
+//! own handler; the parser (`command`) and the AUTH decoding (`auth`) live
+//! apart.
 
 use super::Settings;
+use super::auth::{self, BadAuth};
 use super::command::{self, Command};
 use super::lines::{Line, read_line};
 use crate::engine::{Engine, Refusal};
 use crate::model::message::Message;
+use crate::policy::AuthVerdict;
 use bytes::Bytes;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -28,7 +33,7 @@ pub async fn refuse(mut sock: TcpStream, hostname: &str) {
 
 pub async fn run(sock: TcpStream, peer: SocketAddr, settings: Arc<Settings>, engine: Arc<Engine>) {
     let local = sock.local_addr().ok();
-    let engine_stop = engine.shutdown_signal();
+    let stop = engine.shutdown_signal();
     let mut s = Session {
         settings: settings.clone(),
         engine,
@@ -40,7 +45,8 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, settings: Arc<Settings>, eng
         messages: 0,
         errors: 0,
         tls: false,
-        stop: engine_stop,
+        authenticated: None,
+        stop,
     };
     let banner = settings
         .cfg
@@ -50,7 +56,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, settings: Arc<Settings>, eng
     s.reply(220, &format!("{} {banner}", settings.cfg.hostname));
     let mut io = BufReader::new(sock);
     match s.converse(&mut io).await {
-        End::Upgrade => {
+        Flow::Upgrade => {
             let Some(acceptor) = settings.tls.clone() else {
                 return;
             };
@@ -69,14 +75,17 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, settings: Arc<Settings>, eng
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
-        End::Close => {
+        Flow::Close | Flow::Continue => {
             let _ = io.get_mut().shutdown().await;
         }
     }
 }
 
-enum End {
+/// What a command handler leaves the session to do next.
+enum Flow {
+    Continue,
     Close,
+    /// Start TLS on the connection, then converse again.
     Upgrade,
 }
 
@@ -96,6 +105,8 @@ struct Session {
     messages: usize,
     errors: usize,
     tls: bool,
+    /// The identity the client authenticated as (AUTH).
+    authenticated: Option<String>,
     /// Ends a session waiting for its next command when the relay stops.
     stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -124,9 +135,22 @@ impl Session {
         Ok(())
     }
 
+    /// Replies, flushes and ends the session.
+    async fn close<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut BufReader<S>,
+        code: u16,
+        text: &str,
+    ) -> Flow {
+        self.reply(code, text);
+        let _ = self.flush(io).await;
+        Flow::Close
+    }
+
     /// Reads a line. A command read (`command`) also ends when the relay
     /// stops; a line of message data does not, so a transaction under way
-    /// is finished.
+    /// is finished. `None` ends the session (end of input, an I/O error, or
+    /// a timeout, which has been answered with 421).
     async fn read<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut BufReader<S>,
@@ -150,8 +174,7 @@ impl Session {
         let line = tokio::select! {
             r = tokio::time::timeout(timeout, read_line(io, buf, limit)) => r,
             _ = stopped => {
-                self.reply(421, "4.3.2 relay is shutting down, try again later");
-                let _ = self.flush(io).await;
+                self.close(io, 421, "4.3.2 relay is shutting down, try again later").await;
                 return None;
             }
         };
@@ -160,32 +183,31 @@ impl Session {
             Ok(Err(_)) => None,
             Err(_) => {
                 let host = self.settings.cfg.hostname.clone();
-                self.reply(421, &format!("4.4.2 {host} timeout waiting for the client"));
-                let _ = self.flush(io).await;
+                self.close(
+                    io,
+                    421,
+                    &format!("4.4.2 {host} timeout waiting for the client"),
+                )
+                .await;
                 None
             }
         }
     }
 
-    async fn converse<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut BufReader<S>) -> End {
+    async fn converse<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut BufReader<S>) -> Flow {
         let limit = self.settings.cfg.line_length_hard_limit;
         let mut buf = Vec::new();
         loop {
-            if self.engine.is_shutting_down() {
-                self.reply(421, "4.3.2 relay is shutting down, try again later");
-                let _ = self.flush(io).await;
-                return End::Close;
-            }
             let Some(line) = self.read(io, &mut buf, limit, true).await else {
-                return End::Close;
+                return Flow::Close;
             };
             let cmd = match line {
-                Line::Eof => return End::Close,
+                Line::Eof => return Flow::Close,
                 Line::TooLong => Err(command::Malformed {
                     code: 500,
                     text: "5.5.2 line too long",
                 }),
-                Line::Line => match std::str::from_utf8(&buf) {
+                Line::Line { .. } => match std::str::from_utf8(&buf) {
                     Ok(text) => command::parse(text),
                     Err(_) => Err(command::Malformed {
                         code: 500,
@@ -193,111 +215,154 @@ impl Session {
                     }),
                 },
             };
-            let cmd = match cmd {
-                Ok(c) => c,
-                Err(m) => {
-                    self.errors += 1;
-                    if self.errors > MAX_ERRORS {
-                        self.reply(421, "4.7.0 too many errors, closing the connection");
-                        let _ = self.flush(io).await;
-                        return End::Close;
-                    }
-                    self.reply(m.code, m.text);
-                    continue;
-                }
+            let flow = match cmd {
+                Ok(c) => self.command(c, io, &mut buf).await,
+                Err(m) => self.bad_command(io, m.code, m.text).await,
             };
-            match cmd {
-                Command::Ehlo(domain) => {
-                    self.tx = None;
-                    self.helo = Some(domain);
-                    let c = &self.settings.cfg;
-                    let mut lines = vec![
-                        format!("{} Hello {}", c.hostname, self.peer.ip()),
-                        "PIPELINING".into(),
-                        format!("SIZE {}", c.max_message_size),
-                        "8BITMIME".into(),
-                        "ENHANCEDSTATUSCODES".into(),
-                    ];
-                    if self.settings.tls.is_some() && !self.tls {
-                        lines.push("STARTTLS".into());
-                    }
-                    let last = lines.len() - 1;
-                    for (i, l) in lines.iter().enumerate() {
-                        let sep = if i == last { ' ' } else { '-' };
-                        self.out
-                            .extend_from_slice(format!("250{sep}{l}\r\n").as_bytes());
-                    }
-                }
-                Command::Helo(domain) => {
-                    self.tx = None;
-                    self.helo = Some(domain);
-                    let text = format!("{} Hello {}", self.settings.cfg.hostname, self.peer.ip());
-                    self.reply(250, &text);
-                }
-                Command::StartTls => {
-                    if self.tls {
-                        self.reply(503, "5.5.1 TLS is already active");
-                    } else if self.settings.tls.is_none() {
-                        self.reply(502, "5.5.1 STARTTLS is not available");
-                    } else {
-                        self.reply(220, "2.0.0 ready to start TLS");
-                        let _ = self.flush(io).await;
-                        return End::Upgrade;
-                    }
-                }
-                Command::Mail { from, size } => {
-                    let max = self.settings.cfg.max_message_size;
-                    if self.helo.is_none() {
-                        self.reply(503, "5.5.1 send EHLO or HELO first");
-                    } else if self.tx.is_some() {
-                        self.reply(503, "5.5.1 nested MAIL command");
-                    } else if self.messages >= self.settings.cfg.max_messages_per_connection {
-                        self.reply(421, "4.7.0 too many messages on this connection");
-                        let _ = self.flush(io).await;
-                        return End::Close;
-                    } else if size.is_some_and(|s| s > max as u64) {
-                        self.reply(
-                            552,
-                            &format!("5.3.4 message size exceeds the maximum of {max} bytes"),
-                        );
-                    } else {
-                        self.tx = Some(Transaction {
-                            from,
-                            rcpts: Vec::new(),
-                        });
-                        self.reply(250, "2.1.0 OK");
-                    }
-                }
-                Command::Rcpt { to } => self.rcpt(to),
-                Command::Data => {
-                    if let Some(end) = self.data(io, &mut buf).await {
-                        return end;
-                    }
-                }
-                Command::Rset => {
-                    self.tx = None;
-                    self.reply(250, "2.0.0 OK");
-                }
-                Command::Noop => self.reply(250, "2.0.0 OK"),
-                Command::Vrfy => {
-                    self.reply(252, "2.5.0 cannot VRFY a user, but will accept the message")
-                }
-                Command::Quit => {
-                    self.reply(221, "2.0.0 bye");
-                    let _ = self.flush(io).await;
-                    return End::Close;
-                }
+            match flow {
+                Flow::Continue => {}
+                other => return other,
             }
         }
     }
 
+    async fn bad_command<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut BufReader<S>,
+        code: u16,
+        text: &str,
+    ) -> Flow {
+        self.errors += 1;
+        if self.errors > MAX_ERRORS {
+            return self
+                .close(io, 421, "4.7.0 too many errors, closing the connection")
+                .await;
+        }
+        self.reply(code, text);
+        Flow::Continue
+    }
+
+    async fn command<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        cmd: Command,
+        io: &mut BufReader<S>,
+        buf: &mut Vec<u8>,
+    ) -> Flow {
+        match cmd {
+            Command::Ehlo(domain) => self.ehlo(domain),
+            Command::Helo(domain) => self.helo(domain),
+            Command::StartTls => return self.starttls(io).await,
+            Command::Auth { mechanism, initial } => {
+                return self.auth(io, buf, &mechanism, initial).await;
+            }
+            Command::Mail { from, size } => return self.mail(io, from, size).await,
+            Command::Rcpt { to } => self.rcpt(to),
+            Command::Data => return self.data(io, buf).await,
+            Command::Rset => {
+                self.tx = None;
+                self.reply(250, "2.0.0 OK");
+            }
+            Command::Noop => self.reply(250, "2.0.0 OK"),
+            Command::Vrfy => {
+                self.reply(252, "2.5.0 cannot VRFY a user, but will accept the message")
+            }
+            Command::Quit => return self.close(io, 221, "2.0.0 bye").await,
+        }
+        Flow::Continue
+    }
+
+    /// AUTH is offered on TLS (or where the listener allows it in the clear)
+    /// when the policy can check credentials.
+    fn auth_offered(&self) -> bool {
+        (self.tls || self.settings.cfg.allow_auth_without_tls)
+            && self.engine.policy().defines("smtp_server_auth_plain")
+    }
+
+    fn ehlo(&mut self, domain: String) {
+        self.tx = None;
+        self.helo = Some(domain);
+        let c = &self.settings.cfg;
+        let mut lines = vec![
+            format!("{} Hello {}", c.hostname, self.peer.ip()),
+            "PIPELINING".into(),
+            format!("SIZE {}", c.max_message_size),
+            "8BITMIME".into(),
+            "ENHANCEDSTATUSCODES".into(),
+        ];
+        if self.settings.tls.is_some() && !self.tls {
+            lines.push("STARTTLS".into());
+        }
+        if self.auth_offered() && self.authenticated.is_none() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        let last = lines.len() - 1;
+        for (i, l) in lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            self.out
+                .extend_from_slice(format!("250{sep}{l}\r\n").as_bytes());
+        }
+    }
+
+    fn helo(&mut self, domain: String) {
+        self.tx = None;
+        self.helo = Some(domain);
+        let text = format!("{} Hello {}", self.settings.cfg.hostname, self.peer.ip());
+        self.reply(250, &text);
+    }
+
+    async fn starttls<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut BufReader<S>) -> Flow {
+        if self.tls {
+            self.reply(503, "5.5.1 TLS is already active");
+        } else if self.settings.tls.is_none() {
+            self.reply(502, "5.5.1 STARTTLS is not available");
+        } else {
+            self.reply(220, "2.0.0 ready to start TLS");
+            let _ = self.flush(io).await;
+            return Flow::Upgrade;
+        }
+        Flow::Continue
+    }
+
+    async fn mail<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut BufReader<S>,
+        from: String,
+        size: Option<u64>,
+    ) -> Flow {
+        let max = self.settings.cfg.max_message_size;
+        if self.helo.is_none() {
+            self.reply(503, "5.5.1 send EHLO or HELO first");
+        } else if self.tx.is_some() {
+            self.reply(503, "5.5.1 nested MAIL command");
+        } else if self.settings.cfg.require_starttls && !self.tls {
+            self.reply(530, "5.7.0 must issue a STARTTLS command first");
+        } else if self.messages >= self.settings.cfg.max_messages_per_connection {
+            return self
+                .close(io, 421, "4.7.0 too many messages on this connection")
+                .await;
+        } else if size.is_some_and(|s| s > max as u64) {
+            self.reply(
+                552,
+                &format!("5.3.4 message size exceeds the maximum of {max} bytes"),
+            );
+        } else {
+            self.tx = Some(Transaction {
+                from,
+                rcpts: Vec::new(),
+            });
+            self.reply(250, "2.1.0 OK");
+        }
+        Flow::Continue
+    }
+
     fn rcpt(&mut self, to: String) {
         let max = self.settings.cfg.max_recipients_per_message;
-        let relay_ok = self
-            .settings
-            .relay_hosts
-            .iter()
-            .any(|n| n.contains(&self.peer.ip()));
+        let relay_ok = self.authenticated.is_some()
+            || self
+                .settings
+                .relay_hosts
+                .iter()
+                .any(|n| n.contains(&self.peer.ip()));
         let Some(tx) = self.tx.as_mut() else {
             self.reply(503, "5.5.1 need MAIL before RCPT");
             return;
@@ -318,68 +383,229 @@ impl Session {
         self.reply(250, "2.1.5 OK");
     }
 
-    /// Reads the message after DATA and answers it; `Some` ends the session.
+    /// AUTH PLAIN (RFC 4616) or LOGIN, checked by `smtp_server_auth_plain`.
+    async fn auth<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut BufReader<S>,
+        buf: &mut Vec<u8>,
+        mechanism: &str,
+        initial: Option<String>,
+    ) -> Flow {
+        if self.authenticated.is_some() {
+            self.reply(503, "5.5.1 already authenticated");
+            return Flow::Continue;
+        }
+        if self.tx.is_some() {
+            self.reply(503, "5.5.1 AUTH is not allowed during a mail transaction");
+            return Flow::Continue;
+        }
+        if !self.tls && !self.settings.cfg.allow_auth_without_tls {
+            self.reply(538, "5.7.11 encryption required: issue STARTTLS first");
+            return Flow::Continue;
+        }
+        if !self.auth_offered() {
+            self.reply(502, "5.5.1 AUTH is not available");
+            return Flow::Continue;
+        }
+        let creds = match mechanism {
+            "PLAIN" => self.auth_plain(io, buf, initial).await,
+            "LOGIN" => self.auth_login(io, buf, initial).await,
+            _ => Err(BadAuth {
+                code: 504,
+                text: "5.5.4 unrecognized authentication mechanism",
+            }),
+        };
+        let creds = match creds {
+            Ok(Some(c)) => c,
+            // The connection ended or timed out mid-exchange.
+            Ok(None) => return Flow::Close,
+            Err(bad) => return self.bad_command(io, bad.code, bad.text).await,
+        };
+        let meta = self.conn_meta();
+        let verdict = self
+            .engine
+            .policy()
+            .smtp_auth_plain(&creds.authz, &creds.authc, &creds.password, &meta)
+            .await;
+        match verdict {
+            Ok(AuthVerdict::Allow) => {
+                self.authenticated = Some(creds.authc);
+                self.reply(235, "2.7.0 authentication successful");
+                Flow::Continue
+            }
+            Ok(AuthVerdict::Deny | AuthVerdict::NoHandler) => {
+                self.bad_command(io, 535, "5.7.8 authentication credentials invalid")
+                    .await
+            }
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, "smtp_server_auth_plain failed");
+                self.reply(454, "4.7.0 temporary authentication failure");
+                Flow::Continue
+            }
+        }
+    }
+
+    /// The client's next AUTH response line; `Ok(None)` when the session ended.
+    async fn auth_response<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut BufReader<S>,
+        buf: &mut Vec<u8>,
+        challenge: &str,
+    ) -> Result<Option<String>, BadAuth> {
+        self.reply(334, challenge);
+        match self.read(io, buf, auth::MAX_RESPONSE, false).await {
+            None | Some(Line::Eof) => Ok(None),
+            Some(Line::TooLong) => Err(BadAuth {
+                code: 500,
+                text: "5.5.6 authentication exchange line is too long",
+            }),
+            Some(Line::Line { .. }) => Ok(Some(String::from_utf8_lossy(buf).into_owned())),
+        }
+    }
+
+    async fn auth_plain<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut BufReader<S>,
+        buf: &mut Vec<u8>,
+        initial: Option<String>,
+    ) -> Result<Option<auth::Credentials>, BadAuth> {
+        let response = match initial {
+            Some(r) => r,
+            None => match self.auth_response(io, buf, "").await? {
+                Some(r) => r,
+                None => return Ok(None),
+            },
+        };
+        auth::plain(&response).map(Some)
+    }
+
+    async fn auth_login<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut BufReader<S>,
+        buf: &mut Vec<u8>,
+        initial: Option<String>,
+    ) -> Result<Option<auth::Credentials>, BadAuth> {
+        let user = match initial {
+            Some(r) => auth::login_step(&r)?,
+            None => match self.auth_response(io, buf, auth::LOGIN_USERNAME).await? {
+                Some(r) => auth::login_step(&r)?,
+                None => return Ok(None),
+            },
+        };
+        let Some(password) = self.auth_response(io, buf, auth::LOGIN_PASSWORD).await? else {
+            return Ok(None);
+        };
+        Ok(Some(auth::Credentials {
+            authz: user.clone(),
+            authc: user,
+            password: auth::login_step(&password)?,
+        }))
+    }
+
+    fn conn_meta(&self) -> BTreeMap<String, String> {
+        let mut meta = BTreeMap::new();
+        meta.insert("received_from".into(), self.peer.to_string());
+        if let Some(l) = self.local {
+            meta.insert("received_via".into(), l.to_string());
+        }
+        if let Some(h) = &self.helo {
+            meta.insert("ehlo_domain".into(), h.clone());
+        }
+        meta.insert("tls".into(), self.tls.to_string());
+        meta
+    }
+
+    /// Reads the message after DATA and answers it.
     async fn data<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut BufReader<S>,
         buf: &mut Vec<u8>,
-    ) -> Option<End> {
+    ) -> Flow {
         match &self.tx {
             None => {
                 self.reply(503, "5.5.1 need MAIL and RCPT before DATA");
-                return None;
+                return Flow::Continue;
             }
             Some(tx) if tx.rcpts.is_empty() => {
                 self.reply(554, "5.5.1 no valid recipients");
-                return None;
+                return Flow::Continue;
             }
             Some(_) => {}
         }
         self.reply(354, "end data with <CR><LF>.<CR><LF>");
-        let max = self.settings.cfg.max_message_size;
-        let limit = self.settings.cfg.line_length_hard_limit;
-        let mut body: Vec<u8> = Vec::new();
-        let mut oversize = false;
-        let mut long_line = false;
-        loop {
-            let line = self.read(io, buf, limit, false).await?;
-            match line {
-                Line::Eof => return Some(End::Close),
-                Line::TooLong => long_line = true,
-                Line::Line => {
-                    if buf.as_slice() == b"." {
-                        break;
-                    }
-                    let text = buf.strip_prefix(b".").unwrap_or(buf);
-                    if body.len() + text.len() + 2 > max {
-                        oversize = true;
-                        body.clear();
-                    }
-                    if !oversize {
-                        body.extend_from_slice(text);
-                        body.extend_from_slice(b"\r\n");
-                    }
+        let body = match self.read_body(io, buf).await {
+            Some(b) => b,
+            // A timeout (answered with 421), the end of input or an error:
+            // the rest of the body must not be read as commands.
+            None => return Flow::Close,
+        };
+        let tx = self.tx.take().expect("checked above");
+        match body {
+            Err((code, text)) => self.reply(code, &text),
+            Ok(body) => {
+                self.messages += 1;
+                match self.accept(tx, body.into()).await {
+                    Ok(ids) => self.reply(250, &format!("2.0.0 OK queued as {ids}")),
+                    Err(r) => self.refusal(&r),
                 }
             }
         }
-        let tx = self.tx.take().expect("checked above");
-        if oversize {
-            self.reply(
-                552,
-                &format!("5.3.4 message size exceeds the maximum of {max} bytes"),
-            );
-            return None;
+        Flow::Continue
+    }
+
+    /// The message up to `<CR><LF>.<CR><LF>`, dot-unstuffed. A line ended by
+    /// a bare LF is kept as a line (stored with CRLF) but never ends the
+    /// message, so a body cannot smuggle a second transaction past the
+    /// relay (Postfix's `smtpd_forbid_bare_newline = normalize`). `None`
+    /// when the session must end.
+    async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut BufReader<S>,
+        buf: &mut Vec<u8>,
+    ) -> Option<Result<Vec<u8>, (u16, String)>> {
+        let max = self.settings.cfg.max_message_size;
+        let limit = self.settings.cfg.line_length_hard_limit;
+        let settings = self.settings.clone();
+        let mut body = super::DataBuffer::new(&settings.data_memory);
+        let mut refused: Option<(u16, String)> = None;
+        loop {
+            let line = self.read(io, buf, limit, false).await?;
+            let crlf = match line {
+                Line::Eof => return None,
+                Line::TooLong => {
+                    refused.get_or_insert((
+                        500,
+                        format!("5.5.2 a line was longer than {limit} bytes"),
+                    ));
+                    continue;
+                }
+                Line::Line { crlf } => crlf,
+            };
+            if crlf && buf.as_slice() == b"." {
+                break;
+            }
+            if refused.is_some() {
+                continue;
+            }
+            let text = buf.strip_prefix(b".").unwrap_or(buf);
+            if body.len() + text.len() + 2 > max {
+                refused = Some((
+                    552,
+                    format!("5.3.4 message size exceeds the maximum of {max} bytes"),
+                ));
+                body.clear();
+            } else if !body.extend(&[text, b"\r\n"]) {
+                refused = Some((
+                    452,
+                    "4.3.1 insufficient system storage for the message now, try again later".into(),
+                ));
+                body.clear();
+            }
         }
-        if long_line {
-            self.reply(500, &format!("5.5.2 a line was longer than {limit} bytes"));
-            return None;
-        }
-        self.messages += 1;
-        match self.accept(tx, Bytes::from(body)).await {
-            Ok(ids) => self.reply(250, &format!("2.0.0 OK queued as {ids}")),
-            Err(r) => self.refusal(&r),
-        }
-        None
+        Some(match refused {
+            Some(r) => Err(r),
+            None => Ok(body.into_vec()),
+        })
     }
 
     async fn accept(&mut self, tx: Transaction, body: Bytes) -> Result<String, Refusal> {
@@ -391,6 +617,9 @@ impl Session {
         }
         if let Some(h) = &self.helo {
             meta.insert("ehlo_domain".into(), Value::from(h.clone()));
+        }
+        if let Some(who) = &self.authenticated {
+            meta.insert("authn_id".into(), Value::from(who.clone()));
         }
         let policy = self.engine.policy();
         let mut msgs = Vec::with_capacity(tx.rcpts.len());
