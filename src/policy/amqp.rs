@@ -21,8 +21,25 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// In every timeout message below, so a stalled connection can be recognised.
-const TIMED_OUT: &str = "timed out";
+/// Connections opened to one broker when each one's channels are used up.
+const MAX_CONNECTIONS_PER_BROKER: usize = 8;
+
+/// Why talking to the broker failed; a stall is told apart so the pooled
+/// connection can be dropped.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Failure {
+    /// A publish or confirm got no answer in time.
+    #[error("{0}")]
+    TimedOut(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<Failure> for mlua::Error {
+    fn from(f: Failure) -> mlua::Error {
+        mlua::Error::runtime(f.to_string())
+    }
+}
 
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
 
@@ -67,9 +84,12 @@ pub fn redact(uri: &str) -> String {
 }
 
 impl AmqpPool {
+    /// The `shard`th pooled connection to `target` (more than one only when
+    /// the broker's per-connection channel limit is reached).
     async fn connection(
         &self,
         target: &Target,
+        shard: usize,
         timeout: Duration,
     ) -> Result<Arc<Connection>, String> {
         let uri = target.uri.as_str();
@@ -78,7 +98,7 @@ impl AmqpPool {
             .conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(key.clone())
+            .entry(format!("{key}\0{shard}"))
             .or_default()
             .clone();
         let mut guard = slot.lock().await;
@@ -88,10 +108,12 @@ impl AmqpPool {
             return Ok(c.clone());
         }
         *guard = None;
-        self.idle_channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        if shard == 0 {
+            self.idle_channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        }
         let props = ConnectionProperties::default().with_connection_name("amqp-relay".into());
         let tls = OwnedTLSConfig {
             identity: None,
@@ -113,7 +135,7 @@ impl AmqpPool {
         Ok(conn)
     }
 
-    /// A channel in confirm mode on the pooled connection to `target`.
+    /// A channel in confirm mode on a pooled connection to `target`.
     pub async fn channel(&self, target: &Target, timeout: Duration) -> Result<Channel, String> {
         let uri = target.uri.as_str();
         loop {
@@ -129,49 +151,61 @@ impl AmqpPool {
                 None => break,
             }
         }
-        let conn = self.connection(target, timeout).await?;
-        let open = async {
-            let ch = conn.create_channel().await?;
-            ch.confirm_select(ConfirmSelectOptions::default()).await?;
-            Ok::<_, lapin::Error>(ch)
-        };
-        tokio::time::timeout(timeout, open)
-            .await
-            .map_err(|_| format!("opening a channel to {} timed out", redact(uri)))?
-            .map_err(|e| format!("opening a channel to {}: {e}", redact(uri)))
+        for shard in 0..MAX_CONNECTIONS_PER_BROKER {
+            let conn = self.connection(target, shard, timeout).await?;
+            let open = async {
+                let ch = conn.create_channel().await?;
+                ch.confirm_select(ConfirmSelectOptions::default()).await?;
+                Ok::<_, lapin::Error>(ch)
+            };
+            match tokio::time::timeout(timeout, open).await {
+                Err(_) => return Err(format!("opening a channel to {} timed out", redact(uri))),
+                Ok(Ok(ch)) => return Ok(ch),
+                // This connection's channels are used up: try the next one.
+                Ok(Err(e)) if matches!(e.kind(), lapin::ErrorKind::ChannelsLimitReached) => {}
+                Ok(Err(e)) => return Err(format!("opening a channel to {}: {e}", redact(uri))),
+            }
+        }
+        Err(format!(
+            "opening a channel to {}: all {MAX_CONNECTIONS_PER_BROKER} connections have reached the broker's channel limit",
+            redact(uri)
+        ))
     }
 
-    /// Drops the pooled connection after it stalled (a publish or confirm timed
-    /// out): a dead peer can look connected until heartbeats notice, and the
-    /// next client should not wait on it.
+    /// Drops the pooled connections after one stalled (a publish or confirm
+    /// timed out): a dead peer can look connected until heartbeats notice, and
+    /// the next client should not wait on it.
     pub fn forget(&self, target: &Target) {
         let key = target.key();
         self.idle_channels
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
-        let slot = self
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned();
-        if let Some(slot) = slot
-            && let Ok(mut guard) = slot.try_lock()
-            && let Some(conn) = guard.take()
-        {
-            tracing::warn!(broker = %redact(&target.uri), "dropping a stalled broker connection");
-            tokio::spawn(async move {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(2), conn.close(320, "stalled".into()))
-                        .await;
-            });
+        let slots: Vec<Slot> = {
+            let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+            (0..MAX_CONNECTIONS_PER_BROKER)
+                .filter_map(|shard| conns.get(&format!("{key}\0{shard}")).cloned())
+                .collect()
+        };
+        for slot in slots {
+            if let Ok(mut guard) = slot.try_lock()
+                && let Some(conn) = guard.take()
+            {
+                tracing::warn!(broker = %redact(&target.uri), "dropping a stalled broker connection");
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        conn.close(320, "stalled".into()),
+                    )
+                    .await;
+                });
+            }
         }
     }
 
-    /// Forgets the connection when `err` says a publish or confirm timed out.
-    fn after_error(&self, target: &Target, err: &str) {
-        if err.contains(TIMED_OUT) {
+    /// Forgets the connections when the failure was a stall.
+    fn after_error(&self, target: &Target, failure: &Failure) {
+        if let Failure::TimedOut(_) = failure {
             self.forget(target);
         }
     }
@@ -489,16 +523,16 @@ impl Publish {
         })
     }
 
-    pub async fn send(self, ch: &Channel, timeout: Duration) -> Result<PublisherConfirm, String> {
+    pub async fn send(self, ch: &Channel, timeout: Duration) -> Result<PublisherConfirm, Failure> {
         finish_write(self.start(ch.clone()), timeout).await
     }
 }
 
-async fn finish_write(write: Writing, timeout: Duration) -> Result<PublisherConfirm, String> {
+async fn finish_write(write: Writing, timeout: Duration) -> Result<PublisherConfirm, Failure> {
     tokio::time::timeout(timeout, write)
         .await
-        .map_err(|_| format!("publish {TIMED_OUT} after {timeout:?}"))?
-        .map_err(|e| format!("publish failed: {e}"))
+        .map_err(|_| Failure::TimedOut(format!("publish timed out after {timeout:?}")))?
+        .map_err(|e| Failure::Failed(format!("publish failed: {e}")))
 }
 
 /// The confirm outcome, as `{status, reply_code?, reply_text?}`.
@@ -536,12 +570,16 @@ impl Outcome {
     }
 }
 
-pub async fn await_confirm(c: PublisherConfirm, timeout: Duration) -> Result<Outcome, String> {
+pub async fn await_confirm(c: PublisherConfirm, timeout: Duration) -> Result<Outcome, Failure> {
     tokio::time::timeout(timeout, c)
         .await
-        .map_err(|_| format!("confirm {TIMED_OUT}: no answer from the broker within {timeout:?}"))?
+        .map_err(|_| {
+            Failure::TimedOut(format!(
+                "confirm timed out: no answer from the broker within {timeout:?}"
+            ))
+        })?
         .map(Outcome::from_confirmation)
-        .map_err(|e| format!("waiting for the confirm: {e}"))
+        .map_err(|e| Failure::Failed(format!("waiting for the confirm: {e}")))
 }
 
 /// `kumo.amqp.build_client(uri)`'s object.
@@ -579,10 +617,9 @@ impl Client {
         })
     }
 
-    fn fail(&self, e: impl std::fmt::Display) -> mlua::Error {
-        let e = e.to_string();
-        self.pool.after_error(&self.target, &e);
-        mlua::Error::runtime(format!("amqp {}: {e}", redact(&self.target.uri)))
+    fn fail(&self, f: Failure) -> mlua::Error {
+        self.pool.after_error(&self.target, &f);
+        mlua::Error::runtime(format!("amqp {}: {f}", redact(&self.target.uri)))
     }
 
     /// Queues the message's frames without waiting for them to be written, so a
@@ -598,7 +635,9 @@ impl Client {
         // Poll once now so the frames are queued in call order; `wait()` does the rest.
         let pending = match write.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(Ok(confirm)) => Pending::Written(confirm),
-            Poll::Ready(Err(e)) => return Err(self.fail(format!("publish failed: {e}"))),
+            Poll::Ready(Err(e)) => {
+                return Err(self.fail(Failure::Failed(format!("publish failed: {e}"))));
+            }
             Poll::Pending => Pending::Writing(write, write_timeout),
         };
         Ok(Confirm {
@@ -610,13 +649,13 @@ impl Client {
 }
 
 impl Confirm {
-    async fn outcome(&self) -> Result<Outcome, String> {
+    async fn outcome(&self) -> Result<Outcome, Failure> {
         let pending = self
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .ok_or("confirm:wait() was already called")?;
+            .ok_or_else(|| Failure::Failed("confirm:wait() was already called".into()))?;
         let confirm = match pending {
             Pending::Written(c) => c,
             Pending::Writing(write, timeout) => finish_write(write, timeout).await?,
@@ -656,9 +695,9 @@ impl UserData for Client {
 impl UserData for Confirm {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_async_method("wait", |lua, this: UserDataRef<Confirm>, ()| async move {
-            let outcome = this.outcome().await.map_err(|e| {
-                this.pool.after_error(&this.target, &e);
-                mlua::Error::runtime(e)
+            let outcome = this.outcome().await.map_err(|f| {
+                this.pool.after_error(&this.target, &f);
+                mlua::Error::from(f)
             })?;
             outcome.to_lua(&lua)
         });
