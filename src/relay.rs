@@ -103,10 +103,10 @@ fn setup(init: InitConfig, args: &RelayArgs) -> anyhow::Result<Setup> {
         )
     } else {
         (
-            vec![HttpListener {
-                listen: args.http_listen.clone(),
-                trusted_hosts: args.http_trusted_hosts.clone(),
-            }],
+            vec![HttpListener::with_defaults(
+                args.http_listen.clone(),
+                args.http_trusted_hosts.clone(),
+            )],
             args.smtp_listen
                 .iter()
                 .map(|listen| {
@@ -165,15 +165,20 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     }
     engine.start();
 
+    let http_listeners = setup
+        .http
+        .into_iter()
+        .map(|cfg| http::Listener::new(cfg, engine.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     let mut servers = tokio::task::JoinSet::new();
-    for l in setup.http {
-        let trusted = http::parse_trusted(&l.trusted_hosts).map_err(anyhow::Error::msg)?;
-        let sock = tokio::net::TcpListener::bind(&l.listen)
+    for l in http_listeners {
+        let sock = tokio::net::TcpListener::bind(&l.cfg.listen)
             .await
-            .with_context(|| format!("http listener: cannot bind {}", l.listen))?;
+            .with_context(|| format!("http listener: cannot bind {}", l.cfg.listen))?;
         // Logged here, not in the task, so the lines come in declaration order.
         tracing::info!(target: "amqp_relay::listeners", "http listener on {}", sock.local_addr()?);
-        servers.spawn(http::serve(sock, engine.clone(), trusted));
+        servers.spawn(l.serve(sock));
     }
     for settings in setup.smtp {
         let sock = tokio::net::TcpListener::bind(&settings.cfg.listen)

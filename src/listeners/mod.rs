@@ -2,4 +2,5 @@
 
 pub mod http;
 pub mod inject;
+pub mod net;
 pub mod smtp;

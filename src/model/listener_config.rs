@@ -6,13 +6,87 @@ use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `kumo.start_http_listener{…}` (or `--http-listen`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpListener {
     pub listen: String,
-    /// CIDRs allowed to inject and administer; KumoMTA's default is loopback only.
+    /// Peers that may inject and administer without credentials; KumoMTA's
+    /// default is loopback only. Others authenticate (HTTP Basic, checked by
+    /// `http_server_validate_auth_basic`).
     #[serde(default = "loopback")]
     pub trusted_hosts: Vec<String>,
+    /// Accepted as in KumoMTA (it names the server; TLS uses the certificate).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Serve HTTPS; needs `tls_certificate` and `tls_private_key` (KumoMTA
+    /// would make a self-signed certificate: this relay does not).
+    #[serde(default)]
+    pub use_tls: bool,
+    #[serde(default)]
+    pub tls_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_private_key: Option<PathBuf>,
+    /// Largest request body, in bytes (KumoMTA's default: 2 MiB); more gets 413.
+    #[serde(default = "default_request_body_limit", deserialize_with = "de_size")]
+    pub request_body_limit: usize,
+    /// Our extension: authenticated users who may also use the admin API
+    /// (trusted hosts always may); other credentials inject only.
+    #[serde(default)]
+    pub admin_users: Vec<String>,
+    /// Our extension: connections served at once; more are closed at once.
+    #[serde(default = "default_http_connections")]
+    pub max_connections: usize,
+    /// Our extension: a client must send a request's headers within this.
+    #[serde(default = "default_header_timeout", deserialize_with = "de_duration")]
+    pub header_timeout: Duration,
+    /// Our extension: a request (body included) must be done within this.
+    #[serde(default = "default_request_timeout", deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
+    /// Our extension: recipients one injection request may name.
+    #[serde(default = "default_max_recipients_per_request")]
+    pub max_recipients_per_request: usize,
+}
+
+impl HttpListener {
+    /// A listener with every default but its address and trusted hosts.
+    pub fn with_defaults(listen: String, trusted_hosts: Vec<String>) -> HttpListener {
+        serde_json::from_value(serde_json::json!({
+            "listen": listen,
+            "trusted_hosts": trusted_hosts,
+        }))
+        .expect("defaults deserialise")
+    }
+}
+
+fn default_request_body_limit() -> usize {
+    2 * 1024 * 1024
+}
+fn default_http_connections() -> usize {
+    1024
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_recipients_per_request() -> usize {
+    10_000
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        T(String),
+    }
+    let n = match Raw::deserialize(d)? {
+        Raw::N(n) => n,
+        Raw::T(t) => super::config::parse_size(&t).map_err(serde::de::Error::custom)?,
+    };
+    usize::try_from(n).map_err(serde::de::Error::custom)
 }
 
 pub fn loopback() -> Vec<String> {

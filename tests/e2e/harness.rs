@@ -14,7 +14,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_amqp-relay");
 
 pub struct Relay {
     child: Child,
+    /// The first HTTP listener; `http_all` has every one, in declaration order.
     pub http: SocketAddr,
+    pub http_all: Vec<SocketAddr>,
     /// SMTP listeners, in the order the relay bound them.
     pub smtp: Vec<SocketAddr>,
     pub log: Arc<Mutex<Vec<String>>>,
@@ -75,6 +77,25 @@ impl Relay {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::launch_with(cmd, 1, smtp_listeners)
+    }
+
+    /// For a policy whose init starts `http` HTTP and `smtp` SMTP listeners.
+    pub fn start_listeners(policy: &Path, data_dir: &Path, http: usize, smtp: usize) -> Relay {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("relay")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "info,lapin=off")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Self::launch_with(cmd, http, smtp)
+    }
+
+    fn launch_with(mut cmd: Command, http_listeners: usize, smtp_listeners: usize) -> Relay {
         let mut child = cmd.spawn().expect("spawn amqp-relay");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -90,14 +111,14 @@ impl Relay {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut http = None;
+        let mut http = Vec::new();
         let mut smtp = Vec::new();
-        while http.is_none() || smtp.len() < smtp_listeners {
+        while http.len() < http_listeners || smtp.len() < smtp_listeners {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok((kind, a)) => {
                     let a: SocketAddr = a.parse().expect("listener address");
                     if kind == "http" {
-                        http = Some(a)
+                        http.push(a)
                     } else {
                         smtp.push(a)
                     }
@@ -114,7 +135,8 @@ impl Relay {
         Relay {
             child,
             smtp,
-            http: http.unwrap(),
+            http: http[0],
+            http_all: http,
             log,
             client: reqwest::Client::new(),
         }

@@ -10,6 +10,7 @@ mod fake_kube;
 mod graceful;
 mod harness;
 mod held;
+mod http_security;
 mod log_hooks;
 mod proxy;
 mod publish;

@@ -1,87 +1,129 @@
-//! The HTTP listener: KumoMTA's injection API, health, and metrics.
+//! The HTTP listener: KumoMTA's injection API, the admin API, health and
+//! metrics. Who may call what is decided in `auth`; the socket, TLS and
+//! the bounds on connections in `server`.
 
-use crate::engine::admin::Criteria;
-use crate::engine::{Engine, Refusal};
-use crate::model::message::Message;
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
+mod admin;
+pub mod auth;
+mod injection;
+pub mod server;
+
+use crate::engine::Engine;
+use crate::model::listener_config::HttpListener;
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, json};
-use std::net::SocketAddr;
+use serde_json::json;
 use std::sync::Arc;
 
 #[derive(Clone)]
 struct AppState {
     engine: Arc<Engine>,
     trusted: Arc<Vec<IpNet>>,
+    admin_users: Arc<Vec<String>>,
+    max_recipients: usize,
 }
 
-pub fn parse_trusted(hosts: &[String]) -> Result<Vec<IpNet>, String> {
-    hosts
-        .iter()
-        .map(|h| {
-            h.parse::<IpNet>()
-                .or_else(|_| h.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| format!("trusted host {h:?} is not an IP address or CIDR"))
+/// A listener's routes and what they need, checked before anything is bound.
+pub struct Listener {
+    pub cfg: HttpListener,
+    state: AppState,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Listener {
+    pub fn new(cfg: HttpListener, engine: Arc<Engine>) -> Result<Listener, String> {
+        let what = |e: String| format!("http listener {}: {e}", cfg.listen);
+        let trusted = crate::listeners::net::parse_nets(&cfg.trusted_hosts)
+            .map_err(|e| what(format!("trusted_hosts: {e}")))?;
+        let tls = match (cfg.use_tls, &cfg.tls_certificate, &cfg.tls_private_key) {
+            (true, Some(cert), Some(key)) => {
+                Some(crate::listeners::net::tls_acceptor(cert, key).map_err(what)?)
+            }
+            (true, _, _) => {
+                return Err(what(
+                    "use_tls needs tls_certificate and tls_private_key (this relay makes no self-signed certificate)"
+                        .into(),
+                ));
+            }
+            (false, None, None) => None,
+            (false, _, _) => {
+                return Err(what(
+                    "tls_certificate and tls_private_key are given but use_tls is not true".into(),
+                ));
+            }
+        };
+        Ok(Listener {
+            state: AppState {
+                engine,
+                trusted: Arc::new(trusted),
+                admin_users: Arc::new(cfg.admin_users.clone()),
+                max_recipients: cfg.max_recipients_per_request,
+            },
+            tls,
+            cfg,
         })
-        .collect()
+    }
+
+    fn router(&self) -> Router {
+        let state = self.state.clone();
+        let mw = |f| axum::middleware::from_fn_with_state(state.clone(), f);
+        let inject = Router::new()
+            .route("/api/inject/v1", post(injection::inject))
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::authenticated,
+            ));
+        let admin = Router::new()
+            .route(
+                "/api/admin/bump-config-epoch",
+                post(admin::bump_config_epoch),
+            )
+            .route("/api/admin/queue-summary/v1", get(admin::queue_summary))
+            .route("/api/admin/bounce/v1", post(admin::bounce))
+            .route(
+                "/api/admin/suspend/v1",
+                post(admin::suspend)
+                    .get(admin::list_suspensions)
+                    .delete(admin::resume),
+            )
+            .route_layer(mw(auth::administrator));
+        Router::new()
+            .route("/api/check-liveness/v1", get(live))
+            .route("/healthz", get(live))
+            .route("/readyz", get(ready))
+            .route("/metrics", get(metrics))
+            .route("/api/policy", get(policy_report))
+            .merge(inject)
+            .merge(admin)
+            .layer(axum::extract::DefaultBodyLimit::max(
+                self.cfg.request_body_limit,
+            ))
+            .with_state(state)
+    }
+
+    /// Serves until the engine stops.
+    pub async fn serve(self, socket: tokio::net::TcpListener) -> std::io::Result<()> {
+        let stop = self.state.engine.shutdown_signal();
+        let limits = server::Limits {
+            max_connections: self.cfg.max_connections.max(1),
+            header_timeout: self.cfg.header_timeout,
+            request_timeout: self.cfg.request_timeout,
+            tls: self.tls.clone(),
+        };
+        server::serve(socket, self.router(), limits, stop).await
+    }
 }
 
-/// Largest inject request accepted (axum's default of 2 MB is too small for mail).
-const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
-
-pub fn router(engine: Arc<Engine>, trusted: Vec<IpNet>) -> Router {
-    let state = AppState {
-        engine,
-        trusted: Arc::new(trusted),
-    };
-    // Injection and administration: trusted hosts only.
-    let trusted_routes = Router::new()
-        .route("/api/inject/v1", post(inject))
-        .route("/api/admin/bump-config-epoch", post(bump_config_epoch))
-        .route("/api/admin/queue-summary/v1", get(queue_summary))
-        .route("/api/admin/bounce/v1", post(admin_bounce))
-        .route(
-            "/api/admin/suspend/v1",
-            post(admin_suspend)
-                .get(list_suspensions)
-                .delete(admin_resume),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            only_trusted,
-        ));
-    Router::new()
-        .route("/api/check-liveness/v1", get(live))
-        .route("/healthz", get(live))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/api/policy", get(policy_report))
-        .merge(trusted_routes)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .with_state(state)
-}
-
-/// Serves until shutdown.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    engine: Arc<Engine>,
-    trusted: Vec<IpNet>,
-) -> std::io::Result<()> {
-    let mut stop = engine.shutdown_signal();
-    axum::serve(
-        listener,
-        router(engine, trusted).into_make_service_with_connect_info::<SocketAddr>(),
+/// The reply to a request that took longer than `request_timeout`.
+fn timed_out(limit: std::time::Duration) -> Response {
+    (
+        StatusCode::REQUEST_TIMEOUT,
+        Json(json!({ "error": format!("the request took longer than {limit:?}") })),
     )
-    .with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|s| *s).await;
-    })
-    .await
+        .into_response()
 }
 
 async fn live() -> &'static str {
@@ -114,22 +156,6 @@ async fn policy_report(State(st): State<AppState>) -> Response {
     Json(st.engine.policy_report()).into_response()
 }
 
-/// Re-reads the policy now (KumoMTA's bump-config-epoch).
-async fn bump_config_epoch(State(st): State<AppState>) -> Response {
-    match st.engine.reload().await {
-        Ok(changed) => {
-            let report = st.engine.policy_report();
-            Json(json!({ "changed": changed, "epoch": report.epoch, "hash": report.hash }))
-                .into_response()
-        }
-        Err(error) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({ "error": error, "epoch": st.engine.epoch() })),
-        )
-            .into_response(),
-    }
-}
-
 async fn metrics(State(st): State<AppState>) -> Response {
     if let Err(e) = st.engine.refresh_gauges().await {
         return spool_unavailable(&e);
@@ -152,196 +178,6 @@ fn spool_unavailable(e: &crate::engine::spool::SpoolError) -> Response {
         .into_response()
 }
 
-#[derive(Debug, Serialize)]
-struct InjectResponse {
-    success_count: usize,
-    fail_count: usize,
-    failed_recipients: Vec<String>,
-    errors: Vec<String>,
-}
-
 fn bad_request(reason: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": reason }))).into_response()
-}
-
-/// Refuses peers outside `trusted_hosts` before the handler runs.
-async fn only_trusted(
-    State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if st.trusted.iter().any(|n| n.contains(&peer.ip())) {
-        return next.run(req).await;
-    }
-    (
-        StatusCode::FORBIDDEN,
-        Json(json!({ "error": format!("{} is not a trusted host", peer.ip()) })),
-    )
-        .into_response()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AdminRequest {
-    #[serde(default)]
-    domain: Option<String>,
-    #[serde(default)]
-    tenant: Option<String>,
-    #[serde(default)]
-    campaign: Option<String>,
-    #[serde(default)]
-    routing_domain: Option<String>,
-    reason: String,
-    #[serde(default)]
-    duration: Option<String>,
-}
-
-impl AdminRequest {
-    fn parse(body: &[u8]) -> Result<(Criteria, String, Option<std::time::Duration>), String> {
-        let r: AdminRequest =
-            serde_json::from_slice(body).map_err(|e| format!("invalid request: {e}"))?;
-        let duration = match &r.duration {
-            Some(d) => Some(
-                crate::model::config::parse_duration(d).map_err(|e| format!("duration: {e}"))?,
-            ),
-            None => None,
-        };
-        let criteria = Criteria {
-            domain: r.domain,
-            tenant: r.tenant,
-            campaign: r.campaign,
-            routing_domain: r.routing_domain,
-        };
-        Ok((criteria, r.reason, duration))
-    }
-}
-
-async fn queue_summary(State(st): State<AppState>) -> Response {
-    match st.engine.queue_summary().await {
-        Ok(queues) => Json(json!({ "queues": queues })).into_response(),
-        Err(e) => spool_unavailable(&e),
-    }
-}
-
-async fn admin_bounce(State(st): State<AppState>, body: Bytes) -> Response {
-    match AdminRequest::parse(&body) {
-        Ok((_, _, Some(_))) => bad_request("duration: bouncing future messages is not supported; bounce applies to what is queued now".into()),
-        Ok((criteria, reason, None)) => match st.engine.admin_bounce(&criteria, &reason).await {
-            Ok(report) => Json(report).into_response(),
-            Err(e) => spool_unavailable(&e),
-        },
-        Err(e) => bad_request(e),
-    }
-}
-
-async fn admin_suspend(State(st): State<AppState>, body: Bytes) -> Response {
-    match AdminRequest::parse(&body) {
-        Ok((criteria, reason, duration)) => {
-            Json(st.engine.suspend(criteria, reason, duration)).into_response()
-        }
-        Err(e) => bad_request(e),
-    }
-}
-
-async fn list_suspensions(State(st): State<AppState>) -> Response {
-    Json(json!({ "suspensions": st.engine.suspensions() })).into_response()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResumeRequest {
-    id: String,
-}
-
-async fn admin_resume(State(st): State<AppState>, body: Bytes) -> Response {
-    let req: ResumeRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(format!("invalid request: {e}")),
-    };
-    if st.engine.resume(&req.id) {
-        Json(json!({ "resumed": req.id })).into_response()
-    } else {
-        (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": format!("no suspension {}", req.id) })),
-        )
-            .into_response()
-    }
-}
-
-async fn inject(State(st): State<AppState>, body: Bytes) -> Response {
-    if st.engine.is_shutting_down() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "error": "relay is shutting down" })),
-        )
-            .into_response();
-    }
-    let req = match super::inject::parse(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    let policy = st.engine.policy();
-    let mut results: Vec<Option<Result<(), Refusal>>> = Vec::with_capacity(req.recipients.len());
-    let mut msgs = Vec::new();
-    let mut slots = Vec::new();
-    for (i, r) in req.recipients.iter().enumerate() {
-        let msg = Arc::new(Message::new(
-            req.sender.clone(),
-            r.clone(),
-            Map::new(),
-            req.content.clone(),
-        ));
-        results.push(None);
-        match policy.message_hook("http_message_generated", &msg).await {
-            Ok(()) => {
-                msgs.push(msg);
-                slots.push(i);
-            }
-            Err(crate::policy::PolicyError::Rejected(rej)) => {
-                results[i] = Some(Err(Refusal {
-                    code: rej.code,
-                    reason: rej.message,
-                }));
-            }
-            Err(e) => {
-                results[i] = Some(Err(Refusal {
-                    code: 451,
-                    reason: format!("4.3.0 {e}"),
-                }));
-            }
-        }
-    }
-    for (slot, res) in slots.into_iter().zip(st.engine.receive(msgs).await) {
-        results[slot] = Some(res);
-    }
-
-    let mut resp = InjectResponse {
-        success_count: 0,
-        fail_count: 0,
-        failed_recipients: Vec::new(),
-        errors: Vec::new(),
-    };
-    let mut temporary = false;
-    for (r, res) in req.recipients.iter().zip(results) {
-        match res.expect("every recipient has a result") {
-            Ok(()) => resp.success_count += 1,
-            Err(refusal) => {
-                temporary |= refusal.is_temporary();
-                resp.fail_count += 1;
-                resp.failed_recipients.push(r.clone());
-                resp.errors
-                    .push(format!("{}: {} {}", r, refusal.code, refusal.reason));
-            }
-        }
-    }
-    let status = if resp.success_count > 0 {
-        StatusCode::OK
-    } else if temporary {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    (status, Json(resp)).into_response()
 }

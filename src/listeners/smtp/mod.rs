@@ -7,7 +7,6 @@ pub mod session;
 
 use crate::engine::Engine;
 use ipnet::IpNet;
-use std::path::PathBuf;
 
 pub use crate::model::listener_config::EsmtpListener;
 use std::sync::Arc;
@@ -106,11 +105,11 @@ impl Drop for DataBuffer<'_> {
 
 impl Settings {
     pub fn new(cfg: EsmtpListener) -> Result<Settings, String> {
-        let relay_hosts = crate::listeners::http::parse_trusted(&cfg.relay_hosts)
+        let relay_hosts = crate::listeners::net::parse_nets(&cfg.relay_hosts)
             .map_err(|e| format!("esmtp listener {}: relay_hosts: {e}", cfg.listen))?;
         let tls = match (&cfg.tls_certificate, &cfg.tls_private_key) {
             (Some(cert), Some(key)) => Some(
-                tls_acceptor(cert, key)
+                crate::listeners::net::tls_acceptor(cert, key)
                     .map_err(|e| format!("esmtp listener {}: {e}", cfg.listen))?,
             ),
             (None, None) => None,
@@ -132,31 +131,6 @@ impl Settings {
             data_memory,
         })
     }
-}
-
-fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<tokio_rustls::TlsAcceptor, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("tls_certificate {}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "tls_certificate {}: no certificate in the file",
-            cert.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("tls_private_key {}: {e}", key.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| format!("tls certificate and key: {e}"))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Accepts connections until shutdown, then waits for the sessions to end.

@@ -1,0 +1,106 @@
+//! `POST /api/inject/v1`, KumoMTA's injection API: one message per
+//! recipient, each through `http_message_generated`, all made durable
+//! before the reply.
+
+use super::{AppState, bad_request};
+use crate::engine::Refusal;
+use crate::model::message::Message;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Map, json};
+use std::sync::Arc;
+
+#[derive(Debug, Serialize)]
+struct InjectResponse {
+    success_count: usize,
+    fail_count: usize,
+    failed_recipients: Vec<String>,
+    errors: Vec<String>,
+}
+
+pub(super) async fn inject(State(st): State<AppState>, body: Bytes) -> Response {
+    if st.engine.is_shutting_down() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": "relay is shutting down" })),
+        )
+            .into_response();
+    }
+    let req = match crate::listeners::inject::parse(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    if req.recipients.len() > st.max_recipients {
+        return bad_request(format!(
+            "recipients: {} in one request; this listener takes at most {} (max_recipients_per_request)",
+            req.recipients.len(),
+            st.max_recipients
+        ));
+    }
+    let policy = st.engine.policy();
+    let mut results: Vec<Option<Result<(), Refusal>>> = Vec::with_capacity(req.recipients.len());
+    let mut msgs = Vec::new();
+    let mut slots = Vec::new();
+    for (i, r) in req.recipients.iter().enumerate() {
+        let msg = Arc::new(Message::new(
+            req.sender.clone(),
+            r.clone(),
+            Map::new(),
+            req.content.clone(),
+        ));
+        results.push(None);
+        match policy.message_hook("http_message_generated", &msg).await {
+            Ok(()) => {
+                msgs.push(msg);
+                slots.push(i);
+            }
+            Err(crate::policy::PolicyError::Rejected(rej)) => {
+                results[i] = Some(Err(Refusal {
+                    code: rej.code,
+                    reason: rej.message,
+                }));
+            }
+            Err(e) => {
+                results[i] = Some(Err(Refusal {
+                    code: 451,
+                    reason: format!("4.3.0 {e}"),
+                }));
+            }
+        }
+    }
+    for (slot, res) in slots.into_iter().zip(st.engine.receive(msgs).await) {
+        results[slot] = Some(res);
+    }
+
+    let mut resp = InjectResponse {
+        success_count: 0,
+        fail_count: 0,
+        failed_recipients: Vec::new(),
+        errors: Vec::new(),
+    };
+    let mut temporary = false;
+    for (r, res) in req.recipients.iter().zip(results) {
+        match res.expect("every recipient has a result") {
+            Ok(()) => resp.success_count += 1,
+            Err(refusal) => {
+                temporary |= refusal.is_temporary();
+                resp.fail_count += 1;
+                resp.failed_recipients.push(r.clone());
+                resp.errors
+                    .push(format!("{}: {} {}", r, refusal.code, refusal.reason));
+            }
+        }
+    }
+    let status = if resp.success_count > 0 {
+        StatusCode::OK
+    } else if temporary {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    (status, Json(resp)).into_response()
+}
