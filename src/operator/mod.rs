@@ -4,6 +4,7 @@ pub mod crd;
 pub mod leader;
 pub mod lua_literal;
 pub mod manifests;
+pub mod ownership;
 pub mod render;
 pub mod run;
 pub mod status;

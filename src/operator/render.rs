@@ -4,6 +4,7 @@
 
 use super::crd::{AmqpRoute, Disposition};
 use super::lua_literal::lua_str;
+use super::ownership::Ownership;
 use crate::model::config::{Rate, parse_duration};
 use k8s_openapi::api::core::v1::Secret;
 use std::collections::BTreeMap;
@@ -75,6 +76,10 @@ enum Url {
     /// Key in the rendered Secret, and the value to put there.
     Secret(String, Vec<u8>),
 }
+
+/// The label a Secret carries for the operator to read it; no other Secret
+/// is ever listed or cached.
+pub const CREDENTIALS_LABEL: &str = "amqprelay.io/credentials";
 
 fn find_secret<'a>(secrets: &'a [Secret], ns: &str, name: &str) -> Option<&'a Secret> {
     secrets.iter().find(|s| {
@@ -209,7 +214,7 @@ fn validate<'a>(r: &'a AmqpRoute, secrets: &[Secret]) -> Result<Valid<'a>, Strin
         (None, Some(sr)) => {
             let s = find_secret(secrets, &id.namespace, &sr.name).ok_or_else(|| {
                 format!(
-                    "broker.urlSecretRef: Secret {}/{} not found",
+                    "broker.urlSecretRef: Secret {}/{} not found (the operator reads only Secrets labeled {CREDENTIALS_LABEL}=true)",
                     id.namespace, sr.name
                 )
             })?;
@@ -247,7 +252,7 @@ fn validate<'a>(r: &'a AmqpRoute, secrets: &[Secret]) -> Result<Valid<'a>, Strin
             let sr = &tls.ca_secret_ref;
             let s = find_secret(secrets, &id.namespace, &sr.name).ok_or_else(|| {
                 format!(
-                    "broker.tls.caSecretRef: Secret {}/{} not found",
+                    "broker.tls.caSecretRef: Secret {}/{} not found (the operator reads only Secrets labeled {CREDENTIALS_LABEL}=true)",
                     id.namespace, sr.name
                 )
             })?;
@@ -297,9 +302,31 @@ fn created(r: &AmqpRoute) -> Option<&k8s_openapi::jiff::Timestamp> {
 
 /// Renders the policy for every route given (the set one relay serves).
 pub fn render(routes: &[AmqpRoute], secrets: &[Secret], secrets_dir: &str) -> Rendered {
+    render_owned(routes, secrets, secrets_dir, &Ownership::default())
+}
+
+/// As `render`, with domain ownership rules: a route whose namespace may not
+/// claim its domain is refused (`DomainNotAllowed`) before any conflict.
+pub fn render_owned(
+    routes: &[AmqpRoute],
+    secrets: &[Secret],
+    secrets_dir: &str,
+    ownership: &Ownership,
+) -> Rendered {
     let mut rejected = Vec::new();
     let mut valid = Vec::new();
     for r in routes {
+        let id = route_id(r);
+        if let Err(rule) = ownership.allows(&id.namespace, &r.spec.route_match.domain) {
+            rejected.push((
+                id,
+                Rejected {
+                    reason: "DomainNotAllowed",
+                    message: rule,
+                },
+            ));
+            continue;
+        }
         match validate(r, secrets) {
             Ok(v) => valid.push(v),
             Err(message) => rejected.push((
@@ -356,16 +383,7 @@ pub fn render(routes: &[AmqpRoute], secrets: &[Secret], secrets_dir: &str) -> Re
     let _ = writeln!(lua, "}}");
     lua.push_str(POLICY_BODY);
     accepted.sort();
-    let hash = {
-        let mut all = lua.clone().into_bytes();
-        for (k, v) in &secret {
-            all.extend_from_slice(k.as_bytes());
-            all.push(0);
-            all.extend_from_slice(v);
-            all.push(0);
-        }
-        crate::policy::content_hash(&all)
-    };
+    let hash = published_hash(&lua, &secret, &by_queue, secrets);
     Rendered {
         policy: lua,
         secret,
@@ -373,6 +391,44 @@ pub fn render(routes: &[AmqpRoute], secrets: &[Secret], secrets_dir: &str) -> Re
         accepted,
         rejected,
     }
+}
+
+/// Changes whenever the policy or a credential it uses changes, and reveals
+/// nothing about the credentials (status and annotations show it to every
+/// tenant): it covers the policy, the rendered Secret's keys, and the uid and
+/// resourceVersion of each source Secret, never a value.
+fn published_hash(
+    policy: &str,
+    rendered: &BTreeMap<String, Vec<u8>>,
+    routes: &BTreeMap<(String, Option<String>, Option<String>), Valid>,
+    secrets: &[Secret],
+) -> String {
+    let mut sources = std::collections::BTreeSet::new();
+    for v in routes.values() {
+        let b = &v.route.spec.broker;
+        let refs = b
+            .url_secret_ref
+            .iter()
+            .chain(b.tls.iter().map(|t| &t.ca_secret_ref));
+        for r in refs {
+            if let Some(s) = find_secret(secrets, &v.id.namespace, &r.name) {
+                sources.insert(format!(
+                    "{}/{}/{}@{}/{}",
+                    v.id.namespace,
+                    r.name,
+                    r.key,
+                    s.metadata.uid.as_deref().unwrap_or(""),
+                    s.metadata.resource_version.as_deref().unwrap_or("")
+                ));
+            }
+        }
+    }
+    let mut all = policy.as_bytes().to_vec();
+    for k in rendered.keys().chain(sources.iter()) {
+        all.push(0);
+        all.extend_from_slice(k.as_bytes());
+    }
+    crate::policy::content_hash(&all)
 }
 
 fn opt(v: &Option<String>) -> String {

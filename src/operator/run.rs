@@ -62,6 +62,10 @@ pub struct OperatorArgs {
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME", default_value = "amqp-relay-operator")]
     pub identity: String,
+    /// Which namespaces may claim which domains, as JSON
+    /// (`{"team-a": ["a.example", "*.a.example"]}`); empty: any namespace, any domain.
+    #[arg(long, env = "AMQP_RELAY_DOMAIN_OWNERSHIP", default_value = "")]
+    pub domain_ownership: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,7 +119,16 @@ impl Metrics {
     }
 }
 
-fn watch_into<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+/// Only Secrets their owners labeled for the operator: it never lists or
+/// caches any other.
+fn credential_secrets() -> watcher::Config {
+    watcher::Config::default().labels(&format!(
+        "{}=true",
+        crate::operator::render::CREDENTIALS_LABEL
+    ))
+}
+
+fn watch_into<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -126,10 +139,7 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    );
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
@@ -143,6 +153,8 @@ where
 }
 
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    let ownership = crate::operator::ownership::Ownership::parse(&args.domain_ownership)
+        .map_err(anyhow::Error::msg)?;
     let client = Client::try_default()
         .await
         .context("no Kubernetes client configuration (in-cluster or kubeconfig)")?;
@@ -168,8 +180,12 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             ),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
-        route_stores.push(watch_into(routes, changed.clone()));
-        secret_stores.push(watch_into(secrets, changed.clone()));
+        route_stores.push(watch_into(
+            routes,
+            watcher::Config::default(),
+            changed.clone(),
+        ));
+        secret_stores.push(watch_into(secrets, credential_secrets(), changed.clone()));
     }
 
     let metrics = Arc::new(Metrics::new());
@@ -211,6 +227,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         relay: args.relay.clone(),
         namespace,
         secrets_dir: args.secrets_dir.clone(),
+        ownership,
     };
     let mut retry_in: Option<Duration> = None;
     loop {
@@ -307,4 +324,47 @@ async fn serve_http(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    #[tokio::test]
+    async fn secrets_are_only_ever_read_by_their_label() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                log.lock().unwrap().push(req.uri().to_string());
+                let empty = serde_json::json!({
+                    "kind": "SecretList", "apiVersion": "v1",
+                    "metadata": {"resourceVersion": "1"}, "items": []
+                });
+                send.send_response(
+                    Response::builder()
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .body(Body::from(serde_json::to_vec(&empty).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        let client = Client::new(svc, "team");
+        let api: Api<Secret> = Api::namespaced(client, "team");
+        let store = watch_into(api, credential_secrets(), Arc::new(Notify::new()));
+        store.wait_until_ready().await.unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert!(!seen.is_empty());
+        for uri in &seen {
+            assert!(uri.contains("/secrets"), "{uri}");
+            assert!(
+                uri.contains("labelSelector=amqprelay.io%2Fcredentials%3Dtrue"),
+                "a request for Secrets without the credentials label: {uri}"
+            );
+        }
+    }
 }

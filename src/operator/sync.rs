@@ -47,6 +47,8 @@ pub struct Ctx {
     /// Where those objects live.
     pub namespace: String,
     pub secrets_dir: String,
+    /// Which namespaces may claim which domains.
+    pub ownership: crate::operator::ownership::Ownership,
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -86,7 +88,7 @@ pub async fn sync(
 ) -> Result<Report, Error> {
     let routes: Vec<AmqpRoute> = routes.iter().map(|r| (**r).clone()).collect();
     let secrets: Vec<Secret> = secrets.iter().map(|s| (**s).clone()).collect();
-    let out = render::render(&routes, &secrets, &ctx.secrets_dir);
+    let out = render::render_owned(&routes, &secrets, &ctx.secrets_dir, &ctx.ownership);
     compile(&out.policy).await?;
 
     let cm_name = format!("{}-policy", ctx.relay);

@@ -483,3 +483,67 @@ async fn log_events_routes_configure_a_hook_and_pick_record_types() {
             .contains("unknown record type \"Sent\"")
     );
 }
+
+#[test]
+fn the_published_hash_reveals_no_credential() {
+    let r = route(
+        "ns",
+        "r",
+        serde_json::json!({
+            "match": {"domain": "amqp"},
+            "broker": {"urlSecretRef": {"name": "rabbit", "key": "url"}},
+            "publish": {"routingKey": "k"}
+        }),
+    );
+    let with = |url: &str, rv: &str| {
+        let mut s = secret("ns", "rabbit", "url", url);
+        s.metadata.uid = Some("u1".into());
+        s.metadata.resource_version = Some(rv.into());
+        render(std::slice::from_ref(&r), &[s], DEFAULT_SECRETS_DIR)
+    };
+    let a = with("amqp://u:one@rabbit/%2f", "7");
+    let b = with("amqp://u:two@rabbit/%2f", "7");
+    assert_ne!(a.secret, b.secret, "the credentials differ");
+    assert_eq!(a.hash, b.hash, "no credential value enters the hash");
+    // A rotation is a new version of the Secret: the hash follows it.
+    let c = with("amqp://u:two@rabbit/%2f", "8");
+    assert_ne!(b.hash, c.hash);
+    // And the policy's own content still counts.
+    let mut other = r.clone();
+    other.spec.publish.routing_key = "k2".into();
+    let mut s = secret("ns", "rabbit", "url", "amqp://u:two@rabbit/%2f");
+    s.metadata.resource_version = Some("8".into());
+    s.metadata.uid = Some("u1".into());
+    assert_ne!(render(&[other], &[s], DEFAULT_SECRETS_DIR).hash, c.hash);
+}
+
+#[test]
+fn a_tenant_cannot_take_another_tenants_domain() {
+    use crate::operator::ownership::Ownership;
+    let rules =
+        Ownership::parse(r#"{"team-a": ["a.example"], "team-b": ["*.b.example"]}"#).unwrap();
+    let mut intruder = simple("team-b", "grab", "a.example");
+    intruder.metadata.creation_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2020-01-01T00:00:00Z".parse().unwrap(),
+        ));
+    let owner = simple("team-a", "mine", "a.example");
+    let own_sub = simple("team-b", "sub", "mail.b.example");
+    let out = render_owned(
+        &[intruder, owner, own_sub],
+        &[],
+        DEFAULT_SECRETS_DIR,
+        &rules,
+    );
+    assert_eq!(out.rejected.len(), 1, "{:?}", out.rejected);
+    let (id, why) = &out.rejected[0];
+    assert_eq!(
+        (id.namespace.as_str(), id.name.as_str()),
+        ("team-b", "grab")
+    );
+    assert_eq!(why.reason, "DomainNotAllowed");
+    assert!(why.message.contains("*.b.example"), "{}", why.message);
+    // The owner's route serves the domain although the intruder's is older.
+    let names: Vec<_> = out.accepted.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["mine", "sub"]);
+}

@@ -111,6 +111,7 @@ fn ctx() -> (Ctx, Arc<Fake>) {
             relay: "edge".into(),
             namespace: "relay-ns".into(),
             secrets_dir: "/etc/amqp-relay/routes".into(),
+            ownership: Default::default(),
         },
         fake,
     )
@@ -151,6 +152,9 @@ fn rabbit_secret(url: &str) -> Secret {
     let mut s = Secret::default();
     s.metadata.name = Some("rabbit".into());
     s.metadata.namespace = Some("team".into());
+    s.metadata.uid = Some("rabbit-uid".into());
+    // As the API server would: a new version for new content.
+    s.metadata.resource_version = Some(crate::policy::content_hash(url.as_bytes())[..8].into());
     s.data = Some(
         [(
             "url".to_string(),
