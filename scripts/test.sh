@@ -5,7 +5,9 @@
 #     amqp://localhost, others on free ports).
 #  2. The release build the Dockerfile runs (`cargo build --release --locked`).
 #  3. The Helm chart, CRD, examples and Dockerfile (pytest, in a venv with
-#     helm-python-sdk, kubernetes-validate and jsonschema from PyPI).
+#     helm-python-sdk, kubernetes-validate and jsonschema from PyPI), with
+#     checkov (its own venv: it pins packages pytest needs newer) scanning
+#     the rendered chart.
 #  4. A short run of every cargo-fuzz target (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,5 +24,10 @@ if [ ! -x "$venv/bin/pytest" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check \
     helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 'jsonschema>=4' 'pytest>=8' 'pyyaml>=6'
 fi
-"$venv/bin/pytest" -q tests/chart
+checkov_venv=target/checkov-venv
+if [ ! -x "$checkov_venv/bin/checkov" ]; then
+  python3 -m venv "$checkov_venv"
+  "$checkov_venv/bin/pip" install -q --disable-pip-version-check checkov==3.3.30
+fi
+CHECKOV="$checkov_venv/bin/checkov" "$venv/bin/pytest" -q tests/chart
 scripts/fuzz.sh "${FUZZ_SECONDS:-10}"

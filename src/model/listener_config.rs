@@ -152,7 +152,7 @@ pub struct EsmtpListener {
     pub banner: Option<String>,
     /// Our extension: bytes of message bodies all this listener's sessions
     /// may hold while receiving DATA; past it a transaction gets 452 4.3.1.
-    #[serde(default = "default_max_data_memory")]
+    #[serde(default = "default_max_data_memory", deserialize_with = "de_size")]
     pub max_data_memory: usize,
     /// Our extension: refuse MAIL until the client has started TLS.
     #[serde(default)]

@@ -19,11 +19,42 @@ local function list(name)
   return out
 end
 
+-- Credentials live in mounted Secrets (username, password files), read at
+-- each check so a rotated Secret takes effect without a restart.
+local AUTH_DIR = env('AMQP_RELAY_AUTH_DIR', nil)
+
+local function credential(which)
+  if not AUTH_DIR then
+    return nil
+  end
+  local ok_user, user = pcall(kumo.secret_load, { key_path = AUTH_DIR .. '/' .. which .. '/username' })
+  local ok_pass, pass = pcall(kumo.secret_load, { key_path = AUTH_DIR .. '/' .. which .. '/password' })
+  if not (ok_user and ok_pass) then
+    return nil
+  end
+  return (string.gsub(user, '%s+$', '')), pass
+end
+
+local function matches(which, user, password)
+  local want_user, want_password = credential(which)
+  return want_user ~= nil and password ~= '' and user == want_user and password == want_password
+end
+
+kumo.on('http_server_validate_auth_basic', function(user, password)
+  return matches('inject', user, password) or matches('admin', user, password)
+end)
+
+kumo.on('smtp_server_auth_plain', function(authz, authc, password, conn_meta)
+  return authz == authc and matches('inject', authc, password)
+end)
+
 kumo.on('init', function()
   kumo.define_spool { name = 'data', path = env('AMQP_RELAY_SPOOL', '/var/spool/amqp-relay') }
+  local admin_user = credential 'admin'
   kumo.start_http_listener {
     listen = env('AMQP_RELAY_HTTP_LISTEN', '0.0.0.0:8000'),
     trusted_hosts = list 'AMQP_RELAY_TRUSTED_HOSTS',
+    admin_users = { admin_user },
   }
   local smtp = env('AMQP_RELAY_SMTP_LISTEN', nil)
   if smtp then
@@ -32,6 +63,9 @@ kumo.on('init', function()
       hostname = env('AMQP_RELAY_SMTP_HOSTNAME', env('HOSTNAME', 'amqp-relay')),
       relay_hosts = list 'AMQP_RELAY_SMTP_RELAY_HOSTS',
       max_message_size = tonumber(env('AMQP_RELAY_SMTP_MAX_MESSAGE_SIZE', '20971520')),
+      max_connections = tonumber(env('AMQP_RELAY_SMTP_MAX_CONNECTIONS', '1024')),
+      max_data_memory = env('AMQP_RELAY_SMTP_MAX_DATA_MEMORY', '64MiB'),
+      allow_auth_without_tls = env('AMQP_RELAY_SMTP_AUTH_WITHOUT_TLS', 'false') == 'true',
     }
     local cert = env('AMQP_RELAY_SMTP_TLS_CERT', nil)
     if cert then

@@ -21,7 +21,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "amqp-relay.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
 {{- end -}}
 
 {{- define "amqp-relay.podSecurityContext" -}}
@@ -49,3 +53,9 @@ capabilities:
 {{- toJson (list .Release.Namespace) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The Secret holding the credentials of `which` (inject or admin). */}}
+{{- define "amqp-relay.credentialsSecret" -}}
+{{- $cfg := index .root.Values.auth .which -}}
+{{- $cfg.existingSecret | default (printf "%s-%s-credentials" (include "amqp-relay.fullname" .root) .which) -}}
+{{- end }}
