@@ -14,6 +14,7 @@
 //! - [`relay`] and [`cli`]: `amqp-relay relay` and the command line.
 //! - [`operator`] (beside them): the `AmqpRoute` resource, rendering routes
 //!   into a policy, and the controller.
+//! - [`signal`] (a leaf both commands use): when to stop.
 
 pub mod cli;
 pub mod engine;
@@ -22,3 +23,4 @@ pub mod model;
 pub mod operator;
 pub mod policy;
 pub mod relay;
+pub mod signal;

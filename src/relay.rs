@@ -189,7 +189,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     }
 
     tokio::select! {
-        _ = shutdown_signal() => tracing::info!("shutting down"),
+        _ = crate::signal::terminated() => tracing::info!("shutting down"),
         Some(r) = servers.join_next() => {
             match r {
                 Ok(Err(e)) => tracing::error!(error = %e, "listener failed"),
@@ -233,19 +233,4 @@ async fn stop(
     engine.finish().await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -193,15 +193,16 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     serve_http(&args.listen, metrics.clone(), ready_rx).await?;
 
     let (lead_tx, mut leading) = watch::channel(!args.leader_election);
-    if args.leader_election {
-        let elector = Elector {
-            api: Api::namespaced(client.clone(), &namespace),
-            name: format!("{}-operator", args.relay),
-            identity: args.identity.clone(),
-            duration: Duration::from_secs(15),
-        };
-        tokio::spawn(elector.run(lead_tx));
-    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let elector = args.leader_election.then(|| {
+        let elector = Elector::new(
+            Api::namespaced(client.clone(), &namespace),
+            format!("{}-operator", args.relay),
+            args.identity.clone(),
+            Duration::from_secs(15),
+        );
+        tokio::spawn(elector.run(lead_tx, stop_rx))
+    });
 
     for s in route_stores.iter() {
         s.wait_until_ready().await.context("route cache")?;
@@ -230,6 +231,9 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         ownership,
     };
     let mut retry_in: Option<Duration> = None;
+    // One listener for the whole run: a SIGTERM during a sync is kept for the next select.
+    let terminated = crate::signal::terminated();
+    tokio::pin!(terminated);
     loop {
         let wait = retry_in.unwrap_or(Duration::from_secs(300));
         tokio::select! {
@@ -239,6 +243,15 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
                 if r.is_err() {
                     anyhow::bail!("leader election stopped");
                 }
+            }
+            _ = &mut terminated => {
+                tracing::info!("shutting down");
+                let _ = stop_tx.send(true);
+                if let Some(elector) = elector {
+                    // The lease goes back before the pod is gone, so a successor need not wait.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), elector).await;
+                }
+                return Ok(());
             }
         }
         let lead = *leading.borrow();

@@ -1,0 +1,203 @@
+use super::*;
+use http::{Method, Request, Response};
+use kube::Client;
+use kube::client::Body;
+use std::sync::{Arc, Mutex};
+
+const D: Duration = Duration::from_secs(15);
+
+fn lease(holder: &str, renewed: &str) -> Lease {
+    Lease {
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(renewed.parse().unwrap())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn acquire_renew_wait_and_take_over_by_observed_time() {
+    let now: Timestamp = "2026-01-01T00:00:10Z".parse().unwrap();
+    let created = decide(None, "a", D, now, Duration::ZERO).unwrap();
+    assert_eq!(created.holder_identity.as_deref(), Some("a"));
+    let held = lease("b", "2026-01-01T00:00:00Z");
+    let renewed = decide(
+        Some(&lease("a", "2026-01-01T00:00:00Z")),
+        "a",
+        D,
+        now,
+        D * 9,
+    )
+    .unwrap();
+    assert_eq!(renewed.renew_time.unwrap().0, now);
+    assert!(decide(Some(&held), "a", D, now, Duration::from_secs(14)).is_none());
+    let taken = decide(Some(&held), "a", D, now, Duration::from_secs(16)).unwrap();
+    assert_eq!(taken.holder_identity.as_deref(), Some("a"));
+    assert_eq!(taken.lease_transitions, Some(1));
+}
+
+#[test]
+fn the_holders_clock_does_not_decide_expiry() {
+    // A holder whose clock runs an hour behind, or ahead: only how long this
+    // replica has seen the lease unchanged counts.
+    let now: Timestamp = "2026-01-01T12:00:00Z".parse().unwrap();
+    let behind = lease("b", "2026-01-01T11:00:00Z");
+    let ahead = lease("b", "2026-01-01T13:00:00Z");
+    assert!(decide(Some(&behind), "a", D, now, Duration::from_secs(1)).is_none());
+    assert!(decide(Some(&ahead), "a", D, now, Duration::from_secs(16)).is_some());
+}
+
+#[test]
+fn a_released_lease_is_free_at_once() {
+    let now: Timestamp = "2026-01-01T00:00:10Z".parse().unwrap();
+    let mine = lease("a", "2026-01-01T00:00:09Z");
+    assert!(released(&mine, "b", now).is_none());
+    let free = Lease {
+        spec: released(&mine, "a", now),
+        ..Default::default()
+    };
+    assert_eq!(free.spec.as_ref().unwrap().holder_identity, None);
+    assert!(decide(Some(&free), "b", D, now, Duration::ZERO).is_some());
+}
+
+/// A Lease API over kube's client: get, create, and replace with
+/// resourceVersion checks. `skew` rewrites every written renewTime, as a
+/// holder with a wrong clock would write it.
+#[derive(Clone, Default)]
+struct FakeLeases {
+    lease: Arc<Mutex<Option<serde_json::Value>>>,
+    writes: Arc<Mutex<usize>>,
+    skew: Option<&'static str>,
+}
+
+fn reply(status: u16, v: serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(&v).unwrap()))
+        .unwrap()
+}
+
+fn status(code: u16, reason: &str) -> Response<Body> {
+    reply(
+        code,
+        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": reason, "message": reason, "code": code}),
+    )
+}
+
+impl FakeLeases {
+    async fn handle(&self, req: Request<Body>) -> Response<Body> {
+        let method = req.method().clone();
+        let body = req.into_body().collect_bytes().await.unwrap();
+        let mut stored = self.lease.lock().unwrap();
+        match method {
+            Method::GET => match stored.as_ref() {
+                Some(l) => reply(200, l.clone()),
+                None => status(404, "NotFound"),
+            },
+            Method::POST | Method::PUT => {
+                let mut new: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let current = stored
+                    .as_ref()
+                    .map(|l| l["metadata"]["resourceVersion"].clone());
+                match (&method, &current) {
+                    (&Method::POST, Some(_)) => return status(409, "AlreadyExists"),
+                    (&Method::PUT, None) => return status(404, "NotFound"),
+                    (&Method::PUT, Some(rv)) if *rv != new["metadata"]["resourceVersion"] => {
+                        return status(409, "Conflict");
+                    }
+                    _ => {}
+                }
+                let mut writes = self.writes.lock().unwrap();
+                *writes += 1;
+                new["metadata"]["resourceVersion"] = writes.to_string().into();
+                if let Some(t) = self.skew {
+                    new["spec"]["renewTime"] = t.into();
+                }
+                *stored = Some(new.clone());
+                reply(if method == Method::POST { 201 } else { 200 }, new)
+            }
+            _ => status(405, "MethodNotAllowed"),
+        }
+    }
+
+    fn client(&self) -> Client {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let fake = self.clone();
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                send.send_response(fake.handle(req).await);
+            }
+        });
+        Client::new(svc, "ops")
+    }
+
+    fn elector(&self, identity: &str) -> Elector {
+        let api = Api::namespaced(self.client(), "ops");
+        Elector::new(api, "relay-operator".into(), identity.into(), D)
+    }
+
+    fn holder(&self) -> Option<String> {
+        let l = self.lease.lock().unwrap();
+        l.as_ref()
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_skewed_holder_keeps_the_lease_while_it_renews() {
+    // Every renewal carries a renewTime a day old, as a holder with a slow
+    // clock writes it; comparing it with the local clock would take over.
+    let fake = FakeLeases {
+        skew: Some("2026-01-01T00:00:00.000000Z"),
+        ..FakeLeases::default()
+    };
+    let mut a = fake.elector("a");
+    let mut b = fake.elector("b");
+    assert!(a.round().await.unwrap());
+    assert!(!b.round().await.unwrap());
+    for _ in 0..6 {
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(a.round().await.unwrap());
+        assert!(
+            !b.round().await.unwrap(),
+            "b took a lease that is being renewed"
+        );
+    }
+    assert_eq!(fake.holder().as_deref(), Some("a"));
+
+    // a stops renewing: b takes over once it has seen the same lease for
+    // longer than its duration, and not before.
+    tokio::time::advance(Duration::from_secs(14)).await;
+    assert!(!b.round().await.unwrap());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(b.round().await.unwrap());
+    assert_eq!(fake.holder().as_deref(), Some("b"));
+    assert!(!a.round().await.unwrap(), "the old holder must see it lost");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stopping_releases_the_lease_for_the_next_replica() {
+    let fake = FakeLeases::default();
+    let (lead_tx, mut leading) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let a = tokio::spawn(fake.elector("a").run(lead_tx, stop_rx));
+    leading.wait_for(|l| *l).await.unwrap();
+    let mut b = fake.elector("b");
+    assert!(!b.round().await.unwrap());
+
+    stop_tx.send(true).unwrap();
+    a.await.unwrap();
+    assert!(
+        !*leading.borrow(),
+        "a stopped replica must not report leading"
+    );
+    assert_eq!(fake.holder(), None, "the lease was not released");
+    // No waiting out the lease duration.
+    assert!(b.round().await.unwrap());
+    assert_eq!(fake.holder().as_deref(), Some("b"));
+}
