@@ -155,11 +155,13 @@ async fn render(
     for p in &paths {
         let text =
             std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-        manifests::read_yaml(&text, &p.display().to_string(), namespace, &mut inputs)
-            .map_err(anyhow::Error::msg)?;
+        manifests::read_yaml(&text, &p.display().to_string(), namespace, &mut inputs);
     }
     for s in &inputs.skipped {
         eprintln!("note: {s}");
+    }
+    for e in &inputs.errors {
+        eprintln!("error: {e}");
     }
     let out = render::render(&inputs.routes, &inputs.secrets, secrets_dir);
     // Never ship a policy the engine cannot load.
@@ -177,8 +179,9 @@ async fn render(
     for (id, why) in &out.rejected {
         eprintln!("route {id}: rejected ({}): {}", why.reason, why.message);
     }
-    if !out.rejected.is_empty() {
-        anyhow::bail!("{} route(s) rejected", out.rejected.len());
+    match (inputs.errors.len(), out.rejected.len()) {
+        (0, 0) => Ok(()),
+        (0, r) => anyhow::bail!("{r} route(s) rejected"),
+        (e, r) => anyhow::bail!("{e} document(s) unreadable, {r} route(s) rejected"),
     }
-    Ok(())
 }

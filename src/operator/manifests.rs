@@ -50,53 +50,99 @@ pub fn routes_secret(relay: &str, namespace: &str, r: &Rendered) -> Secret {
     }
 }
 
-/// Objects read from YAML files: AmqpRoutes and Secrets; other kinds are skipped.
+/// Objects read from YAML files: AmqpRoutes and Secrets; other kinds are
+/// skipped. A document that cannot be read is an error naming its file,
+/// place and object; the rest are still read.
 #[derive(Default)]
 pub struct Inputs {
     pub routes: Vec<AmqpRoute>,
     pub secrets: Vec<Secret>,
     pub skipped: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// `namespace/name` of a document, as far as it says.
+fn object_id(value: &serde_json::Value, default_ns: &str) -> String {
+    let meta = &value["metadata"];
+    let ns = meta["namespace"].as_str().unwrap_or(default_ns);
+    match meta["name"].as_str() {
+        Some(name) => format!("{ns}/{name}"),
+        None => format!("{ns}/(no metadata.name)"),
+    }
+}
+
+/// Deserialises with the path of the offending field in the error.
+fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("{path}: {}", e.into_inner())
+        }
+    })
 }
 
 /// Reads every YAML document of `text`; `origin` names the file in errors.
-pub fn read_yaml(
-    text: &str,
-    origin: &str,
-    default_ns: &str,
-    into: &mut Inputs,
-) -> Result<(), String> {
+pub fn read_yaml(text: &str, origin: &str, default_ns: &str, into: &mut Inputs) {
     for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
         let where_ = format!("{origin}, document {}", i + 1);
-        let value = serde_json::Value::deserialize(doc).map_err(|e| format!("{where_}: {e}"))?;
-        if value.is_null() {
-            continue;
-        }
+        let value = match serde_json::Value::deserialize(doc) {
+            Ok(v) if v.is_null() => continue,
+            Ok(v) => v,
+            Err(e) => {
+                // Broken YAML: the parser cannot find the next document.
+                into.errors.push(format!("{where_}: {e}"));
+                break;
+            }
+        };
         let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        let id = object_id(&value, default_ns);
         match kind {
-            "AmqpRoute" => {
-                let mut r: AmqpRoute = serde_json::from_value(value)
-                    .map_err(|e| format!("{where_}: AmqpRoute: {e}"))?;
-                r.metadata
-                    .namespace
-                    .get_or_insert_with(|| default_ns.to_owned());
-                into.routes.push(r);
-            }
-            "Secret" => {
-                let mut s: Secret =
-                    serde_json::from_value(value).map_err(|e| format!("{where_}: Secret: {e}"))?;
-                s.metadata
-                    .namespace
-                    .get_or_insert_with(|| default_ns.to_owned());
-                into.secrets.push(s);
-            }
+            "AmqpRoute" => match typed::<AmqpRoute>(value) {
+                Ok(mut r) => {
+                    r.metadata
+                        .namespace
+                        .get_or_insert_with(|| default_ns.to_owned());
+                    into.routes.push(r);
+                }
+                Err(e) => into.errors.push(format!("{where_}: AmqpRoute {id}: {e}")),
+            },
+            "Secret" => match typed::<Secret>(value) {
+                Ok(mut s) => {
+                    s.metadata
+                        .namespace
+                        .get_or_insert_with(|| default_ns.to_owned());
+                    into.secrets.push(s);
+                }
+                Err(e) => into.errors.push(format!("{where_}: Secret {id}: {e}")),
+            },
             other => into
                 .skipped
-                .push(format!("{where_}: kind {other:?} skipped")),
+                .push(format!("{where_}: kind {other:?} ({id}) skipped")),
         }
     }
-    Ok(())
 }
 
 pub fn to_yaml<T: serde::Serialize>(obj: &T) -> String {
     serde_norway::to_string(obj).expect("Kubernetes objects serialise to YAML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broken_yaml_is_one_error_and_reading_ends() {
+        let mut inputs = Inputs::default();
+        read_yaml(
+            "kind: Secret\nmetadata: {name: s}\n---\nkind: AmqpRoute\nspec: [1, 2\n---\nkind: Secret\n",
+            "f.yaml",
+            "ns",
+            &mut inputs,
+        );
+        assert_eq!(inputs.secrets.len(), 1);
+        assert_eq!(inputs.errors.len(), 1, "{:?}", inputs.errors);
+        assert!(inputs.errors[0].starts_with("f.yaml, document 2: "));
+    }
 }

@@ -194,17 +194,39 @@ fn render_reports_rejected_routes_and_exits_non_zero() {
         "{stdout}"
     );
 
+    // Unreadable documents are named by file, place, route and field; the
+    // readable routes in the same and other files are still rendered.
     let garbage = dir.path().join("garbage.yaml");
     std::fs::write(&garbage, "kind: AmqpRoute\nspec: [1, 2\n").unwrap();
+    let typo = dir.path().join("typo.yaml");
+    std::fs::write(
+        &typo,
+        "apiVersion: amqprelay.io/v1alpha1\nkind: AmqpRoute\nmetadata: {name: bad-port, namespace: team}\nspec:\n  match: {domain: c}\n  broker: {url: 'amqp://rabbit/'}\n  publish: {routingKey: k}\n  delivery: {connectionLimit: lots}\n---\napiVersion: amqprelay.io/v1alpha1\nkind: AmqpRoute\nmetadata: {name: fine, namespace: team}\nspec:\n  match: {domain: d}\n  broker: {url: 'amqp://rabbit/'}\n  publish: {routingKey: k}\n",
+    )
+    .unwrap();
     let out = Command::new(BIN)
         .args(["render", "-f"])
         .arg(&garbage)
+        .arg("-f")
+        .arg(&typo)
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("garbage.yaml"),
+        stderr.contains("garbage.yaml, document 1"),
         "the error names the file: {stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "typo.yaml, document 1: AmqpRoute team/bad-port: spec.delivery.connectionLimit:"
+        ),
+        "the error names the route and the field: {stderr}"
+    );
+    assert!(stderr.contains("route team/fine: accepted"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("kind: ConfigMap") && stdout.contains("team/fine"),
+        "the readable route is rendered: {stdout}"
     );
 }
