@@ -3,7 +3,7 @@
 //! two routes for one queue: the older wins. Output is sorted and stable.
 
 use super::crd::{AmqpRoute, Disposition};
-use super::lua_literal::lua_str;
+use super::lua_literal::{lua_str, lua_value};
 use super::ownership::Ownership;
 use crate::model::config::{Rate, parse_duration};
 use k8s_openapi::api::core::v1::Secret;
@@ -431,91 +431,118 @@ fn published_hash(
     crate::policy::content_hash(&all)
 }
 
-fn opt(v: &Option<String>) -> String {
-    v.as_deref().map(lua_str).unwrap_or_else(|| "nil".into())
+/// One route as the rendered policy's ROUTES table holds it: plain data,
+/// written out through `lua_value`, so no value is ever Lua code.
+#[derive(serde::Serialize)]
+struct LuaRoute<'a> {
+    id: String,
+    generation: i64,
+    domain: &'a str,
+    tenant: Option<&'a str>,
+    campaign: Option<&'a str>,
+    /// The broker URL, when it holds no credentials.
+    url: Option<&'a str>,
+    /// Else the key of the rendered Secret that holds it.
+    url_key: Option<&'a str>,
+    ca_key: Option<&'a str>,
+    exchange: &'a str,
+    routing_key: &'a str,
+    persistent: bool,
+    mandatory: bool,
+    content_type: Option<&'a str>,
+    headers: &'a BTreeMap<String, String>,
+    on_nack: &'static str,
+    on_return: &'static str,
+    hook: Option<String>,
+    queue_name: Option<String>,
+    log_events: Option<LuaLogEvents<'a>>,
+    batch_size: u32,
+    connection_limit: u32,
+    /// make_queue_config keys, as the route's delivery section sets them.
+    queue: BTreeMap<&'static str, &'a str>,
 }
 
-fn render_route(lua: &mut String, v: &Valid, secret: &mut BTreeMap<String, Vec<u8>>) {
+#[derive(serde::Serialize)]
+struct LuaLogEvents<'a> {
+    types: &'a [String],
+    headers: &'a [String],
+    meta: &'a [String],
+}
+
+fn disposition(x: Disposition) -> &'static str {
+    match x {
+        Disposition::Retry => "retry",
+        Disposition::Bounce => "bounce",
+    }
+}
+
+fn lua_route<'a>(v: &'a Valid) -> LuaRoute<'a> {
     let spec = &v.route.spec;
-    let p = &spec.publish;
-    let d = &spec.delivery;
-    let disp = |x: Disposition| match x {
-        Disposition::Retry => "\"retry\"",
-        Disposition::Bounce => "\"bounce\"",
+    let (p, d, m) = (&spec.publish, &spec.delivery, &spec.route_match);
+    let (url, url_key) = match &v.url {
+        Url::Plain(u) => (Some(u.as_str()), None),
+        Url::Secret(key, _) => (None, Some(key.as_str())),
     };
-    let _ = writeln!(lua, "  {{");
-    let _ = writeln!(lua, "    id = {},", lua_str(&v.id.to_string()));
-    let _ = writeln!(
-        lua,
-        "    generation = {},",
-        v.route.metadata.generation.unwrap_or(0)
-    );
-    let _ = writeln!(lua, "    domain = {},", lua_str(&v.domain));
-    let _ = writeln!(lua, "    tenant = {},", opt(&spec.route_match.tenant));
-    let _ = writeln!(lua, "    campaign = {},", opt(&spec.route_match.campaign));
-    match &v.url {
-        Url::Plain(u) => {
-            let _ = writeln!(lua, "    url = {},", lua_str(u));
-        }
-        Url::Secret(key, value) => {
-            let _ = writeln!(lua, "    url_key = {},", lua_str(key));
-            secret.insert(key.clone(), value.clone());
-        }
-    }
-    if let Some((key, pem)) = &v.ca {
-        let _ = writeln!(lua, "    ca_key = {},", lua_str(key));
-        secret.insert(key.clone(), pem.clone());
-    }
-    let _ = writeln!(lua, "    exchange = {},", lua_str(&p.exchange));
-    let _ = writeln!(lua, "    routing_key = {},", lua_str(&p.routing_key));
-    let _ = writeln!(lua, "    persistent = {},", p.persistent);
-    let _ = writeln!(lua, "    mandatory = {},", p.mandatory);
-    let _ = writeln!(lua, "    content_type = {},", opt(&p.content_type));
-    let _ = write!(lua, "    headers = {{");
-    for (k, val) in &p.headers {
-        let _ = write!(lua, " [{}] = {},", lua_str(k), lua_str(val));
-    }
-    let _ = writeln!(lua, " }},");
-    let _ = writeln!(lua, "    on_nack = {},", disp(p.on_nack));
-    let _ = writeln!(lua, "    on_return = {},", disp(p.on_return));
-    if let Some(le) = &spec.log_events {
-        let list = |v: &[String]| v.iter().map(|x| lua_str(x)).collect::<Vec<_>>().join(", ");
-        let queue = crate::model::queue_name::QueueName::new(
-            &v.domain,
-            spec.route_match.tenant.as_deref(),
-            spec.route_match.campaign.as_deref(),
-            None,
-        );
-        let hook = format!("route.{}.{}", v.id.namespace, v.id.name);
-        let _ = writeln!(lua, "    hook = {},", lua_str(&hook));
-        let _ = writeln!(lua, "    queue_name = {},", lua_str(&queue.to_string()));
-        let _ = writeln!(
-            lua,
-            "    log_events = {{ types = {{ {} }}, headers = {{ {} }}, meta = {{ {} }} }},",
-            list(&le.types),
-            list(&le.headers),
-            list(&le.meta)
-        );
-    }
-    let _ = writeln!(lua, "    batch_size = {},", d.batch_size.unwrap_or(1));
-    let _ = writeln!(
-        lua,
-        "    connection_limit = {},",
-        d.connection_limit.unwrap_or(32)
-    );
-    let _ = write!(lua, "    queue = {{");
-    for (k, val) in [
+    let queue = [
         ("retry_interval", &d.retry_interval),
         ("max_retry_interval", &d.max_retry_interval),
         ("max_age", &d.max_age),
         ("max_message_rate", &d.max_message_rate),
-    ] {
-        if let Some(val) = val {
-            let _ = write!(lua, " {k} = {},", lua_str(val));
-        }
+    ]
+    .into_iter()
+    .filter_map(|(k, val)| val.as_deref().map(|val| (k, val)))
+    .collect();
+    let log = spec.log_events.as_ref();
+    LuaRoute {
+        id: v.id.to_string(),
+        generation: v.route.metadata.generation.unwrap_or(0),
+        domain: &v.domain,
+        tenant: m.tenant.as_deref(),
+        campaign: m.campaign.as_deref(),
+        url,
+        url_key,
+        ca_key: v.ca.as_ref().map(|(k, _)| k.as_str()),
+        exchange: &p.exchange,
+        routing_key: &p.routing_key,
+        persistent: p.persistent,
+        mandatory: p.mandatory,
+        content_type: p.content_type.as_deref(),
+        headers: &p.headers,
+        on_nack: disposition(p.on_nack),
+        on_return: disposition(p.on_return),
+        hook: log.map(|_| format!("route.{}.{}", v.id.namespace, v.id.name)),
+        queue_name: log.map(|_| {
+            crate::model::queue_name::QueueName::new(
+                &v.domain,
+                m.tenant.as_deref(),
+                m.campaign.as_deref(),
+                None,
+            )
+            .to_string()
+        }),
+        log_events: log.map(|le| LuaLogEvents {
+            types: &le.types,
+            headers: &le.headers,
+            meta: &le.meta,
+        }),
+        batch_size: d.batch_size.unwrap_or(1),
+        connection_limit: d.connection_limit.unwrap_or(32),
+        queue,
     }
-    let _ = writeln!(lua, " }},");
-    let _ = writeln!(lua, "  }},");
+}
+
+/// Appends the route's ROUTES entry and puts its credentials in `secret`.
+fn render_route(lua: &mut String, v: &Valid, secret: &mut BTreeMap<String, Vec<u8>>) {
+    if let Url::Secret(key, value) = &v.url {
+        secret.insert(key.clone(), value.clone());
+    }
+    if let Some((key, pem)) = &v.ca {
+        secret.insert(key.clone(), pem.clone());
+    }
+    let value = serde_json::to_value(lua_route(v)).expect("a route serialises to JSON");
+    lua.push_str("  ");
+    lua.push_str(&lua_value(&value, "  "));
+    lua.push_str(",\n");
 }
 
 /// The fixed part of every rendered policy: it reads ROUTES as data.
