@@ -283,7 +283,9 @@ async fn space_of_a_drained_backlog_is_used_again() {
     let (spool, _) = Spool::open(dir.path()).unwrap();
     let file = dir.path().join("spool.redb");
     let mut sizes = Vec::new();
-    for round in 0..3 {
+    // Without reuse each round adds its own size; with it the file wanders
+    // within a band (redb's allocation depends on commit timing).
+    for round in 0..6 {
         for chunk in 0..20 {
             let msgs: Vec<_> = (0..500)
                 .map(|i| message(round * 100_000 + chunk * 500 + i))
@@ -304,8 +306,9 @@ async fn space_of_a_drained_backlog_is_used_again() {
         spool.flush().await.unwrap();
         sizes.push(std::fs::metadata(&file).unwrap().len());
     }
+    let most = *sizes.iter().max().unwrap();
     assert!(
-        sizes[2] <= sizes[0] + sizes[0] / 10,
+        most < sizes[0] * 7 / 4,
         "the file keeps growing across equal backlogs: {sizes:?}"
     );
 }
