@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
     kind = "AmqpRoute",
     namespaced,
     shortname = "amqpr",
+    category = "amqp-relay",
     status = "AmqpRouteStatus",
     doc = "Routes a relay queue (campaign:tenant@domain) to a RabbitMQ exchange and routing key",
     printcolumn(name = "Domain", type_ = "string", json_path = ".spec.match.domain"),
@@ -32,6 +33,17 @@ use std::collections::BTreeMap;
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Relays",
+        type_ = "integer",
+        description = "ready relay pods running this generation",
+        json_path = ".status.relays.ready"
     ),
     printcolumn(
         name = "Age",
@@ -200,19 +212,33 @@ pub struct LogEvents {
     pub meta: Vec<String>,
 }
 
+/// What the operator found for this route.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct AmqpRouteStatus {
+    /// The generation the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Accepted`: the route is valid and serves its queue (reasons `Valid`,
+    /// `Invalid`, `Conflict`, `DomainNotAllowed`, `TooLarge`). `Ready`: every
+    /// ready relay pod runs this generation (reasons `Published`,
+    /// `Propagating`, `RelayRejected`, `NoRelays`, `CompileFailed`,
+    /// `NotAccepted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// Ready relay pods, and how many of them run this generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy_hash: Option<String>,
-    /// Relay pods running a policy with this generation, e.g. `3/3`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relays: Option<String>,
+    pub relays: Option<RelayCount>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayCount {
+    /// Ready relay pods running this generation of the route.
+    pub ready: u32,
+    /// Ready relay pods.
+    pub total: u32,
 }
 
 /// The CRD as YAML, as `amqp-relay crd` prints it and `crds/amqproute.yaml` holds it.

@@ -229,6 +229,9 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         namespace,
         secrets_dir: args.secrets_dir.clone(),
         ownership,
+        history: Default::default(),
+        #[cfg(test)]
+        refuse: None,
     };
     let mut retry_in: Option<Duration> = None;
     // One listener for the whole run: a SIGTERM during a sync is kept for the next select.
@@ -271,6 +274,16 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             Ok(report) => {
                 // Until every relay runs the policy, look again soon.
                 retry_in = report.propagating.then_some(Duration::from_secs(2));
+                if let Some(error) = &report.compile_error {
+                    // The routes it concerns say so; nothing changes until their input does.
+                    tracing::error!(%error, "the rendered policy does not load; the previous one stays");
+                    metrics
+                        .failures
+                        .get_or_create(&ErrorLabel {
+                            error: "compile".into(),
+                        })
+                        .inc();
+                }
                 for (state, n) in [("accepted", report.accepted), ("rejected", report.rejected)] {
                     metrics
                         .routes

@@ -5,15 +5,15 @@
 
 use super::crd::{AmqpRoute, AmqpRouteStatus};
 use super::manifests::{HASH_ANNOTATION, policy_configmap, routes_secret};
-use super::render::{self, POLICY_KEY, RouteId};
-use super::status::{self, Published, Verdict};
+use super::render::{self, POLICY_KEY, Rendered, RouteId};
+use super::status::{self, Verdict};
 use crate::policy::Policy;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub const MANAGER: &str = "amqp-relay-operator";
 
@@ -23,6 +23,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("the rendered policy does not load; the previous one stays: {0}")]
     Compile(String),
+    #[error("{failed} route status write(s) failed, the first: {first}")]
+    Status { failed: usize, first: kube::Error },
 }
 
 impl Error {
@@ -31,6 +33,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Compile(_) => "compile",
+            Error::Status { .. } => "status",
         }
     }
 }
@@ -49,6 +52,11 @@ pub struct Ctx {
     pub secrets_dir: String,
     /// Which namespaces may claim which domains.
     pub ownership: crate::operator::ownership::Ownership,
+    /// Route digests of the policies seen, to read what relays run.
+    pub history: Mutex<status::History>,
+    /// Tests make the engine refuse a policy holding this text.
+    #[cfg(test)]
+    pub refuse: Option<&'static str>,
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -60,6 +68,8 @@ pub struct Report {
     pub accepted: usize,
     pub rejected: usize,
     pub hash: String,
+    /// Why the rendered policy was not published (its routes say so too).
+    pub compile_error: Option<String>,
 }
 
 fn id_of(r: &AmqpRoute) -> RouteId {
@@ -81,6 +91,38 @@ pub async fn compile(policy: &str) -> Result<(), Error> {
         .map_err(|e| Error::Compile(e.to_string()))
 }
 
+/// Writes the Secret, then the ConfigMap, when the published hash differs.
+/// Returns the policy now published (the new one, or the one found).
+async fn publish(ctx: &Ctx, out: &Rendered, compiled: bool) -> Result<(bool, String), Error> {
+    let cm_name = format!("{}-policy", ctx.relay);
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let live = cms.get_opt(&cm_name).await?;
+    let live_hash = live
+        .as_ref()
+        .and_then(|cm| cm.annotations().get(HASH_ANNOTATION).cloned());
+    let live_policy = live
+        .and_then(|cm| cm.data)
+        .and_then(|mut d| d.remove(POLICY_KEY))
+        .unwrap_or_default();
+    if !compiled || live_hash.as_deref() == Some(out.hash.as_str()) {
+        return Ok((false, live_policy));
+    }
+    let apply = PatchParams::apply(MANAGER).force();
+    let secret = routes_secret(&ctx.relay, &ctx.namespace, out);
+    // The Secret first: the new policy may read keys only it holds.
+    Api::<Secret>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .patch(
+            secret.metadata.name.as_deref().unwrap_or_default(),
+            &apply,
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    let cm = policy_configmap(&ctx.relay, &ctx.namespace, out);
+    cms.patch(&cm_name, &apply, &Patch::Apply(&cm)).await?;
+    tracing::info!(hash = %out.hash, accepted = out.accepted.len(), rejected = out.rejected.len(), "policy published");
+    Ok((true, out.policy.clone()))
+}
+
 pub async fn sync(
     ctx: &Ctx,
     routes: &[Arc<AmqpRoute>],
@@ -89,73 +131,120 @@ pub async fn sync(
     let routes: Vec<AmqpRoute> = routes.iter().map(|r| (**r).clone()).collect();
     let secrets: Vec<Secret> = secrets.iter().map(|s| (**s).clone()).collect();
     let out = render::render_owned(&routes, &secrets, &ctx.secrets_dir, &ctx.ownership);
-    compile(&out.policy).await?;
+    #[cfg(test)]
+    if let Some(text) = ctx.refuse.filter(|t| out.policy.contains(t)) {
+        return finish(
+            ctx,
+            &routes,
+            out,
+            Some(format!("refused for holding {text:?}")),
+        )
+        .await;
+    }
+    let compile_error = compile(&out.policy).await.err().map(|e| match e {
+        Error::Compile(m) => m,
+        other => other.to_string(),
+    });
+    finish(ctx, &routes, out, compile_error).await
+}
 
-    let cm_name = format!("{}-policy", ctx.relay);
-    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let current = cms
-        .get_opt(&cm_name)
-        .await?
-        .and_then(|cm| cm.annotations().get(HASH_ANNOTATION).cloned());
+/// Publishes what compiled, then brings every route's status up to date.
+async fn finish(
+    ctx: &Ctx,
+    routes: &[AmqpRoute],
+    out: Rendered,
+    compile_error: Option<String>,
+) -> Result<Report, Error> {
+    let (policy_written, published) = publish(ctx, &out, compile_error.is_none()).await?;
+    let live = render::route_digests(&published);
+    {
+        let mut history = ctx.history.lock().unwrap_or_else(|e| e.into_inner());
+        history.record(&published);
+    }
+    let relays = observe_relays(ctx).await?;
     let mut report = Report {
+        policy_written,
         accepted: out.accepted.len(),
         rejected: out.rejected.len(),
         hash: out.hash.clone(),
+        compile_error,
         ..Report::default()
     };
-    if current.as_deref() != Some(out.hash.as_str()) {
-        let apply = PatchParams::apply(MANAGER).force();
-        let secret = routes_secret(&ctx.relay, &ctx.namespace, &out);
-        // The Secret first: the new policy may read keys only it holds.
-        Api::<Secret>::namespaced(ctx.client.clone(), &ctx.namespace)
-            .patch(
-                secret.metadata.name.as_deref().unwrap_or_default(),
-                &apply,
-                &Patch::Apply(&secret),
-            )
-            .await?;
-        let cm = policy_configmap(&ctx.relay, &ctx.namespace, &out);
-        cms.patch(&cm_name, &apply, &Patch::Apply(&cm)).await?;
-        report.policy_written = true;
-        tracing::info!(hash = %out.hash, accepted = out.accepted.len(), rejected = out.rejected.len(), "policy published");
+    let mut failed = update_statuses(ctx, routes, &out, &live, &relays, &mut report).await;
+    match failed.len() {
+        0 => Ok(report),
+        n => Err(Error::Status {
+            failed: n,
+            first: failed.swap_remove(0),
+        }),
     }
+}
 
-    let configmap = format!("{}/{}", ctx.namespace, cm_name);
-    let relays = observe_relays(ctx).await?;
-    let propagation =
-        status::propagation(&crate::policy::content_hash(out.policy.as_bytes()), &relays);
-    report.propagating =
-        !matches!(propagation, status::Propagation::Done { .. }) && !out.accepted.is_empty();
-    let published = Published {
-        hash: &out.hash,
-        configmap: &configmap,
-        propagation: &propagation,
-    };
+/// Writes the status of every route whose status changed; failures are
+/// returned, not fatal to the rest.
+async fn update_statuses(
+    ctx: &Ctx,
+    routes: &[AmqpRoute],
+    out: &Rendered,
+    live: &std::collections::BTreeMap<String, String>,
+    relays: &[status::RelayView],
+    report: &mut Report,
+) -> Vec<kube::Error> {
+    let configmap = format!("{}/{}-policy", ctx.namespace, ctx.relay);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    for r in &routes {
+    let mut failed = Vec::new();
+    for r in routes {
         let id = id_of(r);
-        let verdict = match out.rejected.iter().find(|(rid, _)| rid == &id) {
-            Some((_, why)) => Verdict::Rejected(why.clone()),
-            None => Verdict::Accepted,
+        let digest = out.digests.get(&id);
+        let verdict = match (
+            out.rejected.iter().find(|(rid, _)| rid == &id),
+            &report.compile_error,
+        ) {
+            (Some((_, why)), _) => Verdict::Rejected(why.clone()),
+            (None, Some(e)) if digest != live.get(&id.to_string()) => {
+                Verdict::CompileFailed(e.clone())
+            }
+            (None, _) => Verdict::Accepted,
         };
+        let propagation = {
+            let history = ctx.history.lock().unwrap_or_else(|e| e.into_inner());
+            status::propagation(
+                &id.to_string(),
+                digest.map(String::as_str).unwrap_or(""),
+                relays,
+                &history,
+            )
+        };
+        if verdict == Verdict::Accepted && !matches!(propagation, status::Propagation::Done { .. })
+        {
+            report.propagating = true;
+        }
         let old = r.status.as_ref();
         let new = status::desired(
             old,
             r.metadata.generation,
             &verdict,
-            &published,
+            &propagation,
+            &configmap,
             now.clone(),
         );
         if old == Some(&new) {
             continue;
         }
-        write_status(ctx, &id, &new).await?;
-        report.statuses_written += 1;
+        // One route's failed write does not keep the others' from being written.
+        match write_status(ctx, &id, &new).await {
+            Ok(()) => report.statuses_written += 1,
+            Err(e) => {
+                tracing::warn!(route = %id, error = %e, "status write failed");
+                failed.push(e);
+                continue;
+            }
+        }
         if status::accepted(old) != status::accepted(Some(&new)) {
             announce(ctx, r, &verdict).await;
         }
     }
-    Ok(report)
+    failed
 }
 
 /// Asks every ready relay pod which policy it runs. A pod that does not
@@ -228,11 +317,22 @@ pub async fn observe_relays(ctx: &Ctx) -> Result<Vec<status::RelayView>, Error> 
     Ok(views)
 }
 
-async fn write_status(ctx: &Ctx, id: &RouteId, s: &AmqpRouteStatus) -> Result<(), Error> {
+/// Server-side apply of the whole status with one field manager: what the
+/// operator no longer sets (a rejected route's relay count) goes away.
+async fn write_status(ctx: &Ctx, id: &RouteId, s: &AmqpRouteStatus) -> Result<(), kube::Error> {
     let api: Api<AmqpRoute> = Api::namespaced(ctx.client.clone(), &id.namespace);
-    let patch = serde_json::json!({ "status": s });
-    api.patch_status(&id.name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    let patch = serde_json::json!({
+        "apiVersion": AmqpRoute::api_version(&()),
+        "kind": AmqpRoute::kind(&()),
+        "metadata": { "name": id.name, "namespace": id.namespace },
+        "status": s,
+    });
+    api.patch_status(
+        &id.name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -247,6 +347,7 @@ async fn announce(ctx: &Ctx, r: &AmqpRoute, verdict: &Verdict) {
             action: "Render".into(),
             secondary: None,
         },
+        Verdict::CompileFailed(_) => return,
         Verdict::Rejected(why) => Event {
             type_: EventType::Warning,
             reason: why.reason.into(),

@@ -13,6 +13,8 @@ use std::sync::Mutex;
 struct Fake {
     objects: Mutex<BTreeMap<String, serde_json::Value>>,
     calls: Mutex<Vec<(Method, String)>>,
+    /// Routes whose status writes fail.
+    fail_status_of: Mutex<Vec<String>>,
 }
 
 impl Fake {
@@ -52,6 +54,10 @@ fn respond(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
 async fn handle(fake: &Fake, req: Request<Body>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let apply = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "application/apply-patch+yaml");
     let body = req.into_body().collect_bytes().await.unwrap();
     fake.calls
         .lock()
@@ -70,10 +76,30 @@ async fn handle(fake: &Fake, req: Request<Body>) -> Response<Body> {
             None => respond(StatusCode::NOT_FOUND, &not_found),
         },
         Method::PATCH => {
+            if fake
+                .fail_status_of
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|n| path.ends_with(&format!("/{n}/status")))
+            {
+                let refused = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500, "message": "etcd timeout"});
+                return respond(StatusCode::INTERNAL_SERVER_ERROR, &refused);
+            }
             let patch: serde_json::Value = serde_json::from_slice(&body).unwrap();
             let key = path.trim_end_matches("/status").to_owned();
             let obj = objects.entry(key).or_insert(serde_json::json!({}));
-            merge(obj, &patch);
+            if apply {
+                // Server-side apply with one field manager: what it applies is
+                // all it owns, so fields it no longer sends are removed.
+                if path.ends_with("/status") {
+                    obj["status"] = patch["status"].clone();
+                } else {
+                    *obj = patch;
+                }
+            } else {
+                merge(obj, &patch);
+            }
             respond(StatusCode::OK, obj)
         }
         Method::POST => {
@@ -112,6 +138,8 @@ fn ctx() -> (Ctx, Arc<Fake>) {
             namespace: "relay-ns".into(),
             secrets_dir: "/etc/amqp-relay/routes".into(),
             ownership: Default::default(),
+            history: Default::default(),
+            refuse: None,
         },
         fake,
     )
@@ -408,7 +436,7 @@ async fn ready_only_when_every_ready_relay_runs_the_route() {
         |fake: &Fake| fake.get(&route_path("team", "seed")).unwrap()["status"]["relays"].clone();
     assert_eq!(
         relays(&fake),
-        "0/2",
+        serde_json::json!({"ready": 0, "total": 2}),
         "the pod that is not ready does not count"
     );
 
@@ -421,7 +449,7 @@ async fn ready_only_when_every_ready_relay_runs_the_route() {
     *a.lock().unwrap() =
         serde_json::json!({"files": {"/base.lua": "b", "/routes/routes.lua": routes_hash}});
     sync(&ctx, &cache(&fake, &routes), &secrets).await.unwrap();
-    assert_eq!(relays(&fake), "1/2");
+    assert_eq!(relays(&fake), serde_json::json!({"ready": 1, "total": 2}));
     assert_eq!(condition(&fake, "team", "seed", "Ready").1, "Propagating");
 
     *b.lock().unwrap() = serde_json::json!({"files": {"/base.lua": "b"}, "last_error": {"error": "routes.lua:9: boom", "files": {"/routes/routes.lua": routes_hash}}});
@@ -437,7 +465,187 @@ async fn ready_only_when_every_ready_relay_runs_the_route() {
     assert!(!done.propagating);
     assert_eq!(
         condition(&fake, "team", "seed", "Ready"),
-        ("True".into(), "Propagated".into())
+        ("True".into(), "Published".into())
     );
-    assert_eq!(relays(&fake), "2/2");
+    assert_eq!(relays(&fake), serde_json::json!({"ready": 2, "total": 2}));
+}
+
+fn domain_route(name: &str, domain: &str) -> AmqpRoute {
+    route(
+        "team",
+        name,
+        "2026-01-01T00:00:00Z",
+        serde_json::json!({
+            "match": {"domain": domain},
+            "broker": {"url": "amqp://rabbit:5672/%2f"},
+            "publish": {"routingKey": "logging"}
+        }),
+    )
+}
+
+/// Two ready relay pods whose reports the test sets.
+async fn two_relays(ctx: &mut Ctx, fake: &Fake) -> [Arc<Mutex<serde_json::Value>>; 2] {
+    let a = Arc::new(Mutex::new(serde_json::json!({"files": {}})));
+    let b = Arc::new(Mutex::new(serde_json::json!({"files": {}})));
+    let port = relay_pod("127.0.0.5", 0, a.clone()).await;
+    relay_pod("127.0.0.6", port, b.clone()).await;
+    ctx.relay_port = port;
+    fake.objects.lock().unwrap().insert(
+        PODS.into(),
+        serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
+            pod("relay-0", "127.0.0.5", true), pod("relay-1", "127.0.0.6", true)
+        ]}),
+    );
+    [a, b]
+}
+
+fn run_published(fake: &Fake, relays: &[Arc<Mutex<serde_json::Value>>]) {
+    let policy = fake.get(CM).unwrap()["data"]["routes.lua"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hash = crate::policy::content_hash(policy.as_bytes());
+    for r in relays {
+        *r.lock().unwrap() = serde_json::json!({"files": {"/routes/routes.lua": hash}});
+    }
+}
+
+fn status_writes(fake: &Fake) -> Vec<String> {
+    fake.writes()
+        .into_iter()
+        .filter(|w| w.ends_with("/status"))
+        .collect()
+}
+
+#[tokio::test]
+async fn one_route_edit_writes_only_that_routes_status() {
+    let (mut ctx, fake) = ctx();
+    let relays = two_relays(&mut ctx, &fake).await;
+    let mut routes: Vec<AmqpRoute> = (0..10)
+        .map(|i| domain_route(&format!("r{i}"), &format!("d{i}.example")))
+        .collect();
+    sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    run_published(&fake, &relays);
+    let settled = sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    assert_eq!(settled.statuses_written, 10);
+    assert!(!settled.propagating);
+    for i in 0..10 {
+        assert_eq!(
+            condition(&fake, "team", &format!("r{i}"), "Ready").1,
+            "Published"
+        );
+    }
+
+    // Edit one route: the policy changes, but only its status is written
+    // while the relays still run the previous policy.
+    routes[3].spec.publish.routing_key = "events".into();
+    routes[3].metadata.generation = Some(2);
+    fake.calls.lock().unwrap().clear();
+    let edited = sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    assert!(edited.policy_written);
+    assert_eq!(
+        status_writes(&fake),
+        vec![format!("PATCH {}/status", route_path("team", "r3"))]
+    );
+    assert_eq!(condition(&fake, "team", "r3", "Ready").1, "Propagating");
+    assert_eq!(condition(&fake, "team", "r4", "Ready").1, "Published");
+
+    // The relays take the new policy: again one write, for that route.
+    run_published(&fake, &relays);
+    fake.calls.lock().unwrap().clear();
+    let done = sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    assert_eq!(done.statuses_written, 1);
+    assert_eq!(status_writes(&fake).len(), 1);
+    assert_eq!(
+        condition(&fake, "team", "r3", "Ready"),
+        ("True".into(), "Published".into())
+    );
+}
+
+#[tokio::test]
+async fn a_route_turning_invalid_loses_its_relay_count() {
+    let (mut ctx, fake) = ctx();
+    let relays = two_relays(&mut ctx, &fake).await;
+    let mut routes = vec![domain_route("r", "d.example")];
+    sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    run_published(&fake, &relays);
+    sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    let stored = fake.get(&route_path("team", "r")).unwrap();
+    assert_eq!(
+        stored["status"]["relays"],
+        serde_json::json!({"ready": 2, "total": 2})
+    );
+
+    routes[0].spec.broker.url = Some("amqp://user:pw@rabbit/".into());
+    routes[0].metadata.generation = Some(2);
+    sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    let stored = fake.get(&route_path("team", "r")).unwrap();
+    assert_eq!(
+        condition(&fake, "team", "r", "Accepted"),
+        ("False".into(), "Invalid".into())
+    );
+    assert!(
+        stored["status"].get("relays").is_none(),
+        "a stale relay count stayed: {}",
+        stored["status"]
+    );
+    // And the next sync finds nothing to write.
+    fake.calls.lock().unwrap().clear();
+    let again = sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    assert_eq!(again.statuses_written, 0);
+}
+
+#[tokio::test]
+async fn a_failed_status_write_does_not_stop_the_others() {
+    let (ctx, fake) = ctx();
+    let routes: Vec<AmqpRoute> = ["a", "b", "c"]
+        .iter()
+        .map(|n| domain_route(n, &format!("{n}.example")))
+        .collect();
+    fake.fail_status_of.lock().unwrap().push("a".into());
+    let err = sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap_err();
+    assert!(matches!(err, Error::Status { failed: 1, .. }), "{err}");
+    assert!(
+        fake.get(&route_path("team", "a"))
+            .unwrap()
+            .get("status")
+            .is_none()
+    );
+    for n in ["b", "c"] {
+        assert_eq!(condition(&fake, "team", n, "Accepted").0, "True");
+    }
+}
+
+#[tokio::test]
+async fn a_policy_that_does_not_load_is_reported_on_the_routes_it_concerns() {
+    let (mut ctx, fake) = ctx();
+    let relays = two_relays(&mut ctx, &fake).await;
+    ctx.refuse = Some("POISON");
+    let mut routes = vec![domain_route("good", "good.example")];
+    sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    run_published(&fake, &relays);
+    sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    let published = fake.get(CM).unwrap();
+
+    let mut bad = domain_route("bad", "bad.example");
+    bad.spec.publish.routing_key = "POISON".into();
+    routes.push(bad);
+    let report = sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    assert!(report.compile_error.is_some());
+    assert!(!report.policy_written);
+    assert_eq!(
+        fake.get(CM).unwrap(),
+        published,
+        "the previous policy stays"
+    );
+    let (status, reason) = condition(&fake, "team", "bad", "Ready");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "CompileFailed")
+    );
+    assert_eq!(
+        condition(&fake, "team", "good", "Ready"),
+        ("True".into(), "Published".into()),
+        "the routes the relays still run keep their status"
+    );
 }
