@@ -171,7 +171,7 @@ async fn render(
     print!(
         "{}---\n{}",
         manifests::to_yaml(&manifests::policy_configmap(relay, namespace, &out)),
-        manifests::to_yaml(&manifests::routes_secret(relay, namespace, &out))
+        manifests::to_yaml(&manifests::routes_secret(relay, namespace, &out, None))
     );
     for id in &out.accepted {
         eprintln!("route {id}: accepted");

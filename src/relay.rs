@@ -49,6 +49,17 @@ pub struct RelayArgs {
         default_value = "/etc/amqp-relay/routes-policy"
     )]
     pub policy_configmap_dir: PathBuf,
+    /// Also watch the routes Secret (the brokers' credentials) through the
+    /// API (NAMESPACE/NAME): `kumo.secret_load` reads its keys as the files of
+    /// --routes-secret-dir before the disk, and a change reloads the policy.
+    #[arg(long, env = "AMQP_RELAY_ROUTES_SECRET")]
+    pub routes_secret: Option<String>,
+    #[arg(
+        long,
+        env = "AMQP_RELAY_ROUTES_SECRET_DIR",
+        default_value = crate::policy::overlay::DEFAULT_SECRETS_DIR
+    )]
+    pub routes_secret_dir: PathBuf,
     /// CIDRs allowed to relay over SMTP (with --smtp-listen).
     #[arg(long, env = "AMQP_RELAY_SMTP_RELAY_HOSTS", value_delimiter = ',', default_values_t = loopback())]
     pub smtp_relay_hosts: Vec<String>,
@@ -152,14 +163,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     if let Some(rx) = hook_rx {
         tokio::spawn(crate::engine::logs::run_hooks(engine.clone(), rx));
     }
-    if let Some(spec) = &args.policy_configmap {
-        let target =
-            crate::engine::configmap_watch::Target::parse(spec, args.policy_configmap_dir.clone())
-                .map_err(anyhow::Error::msg)?;
-        // Nothing is delivered or accepted until the routes have been read.
-        engine.set_routes_ready(false);
-        crate::engine::configmap_watch::spawn(engine.clone(), target);
-    }
+    watch_routes(&engine, &args)?;
     if args.watch_policy {
         crate::engine::policy_watch::spawn(engine.clone()).map_err(anyhow::Error::msg)?;
     }
@@ -232,5 +236,45 @@ async fn stop(
     }
     engine.finish().await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// With --policy-configmap (and --routes-secret), nothing is delivered or
+/// accepted until those have been read.
+fn watch_routes(engine: &Arc<Engine>, args: &RelayArgs) -> anyhow::Result<()> {
+    use crate::engine::api_watch::{Target, spawn};
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let configmap = args
+        .policy_configmap
+        .as_deref()
+        .map(|spec| {
+            Target::parse(
+                "--policy-configmap",
+                spec,
+                args.policy_configmap_dir.clone(),
+            )
+        })
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let secret = args
+        .routes_secret
+        .as_deref()
+        .map(|spec| Target::parse("--routes-secret", spec, args.routes_secret_dir.clone()))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let mut sources = 0;
+    if configmap.is_some() {
+        sources |= crate::engine::ROUTES_CONFIGMAP;
+    }
+    if secret.is_some() {
+        sources |= crate::engine::ROUTES_SECRET;
+    }
+    engine.wait_for_routes(sources);
+    if let Some(t) = secret {
+        spawn::<Secret>(engine.clone(), t);
+    }
+    if let Some(t) = configmap {
+        spawn::<ConfigMap>(engine.clone(), t);
+    }
     Ok(())
 }

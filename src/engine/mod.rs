@@ -3,7 +3,7 @@
 //! on the spool's schedule and the pager brings them in as room frees up.
 
 pub mod admin;
-pub mod configmap_watch;
+pub mod api_watch;
 pub mod dispatcher;
 mod held;
 pub mod log_record;
@@ -26,7 +26,7 @@ use metrics::Metrics;
 use queue::Queue;
 use spool::{NewMessage, Spool, SpoolError};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -65,6 +65,11 @@ impl Default for Limits {
     }
 }
 
+/// The policy ConfigMap, a source of the routes.
+pub const ROUTES_CONFIGMAP: u8 = 1;
+/// The routes Secret, the other.
+pub const ROUTES_SECRET: u8 = 2;
+
 pub struct Engine {
     spool: Spool,
     logs: logs::Logs,
@@ -89,8 +94,9 @@ pub struct Engine {
     schedule_hint: AtomicBool,
     /// Due messages wait on the schedule for room in memory: a release wakes the pager.
     backlog: AtomicBool,
-    /// False until the routes are known (with `--policy-configmap`, its first read).
-    routes_ready: AtomicBool,
+    /// Sources of the routes not read yet (`ROUTES_*` bits): with
+    /// `--policy-configmap` (and `--routes-secret`), their first reads.
+    routes_waiting: AtomicU8,
     /// Delivery sessions running, for a graceful stop.
     sessions: AtomicUsize,
     sessions_done: Notify,
@@ -117,7 +123,7 @@ impl Engine {
             pager: Notify::new(),
             schedule_hint: AtomicBool::new(true),
             backlog: AtomicBool::new(false),
-            routes_ready: AtomicBool::new(true),
+            routes_waiting: AtomicU8::new(0),
             sessions: AtomicUsize::new(0),
             sessions_done: Notify::new(),
         })
@@ -156,12 +162,17 @@ impl Engine {
             .cloned()
     }
 
-    /// The routes are known: until then new mail is refused temporarily and
+    /// Until the routes are known, new mail is refused temporarily and
     /// nothing spooled is delivered, so a relay that starts before its routes
-    /// arrive holds mail instead of bouncing it.
-    pub fn set_routes_ready(&self, ready: bool) {
-        let was = self.routes_ready.swap(ready, Ordering::AcqRel);
-        if ready && !was {
+    /// arrive holds mail instead of bouncing it. `sources`: `ROUTES_*` bits.
+    pub fn wait_for_routes(&self, sources: u8) {
+        self.routes_waiting.fetch_or(sources, Ordering::AcqRel);
+    }
+
+    /// One source of the routes has been read (and a policy with it runs).
+    pub fn routes_read(&self, source: u8) {
+        let was = self.routes_waiting.fetch_and(!source, Ordering::AcqRel);
+        if was != 0 && was & !source == 0 {
             tracing::info!("routes are in: delivering");
             self.held.clear();
             self.wake_pager();
@@ -169,7 +180,7 @@ impl Engine {
     }
 
     pub fn routes_ready(&self) -> bool {
-        self.routes_ready.load(Ordering::Acquire)
+        self.routes_waiting.load(Ordering::Acquire) == 0
     }
 
     /// The queue for a name, created on first use from the policy's

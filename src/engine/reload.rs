@@ -30,6 +30,9 @@ pub struct PolicyReport {
     pub loaded_at: u64,
     pub files: std::collections::BTreeMap<String, String>,
     pub last_error: Option<ReloadError>,
+    /// Keyed digests of the watched routes Secret's keys (absent when none is watched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<std::collections::BTreeMap<String, String>>,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -46,8 +49,7 @@ fn files_of(
 ) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
     let dir = policy_path.parent().map(|d| d.to_path_buf());
-    let overlay = overlay.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    for (p, text) in overlay {
+    for (p, text) in overlay.files() {
         out.insert(
             p.display().to_string(),
             crate::policy::content_hash(text.as_bytes()),
@@ -87,6 +89,7 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            secrets: p.overlay().secret_digests(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! serde configuration that policies, listeners and the engine read.
 
 pub mod config;
+pub mod digest;
 pub mod listener_config;
 pub mod log_config;
 pub mod message;

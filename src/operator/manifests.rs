@@ -3,6 +3,7 @@
 
 use super::crd::AmqpRoute;
 use super::render::{POLICY_KEY, Rendered};
+use crate::policy::overlay::DIGEST_KEY;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -36,16 +37,26 @@ pub fn policy_configmap(relay: &str, namespace: &str, r: &Rendered) -> ConfigMap
     }
 }
 
-pub fn routes_secret(relay: &str, namespace: &str, r: &Rendered) -> Secret {
+/// The rendered credentials, plus the key of their digests when given
+/// (the operator keeps one per relay; offline renders have none).
+pub fn routes_secret(
+    relay: &str,
+    namespace: &str,
+    r: &Rendered,
+    digest_key: Option<&[u8]>,
+) -> Secret {
+    let mut data: BTreeMap<String, ByteString> = r
+        .secret
+        .iter()
+        .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+        .collect();
+    if let Some(key) = digest_key {
+        data.insert(DIGEST_KEY.to_owned(), ByteString(key.to_vec()));
+    }
     Secret {
         metadata: meta(format!("{relay}-routes"), namespace, relay, &r.hash),
         type_: Some("Opaque".into()),
-        data: Some(
-            r.secret
-                .iter()
-                .map(|(k, v)| (k.clone(), ByteString(v.clone())))
-                .collect(),
-        ),
+        data: Some(data),
         ..Default::default()
     }
 }

@@ -10,8 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-/// Where the relay pod mounts the credentials Secret.
-pub const DEFAULT_SECRETS_DIR: &str = "/etc/amqp-relay/routes";
+pub use crate::policy::overlay::DEFAULT_SECRETS_DIR;
 pub const POLICY_KEY: &str = "routes.lua";
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -38,6 +37,8 @@ pub struct Rendered {
     /// Each accepted route's version: a digest of its ROUTES entry and of
     /// the source Secrets' versions, also written into the policy's header.
     pub digests: BTreeMap<RouteId, String>,
+    /// The keys of `secret` each accepted route reads.
+    pub route_keys: BTreeMap<RouteId, Vec<String>>,
 }
 
 /// The policy's header line that lists its routes' digests (JSON).
@@ -385,6 +386,7 @@ pub fn render_owned(
     let mut routes_lua = String::new();
     let mut accepted = Vec::new();
     let mut digests = BTreeMap::new();
+    let mut route_keys = BTreeMap::new();
     for v in by_queue.values() {
         accepted.push(v.id.clone());
         let start = routes_lua.len();
@@ -396,6 +398,12 @@ pub fn render_owned(
         }
         let digest = crate::policy::content_hash(&versioned)[..16].to_owned();
         digests.insert(v.id.clone(), digest);
+        let keys = match &v.url {
+            Url::Secret(k, _) => vec![k.clone()],
+            Url::Plain(_) => vec![],
+        };
+        let keys = keys.into_iter().chain(v.ca.iter().map(|(k, _)| k.clone()));
+        route_keys.insert(v.id.clone(), keys.collect());
     }
     accepted.sort();
     let listed: BTreeMap<String, &String> =
@@ -425,6 +433,7 @@ pub fn render_owned(
         accepted,
         rejected,
         digests,
+        route_keys,
     }
 }
 

@@ -25,6 +25,27 @@ pub struct RelayView {
     pub running: Vec<String>,
     /// The last policy it refused: its files' hashes and the error.
     pub rejected: Option<(Vec<String>, String)>,
+    /// Keyed digests of the routes Secret it holds, by key; `None` when it
+    /// reads credentials from a mounted Secret it cannot report on.
+    pub secrets: Option<BTreeMap<String, String>>,
+}
+
+/// One route's current version: its digest in the policy and the keyed
+/// digests of the credentials it reads.
+pub struct Version<'a> {
+    pub route: &'a str,
+    pub digest: &'a str,
+    pub credentials: &'a [(String, String)],
+}
+
+impl Version<'_> {
+    fn runs_on(&self, r: &RelayView, history: &History) -> bool {
+        let credentials = match &r.secrets {
+            None => true,
+            Some(held) => self.credentials.iter().all(|(k, d)| held.get(k) == Some(d)),
+        };
+        credentials && history.holds(&r.running, self.route, self.digest)
+    }
 }
 
 /// The route digests of the policies this operator has published or found
@@ -77,24 +98,20 @@ pub enum Propagation {
     },
 }
 
-/// Whether every ready relay runs a policy holding `route` at `digest`.
-pub fn propagation(
-    route: &str,
-    digest: &str,
-    relays: &[RelayView],
-    history: &History,
-) -> Propagation {
+/// Whether every ready relay runs this version of the route.
+pub fn propagation(v: &Version, relays: &[RelayView], history: &History) -> Propagation {
     let total = relays.len();
     if total == 0 {
         return Propagation::NoRelays;
     }
-    let runs = |r: &RelayView| history.holds(&r.running, route, digest);
-    let done = relays.iter().filter(|r| runs(r)).count();
+    let done = relays.iter().filter(|r| v.runs_on(r, history)).count();
     if done == total {
         return Propagation::Done { total };
     }
     let refused = relays.iter().find_map(|r| match &r.rejected {
-        Some((files, error)) if !runs(r) && history.holds(files, route, digest) => {
+        Some((files, error))
+            if !v.runs_on(r, history) && history.holds(files, v.route, v.digest) =>
+        {
             Some((r.pod.clone(), error.clone()))
         }
         _ => None,

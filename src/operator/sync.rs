@@ -8,11 +8,13 @@ use super::manifests::{HASH_ANNOTATION, policy_configmap, routes_secret};
 use super::render::{self, POLICY_KEY, Rendered, RouteId};
 use super::status::{self, Verdict};
 use crate::policy::Policy;
+use crate::policy::overlay::DIGEST_KEY;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 pub const MANAGER: &str = "amqp-relay-operator";
@@ -91,11 +93,30 @@ pub async fn compile(policy: &str) -> Result<(), Error> {
         .map_err(|e| Error::Compile(e.to_string()))
 }
 
-/// Writes the Secret, then the ConfigMap, when the published hash differs.
-/// Returns the policy now published (the new one, or the one found).
-async fn publish(ctx: &Ctx, out: &Rendered, compiled: bool) -> Result<(bool, String), Error> {
+/// What the relay is to run after a sync.
+struct Published {
+    written: bool,
+    /// The policy now in the ConfigMap.
+    policy: String,
+    /// The key of the credential digests, kept in the routes Secret.
+    digest_key: Vec<u8>,
+}
+
+fn secret_data(s: Option<Secret>) -> BTreeMap<String, Vec<u8>> {
+    s.and_then(|s| s.data)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
+}
+
+/// Writes the Secret, then the ConfigMap, unless both already hold exactly
+/// what was rendered (so a hand edit or deletion of either is repaired).
+async fn publish(ctx: &Ctx, out: &Rendered, compiled: bool) -> Result<Published, Error> {
     let cm_name = format!("{}-policy", ctx.relay);
+    let secret_name = format!("{}-routes", ctx.relay);
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let live = cms.get_opt(&cm_name).await?;
     let live_hash = live
         .as_ref()
@@ -104,23 +125,41 @@ async fn publish(ctx: &Ctx, out: &Rendered, compiled: bool) -> Result<(bool, Str
         .and_then(|cm| cm.data)
         .and_then(|mut d| d.remove(POLICY_KEY))
         .unwrap_or_default();
-    if !compiled || live_hash.as_deref() == Some(out.hash.as_str()) {
-        return Ok((false, live_policy));
+    let live_secret = secret_data(secrets.get_opt(&secret_name).await?);
+    let digest_key = live_secret
+        .get(DIGEST_KEY)
+        .filter(|k| !k.is_empty())
+        .cloned()
+        .unwrap_or_else(|| crate::model::digest::random_key().into_bytes());
+    let mut wanted = out.secret.clone();
+    wanted.insert(DIGEST_KEY.to_owned(), digest_key.clone());
+    let in_place = live_hash.as_deref() == Some(out.hash.as_str())
+        && live_policy == out.policy
+        && live_secret == wanted;
+    if !compiled || in_place {
+        return Ok(Published {
+            written: false,
+            policy: live_policy,
+            digest_key,
+        });
+    }
+    if live_hash.as_deref() == Some(out.hash.as_str()) {
+        tracing::warn!(configmap = %cm_name, secret = %secret_name, "the published policy or credentials were changed by someone else; restoring them");
     }
     let apply = PatchParams::apply(MANAGER).force();
-    let secret = routes_secret(&ctx.relay, &ctx.namespace, out);
+    let secret = routes_secret(&ctx.relay, &ctx.namespace, out, Some(&digest_key));
     // The Secret first: the new policy may read keys only it holds.
-    Api::<Secret>::namespaced(ctx.client.clone(), &ctx.namespace)
-        .patch(
-            secret.metadata.name.as_deref().unwrap_or_default(),
-            &apply,
-            &Patch::Apply(&secret),
-        )
+    secrets
+        .patch(&secret_name, &apply, &Patch::Apply(&secret))
         .await?;
     let cm = policy_configmap(&ctx.relay, &ctx.namespace, out);
     cms.patch(&cm_name, &apply, &Patch::Apply(&cm)).await?;
     tracing::info!(hash = %out.hash, accepted = out.accepted.len(), rejected = out.rejected.len(), "policy published");
-    Ok((true, out.policy.clone()))
+    Ok(Published {
+        written: true,
+        policy: out.policy.clone(),
+        digest_key,
+    })
 }
 
 pub async fn sync(
@@ -155,22 +194,30 @@ async fn finish(
     out: Rendered,
     compile_error: Option<String>,
 ) -> Result<Report, Error> {
-    let (policy_written, published) = publish(ctx, &out, compile_error.is_none()).await?;
-    let live = render::route_digests(&published);
+    let published = publish(ctx, &out, compile_error.is_none()).await?;
+    let live = render::route_digests(&published.policy);
     {
         let mut history = ctx.history.lock().unwrap_or_else(|e| e.into_inner());
-        history.record(&published);
+        history.record(&published.policy);
     }
     let relays = observe_relays(ctx).await?;
     let mut report = Report {
-        policy_written,
+        policy_written: published.written,
         accepted: out.accepted.len(),
         rejected: out.rejected.len(),
         hash: out.hash.clone(),
         compile_error,
         ..Report::default()
     };
-    let mut failed = update_statuses(ctx, routes, &out, &live, &relays, &mut report).await;
+    let mut failed = update_statuses(
+        ctx,
+        routes,
+        &out,
+        (&live, &published.digest_key),
+        &relays,
+        &mut report,
+    )
+    .await;
     match failed.len() {
         0 => Ok(report),
         n => Err(Error::Status {
@@ -186,7 +233,7 @@ async fn update_statuses(
     ctx: &Ctx,
     routes: &[AmqpRoute],
     out: &Rendered,
-    live: &std::collections::BTreeMap<String, String>,
+    (live, digest_key): (&BTreeMap<String, String>, &[u8]),
     relays: &[status::RelayView],
     report: &mut Report,
 ) -> Vec<kube::Error> {
@@ -206,14 +253,25 @@ async fn update_statuses(
             }
             (None, _) => Verdict::Accepted,
         };
+        // What a relay holding this route's credentials reports for them.
+        let credentials: Vec<(String, String)> = out
+            .route_keys
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| {
+                let value = out.secret.get(k)?;
+                Some((k.clone(), crate::model::digest::keyed(digest_key, value)))
+            })
+            .collect();
         let propagation = {
             let history = ctx.history.lock().unwrap_or_else(|e| e.into_inner());
-            status::propagation(
-                &id.to_string(),
-                digest.map(String::as_str).unwrap_or(""),
-                relays,
-                &history,
-            )
+            let version = status::Version {
+                route: &id.to_string(),
+                digest: digest.map(String::as_str).unwrap_or(""),
+                credentials: &credentials,
+            };
+            status::propagation(&version, relays, &history)
         };
         if verdict == Verdict::Accepted && !matches!(propagation, status::Propagation::Done { .. })
         {
@@ -297,6 +355,11 @@ pub async fn observe_relays(ctx: &Ctx) -> Result<Vec<status::RelayView>, Error> 
             Ok(r) => status::RelayView {
                 pod: name,
                 running: hashes(&r["files"]),
+                secrets: r["secrets"].as_object().map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                        .collect()
+                }),
                 rejected: r["last_error"].as_object().map(|e| {
                     (
                         hashes(&e["files"]),

@@ -36,6 +36,8 @@ struct SpoolDef {
 /// Per-state context, reachable from every `kumo` function.
 pub struct StateCtx {
     pub amqp: Arc<AmqpPool>,
+    /// Secrets watched through the API, read before the disk.
+    pub overlay: super::Overlay,
     pub init: Option<Arc<Mutex<InitConfig>>>,
     /// Lua code running past this instant is stopped with an error, so a
     /// policy's endless loop cannot wedge a worker thread.
@@ -158,9 +160,15 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
             let path: String = t.get::<Option<String>>("key_path")?.ok_or_else(|| {
                 mlua::Error::runtime("kumo.secret_load: give key_path (a file) or key_data")
             })?;
-            let bytes = std::fs::read(&path).map_err(|e| {
-                mlua::Error::runtime(format!("kumo.secret_load: cannot read {path}: {e}"))
-            })?;
+            let watched = lua
+                .app_data_ref::<StateCtx>()
+                .and_then(|c| c.overlay.secret(std::path::Path::new(&path)));
+            let bytes = match watched {
+                Some(b) => b,
+                None => std::fs::read(&path).map_err(|e| {
+                    mlua::Error::runtime(format!("kumo.secret_load: cannot read {path}: {e}"))
+                })?,
+            };
             lua.create_string(bytes)
         })?,
     )?;

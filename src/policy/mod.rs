@@ -6,6 +6,7 @@ pub mod delivery;
 pub mod events;
 pub mod kumo;
 pub mod message_ud;
+pub mod overlay;
 pub mod reject;
 
 use crate::model::config::{EgressPathConfig, QueueConfig};
@@ -16,7 +17,7 @@ use kumo::{EgressPathUd, InitConfig, QueueConfigUd, StateCtx};
 use message_ud::MessageUd;
 use mlua::{Lua, Value};
 use reject::{Rejection, describe, find_rejection};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -69,9 +70,7 @@ pub struct Policy {
 /// even while the files change underneath (a reload makes a new version).
 type Modules = Arc<Mutex<BTreeMap<PathBuf, String>>>;
 
-/// File contents known before the kubelet writes them (the policy ConfigMap
-/// watched through the API); consulted before the disk.
-pub type Overlay = Arc<Mutex<HashMap<PathBuf, String>>>;
+pub use overlay::Overlay;
 
 /// A Lua state borrowed from the pool; it goes back on drop unless discarded.
 pub struct PooledState {
@@ -127,11 +126,7 @@ impl Policy {
         amqp: Arc<AmqpPool>,
         overlay: Overlay,
     ) -> Result<Arc<Policy>, PolicyError> {
-        let cached = overlay
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(path)
-            .cloned();
+        let cached = overlay.file(path);
         let source = match cached {
             Some(s) => s,
             None => std::fs::read_to_string(path).map_err(|e| PolicyError::Load {
@@ -165,6 +160,9 @@ impl Policy {
             all.extend_from_slice(text.as_bytes());
             all.push(0);
         }
+        if let Some(secrets) = policy.overlay.secrets_hash() {
+            all.extend_from_slice(secrets.as_bytes());
+        }
         policy.hash = content_hash(&all);
         policy
             .pool
@@ -184,11 +182,7 @@ impl Policy {
             .get::<mlua::Table>("package")
             .and_then(|p| p.get("path"))
             .unwrap_or_default();
-        let overlay = self
-            .overlay
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let overlay = self.overlay.files();
         let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
         let mut budget = SNAPSHOT_FILES;
         for root in module_roots(&search) {
@@ -296,6 +290,7 @@ impl Policy {
         ));
         lua.set_app_data(StateCtx {
             amqp: self.amqp.clone(),
+            overlay: self.overlay.clone(),
             init,
             deadline: Mutex::new(None),
         });
@@ -620,10 +615,7 @@ fn module_searcher(lua: &Lua, modules: Modules, overlay: Overlay) -> mlua::Resul
                 .cloned();
             let text = known.or_else(|| {
                 overlay
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&candidate)
-                    .cloned()
+                    .file(&candidate)
                     .or_else(|| std::fs::read_to_string(&candidate).ok())
             });
             match text {

@@ -141,13 +141,21 @@ def test_relay_statefulset_spool_policy_and_probes():
     assert {"http", "smtp", "metrics"} <= ports
 
 
-def test_relay_reads_only_its_routes_configmap():
+def test_relay_reads_only_its_routes_configmap_and_secret():
     docs = render({})
     role = one(docs, "Role", "-relay")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
-                              "resourceNames": ["edge-amqp-relay-policy"], "verbs": ["get", "list", "watch"]}]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"],
+         "resourceNames": ["edge-amqp-relay-policy"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["secrets"],
+         "resourceNames": ["edge-amqp-relay-routes"], "verbs": ["get", "list", "watch"]},
+    ]
     env = {e["name"]: e.get("value") for e in one(docs, "StatefulSet", "-relay")["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["AMQP_RELAY_POLICY_CONFIGMAP"] == "mail/edge-amqp-relay-policy"
+    assert env["AMQP_RELAY_ROUTES_SECRET"] == "mail/edge-amqp-relay-routes"
+    # Where secret_load finds the keys: the directory the Secret is also mounted at.
+    mounts = one(docs, "StatefulSet", "-relay")["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert env["AMQP_RELAY_ROUTES_SECRET_DIR"] in {m["mountPath"] for m in mounts}
     off = render({"relay": {"policyApiWatch": False}})
     assert not [d for d in by_kind(off, "Role") if d["metadata"]["name"].endswith("-relay")]
     assert one(off, "StatefulSet", "-relay")["spec"]["template"]["spec"]["automountServiceAccountToken"] is False

@@ -17,6 +17,34 @@ pub struct Broker {
     node: String,
     dir: tempfile::TempDir,
     child: Mutex<Option<Child>>,
+    /// The ports stay this broker's across a kill and restart.
+    _leases: Vec<std::fs::File>,
+}
+
+/// Brokers take their ports from below the kernel's ephemeral range (so no
+/// `free_port()` of a relay or an "unreachable" URL lands on one), each held
+/// by a lock file for the broker's lifetime: a killed broker's port cannot be
+/// taken by another test process's broker before it restarts.
+const BROKER_PORTS: std::ops::Range<u16> = 20_000..30_000;
+
+fn lease_port() -> (u16, std::fs::File) {
+    let dir = std::env::temp_dir().join("amqp-relay-test-ports");
+    std::fs::create_dir_all(&dir).expect("create the port lease directory");
+    let span = BROKER_PORTS.end - BROKER_PORTS.start;
+    let start = (std::process::id() as u16).wrapping_mul(7919) % span;
+    for i in 0..span {
+        let port = BROKER_PORTS.start + (start + i) % span;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+            .expect("open a port lease file");
+        if file.try_lock().is_ok() && port_is_free(port) {
+            return (port, file);
+        }
+    }
+    panic!("no free broker port in {BROKER_PORTS:?}");
 }
 
 pub fn free_port() -> u16 {
@@ -76,38 +104,55 @@ impl Broker {
                 "port 5672 is taken: the seed policy connects to amqp://localhost, so the tests \
                  start their own broker there; stop whatever listens on 5672"
             );
-            Broker::start_on(5672, false)
+            Broker::start_on(None, false)
         })
     }
 
     /// A broker of the test's own, on a free port.
     pub fn private() -> Broker {
-        Broker::start_on(free_port(), false)
+        Broker::start_on(Some(lease_port()), false)
     }
 
     /// A broker of the test's own with an amqps:// listener too, its
     /// certificate (for localhost and 127.0.0.1) signed by a fresh CA.
     pub fn private_tls() -> Broker {
-        Broker::start_on(free_port(), true)
+        Broker::start_on(Some(lease_port()), true)
     }
 
     pub fn ca_file(&self) -> PathBuf {
         self.path("ca.pem")
     }
 
-    fn start_on(port: u16, tls: bool) -> Broker {
+    /// On a leased port, or (None) on 5672, which the shared-broker lock guards.
+    fn start_on(lease: Option<(u16, std::fs::File)>, tls: bool) -> Broker {
         ensure_installed();
+        let mut leases = Vec::new();
+        let port = match lease {
+            Some((port, file)) => {
+                leases.push(file);
+                port
+            }
+            None => 5672,
+        };
+        let mut lease = || {
+            let (port, file) = lease_port();
+            leases.push(file);
+            port
+        };
+        let tls_port = tls.then(&mut lease);
+        let dist_port = lease();
         let dir = tempfile::Builder::new()
             .prefix("amqp-relay-rabbit-")
             .tempdir()
             .expect("temp dir");
         let b = Broker {
             port,
-            tls_port: tls.then(free_port),
-            dist_port: free_port(),
+            tls_port,
+            dist_port,
             node: format!("relaytest{port}x{}@localhost", std::process::id()),
             dir,
             child: Mutex::new(None),
+            _leases: leases,
         };
         let mut conf = format!(
             "listeners.tcp.default = 127.0.0.1:{port}\nlog.console = false\nloopback_users = none\n"
@@ -225,6 +270,30 @@ impl Broker {
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Runs `rabbitmqctl` against this node; panics with its output on failure.
+    pub fn ctl(&self, args: &[&str]) {
+        let mut cmd = Command::new(CTL);
+        self.env(&mut cmd);
+        let out = cmd
+            .args(["-n", &self.node])
+            .args(args)
+            .output()
+            .expect("run rabbitmqctl");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A virtual host the guest user may use, created on first call.
+    pub fn vhost(&self, name: &str) -> String {
+        self.ctl(&["add_vhost", name]);
+        self.ctl(&["set_permissions", "-p", name, "guest", ".*", ".*", ".*"]);
+        format!("amqp://guest:guest@127.0.0.1:{}/{name}", self.port)
     }
 
     pub async fn connect(&self) -> lapin::Connection {

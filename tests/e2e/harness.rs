@@ -208,6 +208,30 @@ impl Relay {
         }
     }
 
+    /// Polls `/readyz` until the relay reports ready (routes read, policy loaded), or fails after `limit`.
+    pub async fn await_ready(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let resp = self
+                .client
+                .get(self.url("/readyz"))
+                .send()
+                .await
+                .expect("readyz");
+            let status = resp.status().as_u16();
+            if status == 200 {
+                return;
+            }
+            let body = resp.text().await.unwrap_or_default();
+            assert!(
+                Instant::now() < deadline,
+                "/readyz still {status} ({body}); relay log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Resident memory of the relay process, in KiB.
     pub fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))

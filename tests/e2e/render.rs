@@ -133,3 +133,143 @@ spec:
     assert!(!marker.exists(), "no code from a route ran");
     assert!(!std::path::Path::new("PWNED").exists());
 }
+
+/// Renders `yaml` as the operator would; returns the policy and the Secret's data.
+fn render_objects(
+    dir: &std::path::Path,
+    yaml: &str,
+    secrets_dir: &std::path::Path,
+) -> (String, std::collections::BTreeMap<String, Vec<u8>>) {
+    let file = dir.join("input.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(BIN)
+        .args(["render", "--namespace", "team", "--relay", "edge", "-f"])
+        .arg(&file)
+        .arg("--secrets-dir")
+        .arg(secrets_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut docs = stdout.split("---\n");
+    let cm: k8s_openapi::api::core::v1::ConfigMap =
+        serde_norway::from_str(docs.next().unwrap()).unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_norway::from_str(docs.next().unwrap()).unwrap();
+    let data = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    (cm.data.unwrap()["routes.lua"].clone(), data)
+}
+
+fn rotating_route(url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: rabbit, namespace: team, uid: u1, resourceVersion: '1'}}\nstringData:\n  url: {}\n---\n\
+         apiVersion: amqprelay.io/v1alpha1\nkind: AmqpRoute\nmetadata: {{name: rot, namespace: team}}\nspec:\n  match: {{domain: amqp}}\n  broker:\n    urlSecretRef: {{name: rabbit, key: url}}\n  publish: {{routingKey: rot-q}}\n  delivery: {{retryInterval: 1s}}\n",
+        yaml_str(url)
+    )
+}
+
+/// The relay's keyed digests of the routes Secret, from `/api/policy`.
+async fn secret_digests(relay: &Relay) -> serde_json::Value {
+    let report: serde_json::Value = reqwest::get(relay.url("/api/policy"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    report["secrets"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_routes_secret_reaches_the_relay_through_the_api() {
+    use crate::fake_kube::FakeKube;
+    let broker = Broker::shared();
+    let first = broker.url();
+    let second = broker.vhost("rotated");
+    let conn = broker.connect().await;
+    declare_queue(&conn, "rot-q", Default::default()).await;
+    let rotated_conn = lapin::Connection::connect(&second, Default::default())
+        .await
+        .unwrap();
+    declare_queue(&rotated_conn, "rot-q", Default::default()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing is ever written here: the credentials come through the API only.
+    let secrets_dir = dir.path().join("routes-secret");
+    let (policy, secret) = render_objects(dir.path(), &rotating_route(&first), &secrets_dir);
+    let mount = dir.path().join("mount");
+    std::fs::create_dir_all(&mount).unwrap();
+    let base = dir.path().join("base.lua");
+    std::fs::write(
+        &base,
+        format!(
+            "package.path = '{}/?.lua;' .. package.path\n\
+             local ok, err = pcall(require, 'routes')\n\
+             if not ok and not string.find(tostring(err), \"module 'routes' not found\", 1, true) then error(err, 0) end\n",
+            mount.display()
+        ),
+    )
+    .unwrap();
+    let kube = FakeKube::start(
+        dir.path(),
+        "mail",
+        "edge-policy",
+        [("routes.lua".to_string(), policy)].into(),
+    )
+    .await;
+    // The operator adds the key its per-route credential digests are keyed with.
+    let with_key = |mut s: std::collections::BTreeMap<String, Vec<u8>>| {
+        s.insert("digest-key".into(), b"test-digest-key".to_vec());
+        s
+    };
+    kube.update_secret("edge-routes", with_key(secret));
+    let env = [
+        ("KUBECONFIG", kube.kubeconfig.to_str().unwrap()),
+        ("AMQP_RELAY_POLICY_CONFIGMAP", "mail/edge-policy"),
+        ("AMQP_RELAY_POLICY_CONFIGMAP_DIR", mount.to_str().unwrap()),
+        ("AMQP_RELAY_ROUTES_SECRET", "mail/edge-routes"),
+        (
+            "AMQP_RELAY_ROUTES_SECRET_DIR",
+            secrets_dir.to_str().unwrap(),
+        ),
+    ];
+    let relay = Relay::start_with_env(&base, &dir.path().join("spool"), &env);
+    relay.await_ready(Duration::from_secs(30)).await;
+    let before = secret_digests(&relay).await;
+    assert!(before["team.rot.url"].is_string(), "{before}");
+    let (status, resp) = relay
+        .inject("s@x.com", &["a@amqp".to_string()], "first")
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    let got = consume(&conn, "rot-q", 1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1, "relay log:\n{}", relay.log_text());
+
+    // Only the Secret changes (the ConfigMap stays): the relay reloads with
+    // the new credentials and new sessions use them.
+    let (_, rotated) = render_objects(dir.path(), &rotating_route(&second), &secrets_dir);
+    kube.update_secret("edge-routes", with_key(rotated));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while secret_digests(&relay).await == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            relay.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, resp) = relay
+        .inject("s@x.com", &["b@amqp".to_string()], "second")
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    let got = consume(&rotated_conn, "rot-q", 1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1, "relay log:\n{}", relay.log_text());
+    assert_eq!(got[0].data, b"second");
+}

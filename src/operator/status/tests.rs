@@ -21,7 +21,57 @@ fn relay(pod: &str, running: &[&str], rejected: Option<(&[&str], &str)>) -> Rela
         pod: pod.into(),
         running: running.iter().map(|s| s.to_string()).collect(),
         rejected: rejected.map(|(f, e)| (f.iter().map(|s| s.to_string()).collect(), e.to_string())),
+        secrets: None,
     }
+}
+
+fn v<'a>(route: &'a str, digest: &'a str) -> Version<'a> {
+    Version {
+        route,
+        digest,
+        credentials: &[],
+    }
+}
+
+#[test]
+fn a_relay_runs_a_route_only_with_its_current_credentials() {
+    let (p, h) = policy(&[("ns/a", "a1")]);
+    let mut history = History::default();
+    history.record(&p);
+    let creds = [("ns.a.url".to_string(), "new".to_string())];
+    let version = Version {
+        route: "ns/a",
+        digest: "a1",
+        credentials: &creds,
+    };
+    let with = |held: Option<&str>| RelayView {
+        pod: "x".into(),
+        running: vec![h.clone()],
+        rejected: None,
+        secrets: Some(
+            held.map(|d| [("ns.a.url".to_string(), d.to_string())].into())
+                .unwrap_or_default(),
+        ),
+    };
+    let propagating = Propagation::Propagating { done: 0, total: 1 };
+    assert_eq!(
+        propagation(&version, &[with(Some("old"))], &history),
+        propagating
+    );
+    assert_eq!(propagation(&version, &[with(None)], &history), propagating);
+    assert_eq!(
+        propagation(&version, &[with(Some("new"))], &history),
+        Propagation::Done { total: 1 }
+    );
+    // A relay that cannot report credentials (a mounted Secret) is judged by its policy alone.
+    let unreported = RelayView {
+        secrets: None,
+        ..with(None)
+    };
+    assert_eq!(
+        propagation(&version, &[unreported], &history),
+        Propagation::Done { total: 1 }
+    );
 }
 
 #[test]
@@ -38,11 +88,11 @@ fn each_route_is_judged_by_its_own_version() {
         relay("y", &["base", &h2], None),
     ];
     assert_eq!(
-        propagation("ns/a", "a2", &relays, &history),
+        propagation(&v("ns/a", "a2"), &relays, &history),
         Propagation::Propagating { done: 1, total: 2 }
     );
     assert_eq!(
-        propagation("ns/b", "b1", &relays, &history),
+        propagation(&v("ns/b", "b1"), &relays, &history),
         Propagation::Done { total: 2 }
     );
     // A relay refusing the new policy is named on the edited route only.
@@ -55,21 +105,21 @@ fn each_route_is_judged_by_its_own_version() {
         relay("y", &["base", &h2], None),
     ];
     assert!(matches!(
-        propagation("ns/a", "a2", &refused, &history),
+        propagation(&v("ns/a", "a2"), &refused, &history),
         Propagation::Rejected { ref pod, done: 1, total: 2, .. } if pod == "x"
     ));
     assert_eq!(
-        propagation("ns/b", "b1", &refused, &history),
+        propagation(&v("ns/b", "b1"), &refused, &history),
         Propagation::Done { total: 2 }
     );
     // A policy this operator never saw runs no route it knows of.
     let unknown = [relay("x", &["base", "elsewhere"], None)];
     assert_eq!(
-        propagation("ns/b", "b1", &unknown, &history),
+        propagation(&v("ns/b", "b1"), &unknown, &history),
         Propagation::Propagating { done: 0, total: 1 }
     );
     assert_eq!(
-        propagation("ns/b", "b1", &[], &history),
+        propagation(&v("ns/b", "b1"), &[], &history),
         Propagation::NoRelays
     );
 }
@@ -84,7 +134,7 @@ fn history_is_bounded() {
     }
     let relays = [relay("x", &[&h_first], None)];
     assert_eq!(
-        propagation("ns/a", "v0", &relays, &history),
+        propagation(&v("ns/a", "v0"), &relays, &history),
         Propagation::Propagating { done: 0, total: 1 },
         "the oldest version was forgotten"
     );

@@ -649,3 +649,107 @@ async fn a_policy_that_does_not_load_is_reported_on_the_routes_it_concerns() {
         "the routes the relays still run keep their status"
     );
 }
+
+/// What a relay holding the published policy and the Secret as stored in
+/// the fake reports on `/api/policy` (its credential digests computed by the
+/// relay's own code). `with_secret: false` keeps its credentials from `before`.
+fn relay_holding(fake: &Fake, secret: &serde_json::Value) -> serde_json::Value {
+    use base64::Engine as _;
+    let policy = fake.get(CM).unwrap()["data"]["routes.lua"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let overlay = crate::policy::Overlay::default();
+    let dir = std::path::Path::new("/etc/amqp-relay/routes");
+    let data = secret["data"].as_object().unwrap();
+    let files = data
+        .iter()
+        .map(|(k, v)| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap();
+            (dir.join(k), bytes)
+        })
+        .collect();
+    overlay.set_secrets(dir, files);
+    serde_json::json!({
+        "files": {"/routes/routes.lua": crate::policy::content_hash(policy.as_bytes())},
+        "secrets": overlay.secret_digests().unwrap(),
+    })
+}
+
+#[tokio::test]
+async fn a_rotated_secret_reaches_the_relay_and_ready_follows_it() {
+    let (mut ctx, fake) = ctx();
+    let relays = two_relays(&mut ctx, &fake).await;
+    let routes = [seed_route("seed", "2026-01-01T00:00:00Z")];
+    let old = [Arc::new(rabbit_secret("amqp://u:old@rabbit:5672/%2f"))];
+    sync(&ctx, &cache(&fake, &routes), &old).await.unwrap();
+    let old_secret = fake.get(SECRET).unwrap();
+    assert!(
+        old_secret["data"]["digest-key"].is_string(),
+        "the operator keeps a digest key in the routes Secret"
+    );
+    for r in &relays {
+        *r.lock().unwrap() = relay_holding(&fake, &old_secret);
+    }
+    sync(&ctx, &cache(&fake, &routes), &old).await.unwrap();
+    assert_eq!(condition(&fake, "team", "seed", "Ready").1, "Published");
+
+    // Rotation: the Secret the route names changes.
+    let new = [Arc::new(rabbit_secret("amqp://u:new@rabbit:5672/%2f"))];
+    let rotated = sync(&ctx, &cache(&fake, &routes), &new).await.unwrap();
+    assert!(rotated.policy_written);
+    let new_secret = fake.get(SECRET).unwrap();
+    assert_eq!(
+        new_secret["data"]["digest-key"], old_secret["data"]["digest-key"],
+        "the digest key is kept"
+    );
+    assert_eq!(condition(&fake, "team", "seed", "Ready").1, "Propagating");
+
+    // A relay with the new policy but the old credentials does not count.
+    let mut stale = relay_holding(&fake, &new_secret);
+    stale["secrets"] = relay_holding(&fake, &old_secret)["secrets"].clone();
+    for r in &relays {
+        *r.lock().unwrap() = stale.clone();
+    }
+    sync(&ctx, &cache(&fake, &routes), &new).await.unwrap();
+    assert_eq!(condition(&fake, "team", "seed", "Ready").1, "Propagating");
+
+    for r in &relays {
+        *r.lock().unwrap() = relay_holding(&fake, &new_secret);
+    }
+    sync(&ctx, &cache(&fake, &routes), &new).await.unwrap();
+    assert_eq!(
+        condition(&fake, "team", "seed", "Ready"),
+        ("True".into(), "Published".into())
+    );
+}
+
+#[tokio::test]
+async fn a_changed_or_deleted_routes_secret_is_repaired() {
+    let (ctx, fake) = ctx();
+    let routes = [seed_route("seed", "2026-01-01T00:00:00Z")];
+    let secrets = [Arc::new(rabbit_secret("amqp://u:p@rabbit:5672/%2f"))];
+    sync(&ctx, &cache(&fake, &routes), &secrets).await.unwrap();
+    let good = fake.get(SECRET).unwrap();
+
+    // Someone edits a key by hand: the ConfigMap's hash still matches.
+    let mut edited = good.clone();
+    edited["data"]["team.seed.url"] = "ZXZpbA==".into();
+    fake.objects.lock().unwrap().insert(SECRET.into(), edited);
+    let repaired = sync(&ctx, &cache(&fake, &routes), &secrets).await.unwrap();
+    assert!(repaired.policy_written);
+    assert_eq!(fake.get(SECRET).unwrap()["data"], good["data"]);
+
+    fake.objects.lock().unwrap().remove(SECRET);
+    let recreated = sync(&ctx, &cache(&fake, &routes), &secrets).await.unwrap();
+    assert!(recreated.policy_written);
+    let back = fake.get(SECRET).unwrap();
+    assert_eq!(back["data"]["team.seed.url"], good["data"]["team.seed.url"]);
+
+    fake.calls.lock().unwrap().clear();
+    let settled = sync(&ctx, &cache(&fake, &routes), &secrets).await.unwrap();
+    assert!(!settled.policy_written);
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+}
