@@ -89,18 +89,62 @@ pub struct RouteMatch {
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.url) != has(self.urlSecretRef)").message("set exactly one of url and urlSecretRef"))]
+#[x_kube(
+    validation = Rule::new("(has(self.url) ? 1 : 0) + (has(self.urls) ? 1 : 0) + (has(self.urlSecretRef) ? 1 : 0) == 1").message("set exactly one of url, urls and urlSecretRef"),
+    validation = Rule::new("!(has(self.credentialsSecretRef) && has(self.urlSecretRef))").message("credentialsSecretRef goes with url or urls; a urlSecretRef URL carries its own credentials")
+)]
 pub struct Broker {
-    /// `amqp://host:port/vhost` without credentials.
+    /// `amqp://host:port/vhost` without credentials (see credentialsSecretRef).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 8, max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('amqp://') || self.startsWith('amqps://')").message("url must start with amqp:// or amqps://"))]
     pub url: Option<String>,
+    /// Several `amqp://` URLs of one cluster, without credentials, tried in
+    /// order: a connection goes to the first that answers, and one on a
+    /// later URL moves back to an earlier one once it answers again (checked
+    /// every `failbackInterval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8))]
+    pub urls: Option<Vec<String>>,
     /// A key of a Secret in the route's namespace holding the full URL, credentials included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_secret_ref: Option<SecretKeyRef>,
+    /// A Secret in the route's namespace holding the user name and password
+    /// for `url` or `urls` (as RabbitMQ's cluster and topology operators
+    /// write them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<CredentialsSecretRef>,
+    /// With `urls`: how often a connection on a later URL tries the earlier
+    /// ones again (a duration such as `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub failback_interval: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<BrokerTls>,
+}
+
+fn username_key() -> String {
+    "username".into()
+}
+
+fn password_key() -> String {
+    "password".into()
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    /// The Secret's name (it needs the label amqprelay.io/credentials=true).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key holding the user name.
+    #[serde(default = "username_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub username_key: String,
+    /// The key holding the password.
+    #[serde(default = "password_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub password_key: String,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -268,7 +312,7 @@ mod tests {
             "shortNames:\n    - amqpr",
             "name: Routing key",
             "x-kubernetes-validations",
-            "set exactly one of url and urlSecretRef",
+            "set exactly one of url, urls and urlSecretRef",
             "x-kubernetes-list-map-keys",
             "scope: Namespaced",
         ] {

@@ -2,13 +2,22 @@
 //! credentials, as pure functions. Bad routes are left out with a reason;
 //! two routes for one queue: the older wins. Output is sorted and stable.
 
+mod broker;
+mod store;
+mod validate;
+
 use super::crd::{AmqpRoute, Disposition};
 use super::lua_literal::{lua_str, lua_value};
 use super::ownership::Ownership;
-use crate::model::config::{Rate, parse_duration};
+use broker::Urls;
 use k8s_openapi::api::core::v1::Secret;
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use store::Store;
+use validate::{Valid, validate};
+
+pub use broker::CREDENTIALS_LABEL;
+pub use store::OBJECT_LIMIT;
 
 pub use crate::policy::overlay::DEFAULT_SECRETS_DIR;
 pub const POLICY_KEY: &str = "routes.lua";
@@ -78,241 +87,6 @@ fn route_id(r: &AmqpRoute) -> RouteId {
     }
 }
 
-/// A route that passed validation, ready to render.
-struct Valid<'a> {
-    id: RouteId,
-    route: &'a AmqpRoute,
-    domain: String,
-    url: Url,
-    /// CA certificate (PEM) for an amqps:// broker, with its key in the rendered Secret.
-    ca: Option<(String, Vec<u8>)>,
-}
-
-enum Url {
-    Plain(String),
-    /// Key in the rendered Secret, and the value to put there.
-    Secret(String, Vec<u8>),
-}
-
-/// The label a Secret carries for the operator to read it; no other Secret
-/// is ever listed or cached.
-pub const CREDENTIALS_LABEL: &str = "amqprelay.io/credentials";
-
-fn find_secret<'a>(secrets: &'a [Secret], ns: &str, name: &str) -> Option<&'a Secret> {
-    secrets.iter().find(|s| {
-        s.metadata.name.as_deref() == Some(name)
-            && s.metadata.namespace.as_deref().unwrap_or("default") == ns
-    })
-}
-
-fn secret_value(s: &Secret, key: &str) -> Option<Vec<u8>> {
-    s.data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            s.string_data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .map(|v| v.clone().into_bytes())
-        })
-}
-
-fn check_name(what: &str, v: &str, forbidden: &[char]) -> Result<(), String> {
-    if v.is_empty() || v.len() > 253 {
-        return Err(format!("{what} must be 1 to 253 characters"));
-    }
-    if let Some(c) = v
-        .chars()
-        .find(|c| forbidden.contains(c) || c.is_control() || c.is_whitespace())
-    {
-        return Err(format!(
-            "{what} {v:?} contains {c:?}, which a queue name cannot hold"
-        ));
-    }
-    Ok(())
-}
-
-fn validate<'a>(r: &'a AmqpRoute, secrets: &[Secret]) -> Result<Valid<'a>, String> {
-    let id = route_id(r);
-    let spec = &r.spec;
-    let m = &spec.route_match;
-    check_name("match.domain", &m.domain, &['@', ':', '!'])?;
-    if let Some(t) = &m.tenant {
-        check_name("match.tenant", t, &['@', ':', '!'])?;
-    }
-    if let Some(c) = &m.campaign {
-        check_name("match.campaign", c, &[':', '!'])?;
-    }
-    let p = &spec.publish;
-    if p.routing_key.len() > 255 {
-        return Err(format!(
-            "publish.routingKey is {} bytes; AMQP allows 255",
-            p.routing_key.len()
-        ));
-    }
-    if p.exchange.len() > 255 {
-        return Err("publish.exchange is longer than 255 bytes".into());
-    }
-    if let Some(ct) = &p.content_type
-        && (ct.is_empty() || ct.len() > 255)
-    {
-        return Err("publish.contentType must be 1 to 255 bytes".into());
-    }
-    for k in p.headers.keys() {
-        if k.is_empty() || k.len() > 255 {
-            return Err(format!(
-                "publish.headers: name {k:?} must be 1 to 255 bytes"
-            ));
-        }
-    }
-    let d = &spec.delivery;
-    for (key, v) in [
-        ("retryInterval", &d.retry_interval),
-        ("maxRetryInterval", &d.max_retry_interval),
-        ("maxAge", &d.max_age),
-    ] {
-        if let Some(v) = v {
-            let dur = parse_duration(v).map_err(|e| format!("delivery.{key}: {e}"))?;
-            if key == "retryInterval" && dur.is_zero() {
-                return Err("delivery.retryInterval must be more than 0".into());
-            }
-        }
-    }
-    if let Some(rate) = &d.max_message_rate {
-        Rate::parse(rate).map_err(|e| format!("delivery.maxMessageRate: {e}"))?;
-    }
-    if let Some(n) = d.connection_limit
-        && !(1..=1024).contains(&n)
-    {
-        return Err("delivery.connectionLimit must be 1 to 1024".into());
-    }
-    if let Some(n) = d.batch_size
-        && !(1..=1000).contains(&n)
-    {
-        return Err("delivery.batchSize must be 1 to 1000".into());
-    }
-    if let Some(le) = &spec.log_events {
-        const TYPES: &[&str] = &[
-            "Reception",
-            "Delivery",
-            "TransientFailure",
-            "Bounce",
-            "Expiration",
-            "AdminBounce",
-        ];
-        if let Some(t) = le.types.iter().find(|t| !TYPES.contains(&t.as_str())) {
-            return Err(format!(
-                "logEvents.types: unknown record type {t:?} (expected one of {})",
-                TYPES.join(", ")
-            ));
-        }
-    }
-    let url = match (&spec.broker.url, &spec.broker.url_secret_ref) {
-        (Some(_), Some(_)) | (None, None) => {
-            return Err("broker: set exactly one of url and urlSecretRef".into());
-        }
-        (Some(u), None) => {
-            check_url(u)?;
-            let authority = u
-                .split("://")
-                .nth(1)
-                .unwrap_or("")
-                .split('/')
-                .next()
-                .unwrap_or("");
-            if authority.contains('@') {
-                return Err(
-                    "broker.url must not hold credentials; put the URL in a Secret and use urlSecretRef".into(),
-                );
-            }
-            Url::Plain(u.clone())
-        }
-        (None, Some(sr)) => {
-            let s = find_secret(secrets, &id.namespace, &sr.name).ok_or_else(|| {
-                format!(
-                    "broker.urlSecretRef: Secret {}/{} not found (the operator reads only Secrets labeled {CREDENTIALS_LABEL}=true)",
-                    id.namespace, sr.name
-                )
-            })?;
-            let v = secret_value(s, &sr.key).ok_or_else(|| {
-                format!(
-                    "broker.urlSecretRef: Secret {}/{} has no key {:?}",
-                    id.namespace, sr.name, sr.key
-                )
-            })?;
-            let text = std::str::from_utf8(&v)
-                .map_err(|_| "broker.urlSecretRef: the value is not UTF-8 text".to_string())?;
-            // Say what is wrong without echoing the value: it may hold a password.
-            check_url(text.trim()).map_err(|_| {
-                format!(
-                    "broker.urlSecretRef: Secret {}/{} key {:?} does not hold an amqp:// URL",
-                    id.namespace, sr.name, sr.key
-                )
-            })?;
-            Url::Secret(
-                format!("{}.{}.url", id.namespace, id.name),
-                text.trim().as_bytes().to_vec(),
-            )
-        }
-    };
-    let tls_url = match &url {
-        Url::Plain(u) => u.starts_with("amqps://"),
-        Url::Secret(_, v) => v.starts_with(b"amqps://"),
-    };
-    let ca = match &spec.broker.tls {
-        None => None,
-        Some(_) if !tls_url => {
-            return Err("broker.tls needs an amqps:// URL".into());
-        }
-        Some(tls) => {
-            let sr = &tls.ca_secret_ref;
-            let s = find_secret(secrets, &id.namespace, &sr.name).ok_or_else(|| {
-                format!(
-                    "broker.tls.caSecretRef: Secret {}/{} not found (the operator reads only Secrets labeled {CREDENTIALS_LABEL}=true)",
-                    id.namespace, sr.name
-                )
-            })?;
-            let pem = secret_value(s, &sr.key).ok_or_else(|| {
-                format!(
-                    "broker.tls.caSecretRef: Secret {}/{} has no key {:?}",
-                    id.namespace, sr.name, sr.key
-                )
-            })?;
-            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-                return Err(format!(
-                    "broker.tls.caSecretRef: Secret {}/{} key {:?} holds no PEM certificate",
-                    id.namespace, sr.name, sr.key
-                ));
-            }
-            Some((format!("{}.{}.ca", id.namespace, id.name), pem))
-        }
-    };
-    Ok(Valid {
-        domain: m.domain.to_ascii_lowercase(),
-        id,
-        route: r,
-        url,
-        ca,
-    })
-}
-
-fn check_url(u: &str) -> Result<(), String> {
-    let rest = u
-        .strip_prefix("amqp://")
-        .or_else(|| u.strip_prefix("amqps://"))
-        .unwrap_or("");
-    if rest.is_empty() {
-        return Err(format!(
-            "broker.url {u:?} must start with amqp:// or amqps://"
-        ));
-    }
-    if u.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err("broker.url must not contain spaces or control characters".into());
-    }
-    Ok(())
-}
-
 fn created(r: &AmqpRoute) -> Option<&k8s_openapi::jiff::Timestamp> {
     r.metadata.creation_timestamp.as_ref().map(|t| &t.0)
 }
@@ -322,97 +96,153 @@ pub fn render(routes: &[AmqpRoute], secrets: &[Secret], secrets_dir: &str) -> Re
     render_owned(routes, secrets, secrets_dir, &Ownership::default())
 }
 
+fn reject(id: RouteId, reason: &'static str, message: String) -> (RouteId, Rejected) {
+    (id, Rejected { reason, message })
+}
+
+/// The routes that may serve their queues: valid, allowed their domain, and
+/// the oldest for their queue. Older first (then by name).
+fn admit<'a>(
+    routes: &'a [AmqpRoute],
+    secrets: &[Secret],
+    ownership: &Ownership,
+    rejected: &mut Vec<(RouteId, Rejected)>,
+) -> Vec<Valid<'a>> {
+    let mut valid = Vec::new();
+    for r in routes {
+        let id = route_id(r);
+        if let Err(rule) = ownership.allows(&id.namespace, &r.spec.route_match.domain) {
+            rejected.push(reject(id, "DomainNotAllowed", rule));
+            continue;
+        }
+        match validate(r, secrets) {
+            Ok(v) => valid.push(v),
+            Err(message) => rejected.push(reject(id, "Invalid", message)),
+        }
+    }
+    valid.sort_by(|a, b| {
+        created(a.route)
+            .cmp(&created(b.route))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let mut winners: BTreeMap<(String, Option<String>, Option<String>), RouteId> = BTreeMap::new();
+    valid.retain(|v| {
+        let m = &v.route.spec.route_match;
+        let key = (v.domain.clone(), m.tenant.clone(), m.campaign.clone());
+        match winners.get(&key) {
+            Some(winner) => {
+                rejected.push(reject(
+                    v.id.clone(),
+                    "Conflict",
+                    format!("route {winner} already serves this queue (the older route wins)"),
+                ));
+                false
+            }
+            None => {
+                winners.insert(key, v.id.clone());
+                true
+            }
+        }
+    });
+    valid
+}
+
+/// One route's part of the output.
+struct Entry {
+    id: RouteId,
+    lua: String,
+    digest: String,
+    keys: Vec<String>,
+}
+
 /// As `render`, with domain ownership rules: a route whose namespace may not
 /// claim its domain is refused (`DomainNotAllowed`) before any conflict.
+/// Routes are added oldest first while the ConfigMap and the Secret stay
+/// within the API's 1 MiB; the younger ones that do not fit are `TooLarge`.
 pub fn render_owned(
     routes: &[AmqpRoute],
     secrets: &[Secret],
     secrets_dir: &str,
     ownership: &Ownership,
 ) -> Rendered {
+    render_within(routes, secrets, secrets_dir, ownership, OBJECT_LIMIT)
+}
+
+fn render_within(
+    routes: &[AmqpRoute],
+    secrets: &[Secret],
+    secrets_dir: &str,
+    ownership: &Ownership,
+    limit: usize,
+) -> Rendered {
     let mut rejected = Vec::new();
-    let mut valid = Vec::new();
-    for r in routes {
-        let id = route_id(r);
-        if let Err(rule) = ownership.allows(&id.namespace, &r.spec.route_match.domain) {
-            rejected.push((
-                id,
-                Rejected {
-                    reason: "DomainNotAllowed",
-                    message: rule,
-                },
+    let admitted = admit(routes, secrets, ownership, &mut rejected);
+    let mut store = Store::default();
+    let mut entries: Vec<Entry> = Vec::new();
+    // What the policy costs beyond its routes; the digest key's room in the Secret.
+    let mut policy_size = POLICY_KEY.len() + assemble(&[], secrets_dir).len() + 32;
+    let secret_room = limit.saturating_sub(256);
+    for v in &admitted {
+        let mark = store.mark();
+        let entry = render_route(v, secrets, &mut store);
+        // Its ROUTES entry and its line in the digests header.
+        let cost = entry.lua.len() + entry.id.to_string().len() + entry.digest.len() + 6;
+        if policy_size + cost > limit || store.size() > secret_room {
+            store.undo(mark);
+            let what = if store.size() > secret_room {
+                "Secret"
+            } else {
+                "ConfigMap"
+            };
+            rejected.push(reject(
+                v.id.clone(),
+                "TooLarge",
+                format!(
+                    "with this route the relay's routes {what} would pass the API's {} KiB limit; older routes keep their place (shrink this route's headers or CA, or serve it from another relay)",
+                    limit / 1024
+                ),
             ));
             continue;
         }
-        match validate(r, secrets) {
-            Ok(v) => valid.push(v),
-            Err(message) => rejected.push((
-                route_id(r),
-                Rejected {
-                    reason: "Invalid",
-                    message,
-                },
-            )),
-        }
-    }
-    // Older first (then by name), so the first route for a queue wins.
-    valid.sort_by(|a, b| {
-        created(a.route)
-            .cmp(&created(b.route))
-            .then_with(|| a.id.cmp(&b.id))
-    });
-    let mut by_queue: BTreeMap<(String, Option<String>, Option<String>), Valid> = BTreeMap::new();
-    for v in valid {
-        let m = &v.route.spec.route_match;
-        let key = (v.domain.clone(), m.tenant.clone(), m.campaign.clone());
-        if let Some(winner) = by_queue.get(&key) {
-            rejected.push((
-                v.id.clone(),
-                Rejected {
-                    reason: "Conflict",
-                    message: format!(
-                        "route {} already serves this queue (the older route wins)",
-                        winner.id
-                    ),
-                },
-            ));
-        } else {
-            by_queue.insert(key, v);
-        }
+        policy_size += cost;
+        entries.push(entry);
     }
     rejected.sort();
-
-    let mut secret = BTreeMap::new();
-    let mut routes_lua = String::new();
-    let mut accepted = Vec::new();
-    let mut digests = BTreeMap::new();
-    let mut route_keys = BTreeMap::new();
-    for v in by_queue.values() {
-        accepted.push(v.id.clone());
-        let start = routes_lua.len();
-        render_route(&mut routes_lua, v, &mut secret);
-        let mut versioned = routes_lua.as_bytes()[start..].to_vec();
-        for source in secret_sources(v, secrets) {
-            versioned.push(0);
-            versioned.extend_from_slice(source.as_bytes());
-        }
-        let digest = crate::policy::content_hash(&versioned)[..16].to_owned();
-        digests.insert(v.id.clone(), digest);
-        let keys = match &v.url {
-            Url::Secret(k, _) => vec![k.clone()],
-            Url::Plain(_) => vec![],
-        };
-        let keys = keys.into_iter().chain(v.ca.iter().map(|(k, _)| k.clone()));
-        route_keys.insert(v.id.clone(), keys.collect());
-    }
+    let policy = assemble(&entries, secrets_dir);
+    debug_assert!(POLICY_KEY.len() + policy.len() <= limit);
+    let shipped: Vec<&Valid> = admitted
+        .iter()
+        .filter(|v| entries.iter().any(|e| e.id == v.id))
+        .collect();
+    let hash = published_hash(&policy, &store, &shipped, secrets);
+    let mut accepted: Vec<RouteId> = entries.iter().map(|e| e.id.clone()).collect();
     accepted.sort();
-    let listed: BTreeMap<String, &String> =
-        digests.iter().map(|(id, d)| (id.to_string(), d)).collect();
+    Rendered {
+        policy,
+        secret: store.into_data(),
+        hash,
+        accepted,
+        rejected,
+        digests: entries
+            .iter()
+            .map(|e| (e.id.clone(), e.digest.clone()))
+            .collect(),
+        route_keys: entries.into_iter().map(|e| (e.id, e.keys)).collect(),
+    }
+}
+
+/// The policy: a header listing each route's digest, ROUTES as data, then
+/// the fixed Lua that reads it.
+fn assemble(entries: &[Entry], secrets_dir: &str) -> String {
+    let listed: BTreeMap<String, &String> = entries
+        .iter()
+        .map(|e| (e.id.to_string(), &e.digest))
+        .collect();
     let mut lua = String::new();
     let _ = writeln!(
         lua,
         "-- Generated by amqp-relay from {} AmqpRoute(s). Do not edit.",
-        by_queue.len()
+        entries.len()
     );
     let _ = writeln!(
         lua,
@@ -422,59 +252,25 @@ pub fn render_owned(
     let _ = writeln!(lua, "local kumo = require 'kumo'");
     let _ = writeln!(lua, "local SECRETS_DIR = {}", lua_str(secrets_dir));
     let _ = writeln!(lua, "local ROUTES = {{");
-    lua.push_str(&routes_lua);
+    for e in entries {
+        lua.push_str(&e.lua);
+    }
     let _ = writeln!(lua, "}}");
     lua.push_str(POLICY_BODY);
-    let hash = published_hash(&lua, &secret, &by_queue, secrets);
-    Rendered {
-        policy: lua,
-        secret,
-        hash,
-        accepted,
-        rejected,
-        digests,
-        route_keys,
-    }
-}
-
-/// The Secrets a route's credentials come from, by uid and resourceVersion:
-/// their versions, never their values.
-fn secret_sources(v: &Valid, secrets: &[Secret]) -> Vec<String> {
-    let b = &v.route.spec.broker;
-    let refs = b
-        .url_secret_ref
-        .iter()
-        .chain(b.tls.iter().map(|t| &t.ca_secret_ref));
-    refs.filter_map(|r| {
-        let s = find_secret(secrets, &v.id.namespace, &r.name)?;
-        Some(format!(
-            "{}/{}/{}@{}/{}",
-            v.id.namespace,
-            r.name,
-            r.key,
-            s.metadata.uid.as_deref().unwrap_or(""),
-            s.metadata.resource_version.as_deref().unwrap_or("")
-        ))
-    })
-    .collect()
+    lua
 }
 
 /// Changes whenever the policy or a credential it uses changes, and reveals
 /// nothing about the credentials (status and annotations show it to every
 /// tenant): it covers the policy, the rendered Secret's keys, and the uid and
 /// resourceVersion of each source Secret, never a value.
-fn published_hash(
-    policy: &str,
-    rendered: &BTreeMap<String, Vec<u8>>,
-    routes: &BTreeMap<(String, Option<String>, Option<String>), Valid>,
-    secrets: &[Secret],
-) -> String {
+fn published_hash(policy: &str, store: &Store, routes: &[&Valid], secrets: &[Secret]) -> String {
     let sources: std::collections::BTreeSet<String> = routes
-        .values()
-        .flat_map(|v| secret_sources(v, secrets))
+        .iter()
+        .flat_map(|v| broker::sources(&v.route.spec.broker, &v.id.namespace, secrets))
         .collect();
     let mut all = policy.as_bytes().to_vec();
-    for k in rendered.keys().chain(sources.iter()) {
+    for k in store.keys().chain(sources.iter()) {
         all.push(0);
         all.extend_from_slice(k.as_bytes());
     }
@@ -490,11 +286,12 @@ struct LuaRoute<'a> {
     domain: &'a str,
     tenant: Option<&'a str>,
     campaign: Option<&'a str>,
-    /// The broker URL, when it holds no credentials.
-    url: Option<&'a str>,
-    /// Else the key of the rendered Secret that holds it.
-    url_key: Option<&'a str>,
-    ca_key: Option<&'a str>,
+    /// The broker URLs in order, when they hold no credentials.
+    urls: Option<&'a [String]>,
+    /// Else the keys of the rendered Secret that hold them.
+    url_keys: Option<Vec<String>>,
+    ca_key: Option<String>,
+    failback_seconds: u64,
     exchange: &'a str,
     routing_key: &'a str,
     persistent: bool,
@@ -526,12 +323,18 @@ fn disposition(x: Disposition) -> &'static str {
     }
 }
 
-fn lua_route<'a>(v: &'a Valid) -> LuaRoute<'a> {
+/// The keys of the Secret a route reads.
+struct Keys {
+    urls: Option<Vec<String>>,
+    ca: Option<String>,
+}
+
+fn lua_route<'a>(v: &'a Valid, keys: &Keys) -> LuaRoute<'a> {
     let spec = &v.route.spec;
     let (p, d, m) = (&spec.publish, &spec.delivery, &spec.route_match);
-    let (url, url_key) = match &v.url {
-        Url::Plain(u) => (Some(u.as_str()), None),
-        Url::Secret(key, _) => (None, Some(key.as_str())),
+    let urls = match &v.broker.urls {
+        Urls::Plain(u) => Some(u.as_slice()),
+        Urls::Secret(_) => None,
     };
     let queue = [
         ("retry_interval", &d.retry_interval),
@@ -549,9 +352,10 @@ fn lua_route<'a>(v: &'a Valid) -> LuaRoute<'a> {
         domain: &v.domain,
         tenant: m.tenant.as_deref(),
         campaign: m.campaign.as_deref(),
-        url,
-        url_key,
-        ca_key: v.ca.as_ref().map(|(k, _)| k.as_str()),
+        urls,
+        url_keys: keys.urls.clone(),
+        ca_key: keys.ca.clone(),
+        failback_seconds: v.broker.failback_seconds,
         exchange: &p.exchange,
         routing_key: &p.routing_key,
         persistent: p.persistent,
@@ -581,188 +385,49 @@ fn lua_route<'a>(v: &'a Valid) -> LuaRoute<'a> {
     }
 }
 
-/// Appends the route's ROUTES entry and puts its credentials in `secret`.
-fn render_route(lua: &mut String, v: &Valid, secret: &mut BTreeMap<String, Vec<u8>>) {
-    if let Url::Secret(key, value) = &v.url {
-        secret.insert(key.clone(), value.clone());
+/// A route's ROUTES entry and version; its credentials go to `store`.
+fn render_route(v: &Valid, secrets: &[Secret], store: &mut Store) -> Entry {
+    let (ns, name) = (&v.id.namespace, &v.id.name);
+    let url_keys = match &v.broker.urls {
+        Urls::Plain(_) => None,
+        Urls::Secret(values) => Some(
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, u)| {
+                    let what = if i == 0 {
+                        "url".to_string()
+                    } else {
+                        format!("url-{}", i + 1)
+                    };
+                    store.put(store::key_for(ns, name, &what), u)
+                })
+                .collect::<Vec<_>>(),
+        ),
+    };
+    let ca = v
+        .broker
+        .ca
+        .as_ref()
+        .map(|pem| store.put(store::key_for(ns, name, "ca"), pem));
+    let keys = Keys { urls: url_keys, ca };
+    let value = serde_json::to_value(lua_route(v, &keys)).expect("a route serialises to JSON");
+    let lua = format!("  {},\n", lua_value(&value, "  "));
+    let mut versioned = lua.as_bytes().to_vec();
+    for source in broker::sources(&v.route.spec.broker, ns, secrets) {
+        versioned.push(0);
+        versioned.extend_from_slice(source.as_bytes());
     }
-    if let Some((key, pem)) = &v.ca {
-        secret.insert(key.clone(), pem.clone());
+    Entry {
+        id: v.id.clone(),
+        digest: crate::policy::content_hash(&versioned)[..16].to_owned(),
+        keys: keys.urls.into_iter().flatten().chain(keys.ca).collect(),
+        lua,
     }
-    let value = serde_json::to_value(lua_route(v)).expect("a route serialises to JSON");
-    lua.push_str("  ");
-    lua.push_str(&lua_value(&value, "  "));
-    lua.push_str(",\n");
 }
 
 /// The fixed part of every rendered policy: it reads ROUTES as data.
-const POLICY_BODY: &str = r#"
--- Most specific route for a queue: tenant and campaign beat wildcards.
-local function find(domain, tenant, campaign)
-  local best, score = nil, -1
-  for _, r in ipairs(ROUTES) do
-    if r.domain == domain
-      and (r.tenant == nil or r.tenant == tenant)
-      and (r.campaign == nil or r.campaign == campaign) then
-      local s = (r.tenant and 2 or 0) + (r.campaign and 1 or 0)
-      if s > score then
-        best, score = r, s
-      end
-    end
-  end
-  return best
-end
-
-local function parse_queue(name)
-  local rest = name:match('^[^!]*')
-  local campaign, after = rest:match('^([^:]*):(.*)$')
-  if not campaign then
-    after = rest
-  end
-  local tenant, domain = after:match('^(.*)@([^@]*)$')
-  if not tenant then
-    domain = after
-  end
-  if campaign == '' then campaign = nil end
-  if tenant == '' then tenant = nil end
-  return domain, tenant, campaign
-end
-
--- Routes with logEvents take the relay's own log records through a log hook.
-local HOOKS = {}
-for _, r in ipairs(ROUTES) do
-  if r.log_events then
-    HOOKS[r.hook] = r
-    local wanted = {}
-    for _, t in ipairs(r.log_events.types) do
-      wanted[t] = true
-    end
-    r.log_events.wanted = wanted
-    kumo.on('pre_init', function()
-      kumo.configure_log_hook { name = r.hook, headers = r.log_events.headers, meta = r.log_events.meta }
-    end)
-  end
-end
-
-kumo.on('should_enqueue_log_record', function(msg, hook_name)
-  local r = HOOKS[hook_name]
-  if not r then
-    return nil
-  end
-  local record = msg:get_meta 'log_record'
-  if #r.log_events.types > 0 and not r.log_events.wanted[record.type] then
-    return false
-  end
-  msg:set_meta('queue', r.queue_name)
-  return true
-end)
-
-kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
-  local r = find(domain, tenant, campaign)
-  if not r then
-    return nil
-  end
-  local q = {
-    protocol = { custom_lua = { constructor = 'amqp-relay.route', batch_size = r.batch_size } },
-  }
-  for k, v in pairs(r.queue) do
-    q[k] = v
-  end
-  return kumo.make_queue_config(q)
-end)
-
-kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
-  local r = find(parse_queue(site_name))
-  if not r then
-    return nil
-  end
-  return kumo.make_egress_path { connection_limit = r.connection_limit }
-end)
-
-kumo.on('amqp-relay.route', function(domain, tenant, campaign)
-  local r = find(domain, tenant, campaign)
-  if not r then
-    kumo.reject(451, '4.3.0 no AmqpRoute serves this queue now')
-  end
-  local url = r.url
-  if not url then
-    url = kumo.secret_load { key_path = SECRETS_DIR .. '/' .. r.url_key }
-    url = url:gsub('%s+$', '')
-  end
-  local tls = nil
-  if r.ca_key then
-    tls = { root_ca_cert = SECRETS_DIR .. '/' .. r.ca_key }
-  end
-  local client = kumo.amqp.build_client(url, tls)
-
-  local function publish(msg)
-    local headers = {}
-    for k, v in pairs(r.headers) do
-      headers[k] = v
-    end
-    return client:publish {
-      exchange = r.exchange,
-      routing_key = r.routing_key,
-      payload = msg:get_data(),
-      options = { mandatory = r.mandatory },
-      properties = {
-        delivery_mode = r.persistent and 2 or 1,
-        content_type = r.content_type,
-        message_id = msg:id(),
-        headers = headers,
-      },
-    }
-  end
-
-  -- nil when the broker took the message; else the reject code and text.
-  local function verdict(result)
-    if result.status == 'Ack' and result.reply_code == nil then
-      return nil
-    end
-    local how = r.on_nack
-    if result.reply_code ~= nil then
-      how = r.on_return
-    end
-    local code = 451
-    if how == 'bounce' then
-      code = 550
-    end
-    return code, kumo.json_encode(result)
-  end
-
-  local sender = {}
-  function sender:send(msg)
-    local code, text = verdict(publish(msg):wait())
-    if code then
-      kumo.reject(code, text)
-    end
-    return '250 Ack'
-  end
-  -- Publish the whole batch, then wait for every confirm. One retry makes the
-  -- batch retry (at-least-once); otherwise one bounce bounces it.
-  function sender:send_batch(msgs)
-    local confirms = {}
-    for i, msg in ipairs(msgs) do
-      confirms[i] = publish(msg)
-    end
-    local worst, worst_text = nil, nil
-    for _, c in ipairs(confirms) do
-      local code, text = verdict(c:wait())
-      if code and (worst == nil or code < worst) then
-        worst, worst_text = code, text
-      end
-    end
-    if worst then
-      kumo.reject(worst, worst_text)
-    end
-    return '250 Ack ' .. #msgs
-  end
-  function sender:close()
-    client:close()
-  end
-  return sender
-end)
-"#;
+const POLICY_BODY: &str = include_str!("render/policy.lua");
 
 #[cfg(test)]
 mod tests;

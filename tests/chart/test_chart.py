@@ -242,7 +242,7 @@ def test_examples_validate_against_the_crd():
     for fname, doc in example_routes():
         jsonschema.validate(doc, schema)
         names.append(fname)
-    assert {"seed-route.yaml", "log-events-route.yaml", "tls-route.yaml"} <= set(names)
+    assert {"seed-route.yaml", "log-events-route.yaml", "tls-route.yaml", "cluster-route.yaml"} <= set(names)
 
 
 @pytest.mark.parametrize(

@@ -273,3 +273,48 @@ async fn a_rotated_routes_secret_reaches_the_relay_through_the_api() {
     assert_eq!(got.len(), 1, "relay log:\n{}", relay.log_text());
     assert_eq!(got[0].data, b"second");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_first_url_fails_over_to_the_next_with_credentials_from_a_secret() {
+    let broker = tokio::task::spawn_blocking(Broker::private).await.unwrap();
+    // A password that needs percent-encoding in a URL.
+    let password = "p@ss:w/rd%";
+    broker.ctl(&["add_user", "relay", password]);
+    broker.ctl(&["set_permissions", "-p", "/", "relay", ".*", ".*", ".*"]);
+    let conn = broker.connect().await;
+    declare_queue(&conn, "failover-q", Default::default()).await;
+    let dead = format!("amqp://127.0.0.1:{}/%2f", crate::broker::free_port());
+    let live = format!("amqp://127.0.0.1:{}/%2f", broker.port);
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: rabbit-user, namespace: team}}\nstringData:\n  username: relay\n  password: {}\n---\n\
+         apiVersion: amqprelay.io/v1alpha1\nkind: AmqpRoute\nmetadata: {{name: fo, namespace: team}}\nspec:\n  match: {{domain: amqp}}\n  broker:\n    urls: [{}, {}]\n    credentialsSecretRef: {{name: rabbit-user}}\n  publish: {{routingKey: failover-q}}\n  delivery: {{retryInterval: 1s}}\n",
+        yaml_str(password),
+        yaml_str(&dead),
+        yaml_str(&live)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let secrets_dir = dir.path().join("secrets");
+    let (policy, secret) = render_objects(dir.path(), &yaml, &secrets_dir);
+    assert!(!policy.contains(password));
+    std::fs::create_dir_all(&secrets_dir).unwrap();
+    for (k, v) in secret {
+        std::fs::write(secrets_dir.join(k), v).unwrap();
+    }
+    let policy_path = dir.path().join("routes.lua");
+    std::fs::write(&policy_path, policy).unwrap();
+    let relay = Relay::start(&policy_path, &dir.path().join("spool"));
+    let (status, resp) = relay
+        .inject("s@x.com", &recipients("fo", "amqp", 20), "over")
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    let got = consume(&conn, "failover-q", 20, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 20, "relay log:\n{}", relay.log_text());
+    assert_eq!(
+        relay.metric("amqp_relay_transient_failures_total").await,
+        0.0
+    );
+    assert!(
+        !relay.log_text().contains(password),
+        "no credential in the log"
+    );
+}

@@ -48,8 +48,10 @@ fn publish_params(policy: &str, domain: &str) -> (Lua, Table) {
     (lua, first)
 }
 
-/// Runs `sender:send` with a stub broker whose confirm is `confirm` (Lua).
-fn send_with_confirm(policy: &str, domain: &str, confirm: &str) -> (Lua, mlua::Result<String>) {
+/// A Lua state with a stub `kumo` that records what a policy publishes, the
+/// policy loaded. `DEAD[url]` makes a connect to `url` fail; `NOW` is
+/// `os.time()`.
+fn stub_lua(policy: &str, confirm: &str) -> Lua {
     let lua = Lua::new();
     lua.globals()
         .set(
@@ -62,14 +64,17 @@ fn send_with_confirm(policy: &str, domain: &str, confirm: &str) -> (Lua, mlua::R
     lua.load(
         r#"
         local handlers, published = {}, {}
+        DEAD, NOW = {}, 1000
+        os.time = function() return NOW end
         local kumo = {
           on = function(name, f) handlers[name] = f end,
           make_queue_config = function(t) return t end,
           make_egress_path = function(t) return t end,
           reject = function(code, text) error(code .. ' ' .. text) end,
           json_encode = function() return '{}' end,
-          secret_load = function(t) return 'amqp://from-secret' end,
+          secret_load = function(t) return SECRETS and SECRETS[t.key_path] or 'amqp://from-secret' end,
           amqp = { build_client = function(url, tls)
+            if DEAD[url] then error('connect to ' .. url .. ' refused') end
             BUILD_TLS = tls
             return { publish = function(self, p)
               p.url = url
@@ -85,10 +90,37 @@ fn send_with_confirm(policy: &str, domain: &str, confirm: &str) -> (Lua, mlua::R
     .exec()
     .unwrap();
     lua.load(policy).set_name("@routes.lua").exec().unwrap();
+    lua
+}
+
+/// The route constructor's sender for `domain`.
+fn sender(lua: &Lua, domain: &str) -> mlua::Result<Table> {
     let stub: Table = lua.globals().get("STUB").unwrap();
     let handlers: Table = stub.get("handlers").unwrap();
     let ctor: mlua::Function = handlers.get("amqp-relay.route").unwrap();
-    let sender: Table = ctor.call((domain, Value::Nil, Value::Nil)).unwrap();
+    ctor.call((domain, Value::Nil, Value::Nil))
+}
+
+/// `sender:send` of one message; the URL it went to.
+fn send(lua: &Lua, sender: &Table) -> mlua::Result<String> {
+    let msg = lua
+        .load(
+            "return { get_data = function() return 'body' end, id = function() return 'id1' end }",
+        )
+        .eval::<Table>()
+        .unwrap();
+    let send: mlua::Function = sender.get("send").unwrap();
+    send.call::<String>((sender, msg))?;
+    let stub: Table = lua.globals().get("STUB").unwrap();
+    let published: Table = stub.get("published").unwrap();
+    let last: Table = published.get(published.raw_len()).unwrap();
+    last.get("url")
+}
+
+/// Runs `sender:send` with a stub broker whose confirm is `confirm` (Lua).
+fn send_with_confirm(policy: &str, domain: &str, confirm: &str) -> (Lua, mlua::Result<String>) {
+    let lua = stub_lua(policy, confirm);
+    let sender = sender(&lua, domain).unwrap();
     let msg = lua
         .load(
             "return { get_data = function() return 'body' end, id = function() return 'id1' end }",
@@ -400,12 +432,7 @@ fn tls_ca_goes_to_the_secret_and_the_client() {
     );
 
     let plain = render(&[tls_route("amqp://rabbit:5672/%2f")], &secrets, "/mnt/r");
-    assert!(
-        plain.rejected[0]
-            .1
-            .message
-            .contains("needs an amqps:// URL")
-    );
+    assert!(plain.rejected[0].1.message.contains("needs amqps:// URLs"));
     let no_pem = render(
         &[tls_route("amqps://rabbit/")],
         &[secret("ns", "ca", "ca.crt", "junk")],
@@ -546,4 +573,181 @@ fn a_tenant_cannot_take_another_tenants_domain() {
     // The owner's route serves the domain although the intruder's is older.
     let names: Vec<_> = out.accepted.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, vec!["mine", "sub"]);
+}
+
+fn secret_of(ns: &str, name: &str, pairs: &[(&str, &str)]) -> Secret {
+    let mut s = secret(ns, name, pairs[0].0, pairs[0].1);
+    let data = s.data.as_mut().unwrap();
+    for (k, v) in &pairs[1..] {
+        data.insert(k.to_string(), ByteString(v.as_bytes().to_vec()));
+    }
+    s
+}
+
+fn two_urls_with_credentials(name: &str) -> AmqpRoute {
+    route(
+        "ns",
+        name,
+        serde_json::json!({
+            "match": {"domain": name},
+            "broker": {
+                "urls": ["amqp://rabbit-0:5672/%2f", "amqp://rabbit-1:5672/%2f"],
+                "credentialsSecretRef": {"name": "rabbit-user"},
+                "failbackInterval": "30s"
+            },
+            "publish": {"routingKey": "k"}
+        }),
+    )
+}
+
+#[test]
+fn credentials_are_composed_into_each_url_in_the_secret_never_the_policy() {
+    let user = secret_of(
+        "ns",
+        "rabbit-user",
+        &[("username", "relay"), ("password", "p@ss:w/rd%\n")],
+    );
+    let out = render(&[two_urls_with_credentials("r1")], &[user], "/mnt/r");
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    assert!(!out.policy.contains("p@ss") && !out.policy.contains("relay:"));
+    let text = |k: &str| String::from_utf8(out.secret[k].clone()).unwrap();
+    assert_eq!(
+        text("ns.r1.url"),
+        "amqp://relay:p%40ss%3Aw%2Frd%25@rabbit-0:5672/%2f"
+    );
+    assert_eq!(
+        text("ns.r1.url-2"),
+        "amqp://relay:p%40ss%3Aw%2Frd%25@rabbit-1:5672/%2f"
+    );
+    assert_eq!(
+        out.route_keys[&out.accepted[0]],
+        ["ns.r1.url", "ns.r1.url-2"]
+    );
+
+    let no_key = secret_of("ns", "rabbit-user", &[("user", "relay")]);
+    let bad = render(&[two_urls_with_credentials("r1")], &[no_key], "/mnt/r");
+    let msg = &bad.rejected[0].1.message;
+    assert!(
+        msg.contains("broker.credentialsSecretRef") && msg.contains("no key \"username\""),
+        "{msg}"
+    );
+    let inline = route(
+        "ns",
+        "r2",
+        serde_json::json!({
+            "match": {"domain": "x"},
+            "broker": {"urls": ["amqp://a/", "amqp://u:p@b/"]},
+            "publish": {"routingKey": "k"}
+        }),
+    );
+    let msg = &render(&[inline], &[], "/r").rejected[0].1.message;
+    assert!(
+        msg.starts_with("broker.urls[1] must not hold credentials"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_connection_fails_over_in_order_and_moves_back_when_the_first_answers() {
+    let user = secret_of("ns", "rabbit-user", &[("username", "u"), ("password", "p")]);
+    let out = render(&[two_urls_with_credentials("r1")], &[user], "/mnt/r");
+    let lua = stub_lua(&out.policy, "{ status = 'Ack' }");
+    let secrets = lua.create_table().unwrap();
+    for (k, v) in &out.secret {
+        secrets
+            .set(format!("/mnt/r/{k}"), String::from_utf8(v.clone()).unwrap())
+            .unwrap();
+    }
+    lua.globals().set("SECRETS", secrets).unwrap();
+    let (first, second) = (
+        "amqp://u:p@rabbit-0:5672/%2f",
+        "amqp://u:p@rabbit-1:5672/%2f",
+    );
+    let dead: Table = lua.globals().get("DEAD").unwrap();
+    dead.set(first, true).unwrap();
+    let s = sender(&lua, "r1").unwrap();
+    assert_eq!(send(&lua, &s).unwrap(), second);
+    // The first answers again: not tried before the failback interval...
+    dead.set(first, Value::Nil).unwrap();
+    lua.load("NOW = NOW + 29").exec().unwrap();
+    assert_eq!(send(&lua, &s).unwrap(), second);
+    // ...then the connection moves back.
+    lua.load("NOW = NOW + 2").exec().unwrap();
+    assert_eq!(send(&lua, &s).unwrap(), first);
+    // Every URL down: the session fails with every URL's error, no credentials shown by the stub's.
+    dead.set(first, true).unwrap();
+    dead.set(second, true).unwrap();
+    let err = sender(&lua, "r1").unwrap_err().to_string();
+    assert!(
+        err.contains("rabbit-0") && err.contains("rabbit-1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn routes_that_do_not_fit_the_api_limit_are_too_large_youngest_first() {
+    let at = |r: &mut AmqpRoute, secs: i64| {
+        r.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(secs).unwrap(),
+        ));
+    };
+    let big = |name: &str, secs: i64| {
+        let mut r = route(
+            "ns",
+            name,
+            serde_json::json!({
+                "match": {"domain": name},
+                "broker": {"url": "amqp://rabbit/"},
+                "publish": {"routingKey": "k", "headers": {"pad": "x".repeat(6000)}}
+            }),
+        );
+        at(&mut r, secs);
+        r
+    };
+    // The youngest is listed first: age decides, not input order.
+    let routes = [big("young", 300), big("old", 100), big("mid", 200)];
+    let base = render(&[], &[], "/r").policy.len();
+    let out = render_within(&routes, &[], "/r", &Ownership::default(), base + 13_000);
+    let names = |ids: &[RouteId]| ids.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&out.accepted), ["mid", "old"]);
+    assert_eq!(out.rejected.len(), 1);
+    let (id, why) = &out.rejected[0];
+    assert_eq!((id.name.as_str(), why.reason), ("young", "TooLarge"));
+    assert!(why.message.contains("ConfigMap"), "{}", why.message);
+    assert!(POLICY_KEY.len() + out.policy.len() <= base + 13_000);
+    // At the real limit all three fit.
+    assert!(render(&routes, &[], "/r").rejected.is_empty());
+}
+
+#[test]
+fn a_ca_or_credential_shared_by_routes_is_stored_once() {
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let tls = |name: &str| {
+        route(
+            "ns",
+            name,
+            serde_json::json!({
+                "match": {"domain": name},
+                "broker": {
+                    "url": "amqps://rabbit:5671/%2f",
+                    "credentialsSecretRef": {"name": "rabbit-user"},
+                    "tls": {"caSecretRef": {"name": "ca", "key": "ca.crt"}}
+                },
+                "publish": {"routingKey": "k"}
+            }),
+        )
+    };
+    let secrets = [
+        secret("ns", "ca", "ca.crt", pem),
+        secret_of("ns", "rabbit-user", &[("username", "u"), ("password", "p")]),
+    ];
+    let out = render(&[tls("a"), tls("b"), tls("c")], &secrets, "/r");
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    assert_eq!(
+        out.secret.keys().collect::<Vec<_>>(),
+        ["ns.a.ca", "ns.a.url"]
+    );
+    for keys in out.route_keys.values() {
+        assert_eq!(keys, &["ns.a.url", "ns.a.ca"]);
+    }
 }

@@ -1,0 +1,204 @@
+-- Most specific route for a queue: tenant and campaign beat wildcards.
+local function find(domain, tenant, campaign)
+  local best, score = nil, -1
+  for _, r in ipairs(ROUTES) do
+    if r.domain == domain
+      and (r.tenant == nil or r.tenant == tenant)
+      and (r.campaign == nil or r.campaign == campaign) then
+      local s = (r.tenant and 2 or 0) + (r.campaign and 1 or 0)
+      if s > score then
+        best, score = r, s
+      end
+    end
+  end
+  return best
+end
+
+local function parse_queue(name)
+  local rest = name:match('^[^!]*')
+  local campaign, after = rest:match('^([^:]*):(.*)$')
+  if not campaign then
+    after = rest
+  end
+  local tenant, domain = after:match('^(.*)@([^@]*)$')
+  if not tenant then
+    domain = after
+  end
+  if campaign == '' then campaign = nil end
+  if tenant == '' then tenant = nil end
+  return domain, tenant, campaign
+end
+
+-- Routes with logEvents take the relay's own log records through a log hook.
+local HOOKS = {}
+for _, r in ipairs(ROUTES) do
+  if r.log_events then
+    HOOKS[r.hook] = r
+    local wanted = {}
+    for _, t in ipairs(r.log_events.types) do
+      wanted[t] = true
+    end
+    r.log_events.wanted = wanted
+    kumo.on('pre_init', function()
+      kumo.configure_log_hook { name = r.hook, headers = r.log_events.headers, meta = r.log_events.meta }
+    end)
+  end
+end
+
+kumo.on('should_enqueue_log_record', function(msg, hook_name)
+  local r = HOOKS[hook_name]
+  if not r then
+    return nil
+  end
+  local record = msg:get_meta 'log_record'
+  if #r.log_events.types > 0 and not r.log_events.wanted[record.type] then
+    return false
+  end
+  msg:set_meta('queue', r.queue_name)
+  return true
+end)
+
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  local r = find(domain, tenant, campaign)
+  if not r then
+    return nil
+  end
+  local q = {
+    protocol = { custom_lua = { constructor = 'amqp-relay.route', batch_size = r.batch_size } },
+  }
+  for k, v in pairs(r.queue) do
+    q[k] = v
+  end
+  return kumo.make_queue_config(q)
+end)
+
+kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
+  local r = find(parse_queue(site_name))
+  if not r then
+    return nil
+  end
+  return kumo.make_egress_path { connection_limit = r.connection_limit }
+end)
+
+-- The route's broker URLs, in order.
+local function broker_urls(r)
+  if r.urls then
+    return r.urls
+  end
+  local out = {}
+  for i, key in ipairs(r.url_keys) do
+    local url = kumo.secret_load { key_path = SECRETS_DIR .. '/' .. key }
+    out[i] = (url:gsub('%s+$', ''))
+  end
+  return out
+end
+
+-- A client of the first of urls[from..to] that connects, and its index.
+local function connect(urls, tls, from, to)
+  local errors = {}
+  for i = from, to do
+    local ok, client = pcall(kumo.amqp.build_client, urls[i], tls)
+    if ok then
+      return client, i
+    end
+    errors[#errors + 1] = tostring(client)
+  end
+  error(table.concat(errors, '; '), 0)
+end
+
+kumo.on('amqp-relay.route', function(domain, tenant, campaign)
+  local r = find(domain, tenant, campaign)
+  if not r then
+    kumo.reject(451, '4.3.0 no AmqpRoute serves this queue now')
+  end
+  local urls = broker_urls(r)
+  local tls = nil
+  if r.ca_key then
+    tls = { root_ca_cert = SECRETS_DIR .. '/' .. r.ca_key }
+  end
+  local client, current = connect(urls, tls, 1, #urls)
+  local failback_at = os.time() + r.failback_seconds
+
+  -- On a later URL, try the earlier ones again now and then, and move back
+  -- to the first that answers.
+  local function failback()
+    if current == 1 or os.time() < failback_at then
+      return
+    end
+    failback_at = os.time() + r.failback_seconds
+    local ok, earlier, i = pcall(connect, urls, tls, 1, current - 1)
+    if ok then
+      client:close()
+      client, current = earlier, i
+    end
+  end
+
+  local function publish(msg)
+    local headers = {}
+    for k, v in pairs(r.headers) do
+      headers[k] = v
+    end
+    return client:publish {
+      exchange = r.exchange,
+      routing_key = r.routing_key,
+      payload = msg:get_data(),
+      options = { mandatory = r.mandatory },
+      properties = {
+        delivery_mode = r.persistent and 2 or 1,
+        content_type = r.content_type,
+        message_id = msg:id(),
+        headers = headers,
+      },
+    }
+  end
+
+  -- nil when the broker took the message; else the reject code and text.
+  local function verdict(result)
+    if result.status == 'Ack' and result.reply_code == nil then
+      return nil
+    end
+    local how = r.on_nack
+    if result.reply_code ~= nil then
+      how = r.on_return
+    end
+    local code = 451
+    if how == 'bounce' then
+      code = 550
+    end
+    return code, kumo.json_encode(result)
+  end
+
+  local sender = {}
+  function sender:send(msg)
+    failback()
+    local code, text = verdict(publish(msg):wait())
+    if code then
+      kumo.reject(code, text)
+    end
+    return '250 Ack'
+  end
+  -- Publish the whole batch, then wait for every confirm. One retry makes the
+  -- batch retry (at-least-once); otherwise one bounce bounces it.
+  function sender:send_batch(msgs)
+    failback()
+    local confirms = {}
+    for i, msg in ipairs(msgs) do
+      confirms[i] = publish(msg)
+    end
+    local worst, worst_text = nil, nil
+    for _, c in ipairs(confirms) do
+      local code, text = verdict(c:wait())
+      if code and (worst == nil or code < worst) then
+        worst, worst_text = code, text
+      end
+    end
+    if worst then
+      kumo.reject(worst, worst_text)
+    end
+    return '250 Ack ' .. #msgs
+  end
+  function sender:close()
+    client:close()
+  end
+  return sender
+end)
