@@ -753,3 +753,33 @@ async fn a_changed_or_deleted_routes_secret_is_repaired() {
     assert!(!settled.policy_written);
     assert!(fake.writes().is_empty(), "{:?}", fake.writes());
 }
+
+#[tokio::test]
+async fn an_over_budget_route_is_too_large_while_the_rest_ship() {
+    let (ctx, fake) = ctx();
+    let small = domain_route("small", "small.example");
+    // 64 headers of 17 KB: over 1 MiB on its own, and younger than `small`.
+    let headers: serde_json::Map<String, serde_json::Value> = (0..64)
+        .map(|i| (format!("h{i}"), "x".repeat(17_000).into()))
+        .collect();
+    let huge = route(
+        "team",
+        "huge",
+        "2026-02-01T00:00:00Z",
+        serde_json::json!({
+            "match": {"domain": "huge.example"},
+            "broker": {"url": "amqp://rabbit:5672/%2f"},
+            "publish": {"routingKey": "k", "headers": headers}
+        }),
+    );
+    sync(&ctx, &cache(&fake, &[small, huge]), &[]).await.unwrap();
+    assert_eq!(
+        condition(&fake, "team", "huge", "Accepted"),
+        ("False".into(), "TooLarge".into())
+    );
+    assert_eq!(condition(&fake, "team", "small", "Accepted").0, "True");
+    let cm = fake.get(CM).expect("the policy was written");
+    let policy = cm["data"]["routes.lua"].as_str().unwrap();
+    assert!(policy.contains("small.example") && !policy.contains("huge.example"));
+    assert!(policy.len() < render::OBJECT_LIMIT);
+}
