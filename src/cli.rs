@@ -163,6 +163,17 @@ async fn render(
     for e in &inputs.errors {
         eprintln!("error: {e}");
     }
+    inputs.routes.retain(|r| {
+        let ours = r.served_by(relay, namespace, true);
+        if !ours {
+            eprintln!(
+                "note: route {}/{}: its relayRef names another relay; left out",
+                r.metadata.namespace.as_deref().unwrap_or(namespace),
+                r.metadata.name.as_deref().unwrap_or("")
+            );
+        }
+        ours
+    });
     let out = render::render(&inputs.routes, &inputs.secrets, secrets_dir);
     // Never ship a policy the engine cannot load.
     crate::operator::sync::compile(&out.policy)

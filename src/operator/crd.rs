@@ -40,6 +40,12 @@ use std::collections::BTreeMap;
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
     printcolumn(
+        name = "Relay",
+        type_ = "string",
+        description = "the relay serving the route (namespace/name)",
+        json_path = ".status.relay"
+    ),
+    printcolumn(
         name = "Relays",
         type_ = "integer",
         description = "ready relay pods running this generation",
@@ -66,6 +72,24 @@ pub struct AmqpRouteSpec {
     /// Route the relay's own log records through this route (needs the relay's log hooks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_events: Option<LogEvents>,
+    /// The relay (an install of amqp-relay) that serves this route. Without
+    /// it, the route is served by the install that claims routes without a
+    /// relayRef (one per cluster: the chart's
+    /// `operator.serveRoutesWithoutRelayRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_ref: Option<RelayRef>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayRef {
+    /// The relay's name (the operator's `--relay`, `<release>-amqp-relay` in the chart).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The relay's namespace; any relay of that name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -157,8 +181,10 @@ pub struct BrokerTls {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
+    /// The Secret's name (it needs the label amqprelay.io/credentials=true).
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// The key in it.
     #[schemars(length(min = 1, max = 253))]
     pub key: String,
 }
@@ -274,6 +300,10 @@ pub struct AmqpRouteStatus {
     /// Ready relay pods, and how many of them run this generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relays: Option<RelayCount>,
+    /// The relay serving this route (`namespace/name`); absent while no
+    /// relay does (no install claims it, or its relayRef names none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -283,6 +313,17 @@ pub struct RelayCount {
     pub ready: u32,
     /// Ready relay pods.
     pub total: u32,
+}
+
+impl AmqpRoute {
+    /// Whether relay `relay` in `namespace` serves this route: its relayRef
+    /// names that relay, or it has none and that relay claims such routes.
+    pub fn served_by(&self, relay: &str, namespace: &str, claims_unreferenced: bool) -> bool {
+        match &self.spec.relay_ref {
+            None => claims_unreferenced,
+            Some(r) => r.name == relay && r.namespace.as_deref().is_none_or(|ns| ns == namespace),
+        }
+    }
 }
 
 /// The CRD as YAML, as `amqp-relay crd` prints it and `crds/amqproute.yaml` holds it.

@@ -66,6 +66,15 @@ pub struct OperatorArgs {
     /// (`{"team-a": ["a.example", "*.a.example"]}`); empty: any namespace, any domain.
     #[arg(long, env = "AMQP_RELAY_DOMAIN_OWNERSHIP", default_value = "")]
     pub domain_ownership: String,
+    /// Serve AmqpRoutes without a relayRef (set false on every install but
+    /// one when several share a namespace they watch).
+    #[arg(
+        long,
+        env = "AMQP_RELAY_SERVE_ROUTES_WITHOUT_RELAY_REF",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub serve_routes_without_relay_ref: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -229,6 +238,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         namespace,
         secrets_dir: args.secrets_dir.clone(),
         ownership,
+        serve_unreferenced: args.serve_routes_without_relay_ref,
         history: Default::default(),
         #[cfg(test)]
         refuse: None,

@@ -264,6 +264,7 @@ pub fn desired(
         observed_generation: generation,
         conditions: vec![carry_over(accepted, prev), carry_over(ready, prev)],
         relays,
+        relay: None,
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Ctx {
     pub secrets_dir: String,
     /// Which namespaces may claim which domains.
     pub ownership: crate::operator::ownership::Ownership,
+    /// Whether this install serves routes without a relayRef.
+    pub serve_unreferenced: bool,
     /// Route digests of the policies seen, to read what relays run.
     pub history: Mutex<status::History>,
     /// Tests make the engine refuse a policy holding this text.
@@ -167,7 +169,11 @@ pub async fn sync(
     routes: &[Arc<AmqpRoute>],
     secrets: &[Arc<Secret>],
 ) -> Result<Report, Error> {
-    let routes: Vec<AmqpRoute> = routes.iter().map(|r| (**r).clone()).collect();
+    let routes: Vec<AmqpRoute> = routes
+        .iter()
+        .filter(|r| serves(ctx, r))
+        .map(|r| (**r).clone())
+        .collect();
     let secrets: Vec<Secret> = secrets.iter().map(|s| (**s).clone()).collect();
     let out = render::render_owned(&routes, &secrets, &ctx.secrets_dir, &ctx.ownership);
     #[cfg(test)]
@@ -185,6 +191,13 @@ pub async fn sync(
         other => other.to_string(),
     });
     finish(ctx, &routes, out, compile_error).await
+}
+
+/// Whether this install serves the route: its relayRef names this relay, or
+/// it has none and this install claims such routes. Others' routes are
+/// neither rendered nor written to.
+fn serves(ctx: &Ctx, r: &AmqpRoute) -> bool {
+    r.served_by(&ctx.relay, &ctx.namespace, ctx.serve_unreferenced)
 }
 
 /// Publishes what compiled, then brings every route's status up to date.
@@ -278,7 +291,7 @@ async fn update_statuses(
             report.propagating = true;
         }
         let old = r.status.as_ref();
-        let new = status::desired(
+        let mut new = status::desired(
             old,
             r.metadata.generation,
             &verdict,
@@ -286,6 +299,7 @@ async fn update_statuses(
             &configmap,
             now.clone(),
         );
+        new.relay = Some(format!("{}/{}", ctx.namespace, ctx.relay));
         if old == Some(&new) {
             continue;
         }

@@ -439,3 +439,10 @@ def test_checkov_finds_nothing_unexplained(name, values):
         failed = [c for r in reports for c in r.get("results", {}).get("failed_checks", [])]
         unexplained = sorted({f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in failed if c["check_id"] not in skips})
         assert not unexplained, "checkov findings without a reason in checkov-skips.yaml:\n" + "\n".join(unexplained)
+
+
+def test_a_second_install_can_leave_unreferenced_routes_to_the_first():
+    env = lambda docs: {e["name"]: e.get("value") for e in
+                        one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env(render({}))["AMQP_RELAY_SERVE_ROUTES_WITHOUT_RELAY_REF"] == "true"
+    assert env(render({"operator": {"serveRoutesWithoutRelayRef": False}}))["AMQP_RELAY_SERVE_ROUTES_WITHOUT_RELAY_REF"] == "false"

@@ -111,8 +111,13 @@ async fn handle(fake: &Fake, req: Request<Body>) -> Response<Body> {
 }
 
 fn ctx() -> (Ctx, Arc<Fake>) {
-    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let fake = Arc::new(Fake::default());
+    (ctx_on(&fake, "edge"), fake)
+}
+
+/// The context of the operator of relay `relay`, on the API `fake` serves.
+fn ctx_on(fake: &Arc<Fake>, relay: &str) -> Ctx {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = fake.clone();
     tokio::spawn(async move {
         while let Some((req, send)) = h.next_request().await {
@@ -127,22 +132,20 @@ fn ctx() -> (Ctx, Arc<Fake>) {
             instance: None,
         },
     );
-    (
-        Ctx {
-            client,
-            relay_selector: "app.kubernetes.io/component=relay".into(),
-            relay_port: 0,
-            http: reqwest::Client::new(),
-            recorder,
-            relay: "edge".into(),
-            namespace: "relay-ns".into(),
-            secrets_dir: "/etc/amqp-relay/routes".into(),
-            ownership: Default::default(),
-            history: Default::default(),
-            refuse: None,
-        },
-        fake,
-    )
+    Ctx {
+        client,
+        relay_selector: "app.kubernetes.io/component=relay".into(),
+        relay_port: 0,
+        http: reqwest::Client::new(),
+        recorder,
+        relay: relay.into(),
+        namespace: "relay-ns".into(),
+        secrets_dir: "/etc/amqp-relay/routes".into(),
+        ownership: Default::default(),
+        serve_unreferenced: true,
+        history: Default::default(),
+        refuse: None,
+    }
 }
 
 fn route_path(ns: &str, name: &str) -> String {
@@ -772,7 +775,9 @@ async fn an_over_budget_route_is_too_large_while_the_rest_ship() {
             "publish": {"routingKey": "k", "headers": headers}
         }),
     );
-    sync(&ctx, &cache(&fake, &[small, huge]), &[]).await.unwrap();
+    sync(&ctx, &cache(&fake, &[small, huge]), &[])
+        .await
+        .unwrap();
     assert_eq!(
         condition(&fake, "team", "huge", "Accepted"),
         ("False".into(), "TooLarge".into())
@@ -782,4 +787,79 @@ async fn an_over_budget_route_is_too_large_while_the_rest_ship() {
     let policy = cm["data"]["routes.lua"].as_str().unwrap();
     assert!(policy.contains("small.example") && !policy.contains("huge.example"));
     assert!(policy.len() < render::OBJECT_LIMIT);
+}
+
+#[tokio::test]
+async fn two_relays_with_their_own_relay_refs_each_serve_their_own() {
+    let fake = Arc::new(Fake::default());
+    let edge = ctx_on(&fake, "edge");
+    let mut other = ctx_on(&fake, "other");
+    other.serve_unreferenced = false;
+    let with_ref = |name: &str, relay: serde_json::Value| {
+        let mut r = domain_route(name, &format!("{name}.example"));
+        r.spec.relay_ref = serde_json::from_value(relay).unwrap();
+        r
+    };
+    let routes = [
+        with_ref("for-edge", serde_json::json!({"name": "edge"})),
+        with_ref(
+            "for-other",
+            serde_json::json!({"name": "other", "namespace": "relay-ns"}),
+        ),
+        with_ref("unreferenced", serde_json::Value::Null),
+        with_ref("for-nobody", serde_json::json!({"name": "gone"})),
+        with_ref(
+            "elsewhere",
+            serde_json::json!({"name": "other", "namespace": "mail"}),
+        ),
+    ];
+    // Each sees every route, as both watch the same namespace, and syncs twice.
+    for _ in 0..2 {
+        sync(&edge, &cache(&fake, &routes), &[]).await.unwrap();
+        sync(&other, &cache(&fake, &routes), &[]).await.unwrap();
+    }
+    let policy = |relay: &str| {
+        fake.get(&format!(
+            "/api/v1/namespaces/relay-ns/configmaps/{relay}-policy"
+        ))
+        .unwrap()["data"]["routes.lua"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (edge_policy, other_policy) = (policy("edge"), policy("other"));
+    for (name, served_by) in [
+        ("for-edge", Some("relay-ns/edge")),
+        ("unreferenced", Some("relay-ns/edge")),
+        ("for-other", Some("relay-ns/other")),
+        ("for-nobody", None),
+        ("elsewhere", None),
+    ] {
+        let stored = fake.get(&route_path("team", name)).unwrap();
+        assert_eq!(
+            stored["status"]["relay"].as_str(),
+            served_by,
+            "{name}: {stored}"
+        );
+        let domain = format!("\"{name}.example\"");
+        assert_eq!(
+            edge_policy.contains(&domain),
+            served_by == Some("relay-ns/edge"),
+            "{name}"
+        );
+        assert_eq!(
+            other_policy.contains(&domain),
+            served_by == Some("relay-ns/other"),
+            "{name}"
+        );
+    }
+    // Nobody writes a route it does not serve: one writer per route, no fight.
+    fake.calls.lock().unwrap().clear();
+    sync(&edge, &cache(&fake, &routes), &[]).await.unwrap();
+    sync(&other, &cache(&fake, &routes), &[]).await.unwrap();
+    assert!(
+        status_writes(&fake).is_empty(),
+        "{:?}",
+        status_writes(&fake)
+    );
 }
