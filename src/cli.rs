@@ -28,7 +28,7 @@ enum Command {
     /// Print the AmqpRoute CustomResourceDefinition (YAML).
     Crd,
     /// Render, offline, the ConfigMap and Secret the operator would write from
-    /// AmqpRoute (and Secret) YAML. Rejected routes are reported on stderr and
+    /// AmqpRoute (and Secret, RabbitmqCluster) YAML. Rejected routes are reported on stderr and
     /// make the exit code non-zero.
     Render {
         /// YAML files or directories of them.
@@ -43,6 +43,10 @@ enum Command {
         /// Where the relay mounts the routes Secret.
         #[arg(long, default_value = crate::operator::render::DEFAULT_SECRETS_DIR)]
         secrets_dir: String,
+        /// As the operator's: namespaces whose RabbitmqClusters routes of
+        /// other namespaces may use.
+        #[arg(long, value_delimiter = ',')]
+        shared_rabbitmq_cluster_namespaces: Vec<String>,
     },
     /// Load a policy and report errors (file and line) without serving.
     Check {
@@ -86,7 +90,17 @@ pub fn main() -> ExitCode {
                 relay,
                 namespace,
                 secrets_dir,
-            } => render(files, &relay, &namespace, &secrets_dir).await,
+                shared_rabbitmq_cluster_namespaces,
+            } => {
+                render(
+                    files,
+                    &relay,
+                    &namespace,
+                    &secrets_dir,
+                    &shared_rabbitmq_cluster_namespaces,
+                )
+                .await
+            }
             Command::Operator(args) => crate::operator::run::run(args).await,
             Command::Crd => {
                 print!("{}", crate::operator::crd::crd_yaml());
@@ -145,6 +159,7 @@ async fn render(
     relay: &str,
     namespace: &str,
     secrets_dir: &str,
+    shared_cluster_namespaces: &[String],
 ) -> anyhow::Result<()> {
     use crate::operator::{manifests, render};
     let mut paths = Vec::new();
@@ -174,7 +189,18 @@ async fn render(
         }
         ours
     });
-    let out = render::render(&inputs.routes, &inputs.secrets, secrets_dir);
+    let clusters = render::cluster::Clusters {
+        found: std::mem::take(&mut inputs.clusters),
+        shared_namespaces: shared_cluster_namespaces.to_vec(),
+        ..Default::default()
+    };
+    let out = render::render_owned(
+        &inputs.routes,
+        &inputs.secrets,
+        &clusters,
+        secrets_dir,
+        &Default::default(),
+    );
     // Never ship a policy the engine cannot load.
     crate::operator::sync::compile(&out.policy)
         .await

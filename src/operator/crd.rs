@@ -114,7 +114,7 @@ pub struct RouteMatch {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("(has(self.url) ? 1 : 0) + (has(self.urls) ? 1 : 0) + (has(self.urlSecretRef) ? 1 : 0) == 1").message("set exactly one of url, urls and urlSecretRef"),
+    validation = Rule::new("(has(self.url) ? 1 : 0) + (has(self.urls) ? 1 : 0) + (has(self.urlSecretRef) ? 1 : 0) + (has(self.rabbitmqClusterRef) ? 1 : 0) == 1").message("set exactly one of url, urls, urlSecretRef and rabbitmqClusterRef"),
     validation = Rule::new("!(has(self.credentialsSecretRef) && has(self.urlSecretRef))").message("credentialsSecretRef goes with url or urls; a urlSecretRef URL carries its own credentials")
 )]
 pub struct Broker {
@@ -133,9 +133,15 @@ pub struct Broker {
     /// A key of a Secret in the route's namespace holding the full URL, credentials included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_secret_ref: Option<SecretKeyRef>,
+    /// A RabbitmqCluster of RabbitMQ's cluster operator: the relay connects
+    /// to the Service and, unless credentialsSecretRef names another user,
+    /// as the default user its status names. A cluster in another namespace
+    /// only where the operator allows it (`sharedRabbitmqClusterNamespaces`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbitmq_cluster_ref: Option<ClusterRef>,
     /// A Secret in the route's namespace holding the user name and password
-    /// for `url` or `urls` (as RabbitMQ's cluster and topology operators
-    /// write them).
+    /// for `url`, `urls` or `rabbitmqClusterRef` (as RabbitMQ's cluster and
+    /// topology operators write them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<CredentialsSecretRef>,
     /// With `urls`: how often a connection on a later URL tries the earlier
@@ -145,6 +151,18 @@ pub struct Broker {
     pub failback_interval: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<BrokerTls>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterRef {
+    /// The RabbitmqCluster's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Its namespace; the route's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
 }
 
 fn username_key() -> String {
@@ -353,7 +371,7 @@ mod tests {
             "shortNames:\n    - amqpr",
             "name: Routing key",
             "x-kubernetes-validations",
-            "set exactly one of url, urls and urlSecretRef",
+            "set exactly one of url, urls, urlSecretRef and rabbitmqClusterRef",
             "x-kubernetes-list-map-keys",
             "scope: Namespaced",
         ] {

@@ -61,13 +61,15 @@ pub fn routes_secret(
     }
 }
 
-/// Objects read from YAML files: AmqpRoutes and Secrets; other kinds are
+/// Objects read from YAML files: AmqpRoutes, Secrets and RabbitmqClusters; other kinds are
 /// skipped. A document that cannot be read is an error naming its file,
 /// place and object; the rest are still read.
 #[derive(Default)]
 pub struct Inputs {
     pub routes: Vec<AmqpRoute>,
     pub secrets: Vec<Secret>,
+    /// RabbitmqClusters (with their status), for routes that name one.
+    pub clusters: Vec<super::render::cluster::Cluster>,
     pub skipped: Vec<String>,
     pub errors: Vec<String>,
 }
@@ -128,6 +130,18 @@ pub fn read_yaml(text: &str, origin: &str, default_ns: &str, into: &mut Inputs) 
                 }
                 Err(e) => into.errors.push(format!("{where_}: Secret {id}: {e}")),
             },
+            super::render::cluster::KIND => {
+                let mut value = value;
+                if value["metadata"]["namespace"].is_null() {
+                    value["metadata"]["namespace"] = default_ns.into();
+                }
+                match super::render::cluster::Cluster::from_object(&value) {
+                    Some(c) => into.clusters.push(c),
+                    None => into
+                        .errors
+                        .push(format!("{where_}: RabbitmqCluster {id}: no metadata.name")),
+                }
+            }
             other => into
                 .skipped
                 .push(format!("{where_}: kind {other:?} ({id}) skipped")),

@@ -3,6 +3,7 @@
 //! two routes for one queue: the older wins. Output is sorted and stable.
 
 mod broker;
+pub mod cluster;
 mod store;
 mod validate;
 
@@ -10,6 +11,7 @@ use super::crd::{AmqpRoute, Disposition};
 use super::lua_literal::{lua_str, lua_value};
 use super::ownership::Ownership;
 use broker::Urls;
+use cluster::Clusters;
 use k8s_openapi::api::core::v1::Secret;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -93,7 +95,13 @@ fn created(r: &AmqpRoute) -> Option<&k8s_openapi::jiff::Timestamp> {
 
 /// Renders the policy for every route given (the set one relay serves).
 pub fn render(routes: &[AmqpRoute], secrets: &[Secret], secrets_dir: &str) -> Rendered {
-    render_owned(routes, secrets, secrets_dir, &Ownership::default())
+    render_owned(
+        routes,
+        secrets,
+        &Clusters::default(),
+        secrets_dir,
+        &Ownership::default(),
+    )
 }
 
 fn reject(id: RouteId, reason: &'static str, message: String) -> (RouteId, Rejected) {
@@ -105,6 +113,7 @@ fn reject(id: RouteId, reason: &'static str, message: String) -> (RouteId, Rejec
 fn admit<'a>(
     routes: &'a [AmqpRoute],
     secrets: &[Secret],
+    clusters: &Clusters,
     ownership: &Ownership,
     rejected: &mut Vec<(RouteId, Rejected)>,
 ) -> Vec<Valid<'a>> {
@@ -115,7 +124,7 @@ fn admit<'a>(
             rejected.push(reject(id, "DomainNotAllowed", rule));
             continue;
         }
-        match validate(r, secrets) {
+        match validate(r, secrets, clusters) {
             Ok(v) => valid.push(v),
             Err(message) => rejected.push(reject(id, "Invalid", message)),
         }
@@ -162,21 +171,36 @@ struct Entry {
 pub fn render_owned(
     routes: &[AmqpRoute],
     secrets: &[Secret],
+    clusters: &Clusters,
     secrets_dir: &str,
     ownership: &Ownership,
 ) -> Rendered {
-    render_within(routes, secrets, secrets_dir, ownership, OBJECT_LIMIT)
+    let inputs = Inputs {
+        secrets,
+        clusters,
+        secrets_dir,
+        ownership,
+    };
+    render_within(routes, &inputs, OBJECT_LIMIT)
 }
 
-fn render_within(
-    routes: &[AmqpRoute],
-    secrets: &[Secret],
-    secrets_dir: &str,
-    ownership: &Ownership,
-    limit: usize,
-) -> Rendered {
+/// What routes are rendered with.
+struct Inputs<'a> {
+    secrets: &'a [Secret],
+    clusters: &'a Clusters,
+    secrets_dir: &'a str,
+    ownership: &'a Ownership,
+}
+
+fn render_within(routes: &[AmqpRoute], inputs: &Inputs, limit: usize) -> Rendered {
+    let Inputs {
+        secrets,
+        clusters,
+        secrets_dir,
+        ownership,
+    } = *inputs;
     let mut rejected = Vec::new();
-    let admitted = admit(routes, secrets, ownership, &mut rejected);
+    let admitted = admit(routes, secrets, clusters, ownership, &mut rejected);
     let mut store = Store::default();
     let mut entries: Vec<Entry> = Vec::new();
     // What the policy costs beyond its routes; the digest key's room in the Secret.
@@ -184,7 +208,7 @@ fn render_within(
     let secret_room = limit.saturating_sub(256);
     for v in &admitted {
         let mark = store.mark();
-        let entry = render_route(v, secrets, &mut store);
+        let entry = render_route(v, inputs, &mut store);
         // Its ROUTES entry and its line in the digests header.
         let cost = entry.lua.len() + entry.id.to_string().len() + entry.digest.len() + 6;
         if policy_size + cost > limit || store.size() > secret_room {
@@ -214,7 +238,7 @@ fn render_within(
         .iter()
         .filter(|v| entries.iter().any(|e| e.id == v.id))
         .collect();
-    let hash = published_hash(&policy, &store, &shipped, secrets);
+    let hash = published_hash(&policy, &store, &shipped, inputs);
     let mut accepted: Vec<RouteId> = entries.iter().map(|e| e.id.clone()).collect();
     accepted.sort();
     Rendered {
@@ -264,10 +288,17 @@ fn assemble(entries: &[Entry], secrets_dir: &str) -> String {
 /// nothing about the credentials (status and annotations show it to every
 /// tenant): it covers the policy, the rendered Secret's keys, and the uid and
 /// resourceVersion of each source Secret, never a value.
-fn published_hash(policy: &str, store: &Store, routes: &[&Valid], secrets: &[Secret]) -> String {
+fn published_hash(policy: &str, store: &Store, routes: &[&Valid], inputs: &Inputs) -> String {
     let sources: std::collections::BTreeSet<String> = routes
         .iter()
-        .flat_map(|v| broker::sources(&v.route.spec.broker, &v.id.namespace, secrets))
+        .flat_map(|v| {
+            broker::sources(
+                &v.route.spec.broker,
+                &v.id.namespace,
+                inputs.secrets,
+                inputs.clusters,
+            )
+        })
         .collect();
     let mut all = policy.as_bytes().to_vec();
     for k in store.keys().chain(sources.iter()) {
@@ -386,7 +417,7 @@ fn lua_route<'a>(v: &'a Valid, keys: &Keys) -> LuaRoute<'a> {
 }
 
 /// A route's ROUTES entry and version; its credentials go to `store`.
-fn render_route(v: &Valid, secrets: &[Secret], store: &mut Store) -> Entry {
+fn render_route(v: &Valid, inputs: &Inputs, store: &mut Store) -> Entry {
     let (ns, name) = (&v.id.namespace, &v.id.name);
     let url_keys = match &v.broker.urls {
         Urls::Plain(_) => None,
@@ -414,7 +445,7 @@ fn render_route(v: &Valid, secrets: &[Secret], store: &mut Store) -> Entry {
     let value = serde_json::to_value(lua_route(v, &keys)).expect("a route serialises to JSON");
     let lua = format!("  {},\n", lua_value(&value, "  "));
     let mut versioned = lua.as_bytes().to_vec();
-    for source in broker::sources(&v.route.spec.broker, ns, secrets) {
+    for source in broker::sources(&v.route.spec.broker, ns, inputs.secrets, inputs.clusters) {
         versioned.push(0);
         versioned.extend_from_slice(source.as_bytes());
     }

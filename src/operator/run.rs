@@ -75,6 +75,14 @@ pub struct OperatorArgs {
         action = clap::ArgAction::Set
     )]
     pub serve_routes_without_relay_ref: bool,
+    /// Namespaces whose RabbitmqClusters routes in any watched namespace may
+    /// use (comma-separated); other clusters serve only their own namespace.
+    #[arg(
+        long,
+        env = "AMQP_RELAY_SHARED_RABBITMQ_CLUSTER_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub shared_rabbitmq_cluster_namespaces: Vec<String>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -239,6 +247,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         secrets_dir: args.secrets_dir.clone(),
         ownership,
         serve_unreferenced: args.serve_routes_without_relay_ref,
+        shared_cluster_namespaces: args.shared_rabbitmq_cluster_namespaces.clone(),
         history: Default::default(),
         #[cfg(test)]
         refuse: None,
@@ -282,8 +291,15 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         metrics.syncs.inc();
         match result {
             Ok(report) => {
-                // Until every relay runs the policy, look again soon.
-                retry_in = report.propagating.then_some(Duration::from_secs(2));
+                // Until every relay runs the policy, look again soon; RabbitmqClusters
+                // are not watched, so routes using one are looked at twice a minute.
+                let uses_clusters = routes
+                    .iter()
+                    .any(|r| r.spec.broker.rabbitmq_cluster_ref.is_some());
+                retry_in = report
+                    .propagating
+                    .then_some(Duration::from_secs(2))
+                    .or(uses_clusters.then_some(Duration::from_secs(30)));
                 if let Some(error) = &report.compile_error {
                     // The routes it concerns say so; nothing changes until their input does.
                     tracing::error!(%error, "the rendered policy does not load; the previous one stays");

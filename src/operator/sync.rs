@@ -5,6 +5,7 @@
 
 use super::crd::{AmqpRoute, AmqpRouteStatus};
 use super::manifests::{HASH_ANNOTATION, policy_configmap, routes_secret};
+use super::render::cluster::Clusters;
 use super::render::{self, POLICY_KEY, Rendered, RouteId};
 use super::status::{self, Verdict};
 use crate::policy::Policy;
@@ -56,6 +57,8 @@ pub struct Ctx {
     pub ownership: crate::operator::ownership::Ownership,
     /// Whether this install serves routes without a relayRef.
     pub serve_unreferenced: bool,
+    /// Namespaces whose RabbitmqClusters routes of other namespaces may use.
+    pub shared_cluster_namespaces: Vec<String>,
     /// Route digests of the policies seen, to read what relays run.
     pub history: Mutex<status::History>,
     /// Tests make the engine refuse a policy holding this text.
@@ -175,7 +178,15 @@ pub async fn sync(
         .map(|r| (**r).clone())
         .collect();
     let secrets: Vec<Secret> = secrets.iter().map(|s| (**s).clone()).collect();
-    let out = render::render_owned(&routes, &secrets, &ctx.secrets_dir, &ctx.ownership);
+    let mut secrets = secrets;
+    let clusters = fetch_clusters(ctx, &routes, &mut secrets).await;
+    let out = render::render_owned(
+        &routes,
+        &secrets,
+        &clusters,
+        &ctx.secrets_dir,
+        &ctx.ownership,
+    );
     #[cfg(test)]
     if let Some(text) = ctx.refuse.filter(|t| out.policy.contains(t)) {
         return finish(
@@ -191,6 +202,56 @@ pub async fn sync(
         other => other.to_string(),
     });
     finish(ctx, &routes, out, compile_error).await
+}
+
+/// The RabbitmqClusters the routes name, read each sync (a few GETs), and
+/// their default-user Secrets (which carry no label for the Secret cache)
+/// added to `secrets`. A cluster that cannot be read is recorded with why,
+/// for its routes to say; the others are not held up.
+async fn fetch_clusters(ctx: &Ctx, routes: &[AmqpRoute], secrets: &mut Vec<Secret>) -> Clusters {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    use render::cluster::{Cluster, GROUP, KIND, PLURAL, VERSION};
+    let mut clusters = Clusters {
+        shared_namespaces: ctx.shared_cluster_namespaces.clone(),
+        ..Default::default()
+    };
+    let refs: std::collections::BTreeSet<(String, String)> = routes
+        .iter()
+        .filter_map(|r| {
+            let cr = r.spec.broker.rabbitmq_cluster_ref.as_ref()?;
+            let ns = cr
+                .namespace
+                .clone()
+                .or_else(|| r.metadata.namespace.clone())?;
+            Some((ns, cr.name.clone()))
+        })
+        .collect();
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, KIND), PLURAL);
+    for (ns, name) in refs {
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
+        let found = match api.get_opt(&name).await {
+            Ok(o) => o.and_then(|o| Cluster::from_object(&serde_json::to_value(o).ok()?)),
+            Err(e) => {
+                clusters.unreadable.insert((ns, name), e.to_string());
+                continue;
+            }
+        };
+        let Some(c) = found else { continue };
+        if let Some(user) = &c.default_user {
+            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &user.namespace);
+            match api.get_opt(&user.name).await {
+                Ok(Some(s)) => secrets.push(s),
+                Ok(None) => {}
+                Err(e) => {
+                    clusters.unreadable.insert((ns, name), e.to_string());
+                    continue;
+                }
+            }
+        }
+        clusters.found.push(c);
+    }
+    clusters
 }
 
 /// Whether this install serves the route: its relayRef names this relay, or

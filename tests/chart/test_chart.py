@@ -446,3 +446,17 @@ def test_a_second_install_can_leave_unreferenced_routes_to_the_first():
                         one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env(render({}))["AMQP_RELAY_SERVE_ROUTES_WITHOUT_RELAY_REF"] == "true"
     assert env(render({"operator": {"serveRoutesWithoutRelayRef": False}}))["AMQP_RELAY_SERVE_ROUTES_WITHOUT_RELAY_REF"] == "false"
+
+
+def test_shared_rabbitmq_cluster_namespaces_get_read_access_and_the_flag():
+    docs = render({"operator": {"sharedRabbitmqClusterNamespaces": ["messaging"]}})
+    env = {e["name"]: e.get("value") for e in
+           one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AMQP_RELAY_SHARED_RABBITMQ_CLUSTER_NAMESPACES"] == "messaging"
+    roles = [d for d in by_kind(docs, "Role") if d["metadata"]["namespace"] == "messaging"]
+    assert len(roles) == 1
+    assert {"apiGroups": ["rabbitmq.com"], "resources": ["rabbitmqclusters"], "verbs": ["get"]} in roles[0]["rules"]
+    bindings = [d for d in by_kind(docs, "RoleBinding") if d["metadata"]["namespace"] == "messaging"]
+    assert bindings and bindings[0]["roleRef"]["name"] == roles[0]["metadata"]["name"]
+    assert "AMQP_RELAY_SHARED_RABBITMQ_CLUSTER_NAMESPACES" not in {
+        e["name"] for e in one(render({}), "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["env"]}

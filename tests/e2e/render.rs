@@ -318,3 +318,74 @@ async fn a_dead_first_url_fails_over_to_the_next_with_credentials_from_a_secret(
         "no credential in the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_cluster_ref_route_delivers_to_the_clusters_default_user() {
+    let broker = Broker::shared();
+    let conn = broker.connect().await;
+    declare_queue(&conn, "cluster-ref-q", Default::default()).await;
+    // As RabbitMQ's cluster operator leaves them: the cluster with its status,
+    // and the default user's Secret (host and port keys, no URL).
+    let yaml = format!(
+        "apiVersion: rabbitmq.com/v1beta1\nkind: RabbitmqCluster\nmetadata: {{name: rabbit, namespace: messaging}}\nspec: {{replicas: 1}}\n\
+         status:\n  defaultUser:\n    secretReference: {{name: rabbit-default-user, namespace: messaging, keys: {{username: username, password: password}}}}\n    serviceReference: {{name: rabbit, namespace: messaging}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: rabbit-default-user, namespace: messaging}}\nstringData: {{username: guest, password: guest, host: 127.0.0.1, port: '{}'}}\n---\n\
+         apiVersion: amqprelay.io/v1alpha1\nkind: AmqpRoute\nmetadata: {{name: via-cluster, namespace: team}}\nspec:\n  match: {{domain: amqp}}\n  broker:\n    rabbitmqClusterRef: {{name: rabbit, namespace: messaging}}\n  publish: {{routingKey: cluster-ref-q}}\n",
+        broker.port
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("input.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    // Another namespace's cluster: refused unless the operator shares it.
+    let refused = Command::new(BIN)
+        .args(["render", "--namespace", "team", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("sharedRabbitmqClusterNamespaces"),
+        "{stderr}"
+    );
+
+    let secrets_dir = dir.path().join("secrets");
+    let out = Command::new(BIN)
+        .args([
+            "render",
+            "--namespace",
+            "team",
+            "--shared-rabbitmq-cluster-namespaces",
+            "messaging",
+            "-f",
+        ])
+        .arg(&file)
+        .arg("--secrets-dir")
+        .arg(&secrets_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut docs = stdout.split("---\n");
+    let cm: k8s_openapi::api::core::v1::ConfigMap =
+        serde_norway::from_str(docs.next().unwrap()).unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_norway::from_str(docs.next().unwrap()).unwrap();
+    std::fs::create_dir_all(&secrets_dir).unwrap();
+    for (k, v) in secret.data.unwrap() {
+        std::fs::write(secrets_dir.join(k), v.0).unwrap();
+    }
+    let policy = dir.path().join("routes.lua");
+    std::fs::write(&policy, &cm.data.unwrap()["routes.lua"]).unwrap();
+    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let (status, resp) = relay
+        .inject("s@x.com", &["u@amqp".to_string()], "through the cluster")
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    let got = consume(&conn, "cluster-ref-q", 1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1, "relay log:\n{}", relay.log_text());
+    assert_eq!(got[0].data, b"through the cluster");
+}

@@ -3,8 +3,9 @@
 //! amqps://. Errors name the field and the Secret, never a value.
 
 use super::RouteId;
+use super::cluster::Clusters;
 use crate::model::config::parse_duration;
-use crate::operator::crd::{Broker, CredentialsSecretRef, SecretKeyRef};
+use crate::operator::crd::{Broker, ClusterRef, CredentialsSecretRef, SecretKeyRef};
 use k8s_openapi::api::core::v1::Secret;
 
 /// The label a Secret carries for the operator to read it; no other Secret
@@ -39,24 +40,30 @@ impl Urls {
     }
 }
 
-pub(super) fn resolve(b: &Broker, id: &RouteId, secrets: &[Secret]) -> Result<Target, String> {
-    let listed = match (&b.url, &b.urls, &b.url_secret_ref) {
-        (Some(u), None, None) => {
+pub(super) fn resolve(
+    b: &Broker,
+    id: &RouteId,
+    secrets: &[Secret],
+    clusters: &Clusters,
+) -> Result<Target, String> {
+    let (listed, default_user) = match (&b.url, &b.urls, &b.url_secret_ref, &b.rabbitmq_cluster_ref)
+    {
+        (Some(u), None, None, None) => {
             plain_url("broker.url", u)?;
-            vec![u.clone()]
+            (vec![u.clone()], None)
         }
-        (None, Some(list), None) => {
+        (None, Some(list), None, None) => {
             if list.is_empty() || list.len() > 8 {
                 return Err("broker.urls must list 1 to 8 URLs".into());
             }
             for (i, u) in list.iter().enumerate() {
                 plain_url(&format!("broker.urls[{i}]"), u)?;
             }
-            list.clone()
+            (list.clone(), None)
         }
-        (None, None, Some(sr)) => {
+        (None, None, Some(sr), None) => {
             if b.credentials_secret_ref.is_some() {
-                return Err("broker.credentialsSecretRef goes with url or urls; a urlSecretRef URL carries its own credentials".into());
+                return Err("broker.credentialsSecretRef goes with url, urls or rabbitmqClusterRef; a urlSecretRef URL carries its own credentials".into());
             }
             return with_ca(
                 b,
@@ -65,12 +72,23 @@ pub(super) fn resolve(b: &Broker, id: &RouteId, secrets: &[Secret]) -> Result<Ta
                 secrets,
             );
         }
-        _ => return Err("broker: set exactly one of url, urls and urlSecretRef".into()),
+        (None, None, None, Some(cr)) => {
+            let (url, user) = cluster_url(b, cr, id, secrets, clusters)?;
+            (vec![url], Some(user))
+        }
+        _ => {
+            return Err(
+                "broker: set exactly one of url, urls, urlSecretRef and rabbitmqClusterRef".into(),
+            );
+        }
     };
-    let urls = match &b.credentials_secret_ref {
+    let credentials = match &b.credentials_secret_ref {
+        Some(c) => Some(credentials(c, id, secrets)?),
+        None => default_user,
+    };
+    let urls = match credentials {
         None => Urls::Plain(listed),
-        Some(c) => {
-            let (user, password) = credentials(c, id, secrets)?;
+        Some((user, password)) => {
             let composed = listed
                 .iter()
                 .map(|u| with_credentials(u, &user, &password))
@@ -79,6 +97,92 @@ pub(super) fn resolve(b: &Broker, id: &RouteId, secrets: &[Secret]) -> Result<Ta
         }
     };
     with_ca(b, urls, id, secrets)
+}
+
+/// The cluster's URL (its Service, or the host and port its default-user
+/// Secret gives) and that user's credentials, or why it cannot be used.
+fn cluster_url(
+    b: &Broker,
+    cr: &ClusterRef,
+    id: &RouteId,
+    secrets: &[Secret],
+    clusters: &Clusters,
+) -> Result<(String, (String, String)), String> {
+    let field = "broker.rabbitmqClusterRef";
+    let ns = cr.namespace.as_deref().unwrap_or(&id.namespace);
+    let name = &cr.name;
+    if ns != id.namespace && !clusters.shared_namespaces.iter().any(|s| s == ns) {
+        return Err(format!(
+            "{field}: RabbitmqCluster {ns}/{name} is in another namespace, and the operator does not share {ns}'s clusters (sharedRabbitmqClusterNamespaces)"
+        ));
+    }
+    if let Some(why) = clusters.unreadable.get(&(ns.to_owned(), name.clone())) {
+        return Err(format!(
+            "{field}: RabbitmqCluster {ns}/{name} cannot be read: {why}"
+        ));
+    }
+    let c = clusters
+        .find(ns, name)
+        .ok_or_else(|| format!("{field}: RabbitmqCluster {ns}/{name} not found"))?;
+    let user = c.default_user.as_ref().ok_or_else(|| {
+        format!("{field}: RabbitmqCluster {ns}/{name} has no status.defaultUser yet (is RabbitMQ's cluster operator running?)")
+    })?;
+    let s = secrets
+        .iter()
+        .find(|s| {
+            s.metadata.name.as_deref() == Some(user.name.as_str())
+                && s.metadata.namespace.as_deref() == Some(user.namespace.as_str())
+        })
+        .ok_or_else(|| {
+            format!(
+                "{field}: the default-user Secret {}/{} of RabbitmqCluster {ns}/{name} was not found",
+                user.namespace, user.name
+            )
+        })?;
+    let text = |logical: &str| -> Option<String> {
+        let v = secret_value(s, user.key(logical))?;
+        Some(String::from_utf8_lossy(&v).trim().to_owned())
+    };
+    let missing = |logical: &str| {
+        format!(
+            "{field}: the default-user Secret {}/{} has no {logical:?} key",
+            user.namespace, user.name
+        )
+    };
+    let host = match (text("host"), &c.service) {
+        (Some(h), _) if !h.is_empty() => h,
+        (_, Some((svc_ns, svc))) => format!("{svc}.{svc_ns}.svc"),
+        _ => return Err(missing("host")),
+    };
+    let tls = b.tls.is_some();
+    let port = match text("port") {
+        Some(p) if !tls => p,
+        _ if tls => "5671".into(),
+        _ => "5672".into(),
+    };
+    if port.parse::<u16>().is_err()
+        || host
+            .chars()
+            .any(|c| c == '/' || c == '@' || c.is_whitespace())
+    {
+        return Err(format!(
+            "{field}: the default-user Secret {}/{} holds no usable host and port",
+            user.namespace, user.name
+        ));
+    }
+    let scheme = if tls { "amqps" } else { "amqp" };
+    let username = text("username").ok_or_else(|| missing("username"))?;
+    let password = secret_value(s, user.key("password"))
+        .map(|v| {
+            String::from_utf8_lossy(&v)
+                .trim_end_matches(['\r', '\n'])
+                .to_owned()
+        })
+        .ok_or_else(|| missing("password"))?;
+    Ok((
+        format!("{scheme}://{host}:{port}/%2f"),
+        (username, password),
+    ))
 }
 
 fn with_ca(b: &Broker, urls: Urls, id: &RouteId, secrets: &[Secret]) -> Result<Target, String> {
@@ -259,24 +363,36 @@ fn secret_value(s: &Secret, key: &str) -> Option<Vec<u8>> {
 
 /// The Secrets a route's broker comes from, by uid and resourceVersion:
 /// their versions, never their values.
-pub(super) fn sources(b: &Broker, ns: &str, secrets: &[Secret]) -> Vec<String> {
-    let names = b
-        .url_secret_ref
-        .iter()
-        .map(|r| (r.name.as_str(), r.key.clone()))
-        .chain(b.credentials_secret_ref.iter().map(|c| {
-            (
-                c.name.as_str(),
-                format!("{},{}", c.username_key, c.password_key),
-            )
-        }))
-        .chain(
-            b.tls
-                .iter()
-                .map(|t| (t.ca_secret_ref.name.as_str(), t.ca_secret_ref.key.clone())),
-        );
+pub(super) fn sources(
+    b: &Broker,
+    ns: &str,
+    secrets: &[Secret],
+    clusters: &Clusters,
+) -> Vec<String> {
+    let mut names: Vec<(&str, &str, String)> = Vec::new();
+    if let Some(r) = &b.url_secret_ref {
+        names.push((ns, &r.name, r.key.clone()));
+    }
+    if let Some(c) = &b.credentials_secret_ref {
+        names.push((
+            ns,
+            &c.name,
+            format!("{},{}", c.username_key, c.password_key),
+        ));
+    }
+    if let Some(t) = &b.tls {
+        names.push((ns, &t.ca_secret_ref.name, t.ca_secret_ref.key.clone()));
+    }
+    let cluster = b
+        .rabbitmq_cluster_ref
+        .as_ref()
+        .and_then(|cr| clusters.find(cr.namespace.as_deref().unwrap_or(ns), &cr.name));
+    if let Some(user) = cluster.and_then(|c| c.default_user.as_ref()) {
+        names.push((&user.namespace, &user.name, "default-user".into()));
+    }
     names
-        .filter_map(|(name, keys)| {
+        .into_iter()
+        .filter_map(|(ns, name, keys)| {
             let s = find("", secrets, ns, name).ok()?;
             Some(format!(
                 "{ns}/{name}/{keys}@{}/{}",

@@ -559,6 +559,7 @@ fn a_tenant_cannot_take_another_tenants_domain() {
     let out = render_owned(
         &[intruder, owner, own_sub],
         &[],
+        &Clusters::default(),
         DEFAULT_SECRETS_DIR,
         &rules,
     );
@@ -707,7 +708,13 @@ fn routes_that_do_not_fit_the_api_limit_are_too_large_youngest_first() {
     // The youngest is listed first: age decides, not input order.
     let routes = [big("young", 300), big("old", 100), big("mid", 200)];
     let base = render(&[], &[], "/r").policy.len();
-    let out = render_within(&routes, &[], "/r", &Ownership::default(), base + 13_000);
+    let inputs = Inputs {
+        secrets: &[],
+        clusters: &Clusters::default(),
+        secrets_dir: "/r",
+        ownership: &Ownership::default(),
+    };
+    let out = render_within(&routes, &inputs, base + 13_000);
     let names = |ids: &[RouteId]| ids.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
     assert_eq!(names(&out.accepted), ["mid", "old"]);
     assert_eq!(out.rejected.len(), 1);
@@ -750,4 +757,149 @@ fn a_ca_or_credential_shared_by_routes_is_stored_once() {
     for keys in out.route_keys.values() {
         assert_eq!(keys, &["ns.a.url", "ns.a.ca"]);
     }
+}
+
+fn rabbitmq_cluster(ns: &str, name: &str, with_status: bool) -> cluster::Cluster {
+    let mut o = serde_json::json!({
+        "apiVersion": "rabbitmq.com/v1beta1",
+        "kind": "RabbitmqCluster",
+        "metadata": {"name": name, "namespace": ns},
+    });
+    if with_status {
+        o["status"] = serde_json::json!({"defaultUser": {
+            "secretReference": {"name": format!("{name}-default-user"), "namespace": ns,
+                                "keys": {"username": "username", "password": "password"}},
+            "serviceReference": {"name": name, "namespace": ns}
+        }});
+    }
+    cluster::Cluster::from_object(&o).unwrap()
+}
+
+fn cluster_route(ns: &str, broker: serde_json::Value) -> AmqpRoute {
+    route(
+        ns,
+        "via-cluster",
+        serde_json::json!({
+            "match": {"domain": "amqp"},
+            "broker": broker,
+            "publish": {"routingKey": "k"}
+        }),
+    )
+}
+
+#[test]
+fn a_rabbitmq_cluster_ref_uses_its_service_and_default_user() {
+    let user = secret_of(
+        "messaging",
+        "rabbit-default-user",
+        &[
+            ("username", "default_user_x"),
+            ("password", "pw/1"),
+            ("port", "5672"),
+        ],
+    );
+    let found = Clusters {
+        found: vec![
+            rabbitmq_cluster("messaging", "rabbit", true),
+            rabbitmq_cluster("messaging", "booting", false),
+        ],
+        shared_namespaces: vec!["messaging".into()],
+        ..Default::default()
+    };
+    let go = |r: AmqpRoute, shared: &Clusters, secrets: &[Secret]| {
+        render_owned(&[r], secrets, shared, "/r", &Ownership::default())
+    };
+    let out = go(
+        cluster_route(
+            "team",
+            serde_json::json!({"rabbitmqClusterRef": {"name": "rabbit", "namespace": "messaging"}}),
+        ),
+        &found,
+        std::slice::from_ref(&user),
+    );
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    assert_eq!(
+        String::from_utf8(out.secret["team.via-cluster.url"].clone()).unwrap(),
+        "amqp://default_user_x:pw%2F1@rabbit.messaging.svc:5672/%2f"
+    );
+    // Another user's credentials over the cluster's address.
+    let other = secret_of(
+        "team",
+        "relay-user",
+        &[("username", "relay"), ("password", "x")],
+    );
+    let out = go(
+        cluster_route(
+            "team",
+            serde_json::json!({
+                "rabbitmqClusterRef": {"name": "rabbit", "namespace": "messaging"},
+                "credentialsSecretRef": {"name": "relay-user"}
+            }),
+        ),
+        &found,
+        &[user.clone(), other],
+    );
+    assert_eq!(
+        String::from_utf8(out.secret["team.via-cluster.url"].clone()).unwrap(),
+        "amqp://relay:x@rabbit.messaging.svc:5672/%2f"
+    );
+    let message = |r: AmqpRoute, c: &Clusters| {
+        go(r, c, std::slice::from_ref(&user)).rejected[0]
+            .1
+            .message
+            .clone()
+    };
+    let not_shared = Clusters {
+        shared_namespaces: vec![],
+        ..found.clone()
+    };
+    let m = message(
+        cluster_route(
+            "team",
+            serde_json::json!({"rabbitmqClusterRef": {"name": "rabbit", "namespace": "messaging"}}),
+        ),
+        &not_shared,
+    );
+    assert!(
+        m.contains("another namespace") && m.contains("sharedRabbitmqClusterNamespaces"),
+        "{m}"
+    );
+    let m = message(
+        cluster_route(
+            "messaging",
+            serde_json::json!({"rabbitmqClusterRef": {"name": "booting"}}),
+        ),
+        &found,
+    );
+    assert!(m.contains("no status.defaultUser yet"), "{m}");
+    let m = message(
+        cluster_route(
+            "messaging",
+            serde_json::json!({"rabbitmqClusterRef": {"name": "nope"}}),
+        ),
+        &found,
+    );
+    assert!(
+        m.ends_with("RabbitmqCluster messaging/nope not found"),
+        "{m}"
+    );
+    // A rotated default-user password is a new version of the route.
+    let digest = |pw: &str, version: &str| {
+        let mut s = secret_of(
+            "messaging",
+            "rabbit-default-user",
+            &[("username", "u"), ("password", pw)],
+        );
+        s.metadata.resource_version = Some(version.into());
+        let out = go(
+            cluster_route(
+                "messaging",
+                serde_json::json!({"rabbitmqClusterRef": {"name": "rabbit"}}),
+            ),
+            &found,
+            &[s],
+        );
+        out.digests.values().next().unwrap().clone()
+    };
+    assert_ne!(digest("a", "1"), digest("b", "2"));
 }

@@ -2,6 +2,7 @@
 //! error names the field and what is wrong with it.
 
 use super::broker::{self, Target};
+use super::cluster::Clusters;
 use super::{RouteId, route_id};
 use crate::model::config::{Rate, parse_duration};
 use crate::operator::crd::{AmqpRoute, Delivery, LogEvents, Publish, RouteMatch};
@@ -15,7 +16,11 @@ pub(super) struct Valid<'a> {
     pub broker: Target,
 }
 
-pub(super) fn validate<'a>(r: &'a AmqpRoute, secrets: &[Secret]) -> Result<Valid<'a>, String> {
+pub(super) fn validate<'a>(
+    r: &'a AmqpRoute,
+    secrets: &[Secret],
+    clusters: &Clusters,
+) -> Result<Valid<'a>, String> {
     let id = route_id(r);
     let spec = &r.spec;
     check_match(&spec.route_match)?;
@@ -24,7 +29,7 @@ pub(super) fn validate<'a>(r: &'a AmqpRoute, secrets: &[Secret]) -> Result<Valid
     if let Some(le) = &spec.log_events {
         check_log_events(le)?;
     }
-    let broker = broker::resolve(&spec.broker, &id, secrets)?;
+    let broker = broker::resolve(&spec.broker, &id, secrets, clusters)?;
     Ok(Valid {
         domain: spec.route_match.domain.to_ascii_lowercase(),
         id,

@@ -143,6 +143,7 @@ fn ctx_on(fake: &Arc<Fake>, relay: &str) -> Ctx {
         secrets_dir: "/etc/amqp-relay/routes".into(),
         ownership: Default::default(),
         serve_unreferenced: true,
+        shared_cluster_namespaces: vec!["messaging".into()],
         history: Default::default(),
         refuse: None,
     }
@@ -861,5 +862,83 @@ async fn two_relays_with_their_own_relay_refs_each_serve_their_own() {
         status_writes(&fake).is_empty(),
         "{:?}",
         status_writes(&fake)
+    );
+}
+
+#[tokio::test]
+async fn a_rabbitmq_cluster_ref_is_resolved_through_the_api() {
+    let (ctx, fake) = ctx();
+    let cluster = "/apis/rabbitmq.com/v1beta1/namespaces/messaging/rabbitmqclusters/rabbit";
+    let user = "/api/v1/namespaces/messaging/secrets/rabbit-default-user";
+    let route = route(
+        "team",
+        "via-cluster",
+        "2026-01-01T00:00:00Z",
+        serde_json::json!({
+            "match": {"domain": "amqp"},
+            "broker": {"rabbitmqClusterRef": {"name": "rabbit", "namespace": "messaging"}},
+            "publish": {"routingKey": "logging"}
+        }),
+    );
+    // Not there yet: the route says so, nothing else is held up.
+    sync(&ctx, &cache(&fake, std::slice::from_ref(&route)), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        condition(&fake, "team", "via-cluster", "Accepted"),
+        ("False".into(), "Invalid".into())
+    );
+    let set_user = |password: &str, version: &str| {
+        let b64 = |s: &str| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(s)
+        };
+        fake.objects.lock().unwrap().insert(
+            user.into(),
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "rabbit-default-user", "namespace": "messaging", "uid": "u1", "resourceVersion": version},
+                "data": {"username": b64("default_user_x"), "password": b64(password),
+                         "host": b64("rabbit.messaging.svc"), "port": b64("5672")}}),
+        );
+    };
+    fake.objects.lock().unwrap().insert(
+        cluster.into(),
+        serde_json::json!({"apiVersion": "rabbitmq.com/v1beta1", "kind": "RabbitmqCluster",
+            "metadata": {"name": "rabbit", "namespace": "messaging"},
+            "status": {"defaultUser": {
+                "secretReference": {"name": "rabbit-default-user", "namespace": "messaging",
+                                    "keys": {"username": "username", "password": "password"}},
+                "serviceReference": {"name": "rabbit", "namespace": "messaging"}}}}),
+    );
+    set_user("first", "1");
+    sync(&ctx, &cache(&fake, std::slice::from_ref(&route)), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        condition(&fake, "team", "via-cluster", "Accepted").0,
+        "True"
+    );
+    let url = |fake: &Fake| {
+        use base64::Engine;
+        let data = &fake.get(SECRET).unwrap()["data"]["team.via-cluster.url"];
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(data.as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        url(&fake),
+        "amqp://default_user_x:first@rabbit.messaging.svc:5672/%2f"
+    );
+    // The cluster operator rotates the password: the next sync carries it.
+    set_user("second", "2");
+    sync(&ctx, &cache(&fake, std::slice::from_ref(&route)), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        url(&fake),
+        "amqp://default_user_x:second@rabbit.messaging.svc:5672/%2f"
     );
 }
