@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 pub const HASH_ANNOTATION: &str = "amqprelay.io/policy-hash";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "amqp-relay-operator");
 
-fn meta(name: String, namespace: &str, relay: &str, hash: &str) -> ObjectMeta {
+fn meta(name: String, namespace: &str, relay: &str, hash: Option<&str>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(namespace.to_owned()),
@@ -21,17 +21,14 @@ fn meta(name: String, namespace: &str, relay: &str, hash: &str) -> ObjectMeta {
             (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
             ("amqprelay.io/relay".to_owned(), relay.to_owned()),
         ])),
-        annotations: Some(BTreeMap::from([(
-            HASH_ANNOTATION.to_owned(),
-            hash.to_owned(),
-        )])),
+        annotations: hash.map(|h| BTreeMap::from([(HASH_ANNOTATION.to_owned(), h.to_owned())])),
         ..Default::default()
     }
 }
 
 pub fn policy_configmap(relay: &str, namespace: &str, r: &Rendered) -> ConfigMap {
     ConfigMap {
-        metadata: meta(format!("{relay}-policy"), namespace, relay, &r.hash),
+        metadata: meta(format!("{relay}-policy"), namespace, relay, Some(&r.hash)),
         data: Some(BTreeMap::from([(POLICY_KEY.to_owned(), r.policy.clone())])),
         ..Default::default()
     }
@@ -54,7 +51,8 @@ pub fn routes_secret(
         data.insert(DIGEST_KEY.to_owned(), ByteString(key.to_vec()));
     }
     Secret {
-        metadata: meta(format!("{relay}-routes"), namespace, relay, &r.hash),
+        // No hash: its data is compared as it is, and written only when it differs.
+        metadata: meta(format!("{relay}-routes"), namespace, relay, None),
         type_: Some("Opaque".into()),
         data: Some(data),
         ..Default::default()

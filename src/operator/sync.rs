@@ -138,27 +138,31 @@ async fn publish(ctx: &Ctx, out: &Rendered, compiled: bool) -> Result<Published,
         .unwrap_or_else(|| crate::model::digest::random_key().into_bytes());
     let mut wanted = out.secret.clone();
     wanted.insert(DIGEST_KEY.to_owned(), digest_key.clone());
-    let in_place = live_hash.as_deref() == Some(out.hash.as_str())
-        && live_policy == out.policy
-        && live_secret == wanted;
-    if !compiled || in_place {
+    let same_hash = live_hash.as_deref() == Some(out.hash.as_str());
+    let policy_in_place = same_hash && live_policy == out.policy;
+    let secret_in_place = live_secret == wanted;
+    if !compiled || (policy_in_place && secret_in_place) {
         return Ok(Published {
             written: false,
             policy: live_policy,
             digest_key,
         });
     }
-    if live_hash.as_deref() == Some(out.hash.as_str()) {
+    if same_hash {
         tracing::warn!(configmap = %cm_name, secret = %secret_name, "the published policy or credentials were changed by someone else; restoring them");
     }
     let apply = PatchParams::apply(MANAGER).force();
-    let secret = routes_secret(&ctx.relay, &ctx.namespace, out, Some(&digest_key));
     // The Secret first: the new policy may read keys only it holds.
-    secrets
-        .patch(&secret_name, &apply, &Patch::Apply(&secret))
-        .await?;
-    let cm = policy_configmap(&ctx.relay, &ctx.namespace, out);
-    cms.patch(&cm_name, &apply, &Patch::Apply(&cm)).await?;
+    if !secret_in_place {
+        let secret = routes_secret(&ctx.relay, &ctx.namespace, out, Some(&digest_key));
+        secrets
+            .patch(&secret_name, &apply, &Patch::Apply(&secret))
+            .await?;
+    }
+    if !policy_in_place {
+        let cm = policy_configmap(&ctx.relay, &ctx.namespace, out);
+        cms.patch(&cm_name, &apply, &Patch::Apply(&cm)).await?;
+    }
     tracing::info!(hash = %out.hash, accepted = out.accepted.len(), rejected = out.rejected.len(), "policy published");
     Ok(Published {
         written: true,
