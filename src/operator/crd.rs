@@ -58,6 +58,8 @@ use std::collections::BTreeMap;
     )
 )]
 #[serde(rename_all = "camelCase")]
+/// Which queue the route takes, the broker it publishes to, and how it
+/// publishes and delivers.
 pub struct AmqpRouteSpec {
     /// Which queues take this route.
     #[serde(rename = "match")]
@@ -149,6 +151,7 @@ pub struct Broker {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub failback_interval: Option<String>,
+    /// TLS for amqps:// URLs: the CA to verify the broker with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<BrokerTls>,
 }
@@ -231,6 +234,7 @@ pub struct Publish {
     #[serde(default)]
     #[schemars(length(max = 255))]
     pub exchange: String,
+    /// Routing key of every message this route publishes.
     #[schemars(length(max = 255))]
     pub routing_key: String,
     /// delivery_mode 2, so the broker writes the message to disk.
@@ -241,9 +245,11 @@ pub struct Publish {
     /// in the relay instead of the broker dropping it).
     #[serde(default = "yes")]
     pub mandatory: bool,
+    /// The `content_type` property (e.g. `message/rfc822`); none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub content_type: Option<String>,
+    /// AMQP headers set on every message (string values, at most 64).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
     pub headers: BTreeMap<String, String>,
@@ -260,19 +266,26 @@ pub struct Publish {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Delivery {
+    /// Connections to the broker per relay pod for this queue (default 32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1024))]
     pub connection_limit: Option<u32>,
+    /// Messages published before waiting for their confirms (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub batch_size: Option<u32>,
-    /// Durations such as `30s`, `5m`, `1h`.
+    /// First wait before a failed message is tried again, doubling up to
+    /// maxRetryInterval; a duration such as `30s`, `5m`, `1h` (the relay's
+    /// default: 20m, as KumoMTA's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub retry_interval: Option<String>,
+    /// Longest wait between tries (a duration; default: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub max_retry_interval: Option<String>,
+    /// How long a message is kept trying before it expires (a duration;
+    /// the relay's default: 7d, as KumoMTA's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub max_age: Option<String>,
@@ -294,8 +307,10 @@ pub struct LogEvents {
     /// Record types to route: Reception, Delivery, TransientFailure, Bounce, Expiration, AdminBounce.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub types: Vec<String>,
+    /// Message headers to copy into each log record (KumoMTA's log hook `headers`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<String>,
+    /// Message metadata keys to copy into each log record (KumoMTA's log hook `meta`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub meta: Vec<String>,
 }
@@ -377,6 +392,27 @@ mod tests {
         ] {
             assert!(y.contains(needle), "missing {needle:?} in\n{y}");
         }
+    }
+
+    #[test]
+    fn every_field_is_described_for_kubectl_explain() {
+        fn walk(node: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
+            let props = node["properties"].as_object().into_iter().flatten();
+            for (k, v) in props {
+                let p = format!("{path}.{k}");
+                if v.get("description").is_none() {
+                    missing.push(p.clone());
+                }
+                walk(v, &p, missing);
+                walk(&v["items"], &format!("{p}[]"), missing);
+            }
+        }
+        let crd = serde_json::to_value(AmqpRoute::crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut missing = Vec::new();
+        walk(&schema["properties"]["spec"], ".spec", &mut missing);
+        walk(&schema["properties"]["status"], ".status", &mut missing);
+        assert!(missing.is_empty(), "no description: {missing:?}");
     }
 
     #[test]
