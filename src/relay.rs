@@ -71,6 +71,9 @@ pub struct RelayArgs {
     /// bodies are read back from the spool to be delivered.
     #[arg(long, env = "AMQP_RELAY_BODY_MEMORY", default_value = "64MiB", value_parser = parse_bytes)]
     pub body_memory: u64,
+    /// The spool database's page cache.
+    #[arg(long, env = "AMQP_RELAY_SPOOL_CACHE", default_value = "16MiB", value_parser = parse_bytes)]
+    pub spool_cache: u64,
     /// A queue with nothing to do for this long is dropped from memory.
     #[arg(long, env = "AMQP_RELAY_QUEUE_IDLE", default_value = "60s", value_parser = parse_duration)]
     pub queue_idle: Duration,
@@ -150,7 +153,8 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     let setup = setup(init, &args)?;
 
     let started = std::time::Instant::now();
-    let (spool, opened) = Spool::open(&setup.data_dir)?;
+    let cache = usize::try_from(args.spool_cache).unwrap_or(usize::MAX);
+    let (spool, opened) = Spool::open_with_cache(&setup.data_dir, cache)?;
     if opened.quarantined > 0 {
         tracing::error!(
             count = opened.quarantined,

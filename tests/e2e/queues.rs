@@ -66,7 +66,11 @@ async fn a_hundred_thousand_queues_pass_through_and_leave_nothing_behind() {
     let relay = Relay::start_with_env(
         &policy,
         &dir.path().join("spool"),
-        &[("AMQP_RELAY_QUEUE_IDLE", "500ms")],
+        // A small spool cache: its filling would otherwise hide a leak.
+        &[
+            ("AMQP_RELAY_QUEUE_IDLE", "500ms"),
+            ("AMQP_RELAY_SPOOL_CACHE", "1MiB"),
+        ],
     );
     let idle_tasks = relay.metric("amqp_relay_tasks").await;
     // A larger burst first, so the allocator's high-water mark (set by how

@@ -134,7 +134,12 @@ impl Spool {
     /// Opens (or creates) the spool in `dir`; every message it holds is on
     /// the schedule, to be paged in.
     pub fn open(dir: &Path) -> Result<(Spool, Opened), SpoolError> {
-        let (ops, removals, opened) = writer::start(dir)?;
+        Spool::open_with_cache(dir, writer::DEFAULT_CACHE_BYTES)
+    }
+
+    /// As `open`, with redb's page cache at `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<(Spool, Opened), SpoolError> {
+        let (ops, removals, opened) = writer::start(dir, cache_bytes)?;
         Ok((Spool { ops, removals }, opened))
     }
 

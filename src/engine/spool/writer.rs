@@ -17,7 +17,8 @@ const LAZY_SYNC: Duration = Duration::from_millis(250);
 const MAX_BATCH: usize = 4096;
 /// redb's page cache. Bodies are read once per delivery at most; the cache
 /// mostly serves the schedule's index pages.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// redb's page cache, unless the relay is told otherwise.
+pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// What a batch changed beyond its rows: queues whose schedule changed (by
 /// how many) and shared bodies released (by how many records).
@@ -161,8 +162,8 @@ impl Pending {
     }
 }
 
-fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
-    Database::builder().set_cache_size(CACHE_BYTES).create(path)
+fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(cache_bytes).create(path)
 }
 
 /// Ids of messages to forget, collected without waking the writer for each.
@@ -171,6 +172,7 @@ pub type Removals = std::sync::Arc<std::sync::Mutex<Vec<u128>>>;
 /// Opens the database and prepares it, then starts the writer thread.
 pub fn start(
     dir: &Path,
+    cache_bytes: usize,
 ) -> Result<(mpsc::UnboundedSender<Op>, Removals, tables::Opened), SpoolError> {
     let open_err = |reason: String| SpoolError::Open {
         path: dir.display().to_string(),
@@ -178,7 +180,7 @@ pub fn start(
     };
     std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
     let path = dir.join("spool.redb");
-    let db = open_db(&path).map_err(|e| open_err(e.to_string()))?;
+    let db = open_db(&path, cache_bytes).map_err(|e| open_err(e.to_string()))?;
     let opened = {
         let w = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         let opened = tables::prepare(&w).map_err(open_err)?;
@@ -197,6 +199,7 @@ pub fn start(
                 rt,
                 db: Some(db),
                 path,
+                cache_bytes,
                 removals: pending_removals,
             }
             .run(rx)
@@ -209,6 +212,7 @@ struct Writer {
     rt: tokio::runtime::Handle,
     db: Option<Database>,
     path: PathBuf,
+    cache_bytes: usize,
     removals: Removals,
 }
 
@@ -324,7 +328,7 @@ impl Writer {
         let mut ops = batch;
         ops.reverse();
         if self.db.is_none() {
-            match open_db(&self.path) {
+            match open_db(&self.path, self.cache_bytes) {
                 Ok(db) => self.db = Some(db),
                 Err(e) => {
                     let err = SpoolError::from_redb(e);
