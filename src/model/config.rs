@@ -191,6 +191,30 @@ pub struct CustomLua {
     pub max_batch_latency: Duration,
 }
 
+/// A count as KumoMTA takes it: a number, or a string with `,` or `_`
+/// between digits (`'1,000'`).
+fn de_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(usize),
+        T(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::T(t) => {
+            let digits: String = t
+                .trim()
+                .chars()
+                .filter(|c| !matches!(c, ',' | '_'))
+                .collect();
+            digits.parse().map_err(|_| {
+                serde::de::Error::custom(format!("{t:?} is not a count (e.g. 1000 or '1,000')"))
+            })
+        }
+    }
+}
+
 fn default_connection_limit() -> usize {
     32
 }
@@ -210,11 +234,11 @@ fn default_send_timeout() -> Duration {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EgressPathConfig {
-    #[serde(default = "default_connection_limit")]
+    #[serde(default = "default_connection_limit", deserialize_with = "de_count")]
     pub connection_limit: usize,
-    #[serde(default = "default_max_deliveries")]
+    #[serde(default = "default_max_deliveries", deserialize_with = "de_count")]
     pub max_deliveries_per_connection: usize,
-    #[serde(default = "default_max_ready")]
+    #[serde(default = "default_max_ready", deserialize_with = "de_count")]
     pub max_ready: usize,
     #[serde(default = "default_idle_timeout", deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
@@ -274,6 +298,27 @@ mod tests {
         }
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-3").is_err());
+    }
+
+    #[test]
+    fn counts_as_kumomta_takes_them() {
+        let e: EgressPathConfig =
+            serde_json::from_value(serde_json::json!({"connection_limit": "1,000", "max_ready": 20, "max_deliveries_per_connection": "10_000"}))
+                .unwrap();
+        assert_eq!(
+            (
+                e.connection_limit,
+                e.max_ready,
+                e.max_deliveries_per_connection
+            ),
+            (1000, 20, 10_000)
+        );
+        let err = serde_json::from_value::<EgressPathConfig>(
+            serde_json::json!({"connection_limit": "lots"}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"lots\" is not a count"), "{err}");
     }
 
     #[test]

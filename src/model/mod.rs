@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod digest;
+pub mod headers;
 pub mod listener_config;
 pub mod log_config;
 pub mod message;

@@ -1,5 +1,6 @@
 //! The message object as Lua sees it (KumoMTA's method names).
 
+use crate::model::headers;
 use crate::model::message::MessageRef;
 use bytes::Bytes;
 use mlua::{LuaSerdeExt, MetaMethod, UserData, UserDataFields, UserDataMethods, Value};
@@ -45,10 +46,78 @@ impl UserData for MessageUd {
         m.add_method("get_first_named_header_value", |_, this, name: String| {
             Ok(this.0.first_header(&name))
         });
+        add_header_methods(m);
         m.add_meta_method(MetaMethod::ToString, |_, this, ()| {
             Ok(format!("Message({})", this.0.id().simple()))
         });
     }
+}
+
+/// The body, for a method that reads or edits the header.
+fn data(this: &MessageUd, method: &str) -> mlua::Result<Bytes> {
+    this.0.data().ok_or_else(|| {
+        mlua::Error::runtime(format!(
+            "message:{method}(): the body is not loaded (a relay bug)"
+        ))
+    })
+}
+
+/// `name`, and `value` unless encoded, as a header field may hold them.
+fn checked(method: &str, name: &str, value: &str, encode: bool) -> mlua::Result<()> {
+    let fail = |e: String| mlua::Error::runtime(format!("message:{method}(): {e}"));
+    headers::check_name(name).map_err(fail)?;
+    if !encode {
+        headers::check_value(value).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// KumoMTA's header methods of the message object.
+fn add_header_methods<M: UserDataMethods<MessageUd>>(m: &mut M) {
+    type Edit = (String, String, Option<bool>);
+    m.add_method("prepend_header", |_, this, (name, value, encode): Edit| {
+        let encode = encode.unwrap_or(false);
+        checked("prepend_header", &name, &value, encode)?;
+        let d = data(this, "prepend_header")?;
+        this.0
+            .set_data(headers::prepend(&d, &name, &value, encode).into());
+        Ok(())
+    });
+    m.add_method("append_header", |_, this, (name, value, encode): Edit| {
+        let encode = encode.unwrap_or(false);
+        checked("append_header", &name, &value, encode)?;
+        let d = data(this, "append_header")?;
+        this.0
+            .set_data(headers::append(&d, &name, &value, encode).into());
+        Ok(())
+    });
+    m.add_method("remove_all_named_headers", |_, this, name: String| {
+        let d = data(this, "remove_all_named_headers")?;
+        if let Some(new) = headers::remove_named(&d, &name) {
+            this.0.set_data(new.into());
+        }
+        Ok(())
+    });
+    m.add_method("get_all_named_header_values", |_, this, name: String| {
+        Ok(headers::all_named(
+            &data(this, "get_all_named_header_values")?,
+            &name,
+        ))
+    });
+    m.add_method("import_x_headers", |_, this, names: Option<Vec<String>>| {
+        let d = data(this, "import_x_headers")?;
+        for (key, value) in headers::x_values(&d, names.as_deref()) {
+            this.0.set_meta(&key, serde_json::Value::String(value));
+        }
+        Ok(())
+    });
+    m.add_method("remove_x_headers", |_, this, names: Option<Vec<String>>| {
+        let d = data(this, "remove_x_headers")?;
+        if let Some(new) = headers::remove_x(&d, names.as_deref()) {
+            this.0.set_data(new.into());
+        }
+        Ok(())
+    });
 }
 
 /// An envelope address: `tostring(addr)`, `addr.user`, `addr.domain`, `addr.email`.

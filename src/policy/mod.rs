@@ -390,6 +390,13 @@ impl Policy {
         }
         let mut out = cfg.lock().unwrap_or_else(|e| e.into_inner()).clone();
         out.has_init = has_init;
+        if has_init && out.http_listeners.is_empty() && out.esmtp_listeners.is_empty() {
+            // A relay nobody can reach; KumoMTA would run, but silently useless.
+            return Err(PolicyError::Event {
+                event: "init".into(),
+                message: "init starts no listener: call kumo.start_http_listener or kumo.start_esmtp_listener".into(),
+            });
+        }
         Ok(out)
     }
 

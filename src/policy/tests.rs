@@ -118,6 +118,15 @@ async fn init_collects_listeners_and_spool() {
         vec!["10.0.0.0/8".to_string()]
     );
     assert!(!load("").unwrap().run_init().await.unwrap().has_init);
+    let none = load(
+        "kumo.on('init', function() kumo.define_spool { name = 'data', path = '/tmp/x' } end)",
+    )
+    .unwrap()
+    .run_init()
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(none.contains("init starts no listener"), "{none}");
     // Outside init these are errors.
     let err = load("kumo.start_http_listener { listen = ':0' }")
         .err()
@@ -159,6 +168,66 @@ async fn message_object_and_json_helpers() {
     p.message_hook("http_message_generated", &m).await.unwrap();
     assert_eq!(m.queue_name().unwrap().to_string(), "acme@amqp");
     assert!(m.data().unwrap().ends_with(b"\0tail"));
+}
+
+/// As KumoMTA's docs show them: tag the message, take the X- headers into
+/// meta (campaign routing, logging), then strip them before it leaves.
+#[tokio::test]
+async fn header_methods_work_as_kumomta_documents() {
+    let p = load(
+        r#"
+        kumo.on('smtp_server_message_received', function(msg)
+          msg:prepend_header('Received', 'from relay')
+          msg:append_header('X-Relay', 'amqp-relay')
+          msg:import_x_headers()
+          msg:set_meta('campaign', msg:get_meta('x_campaign_id'))
+          msg:remove_x_headers { 'x-mailer' }
+          local received = msg:get_all_named_header_values('received')
+          assert(#received == 2 and received[1] == 'from relay', received[1])
+          msg:remove_all_named_headers('Received')
+          msg:prepend_header('Subject', 'Grüße', true)
+        end)
+        "#,
+    )
+    .unwrap();
+    let m = Arc::new(Message::new(
+        "s@example.com".into(),
+        "u@amqp".into(),
+        Default::default(),
+        Bytes::from_static(
+            b"Received: from client\r\nX-Campaign-ID: spring\r\nX-Mailer: foo\r\n\r\nbody\r\n",
+        ),
+    ));
+    p.message_hook("smtp_server_message_received", &m)
+        .await
+        .unwrap();
+    assert_eq!(m.get_meta("x_mailer"), Some(serde_json::json!("foo")));
+    assert_eq!(m.queue_name().unwrap().to_string(), "spring:@amqp");
+    let data = m.data().unwrap();
+    let text = String::from_utf8_lossy(&data);
+    assert!(text.starts_with("Subject: =?utf-8?"), "{text}");
+    assert!(
+        text.ends_with("X-Campaign-ID: spring\r\nX-Relay: amqp-relay\r\n\r\nbody\r\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Received") && !text.contains("X-Mailer"),
+        "{text}"
+    );
+
+    let bad = load(
+        "kumo.on('smtp_server_message_received', function(msg) msg:append_header('X-A', 'v\\r\\nBcc: x@y') end)",
+    )
+    .unwrap();
+    let err = bad
+        .message_hook("smtp_server_message_received", &m)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("append_header") && err.contains("fold"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
