@@ -47,6 +47,16 @@ impl UserData for MessageUd {
             Ok(this.0.first_header(&name))
         });
         add_header_methods(m);
+        // Looked up only for what is not a method above: name what is missing.
+        m.add_meta_method(MetaMethod::Index, |_, _, key: String| -> mlua::Result<Value> {
+            let why = match super::unsupported::MESSAGE_METHODS.iter().find(|(n, _)| *n == key) {
+                Some((_, instead)) => {
+                    format!("message:{key}() is a KumoMTA method amqp-relay does not provide ({instead})")
+                }
+                None => format!("the message object has no method or field {key:?}"),
+            };
+            Err(mlua::Error::runtime(why))
+        });
         m.add_meta_method(MetaMethod::ToString, |_, this, ()| {
             Ok(format!("Message({})", this.0.id().simple()))
         });

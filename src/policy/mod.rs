@@ -8,6 +8,7 @@ pub mod kumo;
 pub mod message_ud;
 pub mod overlay;
 pub mod reject;
+mod unsupported;
 
 use crate::model::config::{EgressPathConfig, QueueConfig};
 use crate::model::message::MessageRef;
@@ -145,6 +146,12 @@ impl Policy {
             loaded_at: std::time::SystemTime::now(),
             events: Default::default(),
         };
+        unsupported::scan(&path.display().to_string(), &policy.source).map_err(|message| {
+            PolicyError::Load {
+                path: path.display().to_string(),
+                message,
+            }
+        })?;
         let first = policy.new_state(None)?;
         policy.snapshot_modules(&first);
         policy.events = events::names(&first).map_err(|e| policy.load_err(&e))?;

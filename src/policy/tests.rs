@@ -231,6 +231,37 @@ async fn header_methods_work_as_kumomta_documents() {
 }
 
 #[tokio::test]
+async fn unsupported_message_methods_are_refused_at_load_and_named_at_run_time() {
+    let err = load(
+        "kumo.on('smtp_server_message_received', function(msg)\n  msg:dkim_sign(signer)\nend)",
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("policy.lua:2: message:dkim_sign() is a KumoMTA method"),
+        "{err}"
+    );
+    // Called in a way the scan cannot see: named when it runs, not a nil call.
+    let p = load("kumo.on('smtp_server_message_received', function(msg) local f = 'set_' .. 'sender'; msg[f](msg, 'a@b') end)").unwrap();
+    let m = Arc::new(Message::new(
+        "s@x".into(),
+        "u@amqp".into(),
+        Default::default(),
+        Bytes::new(),
+    ));
+    let err = p
+        .message_hook("smtp_server_message_received", &m)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("message:set_sender() is a KumoMTA method amqp-relay does not provide"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn reject_in_a_hook_is_a_rejection() {
     let p =
         load("kumo.on('http_message_generated', function(msg) kumo.reject(552, 'too big') end)")
