@@ -72,7 +72,7 @@ pub fn register(lua: &Lua, name: String, handler: Function) -> mlua::Result<()> 
     Ok(())
 }
 
-fn caller_place(lua: &Lua) -> String {
+pub(super) fn caller_place(lua: &Lua) -> String {
     // Level 1 is the Lua code that called kumo.on.
     lua.inspect_stack(1, |d| {
         let src = d.source();

@@ -69,24 +69,6 @@ fn amqp_pool(lua: &Lua) -> mlua::Result<Arc<AmqpPool>> {
         .ok_or_else(|| mlua::Error::runtime("kumo module used outside the relay"))
 }
 
-fn json_encode(lua: &Lua, v: Value, pretty: bool) -> mlua::Result<String> {
-    let json: serde_json::Value = lua
-        .from_value(v)
-        .map_err(|e| mlua::Error::runtime(format!("json_encode: {e}")))?;
-    let out = if pretty {
-        serde_json::to_string_pretty(&json)
-    } else {
-        serde_json::to_string(&json)
-    };
-    out.map_err(|e| mlua::Error::runtime(format!("json_encode: {e}")))
-}
-
-fn json_decode(lua: &Lua, s: mlua::LuaString) -> mlua::Result<Value> {
-    let json: serde_json::Value = serde_json::from_slice(&s.as_bytes())
-        .map_err(|e| mlua::Error::runtime(format!("json_decode: {e}")))?;
-    lua.to_value(&json)
-}
-
 /// Features of KumoMTA that this relay does not provide; touching one fails
 /// with a message that says so, instead of "attempt to index a nil value".
 const NOT_PROVIDED: &str = "is not provided by amqp-relay (it relays to AMQP only: no SMTP delivery, \
@@ -130,26 +112,7 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
             },
         )?,
     )?;
-    kumo.set(
-        "json_encode",
-        lua.create_function(|lua, v: Value| json_encode(lua, v, false))?,
-    )?;
-    kumo.set(
-        "json_encode_pretty",
-        lua.create_function(|lua, v: Value| json_encode(lua, v, true))?,
-    )?;
-    kumo.set("json_decode", lua.create_function(json_decode)?)?;
-    let serde = lua.create_table()?;
-    serde.set(
-        "json_encode",
-        lua.create_function(|lua, v: Value| json_encode(lua, v, false))?,
-    )?;
-    serde.set(
-        "json_encode_pretty",
-        lua.create_function(|lua, v: Value| json_encode(lua, v, true))?,
-    )?;
-    serde.set("json_parse", lua.create_function(json_decode)?)?;
-    kumo.set("serde", serde)?;
+    super::serde_module::register(lua, &kumo)?;
 
     kumo.set(
         "secret_load",
@@ -277,6 +240,7 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
         })?,
     )?;
     kumo.set("amqp", amqp_t)?;
+    super::util_modules::register(lua, &kumo)?;
 
     let meta = lua.create_table()?;
     meta.set(

@@ -8,7 +8,9 @@ pub mod kumo;
 pub mod message_ud;
 pub mod overlay;
 pub mod reject;
+mod serde_module;
 mod unsupported;
+mod util_modules;
 
 use crate::model::config::{EgressPathConfig, QueueConfig};
 use crate::model::message::MessageRef;
