@@ -76,7 +76,26 @@ DKIM, traffic shaping or other KumoMTA features)";
 
 pub fn register(lua: &Lua) -> mlua::Result<Table> {
     let kumo = lua.create_table()?;
+    register_core(lua, &kumo)?;
+    super::serde_module::register(lua, &kumo)?;
+    register_secrets(lua, &kumo)?;
+    register_init(lua, &kumo)?;
+    register_amqp(lua, &kumo)?;
+    super::util_modules::register(lua, &kumo)?;
+    let meta = lua.create_table()?;
+    meta.set(
+        "__index",
+        lua.create_function(|_, (_, key): (Value, Value)| -> mlua::Result<()> {
+            let key = key.to_string().unwrap_or_else(|_| "?".into());
+            Err(mlua::Error::runtime(format!("kumo.{key} {NOT_PROVIDED}")))
+        })?,
+    )?;
+    kumo.set_metatable(Some(meta))?;
+    Ok(kumo)
+}
 
+/// Events, queue and egress configuration, rejection.
+fn register_core(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
     kumo.set(
         "on",
         lua.create_function(|lua, (name, handler): (String, Function)| {
@@ -112,8 +131,10 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
             },
         )?,
     )?;
-    super::serde_module::register(lua, &kumo)?;
+    Ok(())
+}
 
+fn register_secrets(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
     kumo.set(
         "secret_load",
         lua.create_function(|lua, t: Table| {
@@ -135,7 +156,11 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
             lua.create_string(bytes)
         })?,
     )?;
+    Ok(())
+}
 
+/// What `init` may call: listeners, spool, logs.
+fn register_init(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
     kumo.set(
         "start_http_listener",
         lua.create_function(|lua, v: Value| {
@@ -209,7 +234,11 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
             Ok(())
         })?,
     )?;
+    Ok(())
+}
 
+/// `kumo.amqp`: clients and one-shot publishes.
+fn register_amqp(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
     let amqp_t = lua.create_table()?;
     amqp_t.set(
         "build_client",
@@ -240,16 +269,5 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
         })?,
     )?;
     kumo.set("amqp", amqp_t)?;
-    super::util_modules::register(lua, &kumo)?;
-
-    let meta = lua.create_table()?;
-    meta.set(
-        "__index",
-        lua.create_function(|_, (_, key): (Value, Value)| -> mlua::Result<()> {
-            let key = key.to_string().unwrap_or_else(|_| "?".into());
-            Err(mlua::Error::runtime(format!("kumo.{key} {NOT_PROVIDED}")))
-        })?,
-    )?;
-    kumo.set_metatable(Some(meta))?;
-    Ok(kumo)
+    Ok(())
 }
