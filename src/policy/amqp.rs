@@ -356,61 +356,67 @@ fn bool_value(v: Value, what: Ctx, key: &str) -> mlua::Result<bool> {
     }
 }
 
+/// KumoMTA's names of the AMQP basic properties (`kind` is AMQP's `type`).
+const PROPERTY_KEYS: &[&str] = &[
+    "content_type",
+    "content_encoding",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "kind",
+    "user_id",
+    "app_id",
+    "headers",
+];
+
 fn properties(t: &Table, call: &str) -> mlua::Result<BasicProperties> {
-    const KEYS: &[&str] = &[
-        "content_type",
-        "content_encoding",
-        "delivery_mode",
-        "priority",
-        "correlation_id",
-        "reply_to",
-        "expiration",
-        "message_id",
-        "timestamp",
-        "kind",
-        "user_id",
-        "app_id",
-        "headers",
-    ];
     let w = Ctx {
         call,
         part: " properties",
     };
     let mut p = BasicProperties::default();
-    each_field(t, w, KEYS, |key, v| {
+    each_field(t, w, PROPERTY_KEYS, |key, v| {
         // lapin's builders take the properties by value.
-        let q = std::mem::take(&mut p);
-        p = match key {
-            "delivery_mode" => with(
-                q,
-                int_value(v, w, key)?,
-                BasicProperties::with_delivery_mode,
-            ),
-            "priority" => with(q, int_value(v, w, key)?, BasicProperties::with_priority),
-            "timestamp" => with(q, int_value(v, w, key)?, BasicProperties::with_timestamp),
-            "headers" => match v {
-                Value::Nil => q,
-                Value::Table(h) => q.with_headers(headers(&h)?),
-                other => return Err(type_error(w, key, "a table", &other)),
-            },
-            _ => {
-                let set = match key {
-                    "content_type" => BasicProperties::with_content_type,
-                    "content_encoding" => BasicProperties::with_content_encoding,
-                    "correlation_id" => BasicProperties::with_correlation_id,
-                    "reply_to" => BasicProperties::with_reply_to,
-                    "expiration" => BasicProperties::with_expiration,
-                    "message_id" => BasicProperties::with_message_id,
-                    "kind" => BasicProperties::with_type,
-                    "user_id" => BasicProperties::with_user_id,
-                    _ => BasicProperties::with_app_id,
-                };
-                with(q, short_value(v, w, key)?, set)
-            }
-        };
+        p = property(std::mem::take(&mut p), key, v, w)?;
         Ok(())
     })?;
     Ok(p)
+}
+
+/// `q` with the property `key` set to `v` (nil leaves it unset).
+fn property(q: BasicProperties, key: &str, v: Value, w: Ctx) -> mlua::Result<BasicProperties> {
+    Ok(match key {
+        "delivery_mode" => with(
+            q,
+            int_value(v, w, key)?,
+            BasicProperties::with_delivery_mode,
+        ),
+        "priority" => with(q, int_value(v, w, key)?, BasicProperties::with_priority),
+        "timestamp" => with(q, int_value(v, w, key)?, BasicProperties::with_timestamp),
+        "headers" => match v {
+            Value::Nil => q,
+            Value::Table(h) => q.with_headers(headers(&h)?),
+            other => return Err(type_error(w, key, "a table", &other)),
+        },
+        _ => {
+            let set = match key {
+                "content_type" => BasicProperties::with_content_type,
+                "content_encoding" => BasicProperties::with_content_encoding,
+                "correlation_id" => BasicProperties::with_correlation_id,
+                "reply_to" => BasicProperties::with_reply_to,
+                "expiration" => BasicProperties::with_expiration,
+                "message_id" => BasicProperties::with_message_id,
+                "kind" => BasicProperties::with_type,
+                "user_id" => BasicProperties::with_user_id,
+                _ => BasicProperties::with_app_id,
+            };
+            with(q, short_value(v, w, key)?, set)
+        }
+    })
 }
 
 fn with<T>(
@@ -434,67 +440,114 @@ fn headers(h: &Table) -> mlua::Result<FieldTable> {
     Ok(ft)
 }
 
+fn payload_value(v: Value, ctx: Ctx) -> mlua::Result<Option<Vec<u8>>> {
+    match v {
+        Value::Nil => Ok(None),
+        Value::String(s) => Ok(Some(s.as_bytes().to_vec())),
+        other => Err(type_error(ctx, "payload", "a string", &other)),
+    }
+}
+
+/// Reads an `options` table into `options`; whether one was given.
+fn publish_flags(v: Value, call: &str, options: &mut BasicPublishOptions) -> mlua::Result<bool> {
+    let what = Ctx {
+        call,
+        part: " options",
+    };
+    match v {
+        Value::Nil => Ok(false),
+        Value::Table(o) => {
+            each_field(&o, what, &["mandatory", "immediate"], |k, v| {
+                let b = bool_value(v, what, k)?;
+                match k {
+                    "mandatory" => options.mandatory = b,
+                    _ => options.immediate = b,
+                }
+                Ok(())
+            })?;
+            Ok(true)
+        }
+        other => Err(type_error(
+            Ctx { call, part: "" },
+            "options",
+            "a table",
+            &other,
+        )),
+    }
+}
+
 impl Publish {
-    /// Reads `{routing_key, payload, exchange?, options?, properties?}` (+ `extra` keys the caller handles).
+    /// Reads `{routing_key, payload, exchange?, options?, properties?}`, or
+    /// with `mandatory`, `immediate` and the properties as top-level keys
+    /// (both shapes KumoMTA's examples use; one flag or property given both
+    /// ways is an error) (+ `extra` keys the caller handles).
     pub fn from_table(t: &Table, call: &str, extra: &[&'static str]) -> mlua::Result<Publish> {
-        const KEYS: &[&str] = &[
+        let mut allowed: Vec<&str> = vec![
             "routing_key",
             "payload",
             "exchange",
             "options",
             "properties",
+            "mandatory",
+            "immediate",
         ];
-        let mut extended;
-        let allowed = if extra.is_empty() {
-            KEYS
-        } else {
-            extended = KEYS.to_vec();
-            extended.extend_from_slice(extra);
-            &extended[..]
-        };
+        allowed.extend_from_slice(PROPERTY_KEYS);
+        allowed.extend_from_slice(extra);
         let (mut routing_key, mut payload, mut exchange) = (None, None, None);
         let mut options = BasicPublishOptions::default();
-        let mut props = BasicProperties::default();
+        let (mut nested_props, mut nested_flags) = (None, false);
+        let mut top_props = BasicProperties::default();
+        let mut top_keys: Vec<&str> = Vec::new();
         let ctx = Ctx { call, part: "" };
-        each_field(t, ctx, allowed, |key, v| {
+        each_field(t, ctx, &allowed, |key, v| {
             match key {
                 "routing_key" => routing_key = short_value(v, ctx, key)?,
                 "exchange" => exchange = short_value(v, ctx, key)?,
-                "payload" => {
-                    payload = match v {
-                        Value::Nil => None,
-                        Value::String(s) => Some(s.as_bytes().to_vec()),
-                        other => return Err(type_error(ctx, key, "a string", &other)),
-                    }
-                }
-                "options" => match v {
-                    Value::Nil => {}
-                    Value::Table(o) => {
-                        let what = Ctx {
-                            call,
-                            part: " options",
-                        };
-                        each_field(&o, what, &["mandatory", "immediate"], |k, v| {
-                            let b = bool_value(v, what, k)?;
-                            match k {
-                                "mandatory" => options.mandatory = b,
-                                _ => options.immediate = b,
-                            }
-                            Ok(())
-                        })?;
-                    }
-                    other => return Err(type_error(ctx, key, "a table", &other)),
-                },
+                "payload" => payload = payload_value(v, ctx)?,
+                "options" => nested_flags = publish_flags(v, call, &mut options)?,
                 "properties" => match v {
                     Value::Nil => {}
-                    Value::Table(p) => props = properties(&p, call)?,
+                    Value::Table(p) => nested_props = Some(properties(&p, call)?),
                     other => return Err(type_error(ctx, key, "a table", &other)),
                 },
+                "mandatory" | "immediate" => {
+                    let b = bool_value(v, ctx, key)?;
+                    top_keys.push(key);
+                    match key {
+                        "mandatory" => options.mandatory |= b,
+                        _ => options.immediate |= b,
+                    }
+                }
+                k if PROPERTY_KEYS.contains(&k) => {
+                    top_keys.push(key);
+                    top_props = property(std::mem::take(&mut top_props), key, v, ctx)?;
+                }
                 // The caller's own keys.
                 _ => {}
             }
             Ok(())
         })?;
+        let both = |nested: bool, keys: &[&str]| nested && !keys.is_empty();
+        let flags: Vec<&str> = top_keys
+            .iter()
+            .copied()
+            .filter(|k| matches!(*k, "mandatory" | "immediate"))
+            .collect();
+        let props: Vec<&str> = top_keys
+            .iter()
+            .copied()
+            .filter(|k| PROPERTY_KEYS.contains(k))
+            .collect();
+        if both(nested_flags, &flags) || both(nested_props.is_some(), &props) {
+            return Err(mlua::Error::runtime(format!(
+                "{call}: give {:?} either at the top level or inside 'options'/'properties', not both",
+                if both(nested_flags, &flags) {
+                    &flags
+                } else {
+                    &props
+                }
+            )));
+        }
         let routing_key = routing_key
             .ok_or_else(|| mlua::Error::runtime(format!("{call}: 'routing_key' is required")))?;
         let payload = payload
@@ -504,7 +557,7 @@ impl Publish {
             routing_key,
             payload,
             options,
-            properties: props,
+            properties: nested_props.unwrap_or(top_props),
         })
     }
 
@@ -980,5 +1033,43 @@ mod tests {
             p.properties.app_id().as_ref().map(|s| s.as_str()),
             Some("7")
         );
+    }
+
+    #[test]
+    fn flags_and_properties_may_also_be_top_level_keys() {
+        let lua = Lua::new();
+        let t: Table = lua
+            .load("return {routing_key='k', payload='p', mandatory=true, app_id='relay', content_type='text/plain', headers={x='1'}}")
+            .eval()
+            .unwrap();
+        let p = Publish::from_table(&t, "t", &[]).unwrap();
+        assert!(p.options.mandatory && !p.options.immediate);
+        assert_eq!(
+            p.properties.app_id().as_ref().map(|s| s.as_str()),
+            Some("relay")
+        );
+        assert_eq!(
+            p.properties.content_type().as_ref().map(|s| s.as_str()),
+            Some("text/plain")
+        );
+        assert!(p.properties.headers().is_some());
+        for (src, want) in [
+            (
+                "{routing_key='k', payload='p', mandatory=true, options={immediate=true}}",
+                "give [\"mandatory\"] either at the top level",
+            ),
+            (
+                "{routing_key='k', payload='p', app_id='a', properties={priority=1}}",
+                "give [\"app_id\"] either at the top level",
+            ),
+            (
+                "{routing_key='k', payload='p', mandatory='yes'}",
+                "t: 'mandatory' must be a boolean",
+            ),
+        ] {
+            let t: Table = lua.load(format!("return {src}")).eval().unwrap();
+            let err = Publish::from_table(&t, "t", &[]).unwrap_err().to_string();
+            assert!(err.contains(want), "{src}: {err}");
+        }
     }
 }
