@@ -155,6 +155,9 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let cache = usize::try_from(args.spool_cache).unwrap_or(usize::MAX);
     let (spool, opened) = Spool::open_with_cache(&setup.data_dir, cache)?;
+    let node = crate::engine::log_record::init_node_id(&setup.data_dir)
+        .map_err(|e| anyhow::anyhow!("node id in {}: {e}", setup.data_dir.display()))?;
+    tracing::info!(%node, "log records carry this node id");
     if opened.quarantined > 0 {
         tracing::error!(
             count = opened.quarantined,

@@ -123,7 +123,8 @@ async fn reception_and_delivery_records_reach_rabbitmq_and_local_logs() {
                     .starts_with("hooked ")
             );
             assert_eq!(r["meta"]["reception_protocol"], "ESMTP");
-            assert!(r["timestamp"].is_u64() && r["created"].is_string() && r["size"].is_u64());
+            assert!(r["timestamp"].is_u64() && r["created"].is_u64() && r["size"].is_u64());
+            assert!(r["nodeid"].is_string(), "{r}");
         }
         let delivery = recs.iter().find(|r| r["type"] == "Delivery").unwrap();
         assert_eq!(delivery["response"]["code"], 250);
