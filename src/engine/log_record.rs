@@ -15,6 +15,19 @@ pub enum RecordType {
     AdminBounce,
 }
 
+impl RecordType {
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordType::Reception => "Reception",
+            RecordType::Delivery => "Delivery",
+            RecordType::TransientFailure => "TransientFailure",
+            RecordType::Bounce => "Bounce",
+            RecordType::Expiration => "Expiration",
+            RecordType::AdminBounce => "AdminBounce",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Response {
     pub code: u16,
@@ -108,11 +121,18 @@ fn node_id() -> uuid::Uuid {
     *NODE_ID.get_or_init(uuid::Uuid::new_v4)
 }
 
-/// Which headers and meta keys a consumer wants copied into each record.
+/// Which records a consumer wants, and which headers and meta keys copied into each.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
     pub headers: Vec<String>,
     pub meta: Vec<String>,
+    pub per_record: crate::model::log_config::PerRecord,
+}
+
+impl Selection {
+    pub fn wants(&self, kind: RecordType) -> bool {
+        self.per_record.enabled(kind.name())
+    }
 }
 
 /// Everything that describes one event, before per-consumer selection.
@@ -252,6 +272,7 @@ mod tests {
         let r = ev.record(&Selection {
             headers: vec!["Subject".into(), "Missing".into()],
             meta: vec!["tenant".into()],
+            ..Default::default()
         });
         assert_eq!(r["type"], "Delivery");
         assert_eq!(r["response"]["code"], 250);

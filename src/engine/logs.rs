@@ -55,6 +55,7 @@ impl Logs {
                 let sel = Selection {
                     headers: cfg.headers.clone(),
                     meta: cfg.meta.clone(),
+                    per_record: cfg.per_record.clone(),
                 };
                 let (tx, rx) = mpsc::unbounded_channel();
                 let rt = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
@@ -80,6 +81,7 @@ impl Logs {
                     Selection {
                         headers: h.headers,
                         meta: h.meta,
+                        per_record: h.per_record,
                     },
                 )
             })
@@ -100,7 +102,7 @@ impl Logs {
     }
 
     pub fn emit(&self, ev: &Event) {
-        if let Some((tx, sel)) = &self.local {
+        if let Some((tx, sel)) = self.local.as_ref().filter(|(_, sel)| sel.wants(ev.kind)) {
             let mut line = serde_json::to_vec(&ev.record(sel)).unwrap_or_default();
             line.push(b'\n');
             let _ = tx.send(LocalOp::Line(line));
@@ -108,7 +110,7 @@ impl Logs {
         if let Some(tx) = &self.hook_tx
             && !is_hook_message(ev.msg)
         {
-            for (name, sel) in &self.hooks {
+            for (name, sel) in self.hooks.iter().filter(|(_, sel)| sel.wants(ev.kind)) {
                 let _ = tx.send(HookItem::Record(name.clone(), ev.record(sel)));
             }
         }

@@ -39,6 +39,62 @@ pub struct LocalLogsConfig {
     pub headers: Vec<String>,
     #[serde(default)]
     pub meta: Vec<String>,
+    #[serde(default)]
+    pub per_record: PerRecord,
+}
+
+/// KumoMTA's `per_record`: settings by record type, `Any` for the types not
+/// listed. Of its settings this relay has `enable`; the others (suffix,
+/// log_dir, template, segment_header) are refused when the policy loads.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(try_from = "std::collections::BTreeMap<String, RecordParams>")]
+pub struct PerRecord(std::collections::BTreeMap<String, RecordParams>);
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RecordParams {
+    #[serde(default = "yes")]
+    pub enable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The record types KumoMTA names in `per_record` (and `Any`).
+const RECORD_TYPES: &[&str] = &[
+    "Reception",
+    "Delivery",
+    "Bounce",
+    "TransientFailure",
+    "Expiration",
+    "AdminBounce",
+    "OOB",
+    "Feedback",
+    "Any",
+];
+
+impl TryFrom<std::collections::BTreeMap<String, RecordParams>> for PerRecord {
+    type Error = String;
+    fn try_from(m: std::collections::BTreeMap<String, RecordParams>) -> Result<Self, String> {
+        match m.keys().find(|k| !RECORD_TYPES.contains(&k.as_str())) {
+            Some(k) => Err(format!(
+                "per_record: unknown record type {k:?} (expected one of {})",
+                RECORD_TYPES.join(", ")
+            )),
+            None => Ok(PerRecord(m)),
+        }
+    }
+}
+
+impl PerRecord {
+    /// Whether records of `kind` are written: its own entry, else `Any`'s, else yes.
+    pub fn enabled(&self, kind: &str) -> bool {
+        self.0
+            .get(kind)
+            .or_else(|| self.0.get("Any"))
+            .is_none_or(|p| p.enable)
+    }
 }
 
 /// `kumo.configure_log_hook{…}`.
@@ -50,4 +106,42 @@ pub struct LogHookConfig {
     pub headers: Vec<String>,
     #[serde(default)]
     pub meta: Vec<String>,
+    #[serde(default)]
+    pub per_record: PerRecord,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_record_enables_by_type_then_any() {
+        let h: LogHookConfig = serde_json::from_value(serde_json::json!({
+            "name": "h",
+            "per_record": {"Any": {"enable": false}, "Delivery": {}}
+        }))
+        .unwrap();
+        assert!(h.per_record.enabled("Delivery"));
+        assert!(!h.per_record.enabled("Reception"));
+        assert!(
+            LogHookConfig {
+                per_record: PerRecord::default(),
+                ..h.clone()
+            }
+            .per_record
+            .enabled("Bounce")
+        );
+        let err = serde_json::from_value::<LogHookConfig>(serde_json::json!({
+            "name": "h", "per_record": {"Delivered": {}}
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown record type \"Delivered\""), "{err}");
+        let err = serde_json::from_value::<LogHookConfig>(serde_json::json!({
+            "name": "h", "per_record": {"Bounce": {"template": "x"}}
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `template`"), "{err}");
+    }
 }

@@ -1,63 +1,117 @@
--- policy-extras.log_hooks: KumoMTA's helper for delivering log records
--- through a custom_lua constructor.
+-- policy-extras.log_hooks, behaving as KumoMTA's helper does: log records
+-- of the hook NAME are queued to the domain NAME.log_hook and delivered by
+-- the user's constructor, registered as the event make.NAME.log_hook.
 --
 --   local log_hooks = require 'policy-extras.log_hooks'
 --   log_hooks:new {
 --     name = 'amqp_logs',
+--     -- Passed on to kumo.configure_log_hook with the name (headers, meta,
+--     -- per_record = { Any = { enable = false }, Delivery = {} }, ...).
+--     log_parameters = { headers = { 'Subject' } },
+--     -- Merged into the queue's config (defaults: retry 1m, max 20m).
+--     queue_config = { retry_interval = '1m' },
 --     constructor = function(domain, tenant, campaign) ... return sender end,
---     batch_size = 1,                 -- optional
---     queue_config = { ... },         -- optional, merged into make_queue_config
---     filter = function(log_record, msg) return true end, -- optional
---     log_parameters = { headers = { 'Subject' }, meta = { 'tenant' } }, -- optional
 --   }
 local kumo = require 'kumo'
-local mod = {}
+local mod = { CONFIGURED = {} }
+
+local OPTIONS = {
+  name = 'string',
+  log_parameters = 'table',
+  queue_config = 'table',
+  constructor = 'function',
+}
+
+-- KumoMTA's helper takes exactly these options; anything else is a mistake
+-- worth saying at load, not a setting silently ignored.
+local function check(options, call)
+  if type(options) ~= 'table' then
+    error(call .. ': expected a table of options', 3)
+  end
+  for k, v in pairs(options) do
+    local want = OPTIONS[k]
+    if not want then
+      error(
+        string.format(
+          "%s: unknown option '%s' (it takes name, log_parameters, queue_config and constructor; "
+            .. 'choose record types with log_parameters.per_record)',
+          call,
+          tostring(k)
+        ),
+        3
+      )
+    end
+    if type(v) ~= want then
+      error(string.format("%s: '%s' must be a %s, not %s", call, k, want, type(v)), 3)
+    end
+  end
+  for _, required in ipairs { 'name', 'constructor' } do
+    if options[required] == nil then
+      error(string.format("%s: '%s' is required", call, required), 3)
+    end
+  end
+end
+
+local function merged(defaults, overrides)
+  local out = {}
+  for k, v in pairs(defaults) do
+    out[k] = v
+  end
+  for k, v in pairs(overrides or {}) do
+    out[k] = v
+  end
+  return out
+end
 
 function mod:new(options)
-  local name = assert(options.name, 'log_hooks:new: name is required')
-  local constructor = assert(options.constructor, 'log_hooks:new: constructor is required')
-  local event = 'make.' .. name
+  check(options, 'log_hooks:new')
+  local name = options.name
+  if mod.CONFIGURED[name] then
+    error(string.format("log_hook with name '%s' has already been configured", name), 2)
+  end
+  mod.CONFIGURED[name] = options
 
   kumo.on('pre_init', function()
-    local params = { name = name }
-    for k, v in pairs(options.log_parameters or {}) do
-      params[k] = v
-    end
-    kumo.configure_log_hook(params)
+    kumo.configure_log_hook(merged({ name = name }, options.log_parameters))
   end)
+
+  -- A "TLD" no real domain has, so the hook's queue never meets mail's.
+  local domain = name .. '.log_hook'
+  local constructor_event = 'make.' .. domain
 
   kumo.on('should_enqueue_log_record', function(msg, hook_name)
     if hook_name ~= name then
       return nil
     end
-    local record = msg:get_meta 'log_record'
-    if options.filter and not options.filter(record, msg) then
+    -- Records about records would log forever.
+    if msg:get_meta('log_record').reception_protocol == 'LogRecord' then
       return false
     end
-    msg:set_meta('queue', name)
+    msg:set_meta('queue', domain)
     return true
   end)
 
-  kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
-    if domain ~= name then
+  local queue_config = merged({ retry_interval = '1m', max_retry_interval = '20m' }, options.queue_config)
+  queue_config.protocol = { custom_lua = { constructor = constructor_event } }
+
+  kumo.on('get_queue_config', function(d, tenant, campaign, routing_domain)
+    if d ~= domain then
       return nil
     end
-    local params = {}
-    for k, v in pairs(options.queue_config or {}) do
-      params[k] = v
-    end
-    params.protocol = {
-      custom_lua = {
-        constructor = event,
-        batch_size = options.batch_size,
-        min_batch_size = options.min_batch_size,
-        max_batch_latency = options.max_batch_latency,
-      },
-    }
-    return kumo.make_queue_config(params)
+    return kumo.make_queue_config(queue_config)
   end)
 
-  kumo.on(event, constructor)
+  kumo.on(constructor_event, options.constructor)
+end
+
+-- KumoMTA's new_json POSTs each record to a URL with kumo.http, which this
+-- relay does not have: say so when the policy loads.
+function mod:new_json(options)
+  error(
+    'log_hooks:new_json posts records over HTTP (kumo.http), which amqp-relay does not provide; '
+      .. 'use log_hooks:new with a constructor that publishes with kumo.amqp',
+    2
+  )
 end
 
 return mod

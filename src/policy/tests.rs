@@ -262,6 +262,73 @@ async fn unsupported_message_methods_are_refused_at_load_and_named_at_run_time()
 }
 
 #[tokio::test]
+async fn log_hooks_helper_behaves_as_kumomtas() {
+    let p = load(
+        r#"
+        local log_hooks = require 'policy-extras.log_hooks'
+        kumo.on('init', function() kumo.start_http_listener { listen = '127.0.0.1:0' } end)
+        log_hooks:new {
+          name = 'webhook',
+          log_parameters = { headers = { 'Subject' } },
+          queue_config = { max_retry_interval = '5m' },
+          constructor = function(domain, tenant, campaign) return {} end,
+        }
+        "#,
+    )
+    .unwrap();
+    assert!(p.defines("make.webhook.log_hook"));
+    let q = p
+        .queue_config(&QueueName::new("webhook.log_hook", None, None, None))
+        .await
+        .unwrap();
+    assert_eq!(q.retry_interval, std::time::Duration::from_secs(60));
+    assert_eq!(
+        q.max_retry_interval,
+        Some(std::time::Duration::from_secs(300))
+    );
+    assert!(
+        matches!(q.protocol, crate::model::config::Protocol::CustomLua(ref c) if c.constructor == "make.webhook.log_hook")
+    );
+    // A mail domain named like the hook is not the hook's.
+    let mail = p
+        .queue_config(&QueueName::new("webhook", None, None, None))
+        .await
+        .unwrap();
+    assert_eq!(mail.protocol, crate::model::config::Protocol::Smtp);
+    let init = p.run_init().await.unwrap();
+    assert_eq!(init.log_hooks[0].name, "webhook");
+    assert_eq!(init.log_hooks[0].headers, ["Subject"]);
+
+    for (src, want) in [
+        (
+            "log_hooks:new { name = 'a', constructor = function() end, filter = function() end }",
+            "log_hooks:new: unknown option 'filter'",
+        ),
+        ("log_hooks:new { name = 'a' }", "'constructor' is required"),
+        (
+            "log_hooks:new { name = 'a', constructor = function() end }\nlog_hooks:new { name = 'a', constructor = function() end }",
+            "log_hook with name 'a' has already been configured",
+        ),
+        (
+            "log_hooks:new_json { name = 'a', url = 'http://x/' }",
+            "log_hooks:new_json posts records over HTTP (kumo.http), which amqp-relay does not provide",
+        ),
+    ] {
+        let err = load(&format!(
+            "local log_hooks = require 'policy-extras.log_hooks'\n{src}"
+        ))
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains(want), "{src}: {err}");
+        assert!(
+            err.contains("policy.lua:"),
+            "names the policy's line: {err}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn reject_in_a_hook_is_a_rejection() {
     let p =
         load("kumo.on('http_message_generated', function(msg) kumo.reject(552, 'too big') end)")

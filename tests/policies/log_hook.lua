@@ -37,11 +37,13 @@ end)
 
 log_hooks:new {
   name = 'amqp_logs',
-  log_parameters = { headers = { 'Subject' }, meta = { 'reception_protocol' } },
+  log_parameters = {
+    headers = { 'Subject' },
+    meta = { 'reception_protocol' },
+    -- Reception and Delivery records only.
+    per_record = { Any = { enable = false }, Reception = {}, Delivery = {} },
+  },
   queue_config = { retry_interval = '1s', max_retry_interval = '2s' },
-  filter = function(record, msg)
-    return record.type == 'Reception' or record.type == 'Delivery'
-  end,
   constructor = function(domain, tenant, campaign)
     local sender = {}
     function sender:send(msg)
