@@ -6,6 +6,6 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     match inject::parse(data) {
         Ok(req) => assert!(!req.recipients.is_empty()),
-        Err(e) => assert!(!e.is_empty()),
+        Err(e) => assert!(!e.message().is_empty()),
     }
 });

@@ -11,6 +11,7 @@ mod graceful;
 mod harness;
 mod held;
 mod http_security;
+mod inject;
 mod log_hooks;
 mod proxy;
 mod publish;

@@ -30,9 +30,17 @@ pub(super) async fn inject(State(st): State<AppState>, body: Bytes) -> Response 
         )
             .into_response();
     }
+    use crate::listeners::inject::InjectError;
     let req = match crate::listeners::inject::parse(&body) {
         Ok(r) => r,
-        Err(e) => return bad_request(e),
+        Err(InjectError::Invalid(e)) => return bad_request(e),
+        Err(InjectError::Template(e)) => {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "error": e })),
+            )
+                .into_response();
+        }
     };
     if req.recipients.len() > st.max_recipients {
         return bad_request(format!(
@@ -46,11 +54,15 @@ pub(super) async fn inject(State(st): State<AppState>, body: Bytes) -> Response 
     let mut msgs = Vec::new();
     let mut slots = Vec::new();
     for (i, r) in req.recipients.iter().enumerate() {
+        let mut meta = Map::new();
+        if let Some(extra) = &r.extra {
+            meta.insert("extra".into(), serde_json::Value::Object(extra.clone()));
+        }
         let msg = Arc::new(Message::new(
             req.sender.clone(),
-            r.clone(),
-            Map::new(),
-            req.content.clone(),
+            r.email.clone(),
+            meta,
+            r.content.clone(),
         ));
         results.push(None);
         match policy.message_hook("http_message_generated", &msg).await {
@@ -89,9 +101,9 @@ pub(super) async fn inject(State(st): State<AppState>, body: Bytes) -> Response 
             Err(refusal) => {
                 temporary |= refusal.is_temporary();
                 resp.fail_count += 1;
-                resp.failed_recipients.push(r.clone());
+                resp.failed_recipients.push(r.email.clone());
                 resp.errors
-                    .push(format!("{}: {} {}", r, refusal.code, refusal.reason));
+                    .push(format!("{}: {} {}", r.email, refusal.code, refusal.reason));
             }
         }
     }
