@@ -24,6 +24,27 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// KumoMTA's bundled helpers this relay does not ship, and why.
+const NOT_BUNDLED: &[(&str, &str)] = &[
+    (
+        "policy-extras.queue",
+        "queues are configured with get_queue_config or AmqpRoutes",
+    ),
+    (
+        "policy-extras.listener_domains",
+        "relaying is allowed by the listeners' relay_hosts and SMTP AUTH",
+    ),
+    (
+        "policy-extras.shaping",
+        "traffic shaping is for SMTP delivery, which this relay does not do",
+    ),
+    (
+        "policy-extras.sources",
+        "egress sources are for SMTP delivery, which this relay does not do",
+    ),
+    ("policy-extras.dkim_sign", "DKIM signing is out of scope"),
+];
+
 /// `require 'policy-extras.log_hooks'`, as in KumoMTA.
 const LOG_HOOKS_LUA: &str = include_str!("log_hooks.lua");
 
@@ -347,6 +368,17 @@ impl Policy {
                     .set_name("=policy-extras.log_hooks")
                     .into_function()?,
             )?;
+            // KumoMTA's other helpers: requiring one says it is not here
+            // (and why), instead of "module not found".
+            for (name, why) in NOT_BUNDLED {
+                let message = format!("require '{name}': not provided by amqp-relay ({why})");
+                preload.set(
+                    *name,
+                    lua.create_function(move |_, _: mlua::MultiValue| -> mlua::Result<()> {
+                        Err(mlua::Error::runtime(message.clone()))
+                    })?,
+                )?;
+            }
             Ok(())
         };
         setup().map_err(|e| self.load_err(&e))?;

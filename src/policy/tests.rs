@@ -328,6 +328,19 @@ async fn log_hooks_helper_behaves_as_kumomtas() {
     }
 }
 
+#[test]
+fn kumomtas_other_helpers_are_refused_by_name_at_load() {
+    let err = load("local queue_module = require 'policy-extras.queue'")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("policy.lua:1:")
+            && err.contains("require 'policy-extras.queue': not provided by amqp-relay"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn reject_in_a_hook_is_a_rejection() {
     let p =
