@@ -159,7 +159,13 @@ fn rcpt(r: &Recipient, content: Bytes) -> Rcpt {
 }
 
 fn render_each(content: &str, req: &Request) -> Result<Vec<Rcpt>, InjectError> {
-    let env = minijinja::Environment::new();
+    let mut env = minijinja::Environment::new();
+    // The message ends as the client wrote it (Jinja would drop a final newline).
+    let syntax = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .build()
+        .expect("the default delimiters are valid");
+    env.set_syntax(syntax);
     let template = env
         .template_from_str(content)
         .map_err(|e| InjectError::Template(format!("content: {e:#}")))?;
