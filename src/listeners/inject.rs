@@ -82,6 +82,13 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
+/// MiniJinja instructions one recipient's rendering may take: a normal
+/// message needs a few thousand, a 100,000-item loop about a million.
+const TEMPLATE_FUEL: u64 = 10_000_000;
+
+/// Largest rendered message (KumoMTA's and this relay's SMTP default size limit).
+const MAX_RENDERED: usize = 20 * 1024 * 1024;
+
 enum Dialect {
     Jinja,
     Static,
@@ -166,6 +173,8 @@ fn render_each(content: &str, req: &Request) -> Result<Vec<Rcpt>, InjectError> {
         .build()
         .expect("the default delimiters are valid");
     env.set_syntax(syntax);
+    // A request cannot make the relay loop or build without end.
+    env.set_fuel(Some(TEMPLATE_FUEL));
     let template = env
         .template_from_str(content)
         .map_err(|e| InjectError::Template(format!("content: {e:#}")))?;
@@ -181,6 +190,13 @@ fn render_each(content: &str, req: &Request) -> Result<Vec<Rcpt>, InjectError> {
             let text = template
                 .render(minijinja::Value::from(minijinja::value::Serde(vars)))
                 .map_err(|e| InjectError::Template(format!("content for {}: {e:#}", r.email)))?;
+            if text.len() > MAX_RENDERED {
+                return Err(InjectError::Template(format!(
+                    "content for {}: the rendered message is {} bytes; at most {MAX_RENDERED}",
+                    r.email,
+                    text.len()
+                )));
+            }
             Ok(rcpt(r, Bytes::from(text)))
         })
         .collect()
@@ -252,6 +268,30 @@ mod tests {
             plain.recipients[0].content.as_ptr(),
             plain.recipients[1].content.as_ptr()
         );
+    }
+
+    #[test]
+    fn a_template_cannot_loop_or_grow_without_end() {
+        for (content, want) in [
+            (
+                "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+                "fuel",
+            ),
+            (
+                "{{ 'x' * 50000000 }}",
+                "the rendered message is 50000000 bytes",
+            ),
+        ] {
+            let body = serde_json::json!({
+                "envelope_sender": "a@b",
+                "content": content,
+                "recipients": [{"email": "r@x"}],
+            });
+            match parse(body.to_string().as_bytes()).unwrap_err() {
+                InjectError::Template(m) => assert!(m.contains(want), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
