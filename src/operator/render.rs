@@ -162,6 +162,8 @@ struct Entry {
     lua: String,
     digest: String,
     keys: Vec<String>,
+    /// The versions of the Secrets it reads (`broker::sources`).
+    sources: Vec<String>,
 }
 
 /// As `render`, with domain ownership rules: a route whose namespace may not
@@ -234,11 +236,7 @@ fn render_within(routes: &[AmqpRoute], inputs: &Inputs, limit: usize) -> Rendere
     rejected.sort();
     let policy = assemble(&entries, secrets_dir);
     debug_assert!(POLICY_KEY.len() + policy.len() <= limit);
-    let shipped: Vec<&Valid> = admitted
-        .iter()
-        .filter(|v| entries.iter().any(|e| e.id == v.id))
-        .collect();
-    let hash = published_hash(&policy, &store, &shipped, inputs);
+    let hash = published_hash(&policy, &store, &entries);
     let mut accepted: Vec<RouteId> = entries.iter().map(|e| e.id.clone()).collect();
     accepted.sort();
     Rendered {
@@ -288,20 +286,11 @@ fn assemble(entries: &[Entry], secrets_dir: &str) -> String {
 /// nothing about the credentials (status and annotations show it to every
 /// tenant): it covers the policy, the rendered Secret's keys, and the uid and
 /// resourceVersion of each source Secret, never a value.
-fn published_hash(policy: &str, store: &Store, routes: &[&Valid], inputs: &Inputs) -> String {
-    let sources: std::collections::BTreeSet<String> = routes
-        .iter()
-        .flat_map(|v| {
-            broker::sources(
-                &v.route.spec.broker,
-                &v.id.namespace,
-                inputs.secrets,
-                inputs.clusters,
-            )
-        })
-        .collect();
+fn published_hash(policy: &str, store: &Store, entries: &[Entry]) -> String {
+    let sources: std::collections::BTreeSet<&String> =
+        entries.iter().flat_map(|e| &e.sources).collect();
     let mut all = policy.as_bytes().to_vec();
-    for k in store.keys().chain(sources.iter()) {
+    for k in store.keys().chain(sources) {
         all.push(0);
         all.extend_from_slice(k.as_bytes());
     }
@@ -444,8 +433,9 @@ fn render_route(v: &Valid, inputs: &Inputs, store: &mut Store) -> Entry {
     let keys = Keys { urls: url_keys, ca };
     let value = serde_json::to_value(lua_route(v, &keys)).expect("a route serialises to JSON");
     let lua = format!("  {},\n", lua_value(&value, "  "));
+    let sources = broker::sources(&v.route.spec.broker, ns, inputs.secrets, inputs.clusters);
     let mut versioned = lua.as_bytes().to_vec();
-    for source in broker::sources(&v.route.spec.broker, ns, inputs.secrets, inputs.clusters) {
+    for source in &sources {
         versioned.push(0);
         versioned.extend_from_slice(source.as_bytes());
     }
@@ -454,6 +444,7 @@ fn render_route(v: &Valid, inputs: &Inputs, store: &mut Store) -> Entry {
         digest: crate::policy::content_hash(&versioned)[..16].to_owned(),
         keys: keys.urls.into_iter().flatten().chain(keys.ca).collect(),
         lua,
+        sources,
     }
 }
 

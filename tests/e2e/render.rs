@@ -140,10 +140,30 @@ fn render_objects(
     yaml: &str,
     secrets_dir: &std::path::Path,
 ) -> (String, std::collections::BTreeMap<String, Vec<u8>>) {
+    render_objects_with(dir, yaml, secrets_dir, &[])
+}
+
+/// Lays a rendered Secret out as the kubelet mounts it.
+fn mount(dir: &std::path::Path, secret: std::collections::BTreeMap<String, Vec<u8>>) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (k, v) in secret {
+        std::fs::write(dir.join(k), v).unwrap();
+    }
+}
+
+/// As `render_objects`, with more `render` arguments.
+fn render_objects_with(
+    dir: &std::path::Path,
+    yaml: &str,
+    secrets_dir: &std::path::Path,
+    extra: &[&str],
+) -> (String, std::collections::BTreeMap<String, Vec<u8>>) {
     let file = dir.join("input.yaml");
     std::fs::write(&file, yaml).unwrap();
     let out = Command::new(BIN)
-        .args(["render", "--namespace", "team", "--relay", "edge", "-f"])
+        .args(["render", "--namespace", "team", "--relay", "edge"])
+        .args(extra)
+        .arg("-f")
         .arg(&file)
         .arg("--secrets-dir")
         .arg(secrets_dir)
@@ -296,10 +316,7 @@ async fn a_dead_first_url_fails_over_to_the_next_with_credentials_from_a_secret(
     let secrets_dir = dir.path().join("secrets");
     let (policy, secret) = render_objects(dir.path(), &yaml, &secrets_dir);
     assert!(!policy.contains(password));
-    std::fs::create_dir_all(&secrets_dir).unwrap();
-    for (k, v) in secret {
-        std::fs::write(secrets_dir.join(k), v).unwrap();
-    }
+    mount(&secrets_dir, secret);
     let policy_path = dir.path().join("routes.lua");
     std::fs::write(&policy_path, policy).unwrap();
     let relay = Relay::start(&policy_path, &dir.path().join("spool"));
@@ -349,37 +366,15 @@ async fn a_rabbitmq_cluster_ref_route_delivers_to_the_clusters_default_user() {
     );
 
     let secrets_dir = dir.path().join("secrets");
-    let out = Command::new(BIN)
-        .args([
-            "render",
-            "--namespace",
-            "team",
-            "--shared-rabbitmq-cluster-namespaces",
-            "messaging",
-            "-f",
-        ])
-        .arg(&file)
-        .arg("--secrets-dir")
-        .arg(&secrets_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (rendered, secret) = render_objects_with(
+        dir.path(),
+        &yaml,
+        &secrets_dir,
+        &["--shared-rabbitmq-cluster-namespaces", "messaging"],
     );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let mut docs = stdout.split("---\n");
-    let cm: k8s_openapi::api::core::v1::ConfigMap =
-        serde_norway::from_str(docs.next().unwrap()).unwrap();
-    let secret: k8s_openapi::api::core::v1::Secret =
-        serde_norway::from_str(docs.next().unwrap()).unwrap();
-    std::fs::create_dir_all(&secrets_dir).unwrap();
-    for (k, v) in secret.data.unwrap() {
-        std::fs::write(secrets_dir.join(k), v.0).unwrap();
-    }
+    mount(&secrets_dir, secret);
     let policy = dir.path().join("routes.lua");
-    std::fs::write(&policy, &cm.data.unwrap()["routes.lua"]).unwrap();
+    std::fs::write(&policy, rendered).unwrap();
     let relay = Relay::start(&policy, &dir.path().join("spool"));
     let (status, resp) = relay
         .inject("s@x.com", &["u@amqp".to_string()], "through the cluster")

@@ -127,18 +127,12 @@ fn cluster_url(
     let user = c.default_user.as_ref().ok_or_else(|| {
         format!("{field}: RabbitmqCluster {ns}/{name} has no status.defaultUser yet (is RabbitMQ's cluster operator running?)")
     })?;
-    let s = secrets
-        .iter()
-        .find(|s| {
-            s.metadata.name.as_deref() == Some(user.name.as_str())
-                && s.metadata.namespace.as_deref() == Some(user.namespace.as_str())
-        })
-        .ok_or_else(|| {
-            format!(
-                "{field}: the default-user Secret {}/{} of RabbitmqCluster {ns}/{name} was not found",
-                user.namespace, user.name
-            )
-        })?;
+    let s = find(field, secrets, &user.namespace, &user.name).map_err(|_| {
+        format!(
+            "{field}: the default-user Secret {}/{} of RabbitmqCluster {ns}/{name} was not found",
+            user.namespace, user.name
+        )
+    })?;
     let text = |logical: &str| -> Option<String> {
         let v = secret_value(s, user.key(logical))?;
         Some(String::from_utf8_lossy(&v).trim().to_owned())
