@@ -160,6 +160,24 @@ pub struct EsmtpListener {
     /// Our extension: offer AUTH without TLS (credentials in the clear).
     #[serde(default)]
     pub allow_auth_without_tls: bool,
+    /// KumoMTA's `trace_headers`, kept as whether to add `Received:` (on by
+    /// default, as in KumoMTA and RFC 5321).
+    #[serde(
+        default = "yes",
+        rename = "trace_headers",
+        deserialize_with = "de_smtp_trace"
+    )]
+    pub received_header: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn de_smtp_trace<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    crate::model::trace::TraceHeaders::deserialize(d)?
+        .received(true)
+        .map_err(serde::de::Error::custom)
 }
 
 impl EsmtpListener {

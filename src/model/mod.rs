@@ -8,3 +8,4 @@ pub mod listener_config;
 pub mod log_config;
 pub mod message;
 pub mod queue_name;
+pub mod trace;

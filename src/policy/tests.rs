@@ -139,6 +139,31 @@ async fn init_collects_listeners_and_spool() {
 }
 
 #[tokio::test]
+async fn smtp_trace_headers_as_kumomta_except_the_supplemental_header() {
+    let init = |opts: &str| {
+        format!(
+            "kumo.on('init', function() kumo.start_esmtp_listener {{ listen = '127.0.0.1:0'{opts} }} end)"
+        )
+    };
+    let cfg = load(&init("")).unwrap().run_init().await.unwrap();
+    assert!(cfg.esmtp_listeners[0].received_header, "on by default");
+    let off = ", trace_headers = { received_header = false, supplemental_header = false }";
+    let cfg = load(&init(off)).unwrap().run_init().await.unwrap();
+    assert!(!cfg.esmtp_listeners[0].received_header);
+    let asked = ", trace_headers = { include_meta_names = { 'tenant' } }";
+    let err = load(&init(asked))
+        .unwrap()
+        .run_init()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("X-KumoRef") && err.contains("kumo.start_esmtp_listener"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn message_object_and_json_helpers() {
     let p = load(
         r#"

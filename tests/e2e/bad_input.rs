@@ -125,7 +125,7 @@ async fn bad_requests_get_400_with_the_reason() {
         resp["error"]
             .as_str()
             .unwrap()
-            .contains("content must be a string"),
+            .contains("content must be the full message as a string or a builder object"),
         "{resp}"
     );
 

@@ -377,3 +377,23 @@ pub async fn restart_broker(b: crate::broker::Broker) -> crate::broker::Broker {
     .await
     .unwrap()
 }
+
+/// A message received over SMTP: its `Received:` trace header (folded
+/// lines joined) and what the client sent after it.
+pub fn split_received(data: &[u8]) -> (String, String) {
+    let text = String::from_utf8_lossy(data);
+    let rest = text
+        .strip_prefix("Received: ")
+        .unwrap_or_else(|| panic!("no Received header first: {text:?}"));
+    let mut end = 0;
+    for line in rest.split_inclusive("\r\n") {
+        end += line.len();
+        if !rest[end..].starts_with('\t') {
+            break;
+        }
+    }
+    (
+        rest[..end].replace("\r\n\t", " ").trim_end().to_owned(),
+        rest[end..].to_owned(),
+    )
+}

@@ -5,6 +5,18 @@ kumo.on('http_message_generated', function(msg)
   if extra then
     msg:prepend_header('X-Cid', tostring(extra.cid))
   end
+  -- What KumoMTA records of where an injected message came from.
+  if msg:get_first_named_header_value 'X-Want-Origin' then
+    msg:prepend_header(
+      'X-Origin',
+      string.format(
+        '%s %s %s',
+        msg:get_meta 'reception_protocol',
+        msg:get_meta 'received_from',
+        msg:get_meta 'http_auth'
+      )
+    )
+  end
 end)
 
 kumo.on('get_queue_config', function(domain, tenant, campaign)

@@ -2,16 +2,18 @@
 //! recipient, each through `http_message_generated`, all made durable
 //! before the reply.
 
+use super::auth::Caller;
 use super::{AppState, bad_request};
 use crate::engine::Refusal;
 use crate::model::message::Message;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, json};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 #[derive(Debug, Serialize)]
@@ -22,7 +24,12 @@ struct InjectResponse {
     errors: Vec<String>,
 }
 
-pub(super) async fn inject(State(st): State<AppState>, body: Bytes) -> Response {
+pub(super) async fn inject(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Response {
     if st.engine.is_shutting_down() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -31,7 +38,7 @@ pub(super) async fn inject(State(st): State<AppState>, body: Bytes) -> Response 
             .into_response();
     }
     use crate::listeners::inject::InjectError;
-    let req = match crate::listeners::inject::parse(&body) {
+    let mut req = match crate::listeners::inject::parse(&body) {
         Ok(r) => r,
         Err(InjectError::Invalid(e)) => return bad_request(e),
         Err(InjectError::Template(e)) => {
@@ -49,12 +56,27 @@ pub(super) async fn inject(State(st): State<AppState>, body: Bytes) -> Response 
             st.max_recipients
         ));
     }
+    if req.received_header {
+        add_received(&mut req, &st, peer);
+    }
+    // What KumoMTA records of an injected message's origin.
+    let mut origin = Map::new();
+    origin.insert("reception_protocol".into(), "HTTP".into());
+    origin.insert("received_from".into(), peer.ip().to_string().into());
+    origin.insert(
+        "http_auth".into(),
+        match &caller {
+            Caller::User(u) => u.clone(),
+            Caller::Trusted => peer.ip().to_string(),
+        }
+        .into(),
+    );
     let policy = st.engine.policy();
     let mut results: Vec<Option<Result<(), Refusal>>> = Vec::with_capacity(req.recipients.len());
     let mut msgs = Vec::new();
     let mut slots = Vec::new();
     for (i, r) in req.recipients.iter().enumerate() {
-        let mut meta = Map::new();
+        let mut meta = origin.clone();
         if let Some(extra) = &r.extra {
             meta.insert("extra".into(), serde_json::Value::Object(extra.clone()));
         }
@@ -115,4 +137,35 @@ pub(super) async fn inject(State(st): State<AppState>, body: Bytes) -> Response 
         StatusCode::BAD_REQUEST
     };
     (status, Json(resp)).into_response()
+}
+
+/// Prepends `Received:` to every message, keeping shared bodies shared.
+fn add_received(req: &mut crate::listeners::inject::Injection, st: &AppState, peer: SocketAddr) {
+    use crate::model::trace;
+    let header = trace::received(&trace::Via {
+        helo: None,
+        peer: peer.ip(),
+        by: &st.hostname,
+        protocol: if st.tls { "HTTPS" } else { "HTTP" },
+        for_rcpt: None,
+    });
+    let mut last: Option<(Bytes, Bytes)> = None;
+    for r in &mut req.recipients {
+        let with = match &last {
+            Some((from, to))
+                if from.as_ptr() == r.content.as_ptr() && from.len() == r.content.len() =>
+            {
+                to.clone()
+            }
+            _ => {
+                let mut v = Vec::with_capacity(header.len() + r.content.len());
+                v.extend_from_slice(header.as_bytes());
+                v.extend_from_slice(&r.content);
+                let to = Bytes::from(v);
+                last = Some((r.content.clone(), to.clone()));
+                to
+            }
+        };
+        r.content = with;
+    }
 }

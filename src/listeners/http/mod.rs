@@ -24,6 +24,9 @@ struct AppState {
     trusted: Arc<Vec<IpNet>>,
     admin_users: Arc<Vec<String>>,
     max_recipients: usize,
+    /// For the `Received:` header of injected messages.
+    hostname: Arc<str>,
+    tls: bool,
 }
 
 /// A listener's routes and what they need, checked before anything is bound.
@@ -61,6 +64,14 @@ impl Listener {
                 trusted: Arc::new(trusted),
                 admin_users: Arc::new(cfg.admin_users.clone()),
                 max_recipients: cfg.max_recipients_per_request,
+                hostname: cfg
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| {
+                        std::env::var("HOSTNAME").unwrap_or_else(|_| "amqp-relay".into())
+                    })
+                    .into(),
+                tls: cfg.use_tls,
             },
             tls,
             cfg,

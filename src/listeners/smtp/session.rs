@@ -608,6 +608,27 @@ impl Session {
         })
     }
 
+    /// The body after the transaction's `Received:` header (one for all its
+    /// recipients, naming the recipient when there is only one).
+    fn with_received(&self, tx: &Transaction, body: &[u8]) -> Bytes {
+        use crate::model::trace;
+        let helo = self.helo.as_deref().map(trace::clean_word);
+        let header = trace::received(&trace::Via {
+            helo: helo.as_deref(),
+            peer: self.peer.ip(),
+            by: &self.settings.cfg.hostname,
+            protocol: trace::esmtp_protocol(self.tls, self.authenticated.is_some()),
+            for_rcpt: match tx.rcpts.as_slice() {
+                [one] => Some(one.as_str()),
+                _ => None,
+            },
+        });
+        let mut out = Vec::with_capacity(header.len() + body.len());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(body);
+        Bytes::from(out)
+    }
+
     async fn accept(&mut self, tx: Transaction, body: Bytes) -> Result<String, Refusal> {
         let mut meta = Map::new();
         meta.insert("reception_protocol".into(), Value::from("ESMTP"));
@@ -621,6 +642,11 @@ impl Session {
         if let Some(who) = &self.authenticated {
             meta.insert("authn_id".into(), Value::from(who.clone()));
         }
+        let body = if self.settings.cfg.received_header {
+            self.with_received(&tx, &body)
+        } else {
+            body
+        };
         let policy = self.engine.policy();
         let mut msgs = Vec::with_capacity(tx.rcpts.len());
         for rcpt in tx.rcpts {

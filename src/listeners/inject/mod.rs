@@ -1,0 +1,470 @@
+//! The injection request (KumoMTA's `/api/inject/v1` shape), parsed,
+//! checked and expanded apart from the HTTP handler that serves it.
+//!
+//! As in KumoMTA, `content` is a MiniJinja template unless
+//! `template_dialect` is `Static`: for each recipient it is rendered with the
+//! request's `substitutions`, then the recipient's own, then its `email` and
+//! `name`. A template that does not compile or render is a 422.
+
+mod builder;
+mod crlf;
+mod template;
+
+use crate::model::trace::TraceHeaders;
+use builder::Builder;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    envelope_sender: String,
+    recipients: Vec<Recipient>,
+    /// A string (the message) or an object (KumoMTA's builder form).
+    content: Value,
+    #[serde(default)]
+    substitutions: Map<String, Value>,
+    #[serde(default)]
+    template_dialect: Option<String>,
+    #[serde(default)]
+    deferred_spool: bool,
+    #[serde(default)]
+    deferred_generation: bool,
+    #[serde(default)]
+    trace_headers: Option<TraceHeaders>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Recipient {
+    email: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    substitutions: Map<String, Value>,
+    /// Stored on the message as the meta value `extra`, as KumoMTA does.
+    #[serde(default)]
+    metadata: Map<String, Value>,
+}
+
+/// A valid request: one message per recipient.
+#[derive(Debug)]
+pub struct Injection {
+    pub sender: String,
+    pub recipients: Vec<Rcpt>,
+    /// `trace_headers.received_header`: add a `Received:` header.
+    pub received_header: bool,
+}
+
+#[derive(Debug)]
+pub struct Rcpt {
+    pub email: String,
+    /// The message for this recipient (shared when nothing was templated).
+    pub content: Bytes,
+    /// The recipient's `metadata`, for the meta key `extra`.
+    pub extra: Option<Map<String, Value>>,
+}
+
+/// Why a request was refused: KumoMTA answers 400 for a malformed request
+/// and 422 for a template that does not compile or render.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InjectError {
+    Invalid(String),
+    Template(String),
+}
+
+impl InjectError {
+    pub fn message(&self) -> &str {
+        match self {
+            InjectError::Invalid(m) | InjectError::Template(m) => m,
+        }
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+enum Dialect {
+    Jinja,
+    Static,
+}
+
+fn check(req: &Request) -> Result<(Dialect, bool), InjectError> {
+    let invalid = |m: String| Err(InjectError::Invalid(m));
+    if req.recipients.is_empty() {
+        return invalid("recipients: at least one recipient is required".into());
+    }
+    if req.deferred_spool {
+        return invalid(
+            "deferred_spool: true is not provided; every message is spooled before the reply"
+                .into(),
+        );
+    }
+    if req.deferred_generation {
+        return invalid(
+            "deferred_generation: true is not provided; messages are generated before the reply"
+                .into(),
+        );
+    }
+    let received = match &req.trace_headers {
+        Some(t) => t.received(false).map_err(InjectError::Invalid)?,
+        None => false,
+    };
+    let dialect = match req.template_dialect.as_deref() {
+        None | Some("Jinja") => Dialect::Jinja,
+        Some("Static") => Dialect::Static,
+        Some(other) => {
+            return invalid(format!(
+                "template_dialect: {other:?} is not provided (use \"Jinja\", the default, or \"Static\")"
+            ));
+        }
+    };
+    Ok((dialect, received))
+}
+
+/// Parses a request body; the error says what is wrong and where.
+pub fn parse(body: &[u8]) -> Result<Injection, InjectError> {
+    let mut req: Request = serde_json::from_slice(body)
+        .map_err(|e| InjectError::Invalid(format!("invalid inject request: {e}")))?;
+    let (dialect, received_header) = check(&req)?;
+    let content = std::mem::take(&mut req.content);
+    let recipients = match content {
+        Value::String(s) => full_message(&s, dialect, &req)?,
+        Value::Object(o) => {
+            let builder = Builder::from_value(Value::Object(o))?;
+            build_each(&builder, dialect, &req)?
+        }
+        other => {
+            return Err(InjectError::Invalid(format!(
+                "content must be the full message as a string or a builder object, not {}",
+                json_type(&other)
+            )));
+        }
+    };
+    Ok(Injection {
+        sender: req.envelope_sender,
+        recipients,
+        received_header,
+    })
+}
+
+/// `content` as a string: the message, a template unless Static.
+fn full_message(content: &str, dialect: Dialect, req: &Request) -> Result<Vec<Rcpt>, InjectError> {
+    let templated =
+        matches!(dialect, Dialect::Jinja) && ["{{", "{%", "{#"].iter().any(|t| content.contains(t));
+    if !templated {
+        // Nothing to expand: one shared body for every recipient.
+        let shared = crlf::normalize(Bytes::copy_from_slice(content.as_bytes()));
+        return Ok(req
+            .recipients
+            .iter()
+            .map(|r| rcpt(r, shared.clone()))
+            .collect());
+    }
+    let env = template::environment();
+    let t = template::compile(Some(&env), "content", content, "content")?;
+    req.recipients
+        .iter()
+        .map(|r| {
+            let vars = variables(req, r);
+            let mut budget = template::MAX_RENDERED;
+            let text = template::render(&t, &vars, "content", &r.email, &mut budget)?;
+            Ok(rcpt(r, crlf::normalize(Bytes::from(text))))
+        })
+        .collect()
+}
+
+/// `content` as a builder object: a MIME message per recipient.
+fn build_each(
+    builder: &Builder,
+    dialect: Dialect,
+    req: &Request,
+) -> Result<Vec<Rcpt>, InjectError> {
+    let env = template::environment();
+    let jinja = matches!(dialect, Dialect::Jinja).then_some(&env);
+    let compiled = builder::compile(jinja, builder, &req.envelope_sender)?;
+    req.recipients
+        .iter()
+        .map(|r| {
+            let msg = compiled.build(&variables(req, r), &r.email, r.name.as_deref())?;
+            Ok(rcpt(r, Bytes::from(msg)))
+        })
+        .collect()
+}
+
+fn variables(req: &Request, r: &Recipient) -> minijinja::Value {
+    template::variables(
+        &req.substitutions,
+        &r.substitutions,
+        &r.email,
+        r.name.as_deref(),
+    )
+}
+
+fn rcpt(r: &Recipient, content: Bytes) -> Rcpt {
+    Rcpt {
+        email: r.email.clone(),
+        content,
+        extra: (!r.metadata.is_empty()).then(|| r.metadata.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(r: &Rcpt) -> &str {
+        std::str::from_utf8(&r.content).unwrap()
+    }
+
+    #[test]
+    fn valid_and_invalid_requests() {
+        let ok = parse(br#"{"envelope_sender":"a@b","content":"x","recipients":[{"email":"r@amqp","name":"R"}]}"#).unwrap();
+        assert_eq!(ok.recipients[0].email, "r@amqp");
+        for (body, want) in [
+            (&b"{"[..], "EOF"),
+            (br#"{"envelope_sender":"a@b","content":"x"}"#, "missing field `recipients`"),
+            (br#"{"envelope_sender":"a@b","content":1,"recipients":[{"email":"r@x"}]}"#, "not a number"),
+            (br#"{"envelope_sender":"a@b","content":{},"recipients":[{"email":"r@x"}]}"#, "at least one of text_body and html_body"),
+            (br#"{"envelope_sender":"a@b","content":{"text_body":"x","attachments":[{"data":"%%","base64":true,"content_type":"image/gif"}]},"recipients":[{"email":"r@x"}]}"#, "content.attachments[0].data: not base64"),
+            (br#"{"envelope_sender":"a@b","content":{"text_body":"x","attachments":[{"data":"x"}]},"recipients":[{"email":"r@x"}]}"#, "content.attachments[0]: missing field `content_type`"),
+            (br#"{"envelope_sender":"a@b","content":{"text_body":"x","from":{"email":"nobody"}},"recipients":[{"email":"r@x"}]}"#, "content.from: \"nobody\" is not an address"),
+            (br#"{"envelope_sender":"a@b","content":{"text_body":"x","headers":{"Bad Name":"v"}},"recipients":[{"email":"r@x"}]}"#, "content.headers: \"Bad Name\" is not a valid header name"),
+            (br#"{"envelope_sender":"a@b","content":{"text_body":"x","body":"y"},"recipients":[{"email":"r@x"}]}"#, "content.body: unknown field `body`"),
+            (br#"{"envelope_sender":"a@b","content":"x","recipients":[]}"#, "at least one"),
+            (br#"{"envelope_sender":"a@b","content":"x","recipients":[{"email":"r@x"}],"deferred_spool":true}"#, "deferred_spool"),
+            (br#"{"envelope_sender":"a@b","content":"x","recipients":[{"email":"r@x"}],"template_dialect":"Handlebars"}"#, "\"Handlebars\" is not provided"),
+            (br#"{"envelope_sender":"a@b","content":"x","recipients":[{"email":"r@x"}],"trace_headers":{}}"#, "X-KumoRef"),
+            (br#"{"envelope_sender":"a@b","content":"x","recipients":[{"email":"r@x"}],"trace_headers":{"supplemental_header":false,"received":true}}"#, "unknown field `received`"),
+        ] {
+            match parse(body).unwrap_err() {
+                InjectError::Invalid(e) => assert!(e.contains(want), "{e}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn content_is_rendered_per_recipient_as_kumomta_does() {
+        let req = br#"{
+            "envelope_sender": "noreply@example.com",
+            "content": "Subject: hello {{ name }}\r\n\r\nDear {{ name }} <{{ email }}>, {{ greeting }} from {{ team }}.{% if vip %} VIP{% endif %}",
+            "substitutions": {"greeting": "hi", "team": "ops"},
+            "recipients": [
+                {"email": "a@amqp", "name": "Ann", "substitutions": {"greeting": "hello", "vip": true}, "metadata": {"cid": 7}},
+                {"email": "b@amqp"}
+            ]
+        }"#;
+        let inj = parse(req).unwrap();
+        assert_eq!(
+            text(&inj.recipients[0]),
+            "Subject: hello Ann\r\n\r\nDear Ann <a@amqp>, hello from ops. VIP"
+        );
+        assert_eq!(
+            text(&inj.recipients[1]),
+            "Subject: hello \r\n\r\nDear  <b@amqp>, hi from ops."
+        );
+        assert_eq!(
+            inj.recipients[0].extra,
+            Some(serde_json::json!({"cid": 7}).as_object().unwrap().clone())
+        );
+        assert_eq!(inj.recipients[1].extra, None);
+    }
+
+    #[test]
+    fn bare_line_endings_are_made_crlf_as_kumomta_does() {
+        let inj = parse(br#"{"envelope_sender":"a@b","content":"Subject: hello\n\nHello there","recipients":[{"email":"r@x"}]}"#).unwrap();
+        assert_eq!(
+            text(&inj.recipients[0]),
+            "Subject: hello\r\n\r\nHello there"
+        );
+        let inj = parse(br#"{"envelope_sender":"a@b","content":"Subject: {{ name }}\n\nHi","recipients":[{"email":"r@x","name":"N"}]}"#).unwrap();
+        assert_eq!(text(&inj.recipients[0]), "Subject: N\r\n\r\nHi");
+    }
+
+    /// The builder example of KumoMTA's inject API page, with templates.
+    fn builder_request() -> serde_json::Value {
+        serde_json::json!({
+            "envelope_sender": "noreply@example.com",
+            "content": {
+                "text_body": "Hello {{ name }}, this is the plain text part",
+                "html_body": "<p>Hello {{ name }}, this is the <b>HTML</b> part</p>",
+                "amp_html_body": "<!doctype html><html amp4email>{{ name }}</html>",
+                "attachments": [
+                    {"data": "R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7", "base64": true,
+                     "content_type": "image/gif", "content_id": "my-image", "file_name": "pixel.gif"},
+                    {"data": "a,b\n1,2\n", "content_type": "text/csv", "file_name": "data.csv"}
+                ],
+                "from": {"email": "someone@example.com", "name": "Someone"},
+                "subject": "Offer for {{ name }}",
+                "reply_to": {"email": "help@example.com", "name": "Help"},
+                "headers": {"X-Something": "Something {{ campaign }}!"}
+            },
+            "substitutions": {"campaign": "spring"},
+            "recipients": [{"email": "recipient@example.com", "name": "Ann <&>"}]
+        })
+    }
+
+    #[test]
+    fn the_builder_form_assembles_mime_per_recipient() {
+        let inj = parse(builder_request().to_string().as_bytes()).unwrap();
+        let raw = inj.recipients[0].content.to_vec();
+        let m = mailparse::parse_mail(&raw).unwrap();
+        let h = |n: &str| {
+            m.headers
+                .iter()
+                .find(|h| h.get_key_ref() == n)
+                .map(|h| h.get_value())
+        };
+        assert_eq!(h("Subject").as_deref(), Some("Offer for Ann <&>"));
+        assert_eq!(h("X-Something").as_deref(), Some("Something spring!"));
+        assert_eq!(
+            h("From").as_deref(),
+            Some("\"Someone\" <someone@example.com>")
+        );
+        assert_eq!(
+            h("Reply-To").as_deref(),
+            Some("\"Help\" <help@example.com>")
+        );
+        assert_eq!(
+            h("To").as_deref(),
+            Some("\"Ann <&>\" <recipient@example.com>")
+        );
+        assert!(h("Message-ID").unwrap().ends_with("@example.com>"));
+        assert!(h("Date").is_some() && h("MIME-Version").is_some());
+        // mixed [related [alternative [text, amp, html], gif], csv]
+        assert_eq!(m.ctype.mimetype, "multipart/mixed");
+        let related = &m.subparts[0];
+        assert_eq!(related.ctype.mimetype, "multipart/related");
+        let alt = &related.subparts[0];
+        let types: Vec<_> = alt
+            .subparts
+            .iter()
+            .map(|p| p.ctype.mimetype.as_str())
+            .collect();
+        assert_eq!(types, ["text/plain", "text/x-amp-html", "text/html"]);
+        assert_eq!(
+            alt.subparts[0].get_body().unwrap(),
+            "Hello Ann <&>, this is the plain text part"
+        );
+        // HTML parts are escaped, the text part is not.
+        assert_eq!(
+            alt.subparts[2].get_body().unwrap(),
+            "<p>Hello Ann &lt;&amp;&gt;, this is the <b>HTML</b> part</p>"
+        );
+        let gif = &related.subparts[1];
+        assert_eq!(gif.ctype.mimetype, "image/gif");
+        assert_eq!(gif.get_body_raw().unwrap()[..6], *b"GIF89a");
+        let gh = |n: &str| {
+            gif.headers
+                .iter()
+                .find(|h| h.get_key_ref() == n)
+                .map(|h| h.get_value())
+        };
+        assert_eq!(gh("Content-ID").as_deref(), Some("<my-image>"));
+        assert!(gh("Content-Disposition").unwrap().starts_with("inline"));
+        let csv = &m.subparts[1];
+        assert_eq!(csv.ctype.mimetype, "text/csv");
+        assert_eq!(csv.get_body_raw().unwrap(), b"a,b\n1,2\n");
+        assert_eq!(csv.get_content_disposition().params["filename"], "data.csv");
+    }
+
+    #[test]
+    fn a_builder_with_one_body_is_a_single_part_and_static_is_taken_as_is() {
+        let body = serde_json::json!({
+            "envelope_sender": "a@example.com",
+            "content": {"text_body": "{{ x }}", "subject": "{{ y }}"},
+            "template_dialect": "Static",
+            "recipients": [{"email": "r@x"}]
+        });
+        let inj = parse(body.to_string().as_bytes()).unwrap();
+        let raw = inj.recipients[0].content.to_vec();
+        let m = mailparse::parse_mail(&raw).unwrap();
+        assert_eq!(m.ctype.mimetype, "text/plain");
+        assert_eq!(m.get_body().unwrap(), "{{ x }}");
+        assert_eq!(
+            m.headers
+                .iter()
+                .find(|h| h.get_key_ref() == "Subject")
+                .unwrap()
+                .get_value(),
+            "{{ y }}"
+        );
+    }
+
+    #[test]
+    fn a_builder_template_error_names_its_field() {
+        let mut req = builder_request();
+        req["content"]["headers"]["X-Something"] = "{{ oops".into();
+        match parse(req.to_string().as_bytes()).unwrap_err() {
+            InjectError::Template(m) => assert!(
+                m.starts_with("content.headers.X-Something: syntax error"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let mut req = builder_request();
+        req["content"]["subject"] = "{{ campaign }}\r\nBcc: x@evil".into();
+        match parse(req.to_string().as_bytes()).unwrap_err() {
+            InjectError::Template(m) => assert!(m.contains("has a line break"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn static_dialect_and_plain_content_are_taken_as_they_are() {
+        let s = parse(br#"{"envelope_sender":"a@b","content":"{{ x }}","template_dialect":"Static","recipients":[{"email":"r@x"},{"email":"s@x"}]}"#).unwrap();
+        assert_eq!(text(&s.recipients[0]), "{{ x }}");
+        // Nothing to expand: one shared body for every recipient.
+        let plain = parse(br#"{"envelope_sender":"a@b","content":"no tags","recipients":[{"email":"r@x"},{"email":"s@x"}]}"#).unwrap();
+        assert_eq!(
+            plain.recipients[0].content.as_ptr(),
+            plain.recipients[1].content.as_ptr()
+        );
+    }
+
+    #[test]
+    fn a_template_cannot_loop_or_grow_without_end() {
+        for (content, want) in [
+            (
+                "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+                "fuel",
+            ),
+            (
+                "{{ 'x' * 50000000 }}",
+                "the rendered message is 50000000 bytes",
+            ),
+        ] {
+            let body = serde_json::json!({
+                "envelope_sender": "a@b",
+                "content": content,
+                "recipients": [{"email": "r@x"}],
+            });
+            match parse(body.to_string().as_bytes()).unwrap_err() {
+                InjectError::Template(m) => assert!(m.contains(want), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_broken_template_is_a_422_naming_the_problem() {
+        let err = parse(br#"{"envelope_sender":"a@b","content":"Subject: {{ oops }\r\n\r\nx","recipients":[{"email":"r@x"}]}"#).unwrap_err();
+        match err {
+            InjectError::Template(m) => assert!(
+                m.starts_with("content: syntax error") && m.contains(":1)"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! MiniJinja as KumoMTA's injection API uses it, bounded so that a request
+//! cannot make the relay loop or build without end.
+
+use super::InjectError;
+use minijinja::{Environment, Template};
+use serde_json::{Map, Value};
+
+/// MiniJinja instructions one recipient's rendering may take: a normal
+/// message needs a few thousand, a 100,000-item loop about a million.
+const TEMPLATE_FUEL: u64 = 10_000_000;
+
+/// Largest rendered message (KumoMTA's and this relay's SMTP default size limit).
+pub const MAX_RENDERED: usize = 20 * 1024 * 1024;
+
+/// An environment for one request's templates. Templates named `*.html`
+/// are HTML-escaped, as in KumoMTA (its `html_body`).
+pub fn environment<'s>() -> Environment<'s> {
+    let mut env = Environment::new();
+    // The message ends as the client wrote it (Jinja would drop a final newline).
+    let syntax = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .build()
+        .expect("the default delimiters are valid");
+    env.set_syntax(syntax);
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env
+}
+
+/// A part of the request: a compiled template, or text taken as it is
+/// (`template_dialect: "Static"`).
+pub enum Piece<'e, 's> {
+    Jinja(Template<'e, 's>),
+    Static(&'s str),
+}
+
+/// Compiles `source` unless `env` is `None` (Static); `field` names it in
+/// the error (`content.html_body`).
+pub fn compile<'e, 's>(
+    env: Option<&'e Environment<'s>>,
+    name: &'s str,
+    source: &'s str,
+    field: &str,
+) -> Result<Piece<'e, 's>, InjectError> {
+    let Some(env) = env else {
+        return Ok(Piece::Static(source));
+    };
+    env.template_from_named_str(name, source)
+        .map(Piece::Jinja)
+        .map_err(|e| InjectError::Template(format!("{field}: {e:#}")))
+}
+
+/// The variables for one recipient: the request's substitutions, the
+/// recipient's over them, then `email` and `name`.
+pub fn variables(
+    global: &Map<String, Value>,
+    own: &Map<String, Value>,
+    email: &str,
+    name: Option<&str>,
+) -> minijinja::Value {
+    let mut vars = global.clone();
+    vars.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+    vars.insert("email".into(), Value::String(email.to_owned()));
+    if let Some(name) = name {
+        vars.insert("name".into(), Value::String(name.to_owned()));
+    }
+    minijinja::Value::from(minijinja::value::Serde(vars))
+}
+
+/// Renders for one recipient; `budget` is what is left of [`MAX_RENDERED`]
+/// for this recipient's message and shrinks by what was rendered.
+pub fn render(
+    piece: &Piece<'_, '_>,
+    vars: &minijinja::Value,
+    field: &str,
+    email: &str,
+    budget: &mut usize,
+) -> Result<String, InjectError> {
+    let text = match piece {
+        Piece::Jinja(t) => t
+            .render(vars)
+            .map_err(|e| InjectError::Template(format!("{field} for {email}: {e:#}")))?,
+        Piece::Static(s) => (*s).to_owned(),
+    };
+    if text.len() > *budget {
+        return Err(InjectError::Template(format!(
+            "{field} for {email}: the rendered message is {} bytes; at most {MAX_RENDERED}",
+            MAX_RENDERED - *budget + text.len()
+        )));
+    }
+    *budget -= text.len();
+    Ok(text)
+}
