@@ -13,6 +13,8 @@ pub struct QueueLabel {
 
 pub struct Metrics {
     registry: Registry,
+    /// Metrics named as KumoMTA names them (no `amqp_relay_` prefix).
+    kumo: Registry,
     pub received: Counter,
     pub delivered: Counter,
     pub transient: Counter,
@@ -48,7 +50,14 @@ impl Default for Metrics {
             reload_failures: Counter::default(),
             epoch: Gauge::default(),
             registry: Registry::default(),
+            kumo: Registry::default(),
         };
+        let mut kumo = Registry::default();
+        kumo.register(
+            "user_lua_latency",
+            "how long something user-defined took to run in your lua policy",
+            crate::policy::USER_LUA_LATENCY.clone(),
+        );
         registry.register(
             "received",
             "Messages accepted into the spool",
@@ -112,15 +121,43 @@ impl Default for Metrics {
             m.epoch.clone(),
         );
         m.epoch.set(1);
-        Metrics { registry, ..m }
+        Metrics {
+            registry,
+            kumo,
+            ..m
+        }
     }
 }
 
 impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.kumo);
+        let _ = encode_eof(&mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lua_timers_appear_under_kumomtas_name() {
+        let m = super::Metrics::default();
+        crate::policy::USER_LUA_LATENCY
+            .get_or_create(&crate::policy::TimerLabel {
+                label: "metrics-test".into(),
+            })
+            .observe(0.2);
+        let out = m.encode();
+        assert!(
+            out.contains("user_lua_latency_bucket{le=\"0.25\",label=\"metrics-test\"} 1")
+                && out.contains("amqp_relay_received_total")
+                && out.trim_end().ends_with("# EOF")
+                && out.matches("# EOF").count() == 1,
+            "{out}"
+        );
     }
 }

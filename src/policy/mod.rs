@@ -9,6 +9,9 @@ pub mod message_ud;
 pub mod overlay;
 pub mod reject;
 mod serde_module;
+mod string_module;
+mod time_module;
+pub use time_module::{TimerLabel, USER_LUA_LATENCY};
 mod unsupported;
 mod util_modules;
 
@@ -176,6 +179,12 @@ impl Policy {
             }
         })?;
         let first = policy.new_state(None)?;
+        Self::scan_kumo_refs(&first, &path.display().to_string(), &policy.source).map_err(
+            |message| PolicyError::Load {
+                path: path.display().to_string(),
+                message,
+            },
+        )?;
         policy.snapshot_modules(&first);
         policy.events = events::names(&first).map_err(|e| policy.load_err(&e))?;
         let mut all = policy.source.clone().into_bytes();
@@ -200,6 +209,22 @@ impl Policy {
             .unwrap_or_else(|e| e.into_inner())
             .push(first);
         Ok(Arc::new(policy))
+    }
+
+    /// Refuses at load a `kumo.*` function the relay lacks, instead of when a
+    /// handler first reaches it.
+    fn scan_kumo_refs(lua: &Lua, file: &str, source: &str) -> Result<(), String> {
+        let Ok(kumo) = lua.globals().raw_get::<mlua::Table>("kumo") else {
+            return Ok(());
+        };
+        let provided = |name: &str, sub: Option<&str>| match kumo.raw_get::<Value>(name) {
+            Ok(Value::Nil) | Err(_) => false,
+            Ok(Value::Table(module)) => {
+                sub.is_none_or(|s| !matches!(module.raw_get::<Value>(s), Ok(Value::Nil) | Err(_)))
+            }
+            Ok(_) => true,
+        };
+        unsupported::scan_kumo(file, source, &provided)
     }
 
     /// Captures every module this version could `require` later (the Lua

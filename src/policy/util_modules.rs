@@ -58,6 +58,12 @@ pub fn register(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
     kumo.set("encode", encode_module(lua)?)?;
     kumo.set("digest", digest_module(lua)?)?;
     kumo.set("uuid", uuid_module(lua)?)?;
+    let string = super::string_module::module(lua)?;
+    refuse_missing(lua, &string, "string")?;
+    kumo.set("string", string)?;
+    let time = super::time_module::module(lua)?;
+    refuse_missing(lua, &time, "time")?;
+    kumo.set("time", time)?;
     register_logging(lua, kumo)
 }
 
