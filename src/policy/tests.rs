@@ -138,6 +138,21 @@ async fn init_collects_listeners_and_spool() {
     );
 }
 
+#[test]
+fn a_kumo_function_the_relay_lacks_fails_the_load_not_the_first_message() {
+    let err = load(
+        "kumo.on('smtp_server_message_received', function(msg)\n  local signer = kumo.dkim.rsa_sha256_signer { key = 'k' }\nend)",
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains(":2: kumo.dkim is a KumoMTA function amqp-relay does not provide"),
+        "{err}"
+    );
+    assert!(load("kumo.on('init', function() kumo.start_http_listener { listen = '127.0.0.1:0' } end)\nkumo.on('x', function() return kumo.string.trim(kumo.time.now().rfc3339) end)").is_ok());
+}
+
 #[tokio::test]
 async fn smtp_trace_headers_as_kumomta_except_the_supplemental_header() {
     let init = |opts: &str| {
