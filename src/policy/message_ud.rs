@@ -5,6 +5,7 @@ use crate::model::message::MessageRef;
 use bytes::Bytes;
 use mlua::{LuaSerdeExt, MetaMethod, UserData, UserDataFields, UserDataMethods, Value};
 
+#[derive(Clone)]
 pub struct MessageUd(pub MessageRef);
 
 impl UserData for MessageUd {

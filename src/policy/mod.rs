@@ -19,7 +19,7 @@ use crate::model::config::{EgressPathConfig, QueueConfig};
 use crate::model::message::MessageRef;
 use crate::model::queue_name::QueueName;
 use amqp::AmqpPool;
-use kumo::{EgressPathUd, InitConfig, QueueConfigUd, StateCtx};
+use kumo::{InitConfig, StateCtx};
 use message_ud::MessageUd;
 use mlua::{Lua, Value};
 use reject::{Rejection, describe, find_rejection};
@@ -446,14 +446,9 @@ impl Policy {
     pub async fn run_init(&self) -> Result<InitConfig, PolicyError> {
         let cfg = Arc::new(Mutex::new(InitConfig::default()));
         let lua = self.new_state(Some(cfg.clone()))?;
-        let has_init = events::defined(&lua, "init");
-        for event in ["pre_init", "init"] {
-            for h in events::handlers(&lua, event).map_err(|e| self.load_err(&e))? {
-                h.call_async::<()>(())
-                    .await
-                    .map_err(|e| PolicyError::event(event, e))?;
-            }
-        }
+        let has_init = events::defined(&lua, events::INIT.name);
+        events::call(&lua, &events::PRE_INIT, ()).await?;
+        events::call(&lua, &events::INIT, ()).await?;
         let mut out = cfg.lock().unwrap_or_else(|e| e.into_inner()).clone();
         out.has_init = has_init;
         if has_init && out.http_listeners.is_empty() && out.esmtp_listeners.is_empty() {
@@ -466,44 +461,36 @@ impl Policy {
         Ok(out)
     }
 
-    /// `get_queue_config(domain, tenant, campaign, routing_domain)`; the first
-    /// handler that returns a config wins; none means KumoMTA's default (SMTP).
-    pub async fn queue_config(self: &Arc<Self>, q: &QueueName) -> Result<QueueConfig, PolicyError> {
-        const EVENT: &str = "get_queue_config";
-        let lua = self.acquire()?;
-        for h in events::handlers(&lua, EVENT).map_err(|e| PolicyError::event(EVENT, e))? {
-            let v: Value = h
-                .call_async((
-                    q.domain.as_str(),
-                    q.tenant.as_deref(),
-                    q.campaign.as_deref(),
-                    q.routing_domain.as_deref(),
-                ))
-                .await
-                .map_err(|e| PolicyError::event(EVENT, e))?;
-            match v {
-                Value::Nil => continue,
-                Value::UserData(ud) => {
-                    let cfg = ud
-                        .borrow::<QueueConfigUd>()
-                        .map_err(|_| PolicyError::Event {
-                            event: EVENT.into(),
-                            message: "the handler must return kumo.make_queue_config{…}".into(),
-                        })?;
-                    return Ok(cfg.0.clone());
-                }
-                other => {
-                    return Err(PolicyError::Event {
-                        event: EVENT.into(),
-                        message: format!(
-                            "the handler returned a {}; expected kumo.make_queue_config{{…}}",
-                            other.type_name()
-                        ),
-                    });
-                }
-            }
+    /// Calls `event` on a pooled state, if the policy handles it.
+    async fn call<A, R>(
+        self: &Arc<Self>,
+        event: &events::Event<A, R>,
+        args: A,
+    ) -> Result<Option<R>, PolicyError>
+    where
+        A: mlua::IntoLuaMulti + Clone,
+        R: events::Answer,
+    {
+        if !self.defines(event.name) {
+            return Ok(None);
         }
-        Ok(QueueConfig::default())
+        let lua = self.acquire()?;
+        events::call(&lua, event, args).await
+    }
+
+    /// `get_queue_config(domain, tenant, campaign, routing_domain)`; none
+    /// answering means KumoMTA's default (SMTP).
+    pub async fn queue_config(self: &Arc<Self>, q: &QueueName) -> Result<QueueConfig, PolicyError> {
+        let args = (
+            q.domain.clone(),
+            q.tenant.clone(),
+            q.campaign.clone(),
+            q.routing_domain.clone(),
+        );
+        Ok(self
+            .call(&events::GET_QUEUE_CONFIG, args)
+            .await?
+            .unwrap_or_default())
     }
 
     /// `get_egress_path_config(routing_domain, egress_source, site_name)`.
@@ -511,55 +498,23 @@ impl Policy {
         self: &Arc<Self>,
         q: &QueueName,
     ) -> Result<EgressPathConfig, PolicyError> {
-        const EVENT: &str = "get_egress_path_config";
-        let lua = self.acquire()?;
-        let Some(h) = events::handlers(&lua, EVENT)
-            .map_err(|e| PolicyError::event(EVENT, e))?
-            .into_iter()
-            .next()
-        else {
-            return Ok(EgressPathConfig::default());
-        };
-        let domain = q.routing_domain.as_deref().unwrap_or(&q.domain);
-        let v: Value = h
-            .call_async((domain, "unspecified", q.to_string()))
-            .await
-            .map_err(|e| PolicyError::event(EVENT, e))?;
-        match v {
-            Value::Nil => Ok(EgressPathConfig::default()),
-            Value::UserData(ud) => ud
-                .borrow::<EgressPathUd>()
-                .map(|c| c.0.clone())
-                .map_err(|_| PolicyError::Event {
-                    event: EVENT.into(),
-                    message: "the handler must return kumo.make_egress_path{…}".into(),
-                }),
-            other => Err(PolicyError::Event {
-                event: EVENT.into(),
-                message: format!(
-                    "the handler returned a {}; expected kumo.make_egress_path{{…}}",
-                    other.type_name()
-                ),
-            }),
-        }
+        let domain = q.routing_domain.as_deref().unwrap_or(&q.domain).to_owned();
+        let args = (domain, "unspecified".to_owned(), q.to_string());
+        Ok(self
+            .call(&events::GET_EGRESS_PATH_CONFIG, args)
+            .await?
+            .unwrap_or_default())
     }
 
-    /// Runs a reception hook (`http_message_generated`, `smtp_server_message_received`)
-    /// on a message before it is spooled; `kumo.reject` there refuses it.
+    /// Runs a reception hook ([`events::HTTP_MESSAGE_GENERATED`],
+    /// [`events::SMTP_SERVER_MESSAGE_RECEIVED`]) on a message before it is
+    /// spooled; `kumo.reject` there refuses it.
     pub async fn message_hook(
         self: &Arc<Self>,
-        event: &str,
+        event: &events::Event<(MessageUd,), ()>,
         msg: &MessageRef,
     ) -> Result<(), PolicyError> {
-        if !self.defines(event) {
-            return Ok(());
-        }
-        let lua = self.acquire()?;
-        for h in events::handlers(&lua, event).map_err(|e| PolicyError::event(event, e))? {
-            h.call_async::<()>(MessageUd(msg.clone()))
-                .await
-                .map_err(|e| PolicyError::event(event, e))?;
-        }
+        self.call(event, (MessageUd(msg.clone()),)).await?;
         Ok(())
     }
 }
@@ -574,38 +529,22 @@ pub enum AuthVerdict {
 }
 
 impl Policy {
-    /// Calls a single-handler event that answers a bool (KumoMTA's auth
-    /// events): `true` allows, `false` denies; anything else is an error.
-    async fn auth_event<A: mlua::IntoLuaMulti>(
+    /// A KumoMTA auth event: `true` allows, `false` denies; anything else
+    /// (nil included) is an error.
+    async fn auth_event<A: mlua::IntoLuaMulti + Clone>(
         self: &Arc<Self>,
-        event: &str,
-        args: impl FnOnce(&Lua) -> mlua::Result<A>,
+        event: &events::Event<A, bool>,
+        args: A,
     ) -> Result<AuthVerdict, PolicyError> {
-        if !self.defines(event) {
+        if !self.defines(event.name) {
             return Ok(AuthVerdict::NoHandler);
         }
-        let lua = self.acquire()?;
-        let Some(h) = events::handlers(&lua, event)
-            .map_err(|e| PolicyError::event(event, e))?
-            .into_iter()
-            .next()
-        else {
-            return Ok(AuthVerdict::NoHandler);
-        };
-        let args = args(&lua).map_err(|e| PolicyError::event(event, e))?;
-        match h
-            .call_async::<Value>(args)
-            .await
-            .map_err(|e| PolicyError::event(event, e))?
-        {
-            Value::Boolean(true) => Ok(AuthVerdict::Allow),
-            Value::Boolean(false) => Ok(AuthVerdict::Deny),
-            other => Err(PolicyError::Event {
-                event: event.into(),
-                message: format!(
-                    "the handler returned a {}; expected a boolean",
-                    other.type_name()
-                ),
+        match self.call(event, args).await? {
+            Some(true) => Ok(AuthVerdict::Allow),
+            Some(false) => Ok(AuthVerdict::Deny),
+            None => Err(PolicyError::Event {
+                event: event.name.into(),
+                message: "the handler returned a nil; expected a boolean".into(),
             }),
         }
     }
@@ -616,7 +555,8 @@ impl Policy {
         user: &str,
         password: &str,
     ) -> Result<AuthVerdict, PolicyError> {
-        self.auth_event("http_server_validate_auth_basic", |_| Ok((user, password)))
+        let args = (user.to_owned(), password.to_owned());
+        self.auth_event(&events::HTTP_SERVER_VALIDATE_AUTH_BASIC, args)
             .await
     }
 
@@ -629,14 +569,13 @@ impl Policy {
         password: &str,
         conn_meta: &BTreeMap<String, String>,
     ) -> Result<AuthVerdict, PolicyError> {
-        self.auth_event("smtp_server_auth_plain", |lua| {
-            let meta = lua.create_table()?;
-            for (k, v) in conn_meta {
-                meta.set(k.as_str(), v.as_str())?;
-            }
-            Ok((authz, authc, password, meta))
-        })
-        .await
+        let args = (
+            authz.to_owned(),
+            authc.to_owned(),
+            password.to_owned(),
+            conn_meta.clone(),
+        );
+        self.auth_event(&events::SMTP_SERVER_AUTH_PLAIN, args).await
     }
 
     /// `should_enqueue_log_record(msg, hook_name)`: the first non-nil answer wins; none means no.
@@ -645,28 +584,11 @@ impl Policy {
         msg: &MessageRef,
         hook: &str,
     ) -> Result<bool, PolicyError> {
-        const EVENT: &str = "should_enqueue_log_record";
-        let lua = self.acquire()?;
-        for h in events::handlers(&lua, EVENT).map_err(|e| PolicyError::event(EVENT, e))? {
-            let v: Value = h
-                .call_async((MessageUd(msg.clone()), hook))
-                .await
-                .map_err(|e| PolicyError::event(EVENT, e))?;
-            match v {
-                Value::Nil => continue,
-                Value::Boolean(b) => return Ok(b),
-                other => {
-                    return Err(PolicyError::Event {
-                        event: EVENT.into(),
-                        message: format!(
-                            "the handler returned a {}; expected a boolean",
-                            other.type_name()
-                        ),
-                    });
-                }
-            }
-        }
-        Ok(false)
+        let args = (MessageUd(msg.clone()), hook.to_owned());
+        Ok(self
+            .call(&events::SHOULD_ENQUEUE_LOG_RECORD, args)
+            .await?
+            .unwrap_or(false))
     }
 }
 

@@ -205,7 +205,9 @@ async fn message_object_and_json_helpers() {
         Default::default(),
         Bytes::from_static(b"Subject: hi\r\n\r\nbody"),
     ));
-    p.message_hook("http_message_generated", &m).await.unwrap();
+    p.message_hook(&crate::policy::events::HTTP_MESSAGE_GENERATED, &m)
+        .await
+        .unwrap();
     assert_eq!(m.queue_name().unwrap().to_string(), "acme@amqp");
     assert!(m.data().unwrap().ends_with(b"\0tail"));
 }
@@ -238,7 +240,7 @@ async fn header_methods_work_as_kumomta_documents() {
             b"Received: from client\r\nX-Campaign-ID: spring\r\nX-Mailer: foo\r\n\r\nbody\r\n",
         ),
     ));
-    p.message_hook("smtp_server_message_received", &m)
+    p.message_hook(&crate::policy::events::SMTP_SERVER_MESSAGE_RECEIVED, &m)
         .await
         .unwrap();
     assert_eq!(m.get_meta("x_mailer"), Some(serde_json::json!("foo")));
@@ -260,7 +262,7 @@ async fn header_methods_work_as_kumomta_documents() {
     )
     .unwrap();
     let err = bad
-        .message_hook("smtp_server_message_received", &m)
+        .message_hook(&crate::policy::events::SMTP_SERVER_MESSAGE_RECEIVED, &m)
         .await
         .unwrap_err()
         .to_string();
@@ -291,7 +293,7 @@ async fn unsupported_message_methods_are_refused_at_load_and_named_at_run_time()
         Bytes::new(),
     ));
     let err = p
-        .message_hook("smtp_server_message_received", &m)
+        .message_hook(&crate::policy::events::SMTP_SERVER_MESSAGE_RECEIVED, &m)
         .await
         .unwrap_err()
         .to_string();
@@ -392,7 +394,10 @@ async fn reject_in_a_hook_is_a_rejection() {
         Default::default(),
         Bytes::new(),
     ));
-    match p.message_hook("http_message_generated", &m).await {
+    match p
+        .message_hook(&crate::policy::events::HTTP_MESSAGE_GENERATED, &m)
+        .await
+    {
         Err(PolicyError::Rejected(r)) => {
             assert_eq!(r.code, 552);
             assert_eq!(r.message, "too big");

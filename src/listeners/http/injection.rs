@@ -87,7 +87,10 @@ pub(super) async fn inject(
             r.content.clone(),
         ));
         results.push(None);
-        match policy.message_hook("http_message_generated", &msg).await {
+        match policy
+            .message_hook(&crate::policy::events::HTTP_MESSAGE_GENERATED, &msg)
+            .await
+        {
             Ok(()) => {
                 msgs.push(msg);
                 slots.push(i);

@@ -657,7 +657,7 @@ impl Session {
                 body.clone(),
             ));
             match policy
-                .message_hook("smtp_server_message_received", &m)
+                .message_hook(&crate::policy::events::SMTP_SERVER_MESSAGE_RECEIVED, &m)
                 .await
             {
                 Ok(()) => msgs.push(m),
