@@ -30,10 +30,6 @@ use std::sync::{Arc, Mutex};
 /// KumoMTA's bundled helpers this relay does not ship, and why.
 const NOT_BUNDLED: &[(&str, &str)] = &[
     (
-        "policy-extras.queue",
-        "queues are configured with get_queue_config or AmqpRoutes",
-    ),
-    (
         "policy-extras.listener_domains",
         "relaying is allowed by the listeners' relay_hosts and SMTP AUTH",
     ),
@@ -48,8 +44,11 @@ const NOT_BUNDLED: &[(&str, &str)] = &[
     ("policy-extras.dkim_sign", "DKIM signing is out of scope"),
 ];
 
-/// `require 'policy-extras.log_hooks'`, as in KumoMTA.
-const LOG_HOOKS_LUA: &str = include_str!("log_hooks.lua");
+/// KumoMTA's helpers this relay ships, written to behave as KumoMTA's do.
+const BUNDLED: &[(&str, &str)] = &[
+    ("policy-extras.log_hooks", include_str!("log_hooks.lua")),
+    ("policy-extras.queue", include_str!("queue_helper.lua")),
+];
 
 /// States kept for reuse; more are created on demand and dropped when surplus.
 const POOL_MAX: usize = 64;
@@ -387,12 +386,14 @@ impl Policy {
             )?;
             // Bundled helpers KumoMTA policies `require`.
             let preload: mlua::Table = package.get("preload")?;
-            preload.set(
-                "policy-extras.log_hooks",
-                lua.load(LOG_HOOKS_LUA)
-                    .set_name("=policy-extras.log_hooks")
-                    .into_function()?,
-            )?;
+            for (name, source) in BUNDLED {
+                preload.set(
+                    *name,
+                    lua.load(*source)
+                        .set_name(format!("={name}"))
+                        .into_function()?,
+                )?;
+            }
             // KumoMTA's other helpers: requiring one says it is not here
             // (and why), instead of "module not found".
             for (name, why) in NOT_BUNDLED {
@@ -696,5 +697,7 @@ pub fn content_hash(bytes: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+#[cfg(test)]
+mod queue_helper_tests;
 #[cfg(test)]
 mod tests;

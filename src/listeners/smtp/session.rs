@@ -46,6 +46,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, settings: Arc<Settings>, eng
         errors: 0,
         tls: false,
         authenticated: None,
+        authz: None,
         stop,
     };
     let banner = settings
@@ -107,6 +108,8 @@ struct Session {
     tls: bool,
     /// The identity the client authenticated as (AUTH).
     authenticated: Option<String>,
+    /// The identity it authorised as (AUTH PLAIN's authzid, else the user).
+    authz: Option<String>,
     /// Ends a session waiting for its next command when the relay stops.
     stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -429,6 +432,7 @@ impl Session {
             .await;
         match verdict {
             Ok(AuthVerdict::Allow) => {
+                self.authz = Some(creds.authz);
                 self.authenticated = Some(creds.authc);
                 self.reply(235, "2.7.0 authentication successful");
                 Flow::Continue
@@ -641,6 +645,11 @@ impl Session {
         }
         if let Some(who) = &self.authenticated {
             meta.insert("authn_id".into(), Value::from(who.clone()));
+        }
+        // The identity the client acts as (KumoMTA's queue helper checks
+        // it against a tenant's require_authz).
+        if let Some(authz) = &self.authz {
+            meta.insert("authz_id".into(), Value::from(authz.clone()));
         }
         let body = if self.settings.cfg.received_header {
             self.with_received(&tx, &body)
