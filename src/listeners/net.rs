@@ -1,20 +1,9 @@
 //! What both listeners need from the network: address lists and TLS.
 
-use ipnet::IpNet;
 use std::path::Path;
 use std::sync::Arc;
 
-/// IP literals and CIDRs, as `trusted_hosts` and `relay_hosts` take them.
-pub fn parse_nets(hosts: &[String]) -> Result<Vec<IpNet>, String> {
-    hosts
-        .iter()
-        .map(|h| {
-            h.parse::<IpNet>()
-                .or_else(|_| h.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| format!("{h:?} is not an IP address or CIDR"))
-        })
-        .collect()
-}
+pub use crate::model::listener_config::parse_nets;
 
 /// A TLS acceptor from PEM files (rustls, ring).
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {

@@ -186,3 +186,53 @@ impl EsmtpListener {
             .expect("defaults deserialise")
     }
 }
+
+/// IP literals and CIDRs, as `trusted_hosts`, `relay_hosts` and a listener
+/// domain's `relay_from` take them.
+pub fn parse_nets(hosts: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+    hosts
+        .iter()
+        .map(|h| {
+            h.parse::<ipnet::IpNet>()
+                .or_else(|_| h.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("{h:?} is not an IP address or CIDR"))
+        })
+        .collect()
+}
+
+/// `kumo.make_listener_domain{…}`: whether SMTP clients outside
+/// `relay_hosts` may relay to (`relay_to`) or from (`relay_from`) a domain.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerDomain {
+    #[serde(default)]
+    pub relay_to: bool,
+    #[serde(default, rename = "relay_from")]
+    relay_from_hosts: Vec<String>,
+    #[serde(default)]
+    log_oob: bool,
+    #[serde(default)]
+    log_arf: bool,
+    #[serde(skip)]
+    relay_from: Vec<ipnet::IpNet>,
+}
+
+impl ListenerDomain {
+    pub fn validate(mut self) -> Result<Self, String> {
+        if self.log_oob || self.log_arf {
+            return Err(
+                "log_oob and log_arf are not provided by amqp-relay (it does not parse \
+                 bounce or feedback reports; relay them with relay_to and parse them downstream)"
+                    .into(),
+            );
+        }
+        self.relay_from =
+            parse_nets(&self.relay_from_hosts).map_err(|e| format!("relay_from: {e}"))?;
+        Ok(self)
+    }
+
+    /// Whether a client at `ip` may relay mail from this (sender) domain.
+    pub fn relays_from(&self, ip: std::net::IpAddr) -> bool {
+        self.relay_from.iter().any(|n| n.contains(&ip))
+    }
+}

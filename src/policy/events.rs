@@ -6,11 +6,12 @@
 //! multi-handler events run in order and the first non-nil answer wins.
 
 use super::PolicyError;
-use super::kumo::{EgressPathUd, QueueConfigUd};
+use super::conn_meta::ConnMeta;
+use super::kumo::{EgressPathUd, ListenerDomainUd, QueueConfigUd};
 use super::message_ud::MessageUd;
 use crate::model::config::{EgressPathConfig, QueueConfig};
+use crate::model::listener_config::ListenerDomain;
 use mlua::{Function, Lua, Table, Value};
-use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 const REGISTRY_KEY: &str = "amqp_relay.events";
@@ -71,6 +72,20 @@ impl Answer for QueueConfig {
     }
 }
 
+impl Answer for ListenerDomain {
+    fn from_answer(v: Value) -> Result<Option<ListenerDomain>, String> {
+        const WANT: &str = "kumo.make_listener_domain{…}";
+        match v {
+            Value::Nil => Ok(None),
+            Value::UserData(ud) => match ud.borrow::<ListenerDomainUd>() {
+                Ok(c) => Ok(Some(c.0.clone())),
+                Err(_) => Err(format!("the handler must return {WANT}")),
+            },
+            other => Err(unexpected(&other, WANT)),
+        }
+    }
+}
+
 impl Answer for EgressPathConfig {
     fn from_answer(v: Value) -> Result<Option<EgressPathConfig>, String> {
         const WANT: &str = "kumo.make_egress_path{…}";
@@ -116,7 +131,10 @@ events! {
     HTTP_SERVER_VALIDATE_AUTH_BASIC = "http_server_validate_auth_basic", One, (String, String) -> bool;
     /// `(authz, authc, password, conn_meta)`.
     SMTP_SERVER_AUTH_PLAIN = "smtp_server_auth_plain", One,
-        (String, String, String, BTreeMap<String, String>) -> bool;
+        (String, String, String, ConnMeta) -> bool;
+    /// `(domain, listener, conn_meta)`: at RCPT, for a client outside
+    /// `relay_hosts`, the recipient's and the sender's domain.
+    GET_LISTENER_DOMAIN = "get_listener_domain", One, (String, String, ConnMeta) -> ListenerDomain;
     /// `(msg, hook_name)`.
     SHOULD_ENQUEUE_LOG_RECORD = "should_enqueue_log_record", Many, (MessageUd, String) -> bool;
 }
@@ -147,7 +165,6 @@ where
 const UNSUPPORTED: &[(&str, &str)] = &[
     ("get_egress_source", "egress sources (SMTP delivery)"),
     ("get_egress_pool", "egress pools (SMTP delivery)"),
-    ("get_listener_domain", "listener domains"),
     ("smtp_server_ehlo", "SMTP EHLO hooks"),
     ("smtp_server_mail_from", "SMTP MAIL FROM hooks"),
     ("smtp_server_mail_rcpt_to", "SMTP RCPT TO hooks"),

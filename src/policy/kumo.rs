@@ -4,9 +4,9 @@ use super::amqp::{self, AmqpPool, Client};
 use super::events;
 use super::reject::Rejection;
 use crate::model::config::{EgressPathConfig, QueueConfig};
-use crate::model::listener_config::{EsmtpListener, HttpListener};
+use crate::model::listener_config::{EsmtpListener, HttpListener, ListenerDomain};
 use crate::model::log_config::{LocalLogsConfig, LogHookConfig};
-use mlua::{Function, Lua, LuaSerdeExt, Table, UserData, Value};
+use mlua::{Function, Lua, Table, UserData, Value};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -48,10 +48,19 @@ pub struct QueueConfigUd(pub QueueConfig);
 impl UserData for QueueConfigUd {}
 pub struct EgressPathUd(pub EgressPathConfig);
 impl UserData for EgressPathUd {}
+pub struct ListenerDomainUd(pub ListenerDomain);
+impl UserData for ListenerDomainUd {}
 
-fn from_lua<T: for<'de> Deserialize<'de>>(lua: &Lua, v: Value, call: &str) -> mlua::Result<T> {
-    lua.from_value(v)
-        .map_err(|e| mlua::Error::runtime(format!("{call}: {e}")))
+/// Reads a configuration table; the error names the field that is wrong.
+fn from_lua<T: for<'de> Deserialize<'de>>(v: Value, call: &str) -> mlua::Result<T> {
+    serde_path_to_error::deserialize(mlua::serde::Deserializer::new(v)).map_err(|e| {
+        let at = e.path().to_string();
+        let inner = e.into_inner();
+        match at.as_str() {
+            "." => mlua::Error::runtime(format!("{call}: {inner}")),
+            _ => mlua::Error::runtime(format!("{call}: {at}: {inner}")),
+        }
+    })
 }
 
 fn init_ctx(lua: &Lua, call: &str) -> mlua::Result<Arc<Mutex<InitConfig>>> {
@@ -104,8 +113,8 @@ fn register_core(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
     )?;
     kumo.set(
         "make_queue_config",
-        lua.create_function(|lua, v: Value| {
-            from_lua::<QueueConfig>(lua, v, "kumo.make_queue_config")?
+        lua.create_function(|_lua, v: Value| {
+            from_lua::<QueueConfig>(v, "kumo.make_queue_config")?
                 .validate()
                 .map(QueueConfigUd)
                 .map_err(|e| mlua::Error::runtime(format!("kumo.make_queue_config: {e}")))
@@ -113,11 +122,20 @@ fn register_core(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
     )?;
     kumo.set(
         "make_egress_path",
-        lua.create_function(|lua, v: Value| {
-            from_lua::<EgressPathConfig>(lua, v, "kumo.make_egress_path")?
+        lua.create_function(|_lua, v: Value| {
+            from_lua::<EgressPathConfig>(v, "kumo.make_egress_path")?
                 .validate()
                 .map(EgressPathUd)
                 .map_err(|e| mlua::Error::runtime(format!("kumo.make_egress_path: {e}")))
+        })?,
+    )?;
+    kumo.set(
+        "make_listener_domain",
+        lua.create_function(|_lua, v: Value| {
+            from_lua::<ListenerDomain>(v, "kumo.make_listener_domain")?
+                .validate()
+                .map(ListenerDomainUd)
+                .map_err(|e| mlua::Error::runtime(format!("kumo.make_listener_domain: {e}")))
         })?,
     )?;
     kumo.set(
@@ -165,7 +183,7 @@ fn register_init(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
         "start_http_listener",
         lua.create_function(|lua, v: Value| {
             let ctx = init_ctx(lua, "kumo.start_http_listener")?;
-            let l: HttpListener = from_lua(lua, v, "kumo.start_http_listener")?;
+            let l: HttpListener = from_lua(v, "kumo.start_http_listener")?;
             ctx.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .http_listeners
@@ -177,7 +195,7 @@ fn register_init(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
         "define_spool",
         lua.create_function(|lua, v: Value| {
             let ctx = init_ctx(lua, "kumo.define_spool")?;
-            let def: SpoolDef = from_lua(lua, v, "kumo.define_spool")?;
+            let def: SpoolDef = from_lua(v, "kumo.define_spool")?;
             match def.name.as_str() {
                 // Bodies and envelopes share one redb file, kept where 'data' says.
                 "data" => {
@@ -195,7 +213,7 @@ fn register_init(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
         "start_esmtp_listener",
         lua.create_function(|lua, v: Value| {
             let ctx = init_ctx(lua, "kumo.start_esmtp_listener")?;
-            let l = from_lua(lua, v, "kumo.start_esmtp_listener")?;
+            let l = from_lua(v, "kumo.start_esmtp_listener")?;
             ctx.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .esmtp_listeners
@@ -207,7 +225,7 @@ fn register_init(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
         "configure_local_logs",
         lua.create_function(|lua, v: Value| {
             let ctx = init_ctx(lua, "kumo.configure_local_logs")?;
-            let cfg = from_lua(lua, v, "kumo.configure_local_logs")?;
+            let cfg = from_lua(v, "kumo.configure_local_logs")?;
             let mut init = ctx.lock().unwrap_or_else(|e| e.into_inner());
             if init.local_logs.is_some() {
                 return Err(mlua::Error::runtime(
@@ -222,7 +240,7 @@ fn register_init(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
         "configure_log_hook",
         lua.create_function(|lua, v: Value| {
             let ctx = init_ctx(lua, "kumo.configure_log_hook")?;
-            let cfg: LogHookConfig = from_lua(lua, v, "kumo.configure_log_hook")?;
+            let cfg: LogHookConfig = from_lua(v, "kumo.configure_log_hook")?;
             let mut init = ctx.lock().unwrap_or_else(|e| e.into_inner());
             if init.log_hooks.iter().any(|h| h.name == cfg.name) {
                 return Err(mlua::Error::runtime(format!(

@@ -2,6 +2,7 @@
 //! engine fires into it.
 
 pub mod amqp;
+pub mod conn_meta;
 pub mod delivery;
 pub mod events;
 pub mod kumo;
@@ -16,6 +17,7 @@ mod unsupported;
 mod util_modules;
 
 use crate::model::config::{EgressPathConfig, QueueConfig};
+use crate::model::listener_config::ListenerDomain;
 use crate::model::message::MessageRef;
 use crate::model::queue_name::QueueName;
 use amqp::AmqpPool;
@@ -29,10 +31,6 @@ use std::sync::{Arc, Mutex};
 
 /// KumoMTA's bundled helpers this relay does not ship, and why.
 const NOT_BUNDLED: &[(&str, &str)] = &[
-    (
-        "policy-extras.listener_domains",
-        "relaying is allowed by the listeners' relay_hosts and SMTP AUTH",
-    ),
     (
         "policy-extras.shaping",
         "traffic shaping is for SMTP delivery, which this relay does not do",
@@ -48,6 +46,10 @@ const NOT_BUNDLED: &[(&str, &str)] = &[
 const BUNDLED: &[(&str, &str)] = &[
     ("policy-extras.log_hooks", include_str!("log_hooks.lua")),
     ("policy-extras.queue", include_str!("queue_helper.lua")),
+    (
+        "policy-extras.listener_domains",
+        include_str!("listener_domains.lua"),
+    ),
 ];
 
 /// States kept for reuse; more are created on demand and dropped when surplus.
@@ -561,14 +563,13 @@ impl Policy {
             .await
     }
 
-    /// `smtp_server_auth_plain(authz, authc, password, conn_meta)`;
-    /// `conn_meta` is a table of the connection's metadata.
+    /// `smtp_server_auth_plain(authz, authc, password, conn_meta)`.
     pub async fn smtp_auth_plain(
         self: &Arc<Self>,
         authz: &str,
         authc: &str,
         password: &str,
-        conn_meta: &BTreeMap<String, String>,
+        conn_meta: &conn_meta::ConnMeta,
     ) -> Result<AuthVerdict, PolicyError> {
         let args = (
             authz.to_owned(),
@@ -577,6 +578,18 @@ impl Policy {
             conn_meta.clone(),
         );
         self.auth_event(&events::SMTP_SERVER_AUTH_PLAIN, args).await
+    }
+
+    /// `get_listener_domain(domain, listener, conn_meta)`; `None` when the
+    /// policy has no handler or it answers nil.
+    pub async fn listener_domain(
+        self: &Arc<Self>,
+        domain: &str,
+        listener: &str,
+        conn_meta: &conn_meta::ConnMeta,
+    ) -> Result<Option<ListenerDomain>, PolicyError> {
+        let args = (domain.to_owned(), listener.to_owned(), conn_meta.clone());
+        self.call(&events::GET_LISTENER_DOMAIN, args).await
     }
 
     /// `should_enqueue_log_record(msg, hook_name)`: the first non-nil answer wins; none means no.
@@ -698,6 +711,6 @@ pub fn content_hash(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod queue_helper_tests;
+mod extras_tests;
 #[cfg(test)]
 mod tests;

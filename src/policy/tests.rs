@@ -372,13 +372,13 @@ async fn log_hooks_helper_behaves_as_kumomtas() {
 
 #[test]
 fn kumomtas_other_helpers_are_refused_by_name_at_load() {
-    let err = load("local queue_module = require 'policy-extras.queue'")
+    let err = load("local queue_module = require 'policy-extras.shaping'")
         .err()
         .unwrap()
         .to_string();
     assert!(
         err.contains("policy.lua:1:")
-            && err.contains("require 'policy-extras.queue': not provided by amqp-relay"),
+            && err.contains("require 'policy-extras.shaping': not provided by amqp-relay"),
         "{err}"
     );
 }

@@ -12,6 +12,7 @@ mod harness;
 mod held;
 mod http_security;
 mod inject;
+mod kumo_helpers;
 mod log_hooks;
 mod proxy;
 mod publish;

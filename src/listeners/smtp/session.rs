@@ -11,9 +11,9 @@ use super::lines::{Line, read_line};
 use crate::engine::{Engine, Refusal};
 use crate::model::message::Message;
 use crate::policy::AuthVerdict;
+use crate::policy::conn_meta::ConnMeta;
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -47,6 +47,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, settings: Arc<Settings>, eng
         tls: false,
         authenticated: None,
         authz: None,
+        conn: ConnMeta::default(),
         stop,
     };
     let banner = settings
@@ -110,6 +111,8 @@ struct Session {
     authenticated: Option<String>,
     /// The identity it authorised as (AUTH PLAIN's authzid, else the user).
     authz: Option<String>,
+    /// KumoMTA's `conn_meta`, shared by this session's event handlers.
+    conn: ConnMeta,
     /// Ends a session waiting for its next command when the relay stops.
     stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -259,7 +262,7 @@ impl Session {
                 return self.auth(io, buf, &mechanism, initial).await;
             }
             Command::Mail { from, size } => return self.mail(io, from, size).await,
-            Command::Rcpt { to } => self.rcpt(to),
+            Command::Rcpt { to } => self.rcpt(to).await,
             Command::Data => return self.data(io, buf).await,
             Command::Rset => {
                 self.tx = None;
@@ -358,23 +361,67 @@ impl Session {
         Flow::Continue
     }
 
-    fn rcpt(&mut self, to: String) {
+    /// Whether this client may relay to `to`: from `relay_hosts`,
+    /// authenticated, or allowed by `get_listener_domain` for the
+    /// recipient's domain (`relay_to`) or the sender's (`relay_from`).
+    async fn may_relay(&mut self, to: &str) -> Result<bool, Refusal> {
+        let ip = self.peer.ip();
+        if self.authenticated.is_some() || self.settings.relay_hosts.iter().any(|n| n.contains(&ip))
+        {
+            return Ok(true);
+        }
+        let policy = self.engine.policy();
+        if !policy.defines(crate::policy::events::GET_LISTENER_DOMAIN.name) {
+            return Ok(false);
+        }
+        self.refresh_conn_meta();
+        let listener = self.settings.cfg.listen.as_str();
+        let domain_of = |a: &str| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
+        let failed = |e: crate::policy::PolicyError| Refusal {
+            code: 451,
+            reason: format!("4.3.0 {e}"),
+        };
+        if let Some(d) = domain_of(to) {
+            let ld = policy
+                .listener_domain(&d, listener, &self.conn)
+                .await
+                .map_err(failed)?;
+            if ld.is_some_and(|ld| ld.relay_to) {
+                return Ok(true);
+            }
+        }
+        let from = self.tx.as_ref().and_then(|t| domain_of(&t.from));
+        if let Some(d) = from {
+            let ld = policy
+                .listener_domain(&d, listener, &self.conn)
+                .await
+                .map_err(failed)?;
+            return Ok(ld.is_some_and(|ld| ld.relays_from(ip)));
+        }
+        Ok(false)
+    }
+
+    async fn rcpt(&mut self, to: String) {
         let max = self.settings.cfg.max_recipients_per_message;
-        let relay_ok = self.authenticated.is_some()
-            || self
-                .settings
-                .relay_hosts
-                .iter()
-                .any(|n| n.contains(&self.peer.ip()));
-        let Some(tx) = self.tx.as_mut() else {
+        if self.tx.is_none() {
             self.reply(503, "5.5.1 need MAIL before RCPT");
             return;
-        };
-        if !relay_ok {
-            let ip = self.peer.ip();
-            self.reply(550, &format!("5.7.1 relaying denied for {ip}"));
-            return;
         }
+        match self.may_relay(&to).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let ip = self.peer.ip();
+                self.reply(550, &format!("5.7.1 relaying denied for {ip}"));
+                return;
+            }
+            Err(r) => {
+                self.refusal(&r);
+                return;
+            }
+        }
+        let Some(tx) = self.tx.as_mut() else {
+            return;
+        };
         if tx.rcpts.len() >= max {
             self.reply(452, "4.5.3 too many recipients");
             return;
@@ -424,11 +471,11 @@ impl Session {
             Ok(None) => return Flow::Close,
             Err(bad) => return self.bad_command(io, bad.code, bad.text).await,
         };
-        let meta = self.conn_meta();
+        self.refresh_conn_meta();
         let verdict = self
             .engine
             .policy()
-            .smtp_auth_plain(&creds.authz, &creds.authc, &creds.password, &meta)
+            .smtp_auth_plain(&creds.authz, &creds.authc, &creds.password, &self.conn)
             .await;
         match verdict {
             Ok(AuthVerdict::Allow) => {
@@ -506,17 +553,24 @@ impl Session {
         }))
     }
 
-    fn conn_meta(&self) -> BTreeMap<String, String> {
-        let mut meta = BTreeMap::new();
-        meta.insert("received_from".into(), self.peer.to_string());
+    /// What the session knows of the connection, into `conn_meta` (values
+    /// handlers set themselves stay).
+    fn refresh_conn_meta(&self) {
+        let c = &self.conn;
+        c.set("received_from", self.peer.to_string());
         if let Some(l) = self.local {
-            meta.insert("received_via".into(), l.to_string());
+            c.set("received_via", l.to_string());
         }
         if let Some(h) = &self.helo {
-            meta.insert("ehlo_domain".into(), h.clone());
+            c.set("ehlo_domain", h.clone());
         }
-        meta.insert("tls".into(), self.tls.to_string());
-        meta
+        c.set("tls", self.tls.to_string());
+        if let Some(a) = &self.authenticated {
+            c.set("authn_id", a.clone());
+        }
+        if let Some(a) = &self.authz {
+            c.set("authz_id", a.clone());
+        }
     }
 
     /// Reads the message after DATA and answers it.

@@ -1,5 +1,6 @@
-//! `policy-extras.queue` with configuration written the way KumoMTA's
-//! helper documents it (less its SMTP-only egress pools).
+//! `policy-extras.queue` and `policy-extras.listener_domains` with
+//! configuration written the way KumoMTA's helpers document it (less what
+//! only SMTP delivery uses).
 
 use super::*;
 use crate::model::message::Message;
@@ -194,4 +195,119 @@ fn what_the_relay_cannot_do_fails_the_load_naming_file_and_section() {
         .unwrap()
         .to_string();
     assert!(err.contains("queue.toml"), "a missing file is named: {err}");
+}
+
+const LISTENER_DOMAINS: &str = r#"
+["example.com"]
+relay_to = true
+
+["send.example.com"]
+relay_from = [ '10.0.0.0/24' ]
+
+["auth-send.example.com"]
+relay_from_authz = [ 'username1', 'username2' ]
+
+["*.example.com"]
+relay_to = true
+
+["www.example.com"]
+relay_to = false
+
+[listener."127.0.0.1:25"."*.example.com"]
+relay_to = false
+"#;
+
+fn listener_policy(dir: &std::path::Path, toml: &str) -> Result<Arc<Policy>, PolicyError> {
+    std::fs::write(dir.join("ld.toml"), toml).unwrap();
+    let src = format!(
+        "local listener_domains = require 'policy-extras.listener_domains'\n\
+         kumo.on('get_listener_domain', listener_domains:setup {{ '{}/ld.toml' }})",
+        dir.display()
+    );
+    let path = dir.join("policy.lua");
+    std::fs::write(&path, src).unwrap();
+    Policy::load(&path, Arc::new(AmqpPool::default()))
+}
+
+#[tokio::test]
+async fn listener_domains_answer_per_domain_wildcard_listener_and_authz() {
+    use super::conn_meta::ConnMeta;
+    let dir = tempfile::tempdir().unwrap();
+    let p = listener_policy(dir.path(), LISTENER_DOMAINS).unwrap();
+    let conn = ConnMeta::default();
+    conn.set("received_from", "10.1.2.3:40000");
+    let ld = |domain: &'static str, listener: &'static str, conn: ConnMeta| {
+        let p = p.clone();
+        async move { p.listener_domain(domain, listener, &conn).await.unwrap() }
+    };
+    let relay_to = |d: Option<crate::model::listener_config::ListenerDomain>| d.map(|d| d.relay_to);
+    assert_eq!(
+        relay_to(ld("example.com", "0.0.0.0:25", conn.clone()).await),
+        Some(true)
+    );
+    assert_eq!(
+        relay_to(ld("mx.example.com", "0.0.0.0:25", conn.clone()).await),
+        Some(true),
+        "wildcard"
+    );
+    assert_eq!(
+        relay_to(ld("www.example.com", "0.0.0.0:25", conn.clone()).await),
+        Some(false),
+        "exact beats wildcard"
+    );
+    assert_eq!(
+        relay_to(ld("mx.example.com", "127.0.0.1:25", conn.clone()).await),
+        Some(false),
+        "per listener"
+    );
+    assert_eq!(
+        relay_to(ld("other.net", "0.0.0.0:25", conn.clone()).await),
+        None
+    );
+    let send = ld("send.example.com", "0.0.0.0:25", conn.clone())
+        .await
+        .unwrap();
+    assert!(
+        send.relays_from("10.0.0.7".parse().unwrap())
+            && !send.relays_from("10.1.2.3".parse().unwrap())
+    );
+    let peer: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+    let anon = ld("auth-send.example.com", "0.0.0.0:25", conn.clone())
+        .await
+        .unwrap();
+    assert!(!anon.relays_from(peer));
+    conn.set("authz_id", "username2");
+    let authed = ld("auth-send.example.com", "0.0.0.0:25", conn.clone())
+        .await
+        .unwrap();
+    assert!(authed.relays_from(peer), "relay_from_authz adds the peer");
+}
+
+#[test]
+fn listener_domain_entries_are_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for (toml, want) in [
+        (
+            "[\"bounce.example.com\"]\nlog_oob = true\n",
+            "['bounce.example.com'] on listener '*': kumo.make_listener_domain: log_oob and log_arf are not provided",
+        ),
+        (
+            "[listener.\"127.0.0.1:25\".\"*.example.com\"]\nlog_arf = \"yes\"\n",
+            "log_arf",
+        ),
+        (
+            "[\"a.com\"]\nrelay_from = [ 'not-an-ip' ]\n",
+            "relay_from: \"not-an-ip\" is not an IP address",
+        ),
+        (
+            "[\"a.com\"]\nrelay_from_authz = 'scott'\n",
+            "relay_from_authz must be a list",
+        ),
+    ] {
+        let err = listener_policy(dir.path(), toml).err().unwrap().to_string();
+        assert!(
+            err.contains(want) && err.contains("ld.toml"),
+            "{toml}: {err}"
+        );
+    }
 }
