@@ -723,10 +723,28 @@ impl UserData for Client {
             let p = Publish::from_table(&t, "client:publish", &[])?;
             this.publish(p, PUBLISH_TIMEOUT)
         });
-        m.add_method("publish_with_timeout", |_, this, (t, ms): (Table, u64)| {
-            let p = Publish::from_table(&t, "client:publish_with_timeout", &[])?;
-            this.publish(p, Duration::from_millis(ms))
-        });
+        // As in KumoMTA: publishes and waits for the confirm, both within
+        // the timeout, and returns the result table (not a confirm).
+        m.add_async_method(
+            "publish_with_timeout",
+            |lua, this: UserDataRef<Client>, (t, ms): (Table, u64)| async move {
+                let limit = Duration::from_millis(ms);
+                let p = Publish::from_table(&t, "client:publish_with_timeout", &[])?;
+                let confirm = this.publish(p, limit)?;
+                let outcome = tokio::time::timeout(limit, confirm.outcome())
+                    .await
+                    .map_err(|_| {
+                        mlua::Error::runtime(format!(
+                            "client:publish_with_timeout: no confirm within {ms} ms"
+                        ))
+                    })?
+                    .map_err(|f| {
+                        confirm.pool.after_error(&confirm.target, &f);
+                        mlua::Error::from(f)
+                    })?;
+                outcome.to_lua(&lua)
+            },
+        );
         m.add_method("close", |_, this, ()| {
             let ch = this
                 .channel

@@ -23,15 +23,15 @@ async fn rejects_and_lua_errors_are_retried_then_delivered() {
         ],
     );
     let relay = Relay::start(&policy, &dir.path().join("spool"));
-    for mode in ["reject-once", "error-once"] {
+    for mode in ["reject-once", "error-once", "with-timeout"] {
         let body = format!("X-Mode: {mode}\r\n\r\n{mode}");
         let (status, resp) = relay
             .inject("s@example.com", &recipients(mode, "amqp", N), &body)
             .await;
         assert_eq!(status, 200, "{resp}");
     }
-    let got = consume(&conn, "retry-q", 2 * N, Duration::from_secs(60)).await;
-    assert_eq!(got.len(), 2 * N, "relay log:\n{}", relay.log_text());
+    let got = consume(&conn, "retry-q", 3 * N, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), 3 * N, "relay log:\n{}", relay.log_text());
     // Each message failed exactly once before it went through.
     assert_eq!(
         relay.metric("amqp_relay_transient_failures_total").await,
@@ -40,7 +40,7 @@ async fn rejects_and_lua_errors_are_retried_then_delivered() {
     relay
         .await_metric(
             "amqp_relay_delivered_total",
-            (2 * N) as f64,
+            (3 * N) as f64,
             Duration::from_secs(10),
         )
         .await;

@@ -32,7 +32,13 @@ kumo.on('make.amqp', function(domain, tenant, campaign)
       publish.routing_key = 'nowhere'
       publish.options = { mandatory = true }
     end
-    local result = client:publish(publish):wait()
+    local result
+    if mode == 'with-timeout' then
+      -- KumoMTA's publish_with_timeout answers the result table itself.
+      result = client:publish_with_timeout(publish, 10000)
+    else
+      result = client:publish(publish):wait()
+    end
     if result.status == 'Ack' and not result.reply_code then
       return '250 ' .. kumo.json_encode(result)
     end
