@@ -388,12 +388,15 @@ impl Policy {
             )?;
             // Bundled helpers KumoMTA policies `require`.
             let preload: mlua::Table = package.get("preload")?;
+            // Compiled when required, not for every new state.
             for (name, source) in BUNDLED {
                 preload.set(
                     *name,
-                    lua.load(*source)
-                        .set_name(format!("={name}"))
-                        .into_function()?,
+                    lua.create_function(move |lua, args: mlua::MultiValue| {
+                        lua.load(*source)
+                            .set_name(format!("={name}"))
+                            .call::<mlua::MultiValue>(args)
+                    })?,
                 )?;
             }
             // KumoMTA's other helpers: requiring one says it is not here
