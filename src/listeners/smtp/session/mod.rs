@@ -2,15 +2,17 @@
 //! Replies are buffered while the client's pipelined commands are still
 //! buffered, and flushed before the relay waits for more. Each verb has its
 //! own handler; the parser (`command`) and the AUTH decoding (`auth`) live
-//! apart.
+//! apart, the AUTH exchange in `auth_exchange`, relay decisions and trace
+//! headers in `relaying`.
+
+mod auth_exchange;
+mod relaying;
 
 use super::Settings;
-use super::auth::{self, BadAuth};
 use super::command::{self, Command};
 use super::lines::{Line, read_line};
 use crate::engine::{Engine, Refusal};
 use crate::model::message::Message;
-use crate::policy::AuthVerdict;
 use crate::policy::conn_meta::ConnMeta;
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -361,46 +363,6 @@ impl Session {
         Flow::Continue
     }
 
-    /// Whether this client may relay to `to`: from `relay_hosts`,
-    /// authenticated, or allowed by `get_listener_domain` for the
-    /// recipient's domain (`relay_to`) or the sender's (`relay_from`).
-    async fn may_relay(&mut self, to: &str) -> Result<bool, Refusal> {
-        let ip = self.peer.ip();
-        if self.authenticated.is_some() || self.settings.relay_hosts.iter().any(|n| n.contains(&ip))
-        {
-            return Ok(true);
-        }
-        let policy = self.engine.policy();
-        if !policy.defines(crate::policy::events::GET_LISTENER_DOMAIN.name) {
-            return Ok(false);
-        }
-        self.refresh_conn_meta();
-        let listener = self.settings.cfg.listen.as_str();
-        let domain_of = |a: &str| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
-        let failed = |e: crate::policy::PolicyError| Refusal {
-            code: 451,
-            reason: format!("4.3.0 {e}"),
-        };
-        if let Some(d) = domain_of(to) {
-            let ld = policy
-                .listener_domain(&d, listener, &self.conn)
-                .await
-                .map_err(failed)?;
-            if ld.is_some_and(|ld| ld.relay_to) {
-                return Ok(true);
-            }
-        }
-        let from = self.tx.as_ref().and_then(|t| domain_of(&t.from));
-        if let Some(d) = from {
-            let ld = policy
-                .listener_domain(&d, listener, &self.conn)
-                .await
-                .map_err(failed)?;
-            return Ok(ld.is_some_and(|ld| ld.relays_from(ip)));
-        }
-        Ok(false)
-    }
-
     async fn rcpt(&mut self, to: String) {
         let max = self.settings.cfg.max_recipients_per_message;
         if self.tx.is_none() {
@@ -431,146 +393,6 @@ impl Session {
         // does: routing is checked at DATA, for all recipients at once.
         tx.rcpts.push(to);
         self.reply(250, "2.1.5 OK");
-    }
-
-    /// AUTH PLAIN (RFC 4616) or LOGIN, checked by `smtp_server_auth_plain`.
-    async fn auth<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut BufReader<S>,
-        buf: &mut Vec<u8>,
-        mechanism: &str,
-        initial: Option<String>,
-    ) -> Flow {
-        if self.authenticated.is_some() {
-            self.reply(503, "5.5.1 already authenticated");
-            return Flow::Continue;
-        }
-        if self.tx.is_some() {
-            self.reply(503, "5.5.1 AUTH is not allowed during a mail transaction");
-            return Flow::Continue;
-        }
-        if !self.tls && !self.settings.cfg.allow_auth_without_tls {
-            self.reply(538, "5.7.11 encryption required: issue STARTTLS first");
-            return Flow::Continue;
-        }
-        if !self.auth_offered() {
-            self.reply(502, "5.5.1 AUTH is not available");
-            return Flow::Continue;
-        }
-        let creds = match mechanism {
-            "PLAIN" => self.auth_plain(io, buf, initial).await,
-            "LOGIN" => self.auth_login(io, buf, initial).await,
-            _ => Err(BadAuth {
-                code: 504,
-                text: "5.5.4 unrecognized authentication mechanism",
-            }),
-        };
-        let creds = match creds {
-            Ok(Some(c)) => c,
-            // The connection ended or timed out mid-exchange.
-            Ok(None) => return Flow::Close,
-            Err(bad) => return self.bad_command(io, bad.code, bad.text).await,
-        };
-        self.refresh_conn_meta();
-        let verdict = self
-            .engine
-            .policy()
-            .smtp_auth_plain(&creds.authz, &creds.authc, &creds.password, &self.conn)
-            .await;
-        match verdict {
-            Ok(AuthVerdict::Allow) => {
-                self.authz = Some(creds.authz);
-                self.authenticated = Some(creds.authc);
-                self.reply(235, "2.7.0 authentication successful");
-                Flow::Continue
-            }
-            Ok(AuthVerdict::Deny | AuthVerdict::NoHandler) => {
-                self.bad_command(io, 535, "5.7.8 authentication credentials invalid")
-                    .await
-            }
-            Err(e) => {
-                tracing::warn!(peer = %self.peer, error = %e, "smtp_server_auth_plain failed");
-                self.reply(454, "4.7.0 temporary authentication failure");
-                Flow::Continue
-            }
-        }
-    }
-
-    /// The client's next AUTH response line; `Ok(None)` when the session ended.
-    async fn auth_response<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut BufReader<S>,
-        buf: &mut Vec<u8>,
-        challenge: &str,
-    ) -> Result<Option<String>, BadAuth> {
-        self.reply(334, challenge);
-        match self.read(io, buf, auth::MAX_RESPONSE, false).await {
-            None | Some(Line::Eof) => Ok(None),
-            Some(Line::TooLong) => Err(BadAuth {
-                code: 500,
-                text: "5.5.6 authentication exchange line is too long",
-            }),
-            Some(Line::Line { .. }) => Ok(Some(String::from_utf8_lossy(buf).into_owned())),
-        }
-    }
-
-    async fn auth_plain<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut BufReader<S>,
-        buf: &mut Vec<u8>,
-        initial: Option<String>,
-    ) -> Result<Option<auth::Credentials>, BadAuth> {
-        let response = match initial {
-            Some(r) => r,
-            None => match self.auth_response(io, buf, "").await? {
-                Some(r) => r,
-                None => return Ok(None),
-            },
-        };
-        auth::plain(&response).map(Some)
-    }
-
-    async fn auth_login<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut BufReader<S>,
-        buf: &mut Vec<u8>,
-        initial: Option<String>,
-    ) -> Result<Option<auth::Credentials>, BadAuth> {
-        let user = match initial {
-            Some(r) => auth::login_step(&r)?,
-            None => match self.auth_response(io, buf, auth::LOGIN_USERNAME).await? {
-                Some(r) => auth::login_step(&r)?,
-                None => return Ok(None),
-            },
-        };
-        let Some(password) = self.auth_response(io, buf, auth::LOGIN_PASSWORD).await? else {
-            return Ok(None);
-        };
-        Ok(Some(auth::Credentials {
-            authz: user.clone(),
-            authc: user,
-            password: auth::login_step(&password)?,
-        }))
-    }
-
-    /// What the session knows of the connection, into `conn_meta` (values
-    /// handlers set themselves stay).
-    fn refresh_conn_meta(&self) {
-        let c = &self.conn;
-        c.set("received_from", self.peer.to_string());
-        if let Some(l) = self.local {
-            c.set("received_via", l.to_string());
-        }
-        if let Some(h) = &self.helo {
-            c.set("ehlo_domain", h.clone());
-        }
-        c.set("tls", self.tls.to_string());
-        if let Some(a) = &self.authenticated {
-            c.set("authn_id", a.clone());
-        }
-        if let Some(a) = &self.authz {
-            c.set("authz_id", a.clone());
-        }
     }
 
     /// Reads the message after DATA and answers it.
@@ -664,27 +486,6 @@ impl Session {
             Some(r) => Err(r),
             None => Ok(body.into_vec()),
         })
-    }
-
-    /// The body after the transaction's `Received:` header (one for all its
-    /// recipients, naming the recipient when there is only one).
-    fn with_received(&self, tx: &Transaction, body: &[u8]) -> Bytes {
-        use crate::model::trace;
-        let helo = self.helo.as_deref().map(trace::clean_word);
-        let header = trace::received(&trace::Via {
-            helo: helo.as_deref(),
-            peer: self.peer.ip(),
-            by: &self.settings.cfg.hostname,
-            protocol: trace::esmtp_protocol(self.tls, self.authenticated.is_some()),
-            for_rcpt: match tx.rcpts.as_slice() {
-                [one] => Some(one.as_str()),
-                _ => None,
-            },
-        });
-        let mut out = Vec::with_capacity(header.len() + body.len());
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(body);
-        Bytes::from(out)
     }
 
     async fn accept(&mut self, tx: Transaction, body: Bytes) -> Result<String, Refusal> {

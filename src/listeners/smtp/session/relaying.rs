@@ -1,0 +1,90 @@
+//! Who may relay (relay_hosts, AUTH, KumoMTA's `get_listener_domain`), what
+//! the session tells handlers through `conn_meta`, and the `Received:`
+//! trace header.
+
+use super::{Session, Transaction};
+use crate::engine::Refusal;
+use bytes::Bytes;
+
+impl Session {
+    /// Whether this client may relay to `to`: from `relay_hosts`,
+    /// authenticated, or allowed by `get_listener_domain` for the
+    /// recipient's domain (`relay_to`) or the sender's (`relay_from`).
+    pub(super) async fn may_relay(&mut self, to: &str) -> Result<bool, Refusal> {
+        let ip = self.peer.ip();
+        if self.authenticated.is_some() || self.settings.relay_hosts.iter().any(|n| n.contains(&ip))
+        {
+            return Ok(true);
+        }
+        let policy = self.engine.policy();
+        if !policy.defines(crate::policy::events::GET_LISTENER_DOMAIN.name) {
+            return Ok(false);
+        }
+        self.refresh_conn_meta();
+        let listener = self.settings.cfg.listen.as_str();
+        let domain_of = |a: &str| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
+        let failed = |e: crate::policy::PolicyError| Refusal {
+            code: 451,
+            reason: format!("4.3.0 {e}"),
+        };
+        if let Some(d) = domain_of(to) {
+            let ld = policy
+                .listener_domain(&d, listener, &self.conn)
+                .await
+                .map_err(failed)?;
+            if ld.is_some_and(|ld| ld.relay_to) {
+                return Ok(true);
+            }
+        }
+        let from = self.tx.as_ref().and_then(|t| domain_of(&t.from));
+        if let Some(d) = from {
+            let ld = policy
+                .listener_domain(&d, listener, &self.conn)
+                .await
+                .map_err(failed)?;
+            return Ok(ld.is_some_and(|ld| ld.relays_from(ip)));
+        }
+        Ok(false)
+    }
+
+    /// What the session knows of the connection, into `conn_meta` (values
+    /// handlers set themselves stay).
+    pub(super) fn refresh_conn_meta(&self) {
+        let c = &self.conn;
+        c.set("received_from", self.peer.to_string());
+        if let Some(l) = self.local {
+            c.set("received_via", l.to_string());
+        }
+        if let Some(h) = &self.helo {
+            c.set("ehlo_domain", h.clone());
+        }
+        c.set("tls", self.tls.to_string());
+        if let Some(a) = &self.authenticated {
+            c.set("authn_id", a.clone());
+        }
+        if let Some(a) = &self.authz {
+            c.set("authz_id", a.clone());
+        }
+    }
+
+    /// The body after the transaction's `Received:` header (one for all its
+    /// recipients, naming the recipient when there is only one).
+    pub(super) fn with_received(&self, tx: &Transaction, body: &[u8]) -> Bytes {
+        use crate::model::trace;
+        let helo = self.helo.as_deref().map(trace::clean_word);
+        let header = trace::received(&trace::Via {
+            helo: helo.as_deref(),
+            peer: self.peer.ip(),
+            by: &self.settings.cfg.hostname,
+            protocol: trace::esmtp_protocol(self.tls, self.authenticated.is_some()),
+            for_rcpt: match tx.rcpts.as_slice() {
+                [one] => Some(one.as_str()),
+                _ => None,
+            },
+        });
+        let mut out = Vec::with_capacity(header.len() + body.len());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(body);
+        Bytes::from(out)
+    }
+}
