@@ -91,6 +91,7 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
     register_init(lua, &kumo)?;
     register_amqp(lua, &kumo)?;
     super::util_modules::register(lua, &kumo)?;
+    super::memoize::register(lua, &kumo)?;
     let meta = lua.create_table()?;
     meta.set(
         "__index",

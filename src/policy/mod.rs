@@ -6,6 +6,7 @@ pub mod conn_meta;
 pub mod delivery;
 pub mod events;
 pub mod kumo;
+mod memoize;
 pub mod message_ud;
 pub mod overlay;
 pub mod reject;
@@ -209,6 +210,8 @@ impl Policy {
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .push(first);
+        // A new version: memoized results asked to follow it start afresh.
+        memoize::EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Arc::new(policy))
     }
 
