@@ -79,28 +79,12 @@ local function load(files)
       end
     end
   end
-  return by_listener
-end
-
--- The entry for a domain: exact, then the nearest '*.parent' wildcard.
-local function find(map, domain)
-  if map == nil then
-    return nil
+  -- Exact domains, then the nearest '*.parent' wildcard.
+  local compiled = {}
+  for listener, domains in pairs(by_listener) do
+    compiled[listener] = kumo.domain_map.new(domains)
   end
-  if map[domain] then
-    return map[domain]
-  end
-  local rest = domain
-  while true do
-    local dot = rest:find('.', 1, true)
-    if not dot then
-      return nil
-    end
-    rest = rest:sub(dot + 1)
-    if map['*.' .. rest] then
-      return map['*.' .. rest]
-    end
-  end
+  return compiled
 end
 
 local function peer_ip(received_from)
@@ -138,9 +122,8 @@ function mod:setup(data_files)
       cached = { data = load(data_files), at = kumo.time.epoch_millis() }
     end
     local by_listener = cached.data
-    local entry = find(by_listener[listener], domain)
-      or find(by_listener['*'], domain)
-      or (by_listener['*'] or {})['*']
+    local mine, any = by_listener[listener], by_listener['*']
+    local entry = (mine and mine[domain]) or (any and (any[domain] or any['*']))
     if entry then
       return make(entry, conn_meta)
     end

@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod conn_meta;
 pub mod delivery;
+mod domain_map;
 pub mod events;
 pub mod kumo;
 mod memoize;

@@ -67,32 +67,9 @@ local function options_of(section, into)
   return into
 end
 
--- The domain's section: exact, then the nearest '*.parent' wildcard.
-local function domain_section(queues, domain)
-  if domain == nil then
-    return nil
-  end
-  local exact = queues[domain]
-  if exact then
-    return exact
-  end
-  local rest = domain
-  while true do
-    local dot = rest:find('.', 1, true)
-    if not dot then
-      return nil
-    end
-    rest = rest:sub(dot + 1)
-    local wild = queues['*.' .. rest]
-    if wild then
-      return wild
-    end
-  end
-end
-
 local function resolve(data, domain, tenant, campaign)
   local params = options_of(data.queues.default, {})
-  local d = domain_section(data.queues, domain)
+  local d = domain and data.by_domain[domain]
   options_of(d, params)
   options_of(tenant and data.tenants[tenant], params)
   local t = d and tenant and d[tenant]
@@ -174,6 +151,8 @@ local function load(files)
     add_file(data, load_file(name))
   end
   check(data, files)
+  -- Exact domains, then the nearest '*.parent' wildcard.
+  data.by_domain = kumo.domain_map.new(data.queues)
   return data
 end
 

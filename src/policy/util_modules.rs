@@ -61,6 +61,9 @@ pub fn register(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
     let string = super::string_module::module(lua)?;
     refuse_missing(lua, &string, "string")?;
     kumo.set("string", string)?;
+    let domain_map = super::domain_map::module(lua)?;
+    refuse_missing(lua, &domain_map, "domain_map")?;
+    kumo.set("domain_map", domain_map)?;
     let time = super::time_module::module(lua)?;
     refuse_missing(lua, &time, "time")?;
     kumo.set("time", time)?;
