@@ -491,20 +491,8 @@ impl Session {
     async fn accept(&mut self, tx: Transaction, body: Bytes) -> Result<String, Refusal> {
         let mut meta = Map::new();
         meta.insert("reception_protocol".into(), Value::from("ESMTP"));
-        meta.insert("received_from".into(), Value::from(self.peer.to_string()));
-        if let Some(l) = self.local {
-            meta.insert("received_via".into(), Value::from(l.to_string()));
-        }
-        if let Some(h) = &self.helo {
-            meta.insert("ehlo_domain".into(), Value::from(h.clone()));
-        }
-        if let Some(who) = &self.authenticated {
-            meta.insert("authn_id".into(), Value::from(who.clone()));
-        }
-        // The identity the client acts as (KumoMTA's queue helper checks
-        // it against a tenant's require_authz).
-        if let Some(authz) = &self.authz {
-            meta.insert("authz_id".into(), Value::from(authz.clone()));
+        for (k, v) in self.facts() {
+            meta.insert(k.into(), Value::from(v));
         }
         let body = if self.settings.cfg.received_header {
             self.with_received(&tx, &body)

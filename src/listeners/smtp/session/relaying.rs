@@ -47,24 +47,25 @@ impl Session {
         Ok(false)
     }
 
-    /// What the session knows of the connection, into `conn_meta` (values
-    /// handlers set themselves stay).
+    /// What the session knows of the connection (peer, listener, EHLO
+    /// name, AUTH identities; `authz_id` is what KumoMTA's queue helper
+    /// checks against a tenant's require_authz).
+    pub(super) fn facts(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![("received_from", self.peer.to_string())];
+        out.extend(self.local.map(|l| ("received_via", l.to_string())));
+        out.extend(self.helo.clone().map(|h| ("ehlo_domain", h)));
+        out.extend(self.authenticated.clone().map(|a| ("authn_id", a)));
+        out.extend(self.authz.clone().map(|a| ("authz_id", a)));
+        out
+    }
+
+    /// The facts and the TLS state into `conn_meta` (values handlers set
+    /// themselves stay).
     pub(super) fn refresh_conn_meta(&self) {
-        let c = &self.conn;
-        c.set("received_from", self.peer.to_string());
-        if let Some(l) = self.local {
-            c.set("received_via", l.to_string());
+        for (k, v) in self.facts() {
+            self.conn.set(k, v);
         }
-        if let Some(h) = &self.helo {
-            c.set("ehlo_domain", h.clone());
-        }
-        c.set("tls", self.tls.to_string());
-        if let Some(a) = &self.authenticated {
-            c.set("authn_id", a.clone());
-        }
-        if let Some(a) = &self.authz {
-            c.set("authz_id", a.clone());
-        }
+        self.conn.set("tls", self.tls.to_string());
     }
 
     /// The body after the transaction's `Received:` header (one for all its
