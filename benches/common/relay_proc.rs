@@ -44,6 +44,15 @@ impl Drop for Relay {
     }
 }
 
+/// The relay binary this build made, or `RELAY_BIN` (a control build to
+/// compare against in the same conditions).
+fn relay_binary() -> std::path::PathBuf {
+    std::env::var_os("RELAY_BIN").map_or_else(
+        || env!("CARGO_BIN_EXE_amqp-relay").into(),
+        std::path::PathBuf::from,
+    )
+}
+
 /// Starts the relay; returns it once its HTTP listener is bound, with the time that took.
 pub fn start_relay(policy: &Path, spool: &Path) -> (Relay, Duration) {
     start_relay_env(policy, spool, &[])
@@ -51,7 +60,7 @@ pub fn start_relay(policy: &Path, spool: &Path) -> (Relay, Duration) {
 
 pub fn start_relay_env(policy: &Path, spool: &Path, env: &[(&str, &str)]) -> (Relay, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_amqp-relay"))
+    let mut child = Command::new(relay_binary())
         .args(["relay", "--http-listen", "127.0.0.1:0", "--policy"])
         .arg(policy)
         .arg("--data-dir")
