@@ -60,12 +60,83 @@ fn load(lua: &Lua, f: Format, call: &str, path: &str) -> mlua::Result<Value> {
     parse(lua, f, &format!("{call}({path})"), &text)
 }
 
-fn encode(lua: &Lua, f: Format, call: &str, v: Value, pretty: bool) -> mlua::Result<String> {
+fn encode(
+    lua: &Lua,
+    f: Format,
+    call: &dyn Fn() -> String,
+    v: Value,
+    pretty: bool,
+) -> mlua::Result<String> {
+    if let Format::Json = f
+        && let Some(text) = plain_json(&v, pretty)
+    {
+        return Ok(text);
+    }
     let json: serde_json::Value = lua
         .from_value(v)
-        .map_err(|e| mlua::Error::runtime(format!("{call}: {e}")))?;
+        .map_err(|e| mlua::Error::runtime(format!("{}: {e}", call())))?;
     f.encode(&json, pretty)
-        .map_err(|e| mlua::Error::runtime(format!("{call}: {e}")))
+        .map_err(|e| mlua::Error::runtime(format!("{}: {e}", call())))
+}
+
+/// JSON of a value made only of nil, booleans, numbers, UTF-8 strings and
+/// tables with string keys and no array part or metatable (what policies
+/// encode per message, e.g. a publish result), written without building a
+/// `serde_json::Value` first. Keys come sorted byte-wise, as serde_json's map
+/// sorts them, so the text is the one the general path writes; any other
+/// shape gives `None` and takes the general path.
+fn plain_json(v: &Value, pretty: bool) -> Option<String> {
+    let plain = Plain { v, depth: 0 };
+    let text = if pretty {
+        serde_json::to_string_pretty(&plain)
+    } else {
+        serde_json::to_string(&plain)
+    };
+    text.ok()
+}
+
+/// Nesting past this takes the general path (and its recursion limit).
+const PLAIN_DEPTH: usize = 32;
+
+struct Plain<'a> {
+    v: &'a Value,
+    depth: usize,
+}
+
+impl serde::Serialize for Plain<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        let other = || S::Error::custom("not a plain value");
+        match self.v {
+            Value::Nil => s.serialize_unit(),
+            Value::Boolean(b) => s.serialize_bool(*b),
+            Value::Integer(i) => s.serialize_i64(*i),
+            Value::Number(n) => s.serialize_f64(*n),
+            Value::String(x) => s.serialize_str(&x.to_str().map_err(|_| other())?),
+            Value::Table(t)
+                if self.depth < PLAIN_DEPTH && t.metatable().is_none() && t.raw_len() == 0 =>
+            {
+                let mut pairs = Vec::new();
+                for pair in t.pairs::<Value, Value>() {
+                    match pair.map_err(|_| other())? {
+                        (Value::String(k), v) => pairs.push((k, v)),
+                        _ => return Err(other()),
+                    }
+                }
+                pairs.sort_by_key(|p| p.0.as_bytes());
+                let mut m = s.serialize_map(Some(pairs.len()))?;
+                for (k, v) in &pairs {
+                    let v = Plain {
+                        v,
+                        depth: self.depth + 1,
+                    };
+                    m.serialize_entry(&*k.to_str().map_err(|_| other())?, &v)?;
+                }
+                m.end()
+            }
+            _ => Err(other()),
+        }
+    }
 }
 
 /// Sets `<fmt>_parse`, `_load`, `_encode` (and `_encode_pretty` but for
@@ -88,14 +159,14 @@ fn set_format(lua: &Lua, t: &Table, prefix: &'static str, f: Format) -> mlua::Re
     t.set(
         format!("{n}_encode"),
         lua.create_function(move |lua, v: Value| {
-            encode(lua, f, &format!("{prefix}.{n}_encode"), v, false)
+            encode(lua, f, &|| format!("{prefix}.{n}_encode"), v, false)
         })?,
     )?;
     if !matches!(f, Format::Yaml) {
         t.set(
             format!("{n}_encode_pretty"),
             lua.create_function(move |lua, v: Value| {
-                encode(lua, f, &format!("{prefix}.{n}_encode_pretty"), v, true)
+                encode(lua, f, &|| format!("{prefix}.{n}_encode_pretty"), v, true)
             })?,
         )?;
     }
@@ -176,5 +247,74 @@ mod tests {
             err.contains("kumo.serde.yaml_load: cannot read /nonexistent/x.yaml"),
             "{err}"
         );
+    }
+
+    /// The general path's text, for comparison.
+    fn general_json(lua: &Lua, v: &Value, pretty: bool) -> Option<String> {
+        let json: serde_json::Value = lua.from_value(v.clone()).ok()?;
+        Some(if pretty {
+            serde_json::to_string_pretty(&json).unwrap()
+        } else {
+            serde_json::to_string(&json).unwrap()
+        })
+    }
+
+    #[test]
+    fn plain_json_writes_what_the_general_path_writes() {
+        let lua = Lua::new();
+        let plain: Vec<Value> = lua
+            .load(
+                r#"return {
+                  { status = 'Ack', reply_code = 312, reply_text = 'NO_ROUTE' },
+                  { zeta = 1, alpha = { b = true, a = 'x"y\n\u{e9}' }, mid = 2.5, n = 0/0, big = 1e300, i = -7, f = 3.0 },
+                  {}, 'text', 42, 1.5, false, { ['\u{e9}'] = 1, ['z'] = 2, ['Z'] = 3, [''] = 4 },
+                }"#,
+            )
+            .eval::<Vec<Value>>()
+            .unwrap();
+        for v in &plain {
+            for pretty in [false, true] {
+                let fast = plain_json(v, pretty).expect("a plain value takes the direct path");
+                assert_eq!(Some(fast), general_json(&lua, v, pretty), "{v:?}");
+            }
+        }
+        assert_eq!(plain_json(&Value::Nil, false).as_deref(), Some("null"));
+        // Other shapes take the general path (which knows arrays, integer
+        // keys and its own errors); the direct one declines them.
+        let other: Vec<Value> = lua
+            .load(
+                r#"return {
+                  { 1, 2 }, { [1] = 'a', x = 'b' }, { [2] = 'a' }, { f = print }, { s = '\xff' },
+                  setmetatable({}, { __index = {} }), { nested = { 1 } },
+                }"#,
+            )
+            .eval::<Vec<Value>>()
+            .unwrap();
+        for v in &other {
+            assert_eq!(plain_json(v, false), None, "{v:?}");
+        }
+        lua.globals()
+            .set("kumo", lua.create_table().unwrap())
+            .unwrap();
+        register(&lua, &lua.globals().get("kumo").unwrap()).unwrap();
+        let arrays: String = lua
+            .load("return kumo.json_encode({ l = { 1, 2 }, e = {} })")
+            .eval()
+            .unwrap();
+        assert_eq!(arrays, r#"{"e":{},"l":[1,2]}"#);
+        for (code, why) in [
+            ("{ f = print }", "unsupported value type"),
+            ("{ m = { [2] = 'a' } }", "expected a string key"),
+        ] {
+            let err = lua
+                .load(format!("return kumo.json_encode({code})"))
+                .exec()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("kumo.json_encode: ") && err.contains(why),
+                "{err}"
+            );
+        }
     }
 }
