@@ -90,7 +90,7 @@ pub fn split_record(r: &[u8]) -> Result<(&[u8], StoredBody<'_>), String> {
     Ok((env, StoredBody::Shared(id)))
 }
 
-fn decode_envelope(env: &[u8]) -> Result<Envelope, String> {
+pub fn decode_envelope(env: &[u8]) -> Result<Envelope, String> {
     serde_json::from_slice(env).map_err(|e| e.to_string())
 }
 

@@ -359,6 +359,27 @@ async fn recipients_of_one_body_share_it_until_the_last_is_gone() {
     assert_eq!(paged.messages[0].data().unwrap().as_ref(), b"mine");
 }
 
+#[tokio::test]
+async fn paged_in_recipients_share_one_copy_of_their_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let body = Bytes::from(vec![b'y'; 2048]);
+    let msgs: Vec<_> = (0..4)
+        .map(|i| Message::new("s@x".into(), format!("r{i}@amqp"), Map::new(), body.clone()))
+        .collect();
+    store(&spool, &msgs, "amqp", false).await;
+    // Room for three bodies: the fourth recipient comes without one.
+    let paged = spool.page_in("amqp", 10, u64::MAX, 3 * 2048).await.unwrap();
+    let with: Vec<Bytes> = paged.messages.iter().filter_map(|m| m.data()).collect();
+    assert_eq!((paged.messages.len(), with.len()), (4, 3));
+    assert!(with.iter().all(|b| *b == body));
+    assert!(
+        with.iter().all(|b| b.as_ptr() == with[0].as_ptr()),
+        "one copy in memory, not one per recipient"
+    );
+    assert_ne!(with[0].as_ptr(), body.as_ptr(), "read back from the spool");
+}
+
 #[test]
 fn out_of_space_is_recognised_by_the_error_kind() {
     use std::io::{Error, ErrorKind};

@@ -3,7 +3,7 @@
 
 use super::tables::{self, Tables};
 use super::{Reply, SpoolError};
-use crate::model::message::Message;
+use crate::model::message::{Message, MessageId};
 use bytes::Bytes;
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata};
 use std::collections::HashMap;
@@ -665,6 +665,72 @@ fn scheduled_keys(
     Ok(keys)
 }
 
+/// Bodies looked up during one page-in: recipients of one injection share
+/// one copy, read once. Only bodies that fitted the byte budget are kept.
+#[derive(Default)]
+struct PagedBodies(HashMap<u128, Option<Bytes>>);
+
+impl PagedBodies {
+    /// The stored body's size and, when it is at most `fits` bytes, the body.
+    fn get(
+        &mut self,
+        t: &Tables,
+        stored: tables::StoredBody,
+        fits: usize,
+    ) -> Result<Option<(usize, Option<Bytes>)>, redb::Error> {
+        let id = match stored {
+            tables::StoredBody::Inline(b) => {
+                let body = (b.len() <= fits).then(|| Bytes::copy_from_slice(b));
+                return Ok(Some((b.len(), body)));
+            }
+            tables::StoredBody::Shared(id) => id,
+        };
+        if let Some(Some(b)) = self.0.get(&id) {
+            return Ok(Some((b.len(), (b.len() <= fits).then(|| b.clone()))));
+        }
+        let Some(row) = t.bodies.get(id)? else {
+            return Ok(None);
+        };
+        let b = row.value();
+        let body = (b.len() <= fits).then(|| Bytes::copy_from_slice(b));
+        self.0.insert(id, body.clone());
+        Ok(Some((b.len(), body)))
+    }
+}
+
+/// A scheduled record as a message, with its body when it fits `budget`, and
+/// the id of the shared body it refers to; `Err` says why the record cannot
+/// be read.
+fn paged_message(
+    t: &Tables,
+    id: u128,
+    raw: &[u8],
+    budget: usize,
+    bodies: &mut PagedBodies,
+) -> Result<Result<(Message, Option<u128>), String>, redb::Error> {
+    let (env, stored) = match tables::split_record(raw) {
+        Ok(parts) => parts,
+        Err(why) => return Ok(Err(why)),
+    };
+    let envelope = match tables::decode_envelope(env) {
+        Ok(e) => e,
+        Err(why) => return Ok(Err(why)),
+    };
+    let mid = MessageId::from_u128(id);
+    let Some((size, body)) = bodies.get(t, stored, budget)? else {
+        return Ok(Err(format!("the shared body of message {mid} is missing")));
+    };
+    let m = match body {
+        Some(b) => Message::from_parts(mid, envelope, b),
+        None => Message::without_body(mid, envelope, size),
+    };
+    let shared = match stored {
+        tables::StoredBody::Shared(b) => Some(b),
+        tables::StoredBody::Inline(_) => None,
+    };
+    Ok(Ok((m, shared)))
+}
+
 fn page_in(
     t: &mut Tables,
     queue: &str,
@@ -682,43 +748,45 @@ fn page_in(
         more_due,
         ..Paged::default()
     };
+    let mut bodies = PagedBodies::default();
     for (due, id) in keys {
         t.schedule.remove((queue, due, id))?;
-        let Some(raw) = t.messages.get(id)?.map(|r| r.value().to_vec()) else {
-            tracing::error!(id = %uuid::Uuid::from_u128(id), %queue, "scheduled message has no record; dropped from the schedule");
-            continue;
+        let read = match t.messages.get(id)? {
+            None => None,
+            Some(row) => Some(
+                paged_message(t, id, row.value(), body_bytes, &mut bodies)?
+                    .map_err(|why| (why, row.value().to_vec())),
+            ),
         };
-        // The body comes along while it fits the byte budget.
-        let size = tables::split_record(&raw)
-            .ok()
-            .and_then(|(_, stored)| t.body_len(stored).transpose())
-            .transpose()?
-            .unwrap_or(0);
-        let with_body = size <= body_bytes;
-        let m = match t.decode(id, &raw, with_body) {
-            Ok(m) => m,
-            Err(why) => {
+        let (m, shared) = match read {
+            Some(Ok(found)) => found,
+            Some(Err((why, raw))) => {
                 t.quarantine(id, &raw, &why)?;
+                continue;
+            }
+            None => {
+                tracing::error!(id = %uuid::Uuid::from_u128(id), %queue, "scheduled message has no record; dropped from the schedule");
                 continue;
             }
         };
         if now.saturating_sub(m.created_ms()) >= max_age_ms {
             // Its log record may name headers: bring the body along.
             if !m.has_body()
-                && let Ok((_, stored)) = tables::split_record(&raw)
-                && let Some(b) = t.body(stored)?
+                && let Some(row) = t.messages.get(id)?
+                && let Ok((_, stored)) = tables::split_record(row.value())
+                && let Some((_, Some(b))) = bodies.get(t, stored, usize::MAX)?
             {
-                m.attach_body(Bytes::copy_from_slice(&b));
+                m.attach_body(b);
             }
             t.messages.remove(id)?;
-            if let Ok((_, stored)) = tables::split_record(&raw) {
-                changes.release(stored);
+            if let Some(b) = shared {
+                changes.release(tables::StoredBody::Shared(b));
             }
             paged.expired.push(m);
             continue;
         }
-        if with_body {
-            body_bytes -= size;
+        if m.has_body() {
+            body_bytes -= m.size();
         }
         t.active.insert(id, (due, queue))?;
         paged.messages.push(m);
