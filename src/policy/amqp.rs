@@ -638,7 +638,8 @@ pub async fn await_confirm(c: PublisherConfirm, timeout: Duration) -> Result<Out
 /// `kumo.amqp.build_client(uri)`'s object.
 pub struct Client {
     pool: Arc<AmqpPool>,
-    target: Target,
+    /// Shared with each publish's confirm (cloned per message).
+    target: Arc<Target>,
     channel: Mutex<Option<Channel>>,
 }
 
@@ -653,7 +654,7 @@ enum Pending {
 pub struct Confirm {
     pending: Mutex<Option<Pending>>,
     pool: Arc<AmqpPool>,
-    target: Target,
+    target: Arc<Target>,
 }
 
 impl Client {
@@ -665,7 +666,7 @@ impl Client {
         let ch = pool.channel(&target, timeout).await?;
         Ok(Client {
             pool,
-            target,
+            target: Arc::new(target),
             channel: Mutex::new(Some(ch)),
         })
     }
