@@ -17,6 +17,12 @@ use std::sync::Arc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Threads running listeners, policies and deliveries [default: one per
+    /// core but one, left to the spool writer and the broker connections'
+    /// I/O threads; at least one].
+    #[arg(long, global = true, env = "AMQP_RELAY_WORKER_THREADS",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -64,12 +70,19 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    // At least four workers: a policy stuck in a CPU loop holds one until its
-    // time limit, and must not starve the listeners on a small node.
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .max(4);
+    // Not more workers than cores: the relay's own threads (spool writer,
+    // broker I/O) are busy under load, and idle workers woken for each
+    // confirm cost more CPU than they add. A policy computing for long hands
+    // its worker's other tasks away (`policy::call_limit`) instead.
+    let workers = cli.worker_threads.map_or_else(
+        || {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .saturating_sub(1)
+                .max(1)
+        },
+        usize::from,
+    );
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()

@@ -39,9 +39,9 @@ pub struct StateCtx {
     /// Secrets watched through the API, read before the disk.
     pub overlay: super::Overlay,
     pub init: Option<Arc<Mutex<InitConfig>>>,
-    /// Lua code running past this instant is stopped with an error, so a
-    /// policy's endless loop cannot wedge a worker thread.
-    pub deadline: Mutex<Option<std::time::Instant>>,
+    /// The running call's deadline; a long computation gives its worker's
+    /// other tasks away.
+    pub limit: super::call_limit::CallLimit,
 }
 
 pub struct QueueConfigUd(pub QueueConfig);

@@ -2,6 +2,7 @@
 //! engine fires into it.
 
 pub mod amqp;
+mod call_limit;
 pub mod conn_meta;
 pub mod delivery;
 mod domain_map;
@@ -122,8 +123,7 @@ impl PooledState {
     /// Lua running in this state past `limit` from now is stopped with an error.
     pub fn limit(&self, limit: Option<std::time::Duration>) {
         if let Some(ctx) = self.app_data_ref::<StateCtx>() {
-            *ctx.deadline.lock().unwrap_or_else(|e| e.into_inner()) =
-                limit.map(|l| std::time::Instant::now() + l);
+            ctx.limit.start(limit);
         }
     }
 
@@ -352,25 +352,13 @@ impl Policy {
             amqp: self.amqp.clone(),
             overlay: self.overlay.clone(),
             init,
-            deadline: Mutex::new(None),
+            limit: call_limit::CallLimit::default(),
         });
-        // Every so many VM instructions, check the running call's deadline.
         lua.set_global_hook(
-            mlua::HookTriggers::new().every_nth_instruction(100_000),
-            |lua, _| {
-                let expired = lua.app_data_ref::<StateCtx>().is_some_and(|c| {
-                    c.deadline
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .is_some_and(|d| std::time::Instant::now() > d)
-                });
-                if expired {
-                    Err(mlua::Error::runtime(
-                        "the policy ran past its time limit (an endless loop?)",
-                    ))
-                } else {
-                    Ok(mlua::VmState::Continue)
-                }
+            mlua::HookTriggers::new().every_nth_instruction(call_limit::HOOK_EVERY),
+            |lua, _| match lua.app_data_ref::<StateCtx>() {
+                Some(c) => c.limit.check(),
+                None => Ok(mlua::VmState::Continue),
             },
         )
         .map_err(|e| self.load_err(&e))?;
@@ -418,17 +406,17 @@ impl Policy {
         };
         setup().map_err(|e| self.load_err(&e))?;
         // '@' makes Lua report positions as "path:line:".
-        let set_deadline = |d: Option<std::time::Instant>| {
+        let set_limit = |l: Option<std::time::Duration>| {
             if let Some(ctx) = lua.app_data_ref::<StateCtx>() {
-                *ctx.deadline.lock().unwrap_or_else(|e| e.into_inner()) = d;
+                ctx.limit.start(l);
             }
         };
-        set_deadline(Some(std::time::Instant::now() + EVENT_TIME_LIMIT));
+        set_limit(Some(EVENT_TIME_LIMIT));
         lua.load(&self.source)
             .set_name(format!("@{}", self.path.display()))
             .exec()
             .map_err(|e| self.load_err(&e))?;
-        set_deadline(None);
+        set_limit(None);
         Ok(lua)
     }
 
