@@ -610,10 +610,14 @@ impl Outcome {
     }
 
     pub fn to_lua(&self, lua: &Lua) -> mlua::Result<Table> {
-        let t = lua.create_table()?;
-        t.set("status", self.status)?;
-        t.set("reply_code", self.reply_code)?;
-        t.set("reply_text", self.reply_text.clone())?;
+        let t = lua.create_table_with_capacity(0, 3)?;
+        t.raw_set("status", self.status)?;
+        if let Some(code) = self.reply_code {
+            t.raw_set("reply_code", code)?;
+        }
+        if let Some(text) = &self.reply_text {
+            t.raw_set("reply_text", text.as_str())?;
+        }
         Ok(t)
     }
 
