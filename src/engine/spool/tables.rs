@@ -8,7 +8,6 @@
 //! what is due never walks the whole backlog.
 
 use crate::model::message::{Envelope, Message, MessageId};
-use bytes::Bytes;
 use redb::{
     ReadableTable, ReadableTableMetadata, Table, TableDefinition, TableHandle, WriteTransaction,
 };
@@ -144,31 +143,6 @@ impl<'t> Tables<'t> {
             StoredBody::Inline(b) => Some(b.into()),
             StoredBody::Shared(id) => self.bodies.get(id)?.map(|b| b.value().to_vec().into()),
         })
-    }
-
-    /// The length of a record's body, without copying it.
-    pub fn body_len(&self, stored: StoredBody) -> Result<Option<usize>, redb::Error> {
-        Ok(match stored {
-            StoredBody::Inline(b) => Some(b.len()),
-            StoredBody::Shared(id) => self.bodies.get(id)?.map(|b| b.value().len()),
-        })
-    }
-
-    /// A record as a message; its body only when `with_body`.
-    pub fn decode(&self, key: u128, raw: &[u8], with_body: bool) -> Result<Message, String> {
-        let (env, stored) = split_record(raw)?;
-        let env = decode_envelope(env)?;
-        let id = MessageId::from_u128(key);
-        let missing = || format!("the shared body of message {id} is missing");
-        if !with_body {
-            let len = self.body_len(stored).map_err(|e| e.to_string())?;
-            return Ok(Message::without_body(id, env, len.ok_or_else(missing)?));
-        }
-        let body = self
-            .body(stored)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(missing)?;
-        Ok(Message::from_parts(id, env, Bytes::copy_from_slice(&body)))
     }
 
     /// Counts down the shared bodies that `released` records referred to

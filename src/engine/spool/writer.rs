@@ -611,13 +611,14 @@ fn take_scheduled(
 ) -> Result<Vec<Message>, redb::Error> {
     let keys = scheduled_keys(t, queue, u64::MAX, max)?;
     let mut out = Vec::with_capacity(keys.len());
+    let mut bodies = PagedBodies::default();
     for (due, id) in keys {
         t.schedule.remove((queue, due, id))?;
         let Some(raw) = t.messages.remove(id)?.map(|r| r.value().to_vec()) else {
             continue;
         };
-        match t.decode(id, &raw, true) {
-            Ok(m) => out.push(m),
+        match paged_message(t, id, &raw, usize::MAX, &mut bodies)? {
+            Ok((m, _)) => out.push(m),
             Err(why) => {
                 tracing::error!(id = %uuid::Uuid::from_u128(id), %why, "undecodable record removed by an administrative bounce")
             }
@@ -665,8 +666,8 @@ fn scheduled_keys(
     Ok(keys)
 }
 
-/// Bodies looked up during one page-in: recipients of one injection share
-/// one copy, read once. Only bodies that fitted the byte budget are kept.
+/// Bodies looked up during one batch of reads: recipients of one injection
+/// share one copy, read once. Only bodies that fitted the byte budget are kept.
 #[derive(Default)]
 struct PagedBodies(HashMap<u128, Option<Bytes>>);
 
