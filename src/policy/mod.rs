@@ -116,6 +116,10 @@ impl std::ops::Deref for PooledState {
     }
 }
 
+/// Coroutines kept per Lua state for async calls (a state runs one call at
+/// a time; nested awaits need none).
+const THREAD_POOL: usize = 4;
+
 /// How long any one event handler may run.
 pub const EVENT_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -342,7 +346,10 @@ impl Policy {
     }
 
     fn new_state(&self, init: Option<Arc<Mutex<InitConfig>>>) -> Result<Lua, PolicyError> {
-        let lua = Lua::new();
+        // Each async call (a delivery's `send`, an event) runs on a coroutine;
+        // reused ones spare creating and collecting one per message.
+        let options = mlua::LuaOptions::new().thread_pool_size(THREAD_POOL);
+        let lua = Lua::new_with(mlua::StdLib::ALL_SAFE, options).map_err(|e| self.load_err(&e))?;
         // Per-message garbage (argument tables, payload strings, confirms) dies
         // young: the generational collector spends less on it than incremental.
         lua.gc_set_mode(mlua::prelude::LuaGcMode::Generational(
