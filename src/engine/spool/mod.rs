@@ -15,6 +15,7 @@
 //! durable messages. Removals and retry bookkeeping ride along with later
 //! commits: a crash can then redeliver a message, never lose one.
 
+mod active_sets;
 mod tables;
 #[cfg(test)]
 mod tests;

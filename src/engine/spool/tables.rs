@@ -15,8 +15,11 @@ use std::collections::HashMap;
 
 /// `u32` LE envelope length, the envelope (JSON), then the body.
 pub const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("messages");
-/// In memory: id → (due, queue).
+/// In memory, as earlier versions recorded it: id → (due, queue). Read on
+/// open only; see `ACTIVE_SETS`.
 pub const ACTIVE: TableDefinition<u128, (u64, &str)> = TableDefinition::new("active");
+/// In memory: rows of ids made active together (`active_sets`).
+pub const ACTIVE_SETS: TableDefinition<u64, &[u8]> = TableDefinition::new("active_sets");
 /// On disk only: (queue, due, id).
 pub const SCHEDULE: TableDefinition<(&str, u64, u128), ()> = TableDefinition::new("schedule");
 /// Per queue with scheduled messages: (how many, earliest due).
@@ -112,6 +115,7 @@ fn e(x: impl std::fmt::Display) -> String {
 pub struct Tables<'t> {
     pub messages: Table<'t, u128, &'static [u8]>,
     pub active: Table<'t, u128, (u64, &'static str)>,
+    pub active_sets: Table<'t, u64, &'static [u8]>,
     pub schedule: Table<'t, (&'static str, u64, u128), ()>,
     pub queues: Table<'t, &'static str, (u64, u64)>,
     pub due_queues: Table<'t, (u64, &'static str), ()>,
@@ -125,6 +129,7 @@ impl<'t> Tables<'t> {
         Ok(Tables {
             messages: w.open_table(MESSAGES)?,
             active: w.open_table(ACTIVE)?,
+            active_sets: w.open_table(ACTIVE_SETS)?,
             schedule: w.open_table(SCHEDULE)?,
             queues: w.open_table(QUEUES)?,
             due_queues: w.open_table(DUE_QUEUES)?,
@@ -201,7 +206,11 @@ impl<'t> Tables<'t> {
     /// A spool written before the schedule existed: every message goes on
     /// it (one pass over the records, once). Returns how many were set aside.
     fn build_schedule(&mut self) -> Result<usize, redb::Error> {
-        let indexed = self.schedule.len()? + self.active.len()?;
+        let mut in_sets = 0;
+        for row in self.active_sets.iter()? {
+            in_sets += super::active_sets::ids_of(row?.1.value()).count() as u64;
+        }
+        let indexed = self.schedule.len()? + self.active.len()? + in_sets;
         if indexed >= self.messages.len()? {
             return Ok(0);
         }
@@ -229,17 +238,37 @@ impl<'t> Tables<'t> {
     }
 
     /// Messages the last process had in memory go back on the schedule.
-    fn reschedule_active(&mut self) -> Result<(), redb::Error> {
+    /// Returns how many records were set aside.
+    fn reschedule_active(&mut self) -> Result<usize, redb::Error> {
         let mut counts: HashMap<String, i64> = HashMap::new();
         while let Some((k, v)) = self.active.pop_first()? {
             let (due, label) = v.value();
             self.schedule.insert((label, due, k.value()), ())?;
             *counts.entry(label.to_owned()).or_default() += 1;
         }
+        let mut bad = Vec::new();
+        for id in super::active_sets::take_all(self)? {
+            let Some(record) = self.messages.get(id)?.map(|r| r.value().to_vec()) else {
+                continue; // delivered since
+            };
+            match place_of(id, &record) {
+                Ok((label, due)) => {
+                    // A retried one may be on the schedule already.
+                    if self.schedule.get((label.as_str(), due, id))?.is_none() {
+                        self.schedule.insert((label.as_str(), due, id), ())?;
+                        *counts.entry(label).or_default() += 1;
+                    }
+                }
+                Err(why) => bad.push((id, record, why)),
+            }
+        }
         for (label, n) in counts {
             self.refresh_queue(&label, n)?;
         }
-        Ok(())
+        for (id, record, why) in &bad {
+            self.quarantine(*id, record, why)?;
+        }
+        Ok(bad.len())
     }
 }
 
@@ -296,9 +325,9 @@ pub fn prepare(w: &Txn) -> Result<Opened, String> {
     let torn = migrate_two_tables(w)?;
     let mut t = Tables::open(w).map_err(e)?;
     let bad = t.build_schedule().map_err(e)?;
-    t.reschedule_active().map_err(e)?;
+    let bad_active = t.reschedule_active().map_err(e)?;
     Ok(Opened {
         messages: t.messages.len().map_err(e)?,
-        quarantined: torn + bad,
+        quarantined: torn + bad + bad_active,
     })
 }

@@ -3,6 +3,7 @@ use super::*;
 use crate::model::message::now_ms;
 use bytes::Bytes;
 use redb::Database;
+use redb::{ReadableDatabase, ReadableTable};
 use serde_json::Map;
 use std::sync::Arc;
 
@@ -392,4 +393,46 @@ fn out_of_space_is_recognised_by_the_error_kind() {
     assert!(full.is_full());
     let other = SpoolError::from_redb(redb::Error::Io(Error::from_raw_os_error(5)));
     assert!(!other.is_full());
+}
+
+#[tokio::test]
+async fn in_memory_messages_are_one_row_per_batch_until_the_last_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let msgs: Vec<_> = (0..20).map(message).collect();
+    {
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        store(&spool, &msgs[..10], "amqp", true).await;
+        store(&spool, &msgs[10..], "amqp", false).await;
+        let paged = spool
+            .page_in("amqp", 10, u64::MAX, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(paged.messages.len(), 10);
+        // The insert's row goes with its last message; the page-in's stays.
+        for m in &msgs[..15] {
+            spool.remove(m.id());
+        }
+        spool.flush().await.unwrap();
+        assert_eq!(spool.counts().await.unwrap().active, 5);
+        spool.close().await.unwrap();
+    }
+    let rows: Vec<Vec<u128>> = {
+        let db = Database::open(dir.path().join("spool.redb")).unwrap();
+        let r = db.begin_read().unwrap();
+        let t = r.open_table(tables::ACTIVE_SETS).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|row| active_sets::ids_of(row.unwrap().1.value()).collect())
+            .collect()
+    };
+    let listed: Vec<u128> = msgs[10..].iter().map(|m| m.id().as_u128()).collect();
+    assert_eq!(rows, vec![listed], "one row, listing the whole page-in");
+    let (spool, opened) = reopen(dir.path()).await;
+    assert_eq!(opened.messages, 5);
+    let c = spool.counts().await.unwrap();
+    assert_eq!(
+        c.scheduled,
+        vec![("amqp".to_string(), 5)],
+        "only those left"
+    );
 }

@@ -1,6 +1,7 @@
 //! The thread that owns the database: every operation, reads included, runs
 //! here in arrival order, so paging in can never race a commit.
 
+use super::active_sets::ActiveSets;
 use super::tables::{self, Tables};
 use super::{Reply, SpoolError};
 use crate::model::message::{Message, MessageId};
@@ -21,14 +22,23 @@ const MAX_BATCH: usize = 4096;
 pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// What a batch changed beyond its rows: queues whose schedule changed (by
-/// how many) and shared bodies released (by how many records).
-#[derive(Default)]
-struct Changes {
+/// how many) and shared bodies released (by how many records); and the
+/// messages held in memory, which it changes as it goes.
+struct Changes<'a> {
     touched: HashMap<String, i64>,
     released: HashMap<u128, u64>,
+    active: &'a mut ActiveSets,
 }
 
-impl Changes {
+impl<'a> Changes<'a> {
+    fn new(active: &'a mut ActiveSets) -> Self {
+        Changes {
+            touched: HashMap::new(),
+            released: HashMap::new(),
+            active,
+        }
+    }
+
     /// Brings the per-queue summaries and the shared bodies up to date.
     fn settle(&mut self, t: &mut Tables) -> Result<(), redb::Error> {
         for (queue, delta) in self.touched.drain() {
@@ -198,6 +208,7 @@ pub fn start(
             Writer {
                 rt,
                 db: Some(db),
+                active: ActiveSets::default(),
                 path,
                 cache_bytes,
                 removals: pending_removals,
@@ -211,6 +222,7 @@ pub fn start(
 struct Writer {
     rt: tokio::runtime::Handle,
     db: Option<Database>,
+    active: ActiveSets,
     path: PathBuf,
     cache_bytes: usize,
     removals: Removals,
@@ -342,12 +354,13 @@ impl Writer {
             }
         }
         let db = self.db.as_ref().expect("opened above");
+        let active = &mut self.active;
         let mut run = || -> Result<(), redb::Error> {
             let mut w = db.begin_write()?;
             w.set_durability(Durability::Immediate)?;
             {
                 let mut t = Tables::open(&w)?;
-                let mut changes = Changes::default();
+                let mut changes = Changes::new(active);
                 // Popped one by one: after a failure the rest are still here to answer.
                 while let Some(op) = ops.pop() {
                     if awaited(&op) {
@@ -456,7 +469,7 @@ fn apply_op(
             {
                 changes.release(stored);
             }
-            t.active.remove(id)?;
+            changes.active.leave(t, id)?;
             Ok(())
         }
         Op::PageIn {
@@ -495,7 +508,7 @@ fn apply_op(
             answer(pending, done, Pending::Taken, work)
         }
         Op::Counts { done } => {
-            let work = counts(t);
+            let work = counts(t, changes.active);
             answer(pending, done, Pending::Counts, work)
         }
         Op::Flush(done) => answer(pending, done, |d, ()| Pending::Unit(d), Ok(())),
@@ -518,16 +531,17 @@ fn insert(
         t.bodies.insert(*id, body.as_ref())?;
         t.body_refs.insert(*id, *refs)?;
     }
+    let mut made_active = Vec::new();
     for i in items {
         t.messages.insert(i.id, i.record.as_slice())?;
         if i.active {
-            t.active.insert(i.id, (i.due, i.queue.as_str()))?;
+            made_active.push(i.id);
         } else {
             t.schedule.insert((i.queue.as_str(), i.due, i.id), ())?;
             *changes.touched.entry(i.queue.clone()).or_default() += 1;
         }
     }
-    Ok(())
+    changes.active.add(t, &made_active)
 }
 
 fn schedule(
@@ -540,7 +554,7 @@ fn schedule(
     changes: &mut Changes,
 ) -> Result<(), redb::Error> {
     // Only if still active: a late update must not resurrect a removed message.
-    if t.active.remove(id)?.is_none() {
+    if !changes.active.leave(t, id)? {
         return Ok(());
     }
     let record = match t.messages.get(id)? {
@@ -630,7 +644,7 @@ fn take_scheduled(
     Ok(out)
 }
 
-fn counts(t: &Tables) -> Result<SpoolCounts, redb::Error> {
+fn counts(t: &Tables, active: &ActiveSets) -> Result<SpoolCounts, redb::Error> {
     let mut scheduled = Vec::new();
     for row in t.queues.iter()? {
         let (k, v) = row?;
@@ -638,7 +652,7 @@ fn counts(t: &Tables) -> Result<SpoolCounts, redb::Error> {
     }
     Ok(SpoolCounts {
         messages: t.messages.len()?,
-        active: t.active.len()?,
+        active: active.len() as u64,
         shared_bodies: t.bodies.len()?,
         scheduled,
     })
@@ -789,8 +803,9 @@ fn page_in(
         if m.has_body() {
             body_bytes -= m.size();
         }
-        t.active.insert(id, (due, queue))?;
         paged.messages.push(m);
     }
+    let ids: Vec<u128> = paged.messages.iter().map(|m| m.id().as_u128()).collect();
+    changes.active.add(t, &ids)?;
     Ok(paged)
 }
