@@ -72,7 +72,7 @@ pub struct RelayArgs {
     #[arg(long, env = "AMQP_RELAY_BODY_MEMORY", default_value = "64MiB", value_parser = parse_bytes)]
     pub body_memory: u64,
     /// The spool database's page cache.
-    #[arg(long, env = "AMQP_RELAY_SPOOL_CACHE", default_value = "16MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "AMQP_RELAY_SPOOL_CACHE", default_value = "8MiB", value_parser = parse_bytes)]
     pub spool_cache: u64,
     /// A queue with nothing to do for this long is dropped from memory.
     #[arg(long, env = "AMQP_RELAY_QUEUE_IDLE", default_value = "60s", value_parser = parse_duration)]
