@@ -361,6 +361,7 @@ pub async fn declare_bound(conn: &lapin::Connection, exchange: &str, queue: &str
 /// `kill -9` of a broker, off the async worker threads.
 pub async fn kill_broker(b: crate::broker::Broker) -> crate::broker::Broker {
     tokio::task::spawn_blocking(move || {
+        b.sync_metadata();
         b.kill9();
         b
     })
