@@ -128,6 +128,8 @@ def test_relay_statefulset_spool_policy_and_probes():
     # Memory is bounded by these, not by the backlog.
     assert int(env["AMQP_RELAY_MAX_ACTIVE_MESSAGES"]) == 20000
     assert env["AMQP_RELAY_BODY_MEMORY"] == "64MiB"
+    # The relay picks its worker threads from the cores unless told.
+    assert "AMQP_RELAY_WORKER_THREADS" not in env
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert mounts["spool"] == "/var/spool/amqp-relay"
     vols = {v["name"]: v for v in spec["volumes"]}
@@ -208,6 +210,7 @@ def test_aggregated_cluster_roles_for_tenants():
         {"relay": {"smtp": {"prot": 2525}}},
         {"operator": {"watchNamespaces": "team-a"}},
         {"relay": {"persistence": {"size": "lots"}}},
+        {"relay": {"workerThreads": -1}},
     ],
 )
 def test_values_schema_rejects(values):
@@ -460,3 +463,10 @@ def test_shared_rabbitmq_cluster_namespaces_get_read_access_and_the_flag():
     assert bindings and bindings[0]["roleRef"]["name"] == roles[0]["metadata"]["name"]
     assert "AMQP_RELAY_SHARED_RABBITMQ_CLUSTER_NAMESPACES" not in {
         e["name"] for e in one(render({}), "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_relay_worker_threads_are_set_when_asked():
+    docs = render({"relay": {"workerThreads": 3}})
+    c = one(docs, "StatefulSet", "-relay")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["AMQP_RELAY_WORKER_THREADS"] == "3"
