@@ -73,6 +73,19 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
 
+    /// A state whose hook checks `limit`, as the policy's states do.
+    fn limited_lua() -> (mlua::Lua, Arc<CallLimit>) {
+        let lua = mlua::Lua::new();
+        let limit = Arc::new(CallLimit::default());
+        let hook_limit = limit.clone();
+        lua.set_global_hook(
+            mlua::HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+            move |_, _| hook_limit.check(),
+        )
+        .unwrap();
+        (lua, limit)
+    }
+
     #[test]
     fn a_long_computation_hands_its_worker_to_the_other_tasks() {
         // One worker: while a policy spins, nothing else would run on it.
@@ -82,14 +95,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let lua = mlua::Lua::new();
-            let limit = Arc::new(CallLimit::default());
-            let hook_limit = limit.clone();
-            lua.set_global_hook(
-                mlua::HookTriggers::new().every_nth_instruction(HOOK_EVERY),
-                move |_, _| hook_limit.check(),
-            )
-            .unwrap();
+            let (lua, limit) = limited_lua();
             let stop = Arc::new(AtomicBool::new(false));
             let seen = stop.clone();
             let stopped = lua
@@ -123,14 +129,7 @@ mod tests {
 
     #[test]
     fn past_the_deadline_the_call_fails() {
-        let lua = mlua::Lua::new();
-        let limit = Arc::new(CallLimit::default());
-        let hook_limit = limit.clone();
-        lua.set_global_hook(
-            mlua::HookTriggers::new().every_nth_instruction(HOOK_EVERY),
-            move |_, _| hook_limit.check(),
-        )
-        .unwrap();
+        let (lua, limit) = limited_lua();
         limit.start(Some(Duration::from_millis(50)));
         let err = lua.load("while true do end").exec().unwrap_err();
         assert!(err.to_string().contains("ran past its time limit"), "{err}");

@@ -269,18 +269,7 @@ impl Broker {
     /// moment): a `kill -9` right after declaring a durable queue would
     /// otherwise lose the queue, which is not what the tests are about.
     pub fn sync_metadata(&self) {
-        let mut cmd = Command::new(CTL);
-        self.env(&mut cmd);
-        let out = cmd
-            .args(["-n", &self.node, "eval", "mnesia:sync_log()."])
-            .output()
-            .expect("run rabbitmqctl");
-        assert!(
-            out.status.success(),
-            "mnesia:sync_log(): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.ctl(&["eval", "mnesia:sync_log()."]);
     }
 
     pub fn restart(&self) {
