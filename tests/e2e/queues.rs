@@ -6,12 +6,23 @@ use crate::harness::*;
 use lapin::types::FieldTable;
 use std::time::{Duration, Instant};
 
+/// At most this many injected and not yet delivered: how many queues are
+/// live at once then depends on this, not on how fast the machine is, so the
+/// allocator's high-water mark is the same in every burst.
+const IN_FLIGHT: usize = 5_000;
+
 /// Injects `n` messages, each to a domain of its own, and waits until all
 /// are delivered and every queue has been dropped as idle.
 async fn pass_through(relay: &Relay, from: usize, n: usize) {
     // The relay's own client: one keep-alive connection, so no connection
     // task of a dropped client is still winding down when tasks are counted.
     for start in (from..from + n).step_by(100) {
+        if start >= IN_FLIGHT && start % 1_000 == 0 {
+            let want = (start - IN_FLIGHT) as f64;
+            relay
+                .await_metric("amqp_relay_delivered_total", want, Duration::from_secs(600))
+                .await;
+        }
         let rcpts: Vec<_> = (start..start + 100)
             .map(|i| serde_json::json!({"email": format!("u@d{i}.q")}))
             .collect();
@@ -31,6 +42,23 @@ async fn pass_through(relay: &Relay, from: usize, n: usize) {
         assert!(Instant::now() < deadline, "idle queues were not dropped");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(relay.metric("amqp_relay_active_messages").await, 0.0);
+    assert_eq!(relay.metric("amqp_relay_spooled_messages").await, 0.0);
+}
+
+/// The relay's RSS once the allocator has returned what it frees lazily:
+/// the lowest of samples taken until one is not below the one before.
+async fn settled_rss(relay: &Relay) -> u64 {
+    let mut last = relay.rss_kib();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = relay.rss_kib();
+        if now >= last {
+            return last;
+        }
+        last = now;
+    }
+    last
 }
 
 /// Waits until the relay's tasks are down to `most` (sessions and
@@ -70,29 +98,46 @@ async fn a_hundred_thousand_queues_pass_through_and_leave_nothing_behind() {
         &[
             ("AMQP_RELAY_QUEUE_IDLE", "500ms"),
             ("AMQP_RELAY_SPOOL_CACHE", "1MiB"),
+            // Each worker's allocator heap keeps pages of its own; a fixed
+            // count keeps the figures alike on machines of any size.
+            ("AMQP_RELAY_WORKER_THREADS", "2"),
         ],
     );
     let idle_tasks = relay.metric("amqp_relay_tasks").await;
     // A larger burst first, so the allocator's high-water mark (set by how
-    // many queues are live at once, which load decides) is behind us; then
-    // two equal bursts, between which nothing may grow.
+    // many queues are live at once) is behind us; then two equal bursts,
+    // between which nothing may grow.
     pass_through(&relay, 0, 40_000).await;
     settle_tasks(&relay, idle_tasks + 4.0).await;
     pass_through(&relay, 40_000, 30_000).await;
     let tasks_70k = settle_tasks(&relay, idle_tasks + 4.0).await;
-    let rss_70k = relay.rss_kib();
+    let rss_70k = settled_rss(&relay).await;
     pass_through(&relay, 70_000, 30_000).await;
     let tasks_100k = settle_tasks(&relay, idle_tasks + 4.0).await;
-    let rss_100k = relay.rss_kib();
+    let mut rss_after = settled_rss(&relay).await;
     eprintln!(
         "idle tasks {idle_tasks}; after 70,000 queues: RSS {rss_70k} KiB, {tasks_70k} tasks; \
-         after 100,000: RSS {rss_100k} KiB, {tasks_100k} tasks"
+         after 100,000: RSS {rss_after} KiB, {tasks_100k} tasks"
     );
-    // 8 MiB over 30,000 queues: a leak of ~280 bytes per queue seen fails.
+    // RSS after a burst swings by ~10 MB with what the allocator and the Lua
+    // states' collectors happen to hold (measured over 250,000 queues: 93,
+    // 109, 104, 106, 108, 108, 100 MB, no trend). A leak grows with every
+    // burst, that swing does not: over the line, one more burst decides, by
+    // the lower of the two. 8 MiB over 30,000 queues: a leak of ~280 bytes
+    // per queue seen plus the swing fails.
+    let mut seen = 100_000;
+    if rss_after > rss_70k + 8 * 1024 {
+        pass_through(&relay, seen, 30_000).await;
+        seen += 30_000;
+        settle_tasks(&relay, idle_tasks + 4.0).await;
+        let rss_130k = settled_rss(&relay).await;
+        eprintln!("after 130,000: RSS {rss_130k} KiB");
+        rss_after = rss_after.min(rss_130k);
+    }
     assert!(
-        rss_100k <= rss_70k + 8 * 1024,
-        "memory grows with queues seen: {rss_70k} -> {rss_100k} KiB"
+        rss_after <= rss_70k + 8 * 1024,
+        "memory grows with queues seen: {rss_70k} -> {rss_after} KiB"
     );
-    let got = consume(&conn, "many-q", 100_000, Duration::from_secs(60)).await;
-    assert_eq!(got.len(), 100_000);
+    let got = consume(&conn, "many-q", seen, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), seen);
 }
