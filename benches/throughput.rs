@@ -60,9 +60,9 @@ impl Run {
     fn cpu(&self) -> String {
         let relay = self
             .relay_us
-            .map_or(String::new(), |r| format!(", relay {r:.0}"));
+            .map_or(String::new(), |r| format!(", relay {r:.1}"));
         format!(
-            "CPU us/msg: broker {:.0}, client {:.0}{relay}",
+            "CPU us/msg: broker {:.1}, client {:.1}{relay}",
             self.broker_us, self.bench_us
         )
     }
@@ -333,7 +333,7 @@ async fn main() {
     );
     let relay_c = c.relay_us.unwrap_or(f64::NAN);
     println!(
-        "  (c) relay CPU per message {relay_c:.0} us vs the broker's {:.0} us: {:.2}x (target <= 1)",
+        "  (c) relay CPU per message {relay_c:.1} us vs the broker's {:.1} us: {:.2}x (target <= 1)",
         c.broker_us,
         relay_c / c.broker_us
     );

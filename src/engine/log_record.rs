@@ -259,7 +259,7 @@ mod tests {
         let m = Message::new(
             "s@x".into(),
             "r@amqp".into(),
-            meta,
+            meta.into(),
             Bytes::from_static(b"Subject: hi\r\nX-Id: 7\r\n\r\nbody"),
         );
         let ev = Event {

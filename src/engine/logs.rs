@@ -171,7 +171,7 @@ async fn spool_records(engine: &Arc<Engine>, records: Vec<(String, Value)>) {
         let msg = Arc::new(Message::new(
             "nobody@localhost".into(),
             format!("log@{hook}"),
-            meta,
+            meta.into(),
             body.into(),
         ));
         match policy.should_enqueue_log_record(&msg, &hook).await {

@@ -22,13 +22,18 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A message's metadata. Shared, copy-on-write: the recipients of one
+/// injection start with the same map, and the spool reads it back once for
+/// all of them.
+pub type Meta = Arc<Map<String, Value>>;
+
 /// Everything but the body; this is what the spool's meta table stores as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Envelope {
     pub sender: String,
     pub recipient: String,
     #[serde(default)]
-    pub meta: Map<String, Value>,
+    pub meta: Meta,
     /// Reception time, unix milliseconds.
     pub created_ms: u64,
     #[serde(default)]
@@ -121,7 +126,7 @@ impl Drop for Charge {
 pub type MessageRef = Arc<Message>;
 
 impl Message {
-    pub fn new(sender: String, recipient: String, meta: Map<String, Value>, data: Bytes) -> Self {
+    pub fn new(sender: String, recipient: String, meta: Meta, data: Bytes) -> Self {
         Self::from_parts(
             uuid::Uuid::now_v7(),
             Envelope {
@@ -274,10 +279,11 @@ impl Message {
 
     pub fn set_meta(&self, key: &str, value: Value) {
         let mut st = self.lock();
+        let meta = Arc::make_mut(&mut st.envelope.meta);
         if value.is_null() {
-            st.envelope.meta.remove(key);
+            meta.remove(key);
         } else {
-            st.envelope.meta.insert(key.to_owned(), value);
+            meta.insert(key.to_owned(), value);
         }
     }
 
@@ -351,7 +357,7 @@ mod tests {
         Message::new(
             "s@example.com".into(),
             "User@Amqp".into(),
-            meta,
+            meta.into(),
             Bytes::from_static(b"Subject: hi\r\nX-Thing: a\r\n b\r\n\r\nbody"),
         )
     }

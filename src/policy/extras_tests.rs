@@ -60,14 +60,14 @@ fn policy(dir: &std::path::Path, toml: &str) -> Result<Arc<Policy>, PolicyError>
 }
 
 fn message(headers: &str, meta: &[(&str, &str)]) -> Arc<Message> {
-    let meta = meta
+    let meta: serde_json::Map<_, _> = meta
         .iter()
         .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
         .collect();
     Arc::new(Message::new(
         "s@example.com".into(),
         "u@gmail.com".into(),
-        meta,
+        meta.into(),
         Bytes::from(format!("{headers}Subject: hi\r\n\r\nbody\r\n")),
     ))
 }

@@ -7,10 +7,12 @@
 //! `QUEUES` and `DUE_QUEUES` summarise the schedule per queue, so finding
 //! what is due never walks the whole backlog.
 
-use crate::model::message::{Envelope, Message, MessageId};
+use crate::model::message::{Envelope, Message, MessageId, Meta};
 use redb::{
     ReadableTable, ReadableTableMetadata, Table, TableDefinition, TableHandle, WriteTransaction,
 };
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::collections::HashMap;
 
 /// `u32` LE envelope length, the envelope (JSON), then the body.
@@ -93,7 +95,53 @@ pub fn split_record(r: &[u8]) -> Result<(&[u8], StoredBody<'_>), String> {
 }
 
 pub fn decode_envelope(env: &[u8]) -> Result<Envelope, String> {
-    serde_json::from_slice(env).map_err(|e| e.to_string())
+    decode_envelope_with(env, &mut MetaMemo::default())
+}
+
+/// The meta map decoded last, with its stored text: the next envelope with
+/// the same text (the recipients of one injection, read in a row) shares the
+/// map instead of decoding and holding a copy of its own.
+#[derive(Default)]
+pub struct MetaMemo {
+    text: String,
+    meta: Meta,
+}
+
+/// An envelope as stored, with its meta left as text.
+#[derive(Deserialize)]
+struct StoredEnvelope<'a> {
+    sender: String,
+    recipient: String,
+    #[serde(borrow, default)]
+    meta: Option<&'a RawValue>,
+    created_ms: u64,
+    #[serde(default)]
+    num_attempts: u32,
+    #[serde(default)]
+    due_ms: Option<u64>,
+}
+
+pub fn decode_envelope_with(env: &[u8], memo: &mut MetaMemo) -> Result<Envelope, String> {
+    let stored: StoredEnvelope = serde_json::from_slice(env).map_err(|e| e.to_string())?;
+    let meta = match stored.meta.map(RawValue::get) {
+        None => Meta::default(),
+        Some(text) if text == memo.text => memo.meta.clone(),
+        Some(text) => {
+            let meta = Meta::new(serde_json::from_str(text).map_err(|e| format!("meta: {e}"))?);
+            memo.text.clear();
+            memo.text.push_str(text);
+            memo.meta = meta.clone();
+            meta
+        }
+    };
+    Ok(Envelope {
+        sender: stored.sender,
+        recipient: stored.recipient,
+        meta,
+        created_ms: stored.created_ms,
+        num_attempts: stored.num_attempts,
+        due_ms: stored.due_ms,
+    })
 }
 
 /// The queue label and due time of a spooled message, from its record.

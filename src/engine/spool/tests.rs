@@ -4,14 +4,13 @@ use crate::model::message::now_ms;
 use bytes::Bytes;
 use redb::Database;
 use redb::{ReadableDatabase, ReadableTable};
-use serde_json::Map;
 use std::sync::Arc;
 
 fn message(n: usize) -> Message {
     Message::new(
         "s@x".into(),
         format!("r{n}@amqp"),
-        Map::new(),
+        Default::default(),
         Bytes::from(format!("body {n}\0\u{ff}").into_bytes()),
     )
 }
@@ -320,7 +319,14 @@ async fn recipients_of_one_body_share_it_until_the_last_is_gone() {
     let (spool, _) = Spool::open(dir.path()).unwrap();
     let body = Bytes::from(vec![b'x'; 4096]);
     let msgs: Vec<_> = (0..5)
-        .map(|i| Message::new("s@x".into(), format!("r{i}@amqp"), Map::new(), body.clone()))
+        .map(|i| {
+            Message::new(
+                "s@x".into(),
+                format!("r{i}@amqp"),
+                Default::default(),
+                body.clone(),
+            )
+        })
         .collect();
     store(&spool, &msgs[..3], "amqp", true).await;
     store(&spool, &msgs[3..], "amqp", false).await;
@@ -366,7 +372,14 @@ async fn paged_in_recipients_share_one_copy_of_their_body() {
     let (spool, _) = Spool::open(dir.path()).unwrap();
     let body = Bytes::from(vec![b'y'; 2048]);
     let msgs: Vec<_> = (0..4)
-        .map(|i| Message::new("s@x".into(), format!("r{i}@amqp"), Map::new(), body.clone()))
+        .map(|i| {
+            Message::new(
+                "s@x".into(),
+                format!("r{i}@amqp"),
+                Default::default(),
+                body.clone(),
+            )
+        })
         .collect();
     store(&spool, &msgs, "amqp", false).await;
     // Room for three bodies: the fourth recipient comes without one.
@@ -379,6 +392,46 @@ async fn paged_in_recipients_share_one_copy_of_their_body() {
         "one copy in memory, not one per recipient"
     );
     assert_ne!(with[0].as_ptr(), body.as_ptr(), "read back from the spool");
+}
+
+#[tokio::test]
+async fn paged_in_recipients_share_one_meta_map_until_one_changes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let meta = |v: &str| {
+        let mut m = serde_json::Map::new();
+        m.insert("tenant".into(), v.into());
+        m.insert("received_from".into(), "10.0.0.1".into());
+        crate::model::message::Meta::new(m)
+    };
+    let (a, b) = (meta("a"), meta("b"));
+    let metas = [&a, &a, &b, &a];
+    let msgs: Vec<_> = (0..4)
+        .map(|i| {
+            Message::new(
+                "s@x".into(),
+                format!("r{i}@amqp"),
+                metas[i].clone(),
+                "x".into(),
+            )
+        })
+        .collect();
+    store(&spool, &msgs, "amqp", false).await;
+    let paged = spool
+        .page_in("amqp", 10, u64::MAX, usize::MAX)
+        .await
+        .unwrap();
+    let got: Vec<_> = paged.messages.iter().map(|m| m.envelope().meta).collect();
+    let tenants: Vec<_> = got.iter().map(|m| m["tenant"].as_str().unwrap()).collect();
+    assert_eq!(tenants, ["a", "a", "b", "a"]);
+    assert!(got.iter().all(|m| m["received_from"] == "10.0.0.1"));
+    assert!(Arc::ptr_eq(&got[0], &got[1]), "read in a row: one map");
+    assert!(!Arc::ptr_eq(&got[0], &a), "decoded from the spool");
+    // A change is the changer's own.
+    paged.messages[1].set_meta("tenant", "c".into());
+    assert_eq!(paged.messages[1].get_meta("tenant").unwrap(), "c");
+    assert_eq!(paged.messages[0].get_meta("tenant").unwrap(), "a");
+    assert_eq!(got[0]["tenant"], "a");
 }
 
 #[test]

@@ -626,13 +626,13 @@ fn take_scheduled(
 ) -> Result<Vec<Message>, redb::Error> {
     let keys = scheduled_keys(t, queue, u64::MAX, max)?;
     let mut out = Vec::with_capacity(keys.len());
-    let mut bodies = PagedBodies::default();
+    let mut shared = PagedShared::default();
     for (due, id) in keys {
         t.schedule.remove((queue, due, id))?;
         let Some(raw) = t.messages.remove(id)?.map(|r| r.value().to_vec()) else {
             continue;
         };
-        match paged_message(t, id, &raw, usize::MAX, &mut bodies)? {
+        match paged_message(t, id, &raw, usize::MAX, &mut shared)? {
             Ok((m, _)) => out.push(m),
             Err(why) => {
                 tracing::error!(id = %uuid::Uuid::from_u128(id), %why, "undecodable record removed by an administrative bounce")
@@ -681,12 +681,16 @@ fn scheduled_keys(
     Ok(keys)
 }
 
-/// Bodies looked up during one batch of reads: recipients of one injection
-/// share one copy, read once. Only bodies that fitted the byte budget are kept.
+/// What the messages of one batch of reads share: recipients of one
+/// injection get one copy of their body, read once (only bodies that fitted
+/// the byte budget are kept), and one meta map, decoded once.
 #[derive(Default)]
-struct PagedBodies(HashMap<u128, Option<Bytes>>);
+struct PagedShared {
+    bodies: HashMap<u128, Option<Bytes>>,
+    meta: tables::MetaMemo,
+}
 
-impl PagedBodies {
+impl PagedShared {
     /// The stored body's size and, when it is at most `fits` bytes, the body.
     fn get(
         &mut self,
@@ -701,7 +705,7 @@ impl PagedBodies {
             }
             tables::StoredBody::Shared(id) => id,
         };
-        if let Some(Some(b)) = self.0.get(&id) {
+        if let Some(Some(b)) = self.bodies.get(&id) {
             return Ok(Some((b.len(), (b.len() <= fits).then(|| b.clone()))));
         }
         let Some(row) = t.bodies.get(id)? else {
@@ -709,7 +713,7 @@ impl PagedBodies {
         };
         let b = row.value();
         let body = (b.len() <= fits).then(|| Bytes::copy_from_slice(b));
-        self.0.insert(id, body.clone());
+        self.bodies.insert(id, body.clone());
         Ok(Some((b.len(), body)))
     }
 }
@@ -722,18 +726,18 @@ fn paged_message(
     id: u128,
     raw: &[u8],
     budget: usize,
-    bodies: &mut PagedBodies,
+    shared: &mut PagedShared,
 ) -> Result<Result<(Message, Option<u128>), String>, redb::Error> {
     let (env, stored) = match tables::split_record(raw) {
         Ok(parts) => parts,
         Err(why) => return Ok(Err(why)),
     };
-    let envelope = match tables::decode_envelope(env) {
+    let envelope = match tables::decode_envelope_with(env, &mut shared.meta) {
         Ok(e) => e,
         Err(why) => return Ok(Err(why)),
     };
     let mid = MessageId::from_u128(id);
-    let Some((size, body)) = bodies.get(t, stored, budget)? else {
+    let Some((size, body)) = shared.get(t, stored, budget)? else {
         return Ok(Err(format!("the shared body of message {mid} is missing")));
     };
     let m = match body {
@@ -764,17 +768,17 @@ fn page_in(
         more_due,
         ..Paged::default()
     };
-    let mut bodies = PagedBodies::default();
+    let mut shared = PagedShared::default();
     for (due, id) in keys {
         t.schedule.remove((queue, due, id))?;
         let read = match t.messages.get(id)? {
             None => None,
             Some(row) => Some(
-                paged_message(t, id, row.value(), body_bytes, &mut bodies)?
+                paged_message(t, id, row.value(), body_bytes, &mut shared)?
                     .map_err(|why| (why, row.value().to_vec())),
             ),
         };
-        let (m, shared) = match read {
+        let (m, body_id) = match read {
             Some(Ok(found)) => found,
             Some(Err((why, raw))) => {
                 t.quarantine(id, &raw, &why)?;
@@ -790,12 +794,12 @@ fn page_in(
             if !m.has_body()
                 && let Some(row) = t.messages.get(id)?
                 && let Ok((_, stored)) = tables::split_record(row.value())
-                && let Some((_, Some(b))) = bodies.get(t, stored, usize::MAX)?
+                && let Some((_, Some(b))) = shared.get(t, stored, usize::MAX)?
             {
                 m.attach_body(b);
             }
             t.messages.remove(id)?;
-            if let Some(b) = shared {
+            if let Some(b) = body_id {
                 changes.release(tables::StoredBody::Shared(b));
             }
             paged.expired.push(m);

@@ -75,11 +75,16 @@ pub(super) async fn inject(
     let mut results: Vec<Option<Result<(), Refusal>>> = Vec::with_capacity(req.recipients.len());
     let mut msgs = Vec::new();
     let mut slots = Vec::new();
+    let origin = Arc::new(origin);
     for (i, r) in req.recipients.iter().enumerate() {
-        let mut meta = origin.clone();
-        if let Some(extra) = &r.extra {
-            meta.insert("extra".into(), serde_json::Value::Object(extra.clone()));
-        }
+        let meta = match &r.extra {
+            Some(extra) => {
+                let mut own = Map::clone(&origin);
+                own.insert("extra".into(), serde_json::Value::Object(extra.clone()));
+                Arc::new(own)
+            }
+            None => origin.clone(),
+        };
         let msg = Arc::new(Message::new(
             req.sender.clone(),
             r.email.clone(),

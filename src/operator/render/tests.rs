@@ -471,7 +471,7 @@ async fn log_events_routes_configure_a_hook_and_pick_record_types() {
         std::sync::Arc::new(crate::model::message::Message::new(
             "nobody@localhost".into(),
             "log@x".into(),
-            meta,
+            meta.into(),
             bytes::Bytes::new(),
         ))
     };

@@ -494,6 +494,7 @@ impl Session {
         for (k, v) in self.facts() {
             meta.insert(k.into(), Value::from(v));
         }
+        let meta = Arc::new(meta);
         let body = if self.settings.cfg.received_header {
             self.with_received(&tx, &body)
         } else {
