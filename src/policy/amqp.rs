@@ -563,7 +563,7 @@ impl Publish {
 
     /// lapin's publish as an owned future: its first poll assigns the delivery
     /// tag and queues the frames; the rest waits for the socket write.
-    fn start(self, ch: Channel) -> Writing {
+    fn start(self, ch: Arc<Channel>) -> Writing {
         Box::pin(async move {
             ch.basic_publish(
                 self.exchange,
@@ -577,11 +577,21 @@ impl Publish {
     }
 
     pub async fn send(self, ch: &Channel, timeout: Duration) -> Result<PublisherConfirm, Failure> {
-        finish_write(self.start(ch.clone()), timeout).await
+        let write = ch.basic_publish(
+            self.exchange,
+            self.routing_key,
+            self.options,
+            &self.payload,
+            self.properties,
+        );
+        finish_write(write, timeout).await
     }
 }
 
-async fn finish_write(write: Writing, timeout: Duration) -> Result<PublisherConfirm, Failure> {
+async fn finish_write(
+    write: impl Future<Output = lapin::Result<PublisherConfirm>>,
+    timeout: Duration,
+) -> Result<PublisherConfirm, Failure> {
     tokio::time::timeout(timeout, write)
         .await
         .map_err(|_| Failure::TimedOut(format!("publish timed out after {timeout:?}")))?
@@ -644,7 +654,9 @@ pub struct Client {
     pool: Arc<AmqpPool>,
     /// Shared with each publish's confirm (cloned per message).
     target: Arc<Target>,
-    channel: Mutex<Option<Channel>>,
+    /// Shared with each publish's pending write (lapin's `Channel` is a dozen
+    /// `Arc`s: cloning it per message showed in profiles).
+    channel: Mutex<Option<Arc<Channel>>>,
 }
 
 type Writing = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
@@ -671,7 +683,7 @@ impl Client {
         Ok(Client {
             pool,
             target: Arc::new(target),
-            channel: Mutex::new(Some(ch)),
+            channel: Mutex::new(Some(Arc::new(ch))),
         })
     }
 
@@ -759,7 +771,7 @@ impl UserData for Client {
             match ch {
                 // The connection is shared; only this client's channel goes back.
                 Some(ch) => {
-                    this.pool.give_back(&this.target, ch);
+                    this.pool.give_back(&this.target, Arc::unwrap_or_clone(ch));
                     Ok(())
                 }
                 None => Err(mlua::Error::runtime("amqp client is already closed")),
