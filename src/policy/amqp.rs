@@ -290,28 +290,49 @@ impl std::fmt::Display for Ctx<'_> {
 }
 
 /// Walks `t` once, handing each field to `f` under its name from `allowed`;
-/// any other key is an error. One pass, no allocation: this runs per message.
+/// any other key is an error. This runs per message: keys are read as Rust
+/// strings (mlua's `pairs` makes, clones and drops a Lua reference per key),
+/// and a key that is not a known name ends the walk, the error then naming it
+/// from a second, slower walk.
 fn each_field(
     t: &Table,
     what: Ctx,
     allowed: &[&'static str],
     mut f: impl FnMut(&'static str, Value) -> mlua::Result<()>,
 ) -> mlua::Result<()> {
+    let mut from_f = false;
+    let walked = t.for_each::<String, Value>(|k, v| match allowed.iter().find(|a| **a == k) {
+        Some(name) => {
+            let r = f(name, v);
+            from_f = r.is_err();
+            r
+        }
+        None => Err(mlua::Error::runtime("unknown key")),
+    });
+    match walked {
+        Err(e) if from_f => Err(e),
+        // An unknown name, or a key that is not a string.
+        Err(_) => Err(unknown_field(t, what, allowed)),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// The error for `t`'s first key that is not one of `allowed`.
+fn unknown_field(t: &Table, what: Ctx, allowed: &[&str]) -> mlua::Error {
     for pair in t.pairs::<Value, Value>() {
-        let (k, v) = pair?;
-        let known = match &k {
-            Value::String(s) => {
-                let b = s.as_bytes();
-                allowed.iter().find(|a| a.as_bytes() == &b[..]).copied()
-            }
-            _ => None,
+        let k = match pair {
+            Ok((k, _)) => k,
+            Err(e) => return e,
         };
-        match known {
-            Some(name) => f(name, v)?,
-            None => return Err(unknown_key(what, &k, allowed)),
+        let known = match &k {
+            Value::String(s) => allowed.iter().any(|a| a.as_bytes() == &s.as_bytes()[..]),
+            _ => false,
+        };
+        if !known {
+            return unknown_key(what, &k, allowed);
         }
     }
-    Ok(())
+    mlua::Error::runtime(format!("{what}: unreadable table"))
 }
 
 fn type_error(what: Ctx, key: &str, wanted: &str, v: &Value) -> mlua::Error {
@@ -1027,6 +1048,18 @@ mod tests {
         let lua = Lua::new();
         let cases = [
             ("{routing_key='k', payload='', rk=1}", "t: unknown key 'rk'"),
+            (
+                "{routing_key='k', payload='', [1]=2}",
+                "t: unknown key 'Integer(1)'",
+            ),
+            (
+                "{routing_key='k', [true]=1, payload=''}",
+                "t: unknown key 'Boolean(true)'",
+            ),
+            (
+                "{routing_key='k', payload='', options={mandatry=true}}",
+                "t options: unknown key 'mandatry'",
+            ),
             (
                 "{routing_key='k', payload='', properties={mesage_id='x'}}",
                 "t properties: unknown key 'mesage_id'",
