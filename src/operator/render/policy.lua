@@ -133,23 +133,26 @@ kumo.on('amqp-relay.route', function(domain, tenant, campaign)
     end
   end
 
+  -- One argument table per connection, refilled per message: publish reads
+  -- it before it returns, and building four tables per message fed the
+  -- collector.
+  local properties = {
+    delivery_mode = r.persistent and 2 or 1,
+    content_type = r.content_type,
+    headers = r.headers,
+  }
+  local args = {
+    exchange = r.exchange,
+    routing_key = r.routing_key,
+    options = { mandatory = r.mandatory },
+    properties = properties,
+  }
   local function publish(msg)
-    local headers = {}
-    for k, v in pairs(r.headers) do
-      headers[k] = v
-    end
-    return client:publish {
-      exchange = r.exchange,
-      routing_key = r.routing_key,
-      payload = msg:get_data(),
-      options = { mandatory = r.mandatory },
-      properties = {
-        delivery_mode = r.persistent and 2 or 1,
-        content_type = r.content_type,
-        message_id = msg:id(),
-        headers = headers,
-      },
-    }
+    properties.message_id = msg:id()
+    args.payload = msg:get_data()
+    local confirm = client:publish(args)
+    args.payload = nil
+    return confirm
   end
 
   -- nil when the broker took the message; else the reject code and text.
