@@ -7,7 +7,7 @@
 
 use crate::model::queue_name::QueueName;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,19 +27,17 @@ pub fn now_ms() -> u64 {
 /// all of them.
 pub type Meta = Arc<Map<String, Value>>;
 
-/// Everything but the body; this is what the spool's meta table stores as JSON.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Everything but the body; this is what the spool's meta table stores as
+/// JSON (read back by `spool::tables::decode_envelope`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Envelope {
     pub sender: String,
     pub recipient: String,
-    #[serde(default)]
     pub meta: Meta,
     /// Reception time, unix milliseconds.
     pub created_ms: u64,
-    #[serde(default)]
     pub num_attempts: u32,
     /// When the next attempt is due, unix milliseconds; absent means now.
-    #[serde(default)]
     pub due_ms: Option<u64>,
 }
 

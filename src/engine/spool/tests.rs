@@ -435,6 +435,36 @@ async fn paged_in_recipients_share_one_meta_map_until_one_changes_it() {
 }
 
 #[test]
+fn envelopes_read_back_as_written_and_older_ones_get_defaults() {
+    use crate::model::message::Envelope;
+    let mut meta = serde_json::Map::new();
+    meta.insert("queue".into(), "q".into());
+    meta.insert(
+        "n".into(),
+        serde_json::json!({"a": [1, 2.5, null, "\u{e9}\n"]}),
+    );
+    let e = Envelope {
+        sender: "s\"x@y".into(),
+        recipient: "r@z".into(),
+        meta: meta.into(),
+        created_ms: 7,
+        num_attempts: 3,
+        due_ms: Some(9),
+    };
+    assert_eq!(tables::decode_envelope(&encode_envelope(&e)).unwrap(), e);
+    // As written before meta, attempts and retry times were recorded.
+    let old = tables::decode_envelope(br#"{"sender":"s@x","recipient":"r@y","created_ms":5}"#);
+    let old = old.unwrap();
+    assert_eq!(
+        (old.meta.len(), old.num_attempts, old.due_ms, old.created_ms),
+        (0, 0, None, 5)
+    );
+    let bad = br#"{"sender":"s@x","recipient":"r@y","created_ms":5,"meta":[1]}"#;
+    let err = tables::decode_envelope(bad).unwrap_err();
+    assert!(err.starts_with("meta: "), "{err}");
+}
+
+#[test]
 fn out_of_space_is_recognised_by_the_error_kind() {
     use std::io::{Error, ErrorKind};
     assert!(is_out_of_space(&Error::from_raw_os_error(28)));
