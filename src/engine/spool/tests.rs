@@ -15,6 +15,20 @@ fn message(n: usize) -> Message {
     )
 }
 
+/// `n` recipients of one injection, sharing `body`.
+fn recipients(n: usize, body: &Bytes) -> Vec<Message> {
+    (0..n)
+        .map(|i| {
+            Message::new(
+                "s@x".into(),
+                format!("r{i}@amqp"),
+                Default::default(),
+                body.clone(),
+            )
+        })
+        .collect()
+}
+
 async fn store(spool: &Spool, msgs: &[Message], queue: &str, active: bool) {
     let news: Vec<_> = msgs
         .iter()
@@ -318,16 +332,7 @@ async fn recipients_of_one_body_share_it_until_the_last_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(dir.path()).unwrap();
     let body = Bytes::from(vec![b'x'; 4096]);
-    let msgs: Vec<_> = (0..5)
-        .map(|i| {
-            Message::new(
-                "s@x".into(),
-                format!("r{i}@amqp"),
-                Default::default(),
-                body.clone(),
-            )
-        })
-        .collect();
+    let msgs = recipients(5, &body);
     store(&spool, &msgs[..3], "amqp", true).await;
     store(&spool, &msgs[3..], "amqp", false).await;
     let c = spool.counts().await.unwrap();
@@ -371,16 +376,7 @@ async fn paged_in_recipients_share_one_copy_of_their_body() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(dir.path()).unwrap();
     let body = Bytes::from(vec![b'y'; 2048]);
-    let msgs: Vec<_> = (0..4)
-        .map(|i| {
-            Message::new(
-                "s@x".into(),
-                format!("r{i}@amqp"),
-                Default::default(),
-                body.clone(),
-            )
-        })
-        .collect();
+    let msgs = recipients(4, &body);
     store(&spool, &msgs, "amqp", false).await;
     // Room for three bodies: the fourth recipient comes without one.
     let paged = spool.page_in("amqp", 10, u64::MAX, 3 * 2048).await.unwrap();
