@@ -7,7 +7,7 @@
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use lapin::{Confirmation, PublisherConfirm};
 use mlua::{Lua, Table, UserData, UserDataMethods, UserDataRef, Value};
 use std::collections::HashMap;
@@ -114,7 +114,6 @@ impl AmqpPool {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&key);
         }
-        let props = ConnectionProperties::default().with_connection_name("amqp-relay".into());
         let tls = OwnedTLSConfig {
             identity: None,
             cert_chain: match &target.ca_file {
@@ -124,9 +123,7 @@ impl AmqpPool {
                 None => None,
             },
         };
-        let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
-        let connect = Connection::connect_with_config(uri, props, tls, runtime);
-        let conn = tokio::time::timeout(timeout, connect)
+        let conn = tokio::time::timeout(timeout, super::amqp_connect::connect(uri, tls))
             .await
             .map_err(|_| format!("connect to {} timed out after {timeout:?}", redact(uri)))?
             .map_err(|e| format!("connect to {}: {e}", redact(uri)))?;

@@ -2,6 +2,7 @@
 //! engine fires into it.
 
 pub mod amqp;
+mod amqp_connect;
 mod call_limit;
 pub mod conn_meta;
 pub mod delivery;
