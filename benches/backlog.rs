@@ -5,21 +5,28 @@
 //! 1. Normal rate: a fresh relay, the operator-rendered route (16 connections,
 //!    batches of 100), `NORMAL` 1 KiB messages HTTP-injected and delivered to
 //!    a durable queue on a private RabbitMQ node.
-//! 2. Outage: a second relay whose route points at a closed port, its queue
-//!    suspended (an outage held without attempts, so every message is due
-//!    when the broker returns); RSS after 10,000, 100,000 and `BACKLOG`
-//!    (default 1,000,000) messages are acknowledged; spool bytes per message.
-//! 3. Recovery: kill -9 and restart (time until the listener accepts, the
+//! 2. Outage as it happens: a relay whose route points at a port that
+//!    refuses connections. Every message is attempted, fails and waits on the
+//!    spool for its retry (the route's default interval); RSS, live tasks and
+//!    messages in memory once all of 10,000, 100,000 and `BACKLOG` (default
+//!    1,000,000) have failed their attempt.
+//! 3. Outage held: a relay whose queue is suspended (no attempts, so every
+//!    message is due when the broker returns); RSS at the same marks; spool
+//!    bytes per message.
+//! 4. Recovery: kill -9 and restart (time until the listener accepts, the
 //!    spool repaired), then SIGTERM, the route pointed at the live broker and
 //!    a restart on the same spool: time until the listener accepts, until the
 //!    first message reaches the broker, and the drain rate as a ratio to (1)
 //!    over the first `NORMAL` messages (the broker's queue as deep as in (1):
 //!    a classic queue slows as it grows) and over the whole backlog.
 //!
-//! Targets: RSS <= 128 MB at 1,000,000 and <= 1.5x the RSS at 10,000;
-//! listener <= 2 s; first delivery <= 3 s; drain >= 0.9x normal.
+//! Targets: refusing broker: RSS <= 64 MB at 1,000,000 and <= 1.2x the RSS
+//! at 10,000, tasks bounded by queues x connection limit; held outage: RSS
+//! <= 128 MB and <= 1.5x; listener <= 2 s; first delivery <= 3 s; drain
+//! >= 0.9x normal.
 //!
-//! Run: `cargo bench --bench backlog` (BACKLOG=N for another size).
+//! Run: `cargo bench --bench backlog` (BACKLOG=N for another size;
+//! SCENARIO=refusing to stop after (2)).
 
 #[path = "common/relay_log.rs"]
 mod relay_log;
@@ -75,6 +82,78 @@ async fn await_accepting(http: &str) {
     }
 }
 
+/// A relay metric (first sample of that name).
+async fn metric(http: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Waits until every one of `n` messages has failed an attempt and none is
+/// held in memory (the relay's own counters, polled).
+async fn await_attempted(http: &str, n: usize) {
+    let start = Instant::now();
+    loop {
+        let failed = metric(http, "amqp_relay_transient_failures_total").await;
+        let active = metric(http, "amqp_relay_active_messages").await;
+        if failed >= n as f64 && active == 0.0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "{failed} of {n} attempted, {active} still in memory after 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A broker that refuses connections (the outage that happens): RSS, live
+/// tasks and messages in memory once every message has failed its attempt.
+/// Returns the RSS (KiB) at each mark.
+async fn refusing(dir: &Path, backlog: usize) -> Vec<(usize, u64)> {
+    let nowhere = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker::free_port());
+    let (policy, _) = rendered_policy(dir, "refusing", &nowhere, QUEUE, 100, 16);
+    let (relay, _) = start_relay(&policy, &dir.join("spool-refusing"));
+    println!("Broker refusing connections (route: 16 connections, default retry interval):");
+    let mut queued = 0;
+    let mut rss = Vec::new();
+    for mark in [10_000, 100_000, backlog] {
+        if mark <= queued {
+            continue;
+        }
+        let t = Instant::now();
+        inject_all(&relay.http, mark - queued, &format!("r{mark}-")).await;
+        let rate = (mark - queued) as f64 / t.elapsed().as_secs_f64();
+        queued = mark;
+        await_attempted(&relay.http, mark).await;
+        let r = rss_kib(relay.pid());
+        let tasks = metric(&relay.http, "amqp_relay_tasks").await;
+        println!(
+            "  {mark:>9} queued, all attempted: RSS {:7.1} MB, {tasks:.0} tasks alive  (accepted at {rate:.0} msg/s)",
+            r as f64 / 1024.0
+        );
+        rss.push((mark, r));
+    }
+    let at = |n: usize| {
+        rss.iter()
+            .find(|(m, _)| *m == n)
+            .map(|(_, r)| *r as f64 / 1024.0)
+    };
+    let (small, large) = (at(10_000).unwrap(), at(backlog).unwrap());
+    println!(
+        "Refusing broker: RSS {large:.1} MB at {backlog} queued (target <= 64), {:.2}x the RSS at 10,000 (target <= 1.2)",
+        large / small
+    );
+    assert!(relay.stop(), "the relay exits cleanly on SIGTERM");
+    rss
+}
+
 #[tokio::main]
 async fn main() {
     let backlog: usize = std::env::var("BACKLOG")
@@ -102,7 +181,14 @@ async fn main() {
         "Normal end to end, {NORMAL} x 1 KiB: {normal:.0} msg/s (relay CPU {normal_cpu:.0} us/msg)"
     );
 
-    // 2. The outage: everything acknowledged stays spooled.
+    // 2. The outage as it happens: the broker refuses connections.
+    let refused = refusing(dir.path(), backlog).await;
+    if std::env::var("SCENARIO").is_ok_and(|s| s == "refusing") {
+        return;
+    }
+    let _ = refused;
+
+    // 3. The outage held: everything acknowledged stays spooled, unattempted.
     fresh_queue(&conn, QUEUE).await;
     let nowhere = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker::free_port());
     let (policy, url_file) = rendered_policy(dir.path(), "outage", &nowhere, QUEUE, 100, 16);
@@ -163,7 +249,7 @@ async fn main() {
         stop_time.as_secs_f64()
     );
 
-    // 3. The broker is back: restart on the same spool.
+    // 4. The broker is back: restart on the same spool.
     std::fs::write(&url_file, broker.url()).unwrap();
     let restarted = Instant::now();
     let (relay, _) = start_relay(&policy, &spool);
