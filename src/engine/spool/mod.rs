@@ -16,6 +16,8 @@
 //! commits: a crash can then redeliver a message, never lose one.
 
 mod active_sets;
+#[cfg(test)]
+mod power_loss;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -141,6 +143,13 @@ impl Spool {
     /// As `open`, with redb's page cache at `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<(Spool, Opened), SpoolError> {
         let (ops, removals, opened) = writer::start(dir, cache_bytes)?;
+        Ok((Spool { ops, removals }, opened))
+    }
+
+    /// A spool on an open database (a test's own storage backend).
+    #[cfg(test)]
+    fn open_on(db: redb::Database, opener: writer::Opener) -> Result<(Spool, Opened), SpoolError> {
+        let (ops, removals, opened) = writer::start_on(db, opener, "test backend")?;
         Ok((Spool { ops, removals }, opened))
     }
 

@@ -8,7 +8,7 @@ use crate::model::message::{Message, MessageId};
 use bytes::Bytes;
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -177,10 +177,15 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, redb::DatabaseEr
     Database::builder().set_cache_size(cache_bytes).create(path)
 }
 
+/// Opens the database: at start, and again after a failed commit (redb
+/// refuses further writes after an I/O error).
+pub type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send>;
+
 /// Ids of messages to forget, collected without waking the writer for each.
 pub type Removals = std::sync::Arc<std::sync::Mutex<Vec<u128>>>;
 
-/// Opens the database and prepares it, then starts the writer thread.
+/// Opens (or creates) `dir/spool.redb` and prepares it, then starts the
+/// writer thread.
 pub fn start(
     dir: &Path,
     cache_bytes: usize,
@@ -189,9 +194,39 @@ pub fn start(
         path: dir.display().to_string(),
         reason,
     };
+    let new_dir = !dir.exists();
     std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
     let path = dir.join("spool.redb");
+    let new_file = !path.exists();
     let db = open_db(&path, cache_bytes).map_err(|e| open_err(e.to_string()))?;
+    // A new file's directory entry (and a new directory's) must survive a
+    // power cut as well as what is written into the file.
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    let synced = match (new_file, new_dir.then_some(parent).flatten()) {
+        (true, Some(parent)) => sync_dir(dir).and_then(|()| sync_dir(parent)),
+        (true, None) => sync_dir(dir),
+        (false, _) => Ok(()),
+    };
+    synced.map_err(|e| open_err(format!("syncing the directory: {e}")))?;
+    let opener: Opener = Box::new(move || open_db(&path, cache_bytes));
+    start_on(db, opener, &dir.display().to_string())
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Prepares an open database and starts the writer thread on it; `opener`
+/// opens it again when needed, `name` says where it is in errors.
+pub fn start_on(
+    db: Database,
+    opener: Opener,
+    name: &str,
+) -> Result<(mpsc::UnboundedSender<Op>, Removals, tables::Opened), SpoolError> {
+    let open_err = |reason: String| SpoolError::Open {
+        path: name.to_owned(),
+        reason,
+    };
     let opened = {
         let w = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         let opened = tables::prepare(&w).map_err(open_err)?;
@@ -210,8 +245,7 @@ pub fn start(
                 rt,
                 db: Some(db),
                 active: ActiveSets::default(),
-                path,
-                cache_bytes,
+                opener,
                 removals: pending_removals,
             }
             .run(rx)
@@ -224,8 +258,7 @@ struct Writer {
     rt: tokio::runtime::Handle,
     db: Option<Database>,
     active: ActiveSets,
-    path: PathBuf,
-    cache_bytes: usize,
+    opener: Opener,
     removals: Removals,
 }
 
@@ -341,7 +374,7 @@ impl Writer {
         let mut ops = batch;
         ops.reverse();
         if self.db.is_none() {
-            match open_db(&self.path, self.cache_bytes) {
+            match (self.opener)() {
                 Ok(db) => self.db = Some(db),
                 Err(e) => {
                     let err = SpoolError::from_redb(e);
