@@ -72,7 +72,7 @@ pub struct RelayArgs {
     #[arg(long, env = "AMQP_RELAY_BODY_MEMORY", default_value = "64MiB", value_parser = parse_bytes)]
     pub body_memory: u64,
     /// The spool database's page cache.
-    #[arg(long, env = "AMQP_RELAY_SPOOL_CACHE", default_value = "8MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "AMQP_RELAY_SPOOL_CACHE", default_value = "4MiB", value_parser = parse_bytes)]
     pub spool_cache: u64,
     /// A queue with nothing to do for this long is dropped from memory.
     #[arg(long, env = "AMQP_RELAY_QUEUE_IDLE", default_value = "60s", value_parser = parse_duration)]
@@ -284,4 +284,25 @@ fn watch_routes(engine: &Arc<Engine>, args: &RelayArgs) -> anyhow::Result<()> {
         spawn::<ConfigMap>(engine.clone(), t);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        relay: RelayArgs,
+    }
+
+    #[test]
+    fn the_spool_cache_flag_defaults_to_the_spools_own_default() {
+        let cmd = Cmd::try_parse_from(["relay", "--policy", "p.lua"]).unwrap();
+        assert_eq!(
+            cmd.relay.spool_cache,
+            crate::engine::spool::DEFAULT_CACHE_BYTES as u64
+        );
+    }
 }

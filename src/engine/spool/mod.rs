@@ -27,7 +27,7 @@ use crate::model::message::{Message, MessageId, MessageRef};
 use bytes::Bytes;
 use std::path::Path;
 use tokio::sync::{mpsc, oneshot};
-pub use writer::{DueQueues, Paged, SpoolCounts};
+pub use writer::{DEFAULT_CACHE_BYTES, DueQueues, Paged, SpoolCounts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
