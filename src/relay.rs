@@ -77,6 +77,10 @@ pub struct RelayArgs {
     /// A queue with nothing to do for this long is dropped from memory.
     #[arg(long, env = "AMQP_RELAY_QUEUE_IDLE", default_value = "60s", value_parser = parse_duration)]
     pub queue_idle: Duration,
+    /// Held messages (the running policy routes no longer their queue)
+    /// expire, with an Expiration record, once they have waited this long.
+    #[arg(long, env = "AMQP_RELAY_HELD_MAX_AGE", default_value = "7d", value_parser = parse_duration)]
+    pub held_max_age: Duration,
     /// On SIGTERM, how long listeners and delivery sessions may take to
     /// finish what they are doing; keep it below the pod's termination grace period.
     #[arg(long, env = "AMQP_RELAY_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
@@ -97,6 +101,7 @@ impl RelayArgs {
             max_active: self.max_active_messages.max(1),
             body_memory: usize::try_from(self.body_memory).unwrap_or(usize::MAX),
             queue_idle: self.queue_idle,
+            held_max_age: self.held_max_age,
         }
     }
 }

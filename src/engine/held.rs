@@ -2,7 +2,8 @@
 //! does not route them, or its queue config failed. Their messages are
 //! *held* on the spool's schedule, never bounced; the pager leaves them be
 //! until a reload, a change of routes or the periodic re-check clears the
-//! verdicts and the policy is asked again.
+//! verdicts and the policy is asked again. A route deleted for good must not
+//! keep mail forever: held messages expire after `Limits::held_max_age`.
 
 use super::Refusal;
 use std::collections::{HashMap, HashSet};
@@ -61,6 +62,11 @@ impl Held {
     /// Held and not released since (whether or not the verdict is current).
     pub fn is_held(&self, queue: &str) -> bool {
         self.lock().warned.contains(queue)
+    }
+
+    /// Queues held and not released since.
+    pub fn queues(&self) -> Vec<String> {
+        self.lock().warned.iter().cloned().collect()
     }
 
     /// Forgets every verdict: the policy is asked again.

@@ -53,6 +53,9 @@ pub struct Limits {
     pub body_memory: usize,
     /// A queue with nothing to do for this long is dropped from memory.
     pub queue_idle: Duration,
+    /// Held messages (no route delivers their queue) expire after this long
+    /// on the schedule: KumoMTA's default `max_age`, as no queue config says otherwise.
+    pub held_max_age: Duration,
 }
 
 impl Default for Limits {
@@ -61,6 +64,7 @@ impl Default for Limits {
             max_active: 20_000,
             body_memory: 64 * 1024 * 1024,
             queue_idle: Duration::from_secs(60),
+            held_max_age: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -443,6 +447,12 @@ impl Engine {
         self.metrics.expired.inc();
         self.log(RecordType::Expiration, msg, queue, last, None);
         self.spool.remove(msg.id());
+    }
+
+    /// Logs a message already taken off the schedule as expired.
+    fn expired_off_schedule(&self, queue: &str, msg: &Message, why: &str) {
+        self.metrics.expired.inc();
+        self.log(RecordType::Expiration, msg, queue, why, None);
     }
 
     fn log(

@@ -20,6 +20,7 @@ pub async fn run(engine: Arc<Engine>) {
     let mut stop = engine.shutdown_signal();
     let mut last_recheck = Instant::now();
     let mut last_reap = Instant::now();
+    let mut last_expiry = Instant::now();
     loop {
         if engine.is_shutting_down() {
             return;
@@ -45,6 +46,12 @@ pub async fn run(engine: Arc<Engine>) {
             engine.reap_idle();
             last_reap = Instant::now();
         }
+        if last_expiry.elapsed() >= REAP_EVERY.min(engine.limits.held_max_age) {
+            if let Err(e) = expire_held(&engine).await {
+                tracing::error!(error = %e, "pager: expiring held messages failed; trying again later");
+            }
+            last_expiry = Instant::now();
+        }
         if last_recheck.elapsed() >= HELD_RECHECK {
             engine.held.clear();
             engine.schedule_hint.store(true, Ordering::Release);
@@ -68,6 +75,41 @@ pub async fn run(engine: Arc<Engine>) {
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Held messages expired per spool round trip.
+const EXPIRE_STEP: usize = 1000;
+
+/// Expires the held messages that have waited longer than `held_max_age`.
+/// A held message waits on the schedule at its due time, which is its
+/// reception for mail never tried and its last planned retry otherwise; the
+/// schedule is ordered by it, so this reads only what expires.
+async fn expire_held(engine: &Arc<Engine>) -> Result<(), super::SpoolError> {
+    let cutoff = crate::model::message::now_ms()
+        .saturating_sub(engine.limits.held_max_age.as_millis() as u64);
+    let why = format!(
+        "551 5.4.7 held for longer than {} with no route for its queue",
+        humantime::format_duration(engine.limits.held_max_age)
+    );
+    for label in engine.held.queues() {
+        // Routed again since (the verdict was only cleared for a re-check): not ours.
+        if engine.known_queue(&label).is_some() {
+            continue;
+        }
+        loop {
+            let expired = engine.spool.take_due(&label, cutoff, EXPIRE_STEP).await?;
+            if !expired.is_empty() {
+                tracing::warn!(queue = %label, count = expired.len(), response = %why, "held messages expired");
+            }
+            for m in &expired {
+                engine.expired_off_schedule(&label, m, &why);
+            }
+            if expired.len() < EXPIRE_STEP {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How many places a queue needs free before paging in for it pays (one

@@ -108,6 +108,57 @@ async fn a_restart_without_the_route_holds_mail_until_it_returns() {
     assert_eq!(relay.metric("amqp_relay_bounced_total").await, 0.0);
 }
 
+/// Held mail does not live forever: a route deleted for good leaves its
+/// queue's mail held; an operator bounces it, or it expires at the held max age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_mail_is_bounced_on_request_and_expires_at_the_held_max_age() {
+    let broker = Broker::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let (on, off) = (dir.path().join("on"), dir.path().join("off"));
+    std::fs::create_dir_all(&on).unwrap();
+    std::fs::create_dir_all(&off).unwrap();
+    let routed = routed_policy(&on, true, "held-x", &broker.url());
+    let unrouted = routed_policy(&off, false, "held-x", &broker.url());
+
+    // Bounced on request (the held max age far away).
+    let spool = dir.path().join("spool-bounce");
+    spool_five(&routed, &spool).await;
+    let relay = Relay::start_with_env(&unrouted, &spool, &[("AMQP_RELAY_HELD_MAX_AGE", "1h")]);
+    let held = "amqp_relay_held_messages{queue=\"amqp\"}";
+    relay.await_metric(held, 5.0, Duration::from_secs(30)).await;
+    let resp = reqwest::Client::new()
+        .post(relay.url("/api/admin/bounce/v1"))
+        .json(&serde_json::json!({"domain": "amqp", "reason": "route retired"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let report: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(report["bounced"]["amqp"], 5, "{report}");
+    assert_eq!(relay.metric("amqp_relay_bounced_total").await, 5.0);
+    assert_eq!(relay.metric("amqp_relay_spooled_messages").await, 0.0);
+    assert_eq!(relay.metric(held).await, 0.0);
+    assert_eq!(relay.metric("amqp_relay_expired_total").await, 0.0);
+    assert!(relay.stop());
+
+    // Expired at the held max age, with an Expiration each, never bounced.
+    let spool = dir.path().join("spool-expire");
+    spool_five(&routed, &spool).await;
+    let relay = Relay::start_with_env(&unrouted, &spool, &[("AMQP_RELAY_HELD_MAX_AGE", "3s")]);
+    relay.await_metric(held, 5.0, Duration::from_secs(30)).await;
+    relay
+        .await_metric("amqp_relay_expired_total", 5.0, Duration::from_secs(30))
+        .await;
+    assert_eq!(relay.metric("amqp_relay_spooled_messages").await, 0.0);
+    assert_eq!(relay.metric("amqp_relay_bounced_total").await, 0.0);
+    assert!(
+        relay.log_text().contains("held for longer than 3s"),
+        "{}",
+        relay.log_text()
+    );
+    assert!(relay.stop());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn until_the_routes_configmap_is_read_mail_waits_and_new_mail_is_deferred() {
     use crate::fake_kube::FakeKube;

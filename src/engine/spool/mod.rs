@@ -291,9 +291,25 @@ impl Spool {
         queue: &str,
         max: usize,
     ) -> Result<Vec<Message>, SpoolError> {
+        self.take_due(queue, u64::MAX, max).await
+    }
+
+    /// As `take_scheduled`, only messages due at or before `until` (unix ms),
+    /// earliest first.
+    pub async fn take_due(
+        &self,
+        queue: &str,
+        until: u64,
+        max: usize,
+    ) -> Result<Vec<Message>, SpoolError> {
         let queue = queue.to_owned();
-        self.call(|done| writer::Op::TakeScheduled { queue, max, done })
-            .await
+        self.call(|done| writer::Op::TakeScheduled {
+            queue,
+            until,
+            max,
+            done,
+        })
+        .await
     }
 
     /// How many messages the spool holds: all, active, and scheduled per queue.

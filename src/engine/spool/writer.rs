@@ -102,6 +102,8 @@ pub enum Op {
     },
     TakeScheduled {
         queue: String,
+        /// Only messages due at or before this.
+        until: u64,
         max: usize,
         done: Reply<Vec<Message>>,
     },
@@ -536,8 +538,13 @@ fn apply_op(
             let work = due_queues(t, now, limit, &*skip);
             answer(pending, done, Pending::Due, work)
         }
-        Op::TakeScheduled { queue, max, done } => {
-            let work = take_scheduled(t, &queue, max, changes);
+        Op::TakeScheduled {
+            queue,
+            until,
+            max,
+            done,
+        } => {
+            let work = take_scheduled(t, &queue, until, max, changes);
             if let Ok(taken) = &work {
                 *changes.touched.entry(queue).or_default() -= taken.len() as i64;
             }
@@ -656,10 +663,11 @@ fn due_queues(
 fn take_scheduled(
     t: &mut Tables,
     queue: &str,
+    until: u64,
     max: usize,
     changes: &mut Changes,
 ) -> Result<Vec<Message>, redb::Error> {
-    let keys = scheduled_keys(t, queue, u64::MAX, max)?;
+    let keys = scheduled_keys(t, queue, until, max)?;
     let mut out = Vec::with_capacity(keys.len());
     let mut shared = PagedShared::default();
     for (due, id) in keys {
@@ -670,7 +678,7 @@ fn take_scheduled(
         match paged_message(t, id, &raw, usize::MAX, &mut shared)? {
             Ok((m, _)) => out.push(m),
             Err(why) => {
-                tracing::error!(id = %uuid::Uuid::from_u128(id), %why, "undecodable record removed by an administrative bounce")
+                tracing::error!(id = %uuid::Uuid::from_u128(id), %why, "undecodable record removed (bounced or expired)")
             }
         }
         if let Ok((_, stored)) = tables::split_record(&raw) {
