@@ -60,6 +60,12 @@ pub struct RelayArgs {
         default_value = crate::policy::overlay::DEFAULT_SECRETS_DIR
     )]
     pub routes_secret_dir: PathBuf,
+    /// With --policy-configmap: how long to wait for the Kubernetes API to
+    /// answer before serving the mounted copies of the ConfigMap and Secret
+    /// (a relay restarted while the control plane is down, or with broken
+    /// RBAC); the watch takes over when the API answers. 0: never.
+    #[arg(long, env = "AMQP_RELAY_API_WAIT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub api_wait_timeout: Duration,
     /// CIDRs allowed to relay over SMTP (with --smtp-listen).
     #[arg(long, env = "AMQP_RELAY_SMTP_RELAY_HOSTS", value_delimiter = ',', default_values_t = loopback())]
     pub smtp_relay_hosts: Vec<String>,
@@ -282,6 +288,21 @@ fn watch_routes(engine: &Arc<Engine>, args: &RelayArgs) -> anyhow::Result<()> {
         sources |= crate::engine::ROUTES_SECRET;
     }
     engine.wait_for_routes(sources);
+    if sources != 0 && !args.api_wait_timeout.is_zero() {
+        let mounts = [
+            (
+                crate::engine::ROUTES_CONFIGMAP,
+                args.policy_configmap_dir.clone(),
+            ),
+            (crate::engine::ROUTES_SECRET, args.routes_secret_dir.clone()),
+        ];
+        tokio::spawn(serve_mounts_without_api(
+            engine.clone(),
+            sources,
+            mounts,
+            args.api_wait_timeout,
+        ));
+    }
     if let Some(t) = secret {
         spawn::<Secret>(engine.clone(), t);
     }
@@ -289,6 +310,51 @@ fn watch_routes(engine: &Arc<Engine>, args: &RelayArgs) -> anyhow::Result<()> {
         spawn::<ConfigMap>(engine.clone(), t);
     }
     Ok(())
+}
+
+/// Every `wait`, while a source is unread and the API has not answered for
+/// it, serves it from its mounted copy if the kubelet mounted one (an empty
+/// mount means the object does not exist: mail keeps waiting).
+async fn serve_mounts_without_api(
+    engine: Arc<Engine>,
+    sources: u8,
+    mounts: [(u8, PathBuf); 2],
+    wait: Duration,
+) {
+    loop {
+        tokio::time::sleep(wait).await;
+        let unanswered = engine.routes.unanswered(sources);
+        if engine.routes_ready() || engine.is_shutting_down() {
+            return;
+        }
+        let mut serve = 0;
+        for (bit, dir) in &mounts {
+            if unanswered & bit == 0 {
+                continue;
+            }
+            if holds_files(dir) {
+                serve |= bit;
+            } else {
+                tracing::warn!(dir = %dir.display(), source = crate::engine::routes::names(*bit)[0],
+                    "the Kubernetes API has not answered and nothing is mounted: holding mail");
+            }
+        }
+        if serve != 0 {
+            tracing::warn!(sources = ?crate::engine::routes::names(serve), ?wait,
+                "the Kubernetes API has not answered: serving the mounted copies until it does");
+            engine.serve_mounted_routes(serve);
+        }
+    }
+}
+
+/// A mounted ConfigMap or Secret has a file per key (the kubelet's own
+/// entries start with `..`); an optional one whose object does not exist is empty.
+fn holds_files(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| !e.file_name().to_string_lossy().starts_with(".."))
+    })
 }
 
 #[cfg(test)]

@@ -91,7 +91,10 @@ async fn apply<K: Source>(engine: &Arc<Engine>, target: &Target, obj: K) {
         Ok(())
     };
     match loaded {
-        Ok(()) => engine.routes_read(K::BIT),
+        Ok(()) => {
+            engine.routes_read(K::BIT);
+            engine.routes_via_api(K::BIT);
+        }
         Err(error) if !engine.routes_ready() => {
             tracing::error!(%error, "the policy with the {} does not load; holding mail until a version that does arrives", K::WHAT)
         }
@@ -115,6 +118,12 @@ pub fn spawn<K: Source>(engine: Arc<Engine>, target: Target) {
         let mut events = watcher(api, cfg).default_backoff().boxed();
         tracing::info!(namespace = %target.namespace, name = %target.name, "watching the {}", K::WHAT);
         while let Some(ev) = events.next().await {
+            if matches!(
+                ev,
+                Ok(watcher::Event::InitApply(_) | watcher::Event::InitDone)
+            ) {
+                engine.routes.answered(K::BIT);
+            }
             let obj = match ev {
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => o,
                 Ok(watcher::Event::Delete(_)) => {

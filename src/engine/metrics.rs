@@ -29,6 +29,7 @@ pub struct Metrics {
     pub reloads: Counter,
     pub reload_failures: Counter,
     pub epoch: Gauge,
+    pub routes_from_mount: Gauge,
 }
 
 impl Default for Metrics {
@@ -49,6 +50,7 @@ impl Default for Metrics {
             reloads: Counter::default(),
             reload_failures: Counter::default(),
             epoch: Gauge::default(),
+            routes_from_mount: Gauge::default(),
             registry: Registry::default(),
             kumo: Registry::default(),
         };
@@ -119,6 +121,11 @@ impl Default for Metrics {
             "policy_epoch",
             "Config epoch of the running policy",
             m.epoch.clone(),
+        );
+        registry.register(
+            "routes_from_mount",
+            "Sources of the routes (policy ConfigMap, routes Secret) served from their mounted copies because the Kubernetes API did not answer",
+            m.routes_from_mount.clone(),
         );
         m.epoch.set(1);
         Metrics {

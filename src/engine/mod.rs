@@ -13,6 +13,7 @@ mod pager;
 pub mod policy_watch;
 pub mod queue;
 pub mod reload;
+pub mod routes;
 pub mod spool;
 pub mod throttle;
 
@@ -26,7 +27,7 @@ use metrics::Metrics;
 use queue::Queue;
 use spool::{NewMessage, Spool, SpoolError};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -69,10 +70,7 @@ impl Default for Limits {
     }
 }
 
-/// The policy ConfigMap, a source of the routes.
-pub const ROUTES_CONFIGMAP: u8 = 1;
-/// The routes Secret, the other.
-pub const ROUTES_SECRET: u8 = 2;
+pub use routes::{CONFIGMAP as ROUTES_CONFIGMAP, SECRET as ROUTES_SECRET};
 
 pub struct Engine {
     spool: Spool,
@@ -98,9 +96,8 @@ pub struct Engine {
     schedule_hint: AtomicBool,
     /// Due messages wait on the schedule for room in memory: a release wakes the pager.
     backlog: AtomicBool,
-    /// Sources of the routes not read yet (`ROUTES_*` bits): with
-    /// `--policy-configmap` (and `--routes-secret`), their first reads.
-    routes_waiting: AtomicU8,
+    /// With `--policy-configmap` (and `--routes-secret`): read yet, and how.
+    pub routes: routes::Sources,
     /// Delivery sessions running, for a graceful stop.
     sessions: AtomicUsize,
     sessions_done: Notify,
@@ -127,7 +124,7 @@ impl Engine {
             pager: Notify::new(),
             schedule_hint: AtomicBool::new(true),
             backlog: AtomicBool::new(false),
-            routes_waiting: AtomicU8::new(0),
+            routes: routes::Sources::default(),
             sessions: AtomicUsize::new(0),
             sessions_done: Notify::new(),
         })
@@ -170,13 +167,12 @@ impl Engine {
     /// nothing spooled is delivered, so a relay that starts before its routes
     /// arrive holds mail instead of bouncing it. `sources`: `ROUTES_*` bits.
     pub fn wait_for_routes(&self, sources: u8) {
-        self.routes_waiting.fetch_or(sources, Ordering::AcqRel);
+        self.routes.wait_for(sources);
     }
 
     /// One source of the routes has been read (and a policy with it runs).
     pub fn routes_read(&self, source: u8) {
-        let was = self.routes_waiting.fetch_and(!source, Ordering::AcqRel);
-        if was != 0 && was & !source == 0 {
+        if self.routes.read(source) {
             tracing::info!("routes are in: delivering");
             self.held.clear();
             self.wake_pager();
@@ -184,7 +180,34 @@ impl Engine {
     }
 
     pub fn routes_ready(&self) -> bool {
-        self.routes_waiting.load(Ordering::Acquire) == 0
+        self.routes.ready()
+    }
+
+    /// The API has not answered for these sources within the bound: the
+    /// running policy, loaded from their mounted copies, serves.
+    pub fn serve_mounted_routes(&self, sources: u8) {
+        for source in [ROUTES_CONFIGMAP, ROUTES_SECRET] {
+            if sources & source != 0 {
+                self.routes.mounted(source);
+                self.routes_read(source);
+            }
+        }
+        self.metrics
+            .routes_from_mount
+            .set(self.routes.from_mount().count_ones() as i64);
+    }
+
+    /// A source came through the API (again).
+    pub fn routes_via_api(&self, source: u8) {
+        if self.routes.via_api(source) {
+            tracing::info!(
+                source = routes::names(source)[0],
+                "the Kubernetes API answers: serving its copy instead of the mounted one"
+            );
+        }
+        self.metrics
+            .routes_from_mount
+            .set(self.routes.from_mount().count_ones() as i64);
     }
 
     /// The queue for a name, created on first use from the policy's

@@ -33,6 +33,10 @@ pub struct PolicyReport {
     /// Keyed digests of the watched routes Secret's keys (absent when none is watched).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secrets: Option<std::collections::BTreeMap<String, String>>,
+    /// Sources of the routes served from their mounted copies because the
+    /// Kubernetes API has not answered (absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes_from_mount: Vec<&'static str>,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -90,6 +94,7 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             secrets: p.overlay().secret_digests(),
+            routes_from_mount: super::routes::names(self.routes.from_mount()),
         }
     }
 

@@ -29,6 +29,7 @@ struct Shared {
 pub struct FakeKube {
     shared: Shared,
     pub kubeconfig: std::path::PathBuf,
+    addr: std::net::SocketAddr,
 }
 
 fn object(kind: &str, ns: &str, name: &str, rv: u64, data: serde_json::Value) -> serde_json::Value {
@@ -101,25 +102,35 @@ impl FakeKube {
 
     /// An API in which the ConfigMap `name` does not exist (yet).
     pub async fn start_without(dir: &std::path::Path, ns: &str, name: &str) -> FakeKube {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let kube = Self::new(dir, ns, name, l.local_addr().unwrap());
+        kube.serve_on(l);
+        kube
+    }
+
+    /// An API server that is down (nothing listens at its address, as when
+    /// the control plane is) until `come_up`; the ConfigMap `name` does not
+    /// exist until `update`.
+    pub fn start_down(dir: &std::path::Path, ns: &str, name: &str) -> FakeKube {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap();
+        drop(free);
+        Self::new(dir, ns, name, addr)
+    }
+
+    /// The API server answers from now on.
+    pub async fn come_up(&self) {
+        let l = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve_on(l);
+    }
+
+    fn new(dir: &std::path::Path, ns: &str, name: &str, addr: std::net::SocketAddr) -> FakeKube {
         let shared = Shared {
             ns: ns.to_owned(),
             version: Arc::new(Mutex::new(1)),
             configmap: slot("ConfigMap", name),
             secret: slot("Secret", "unset"),
         };
-        let app = axum::Router::new()
-            .route(
-                "/api/v1/namespaces/{ns}/configmaps",
-                axum::routing::get(configmaps),
-            )
-            .route(
-                "/api/v1/namespaces/{ns}/secrets",
-                axum::routing::get(secrets),
-            )
-            .with_state(shared.clone());
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(
             &kubeconfig,
@@ -130,7 +141,25 @@ impl FakeKube {
             ),
         )
         .unwrap();
-        FakeKube { shared, kubeconfig }
+        FakeKube {
+            shared,
+            kubeconfig,
+            addr,
+        }
+    }
+
+    fn serve_on(&self, l: tokio::net::TcpListener) {
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/namespaces/{ns}/configmaps",
+                axum::routing::get(configmaps),
+            )
+            .route(
+                "/api/v1/namespaces/{ns}/secrets",
+                axum::routing::get(secrets),
+            )
+            .with_state(self.shared.clone());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
     }
 
     fn put(&self, slot: &Slot, name: &str, data: serde_json::Value) {

@@ -29,7 +29,7 @@ fn nowhere() -> String {
 }
 
 /// Five messages acknowledged while the broker is unreachable.
-async fn spool_five(policy: &Path, spool: &Path) -> HashSet<String> {
+pub async fn spool_five(policy: &Path, spool: &Path) -> HashSet<String> {
     let relay = Relay::start_with_env(policy, spool, &[("BROKER_URL", &nowhere())]);
     let mut bodies = HashSet::new();
     for i in 0..5 {
@@ -44,7 +44,25 @@ async fn spool_five(policy: &Path, spool: &Path) -> HashSet<String> {
     bodies
 }
 
-fn bodies_of(got: &[lapin::message::Delivery]) -> Vec<String> {
+/// The chart's shape: a base policy that requires `routes` from the policy
+/// ConfigMap's mount directory `mount` (created empty), if it is there.
+pub fn base_requiring_routes(dir: &Path, mount: &Path) -> PathBuf {
+    std::fs::create_dir_all(mount).unwrap();
+    let base = dir.join("base.lua");
+    std::fs::write(
+        &base,
+        format!(
+            "package.path = '{}/?.lua;' .. package.path\n\
+             local ok, err = pcall(require, 'routes')\n\
+             if not ok and not string.find(tostring(err), \"module 'routes' not found\", 1, true) then error(err, 0) end\n",
+            mount.display()
+        ),
+    )
+    .unwrap();
+    base
+}
+
+pub fn bodies_of(got: &[lapin::message::Delivery]) -> Vec<String> {
     got.iter()
         .map(|d| String::from_utf8(d.data.clone()).unwrap())
         .collect()
@@ -174,18 +192,7 @@ async fn until_the_routes_configmap_is_read_mail_waits_and_new_mail_is_deferred(
     // The chart's shape: a base policy that requires the routes from the
     // ConfigMap's mount, which is empty until the kubelet fills it.
     let mount = dir.path().join("mount");
-    std::fs::create_dir_all(&mount).unwrap();
-    let base = dir.path().join("base.lua");
-    std::fs::write(
-        &base,
-        format!(
-            "package.path = '{}/?.lua;' .. package.path\n\
-             local ok, err = pcall(require, 'routes')\n\
-             if not ok and not string.find(tostring(err), \"module 'routes' not found\", 1, true) then error(err, 0) end\n",
-            mount.display()
-        ),
-    )
-    .unwrap();
+    let base = base_requiring_routes(dir.path(), &mount);
     let kube = FakeKube::start_without(dir.path(), "mail", "edge-policy").await;
     let env = [
         ("KUBECONFIG", kube.kubeconfig.to_str().unwrap()),

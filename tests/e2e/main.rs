@@ -4,6 +4,7 @@ mod admin;
 mod bad_input;
 mod broker;
 mod chaos;
+mod control_plane;
 mod disk_full;
 mod durability;
 mod fake_kube;

@@ -152,14 +152,25 @@ async fn ready(State(st): State<AppState>) -> Response {
         )
             .into_response();
     }
+    let mut notes = Vec::new();
+    let mounted = st.engine.routes.from_mount();
+    if mounted != 0 {
+        notes.push(format!(
+            "serving the mounted copy of the {}: the Kubernetes API has not answered",
+            crate::engine::routes::names(mounted).join(" and ")
+        ));
+    }
     // Still serving on the last good policy; say what failed.
-    match st.engine.policy_report().last_error {
-        Some(e) => format!(
-            "ready (policy reload failed, running the previous version: {})\n",
+    if let Some(e) = st.engine.policy_report().last_error {
+        notes.push(format!(
+            "policy reload failed, running the previous version: {}",
             e.error
-        )
-        .into_response(),
-        None => "ready\n".into_response(),
+        ));
+    }
+    if notes.is_empty() {
+        "ready\n".into_response()
+    } else {
+        format!("ready ({})\n", notes.join("; ")).into_response()
     }
 }
 
