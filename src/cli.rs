@@ -29,6 +29,11 @@ struct Cli {
 enum Command {
     /// Run the relay engine on a policy.
     Relay(RelayArgs),
+    /// Deliver what a spool holds, with the relay's policy and routes but no
+    /// listeners, then exit: 0 when the spool is empty, 3 when mail is left
+    /// (held, or undeliverable in time); the report goes to stdout, the
+    /// spool's directory and, with --spool-report-configmap, the API.
+    Drain(crate::relay::DrainArgs),
     /// Run the operator: AmqpRoutes → policy ConfigMap + credentials Secret, with status.
     Operator(crate::operator::run::OperatorArgs),
     /// Print the AmqpRoute CustomResourceDefinition (YAML).
@@ -97,6 +102,7 @@ pub fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Relay(args) => relay::run(args).await,
+            Command::Drain(args) => return relay::drain_job(args).await,
             Command::Check { policy } => check(policy).await,
             Command::Render {
                 files,
@@ -120,9 +126,10 @@ pub fn main() -> ExitCode {
                 Ok(())
             }
         }
+        .map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

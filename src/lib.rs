@@ -15,6 +15,7 @@
 //! - [`operator`] (beside them): the `AmqpRoute` resource, rendering routes
 //!   into a policy, and the controller.
 //! - [`signal`] (a leaf both commands use): when to stop.
+//! - [`spool_marker`]: where a stopping relay says what its spool holds.
 
 pub mod cli;
 pub mod engine;
@@ -24,3 +25,4 @@ pub mod operator;
 pub mod policy;
 pub mod relay;
 pub mod signal;
+pub mod spool_marker;

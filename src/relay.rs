@@ -87,6 +87,20 @@ pub struct RelayArgs {
     /// expire, with an Expiration record, once they have waited this long.
     #[arg(long, env = "AMQP_RELAY_HELD_MAX_AGE", default_value = "7d", value_parser = parse_duration)]
     pub held_max_age: Duration,
+    /// On SIGTERM, after reception stops: how long to go on delivering what
+    /// the spool holds (until it is empty, or nothing left can go out before
+    /// this passes) before stopping; 0: stop at once. Keep it and
+    /// --shutdown-timeout together below the pod's termination grace period.
+    #[arg(long, env = "AMQP_RELAY_DRAIN_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// A ConfigMap (NAMESPACE/NAME) where the relay writes, under
+    /// --spool-name, what its spool holds when it stops (and that it runs):
+    /// the operator drains spools a scale-in left with mail in them.
+    #[arg(long, env = "AMQP_RELAY_SPOOL_REPORT_CONFIGMAP")]
+    pub spool_report_configmap: Option<String>,
+    /// This spool's name in that ConfigMap (the pod's name).
+    #[arg(long, env = "AMQP_RELAY_SPOOL_NAME")]
+    pub spool_name: Option<String>,
     /// On SIGTERM, how long listeners and delivery sessions may take to
     /// finish what they are doing; keep it below the pod's termination grace period.
     #[arg(long, env = "AMQP_RELAY_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
@@ -156,12 +170,19 @@ fn setup(init: InitConfig, args: &RelayArgs) -> anyhow::Result<Setup> {
     })
 }
 
-pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
+/// A relay engine on its spool, with its routes watched, not listening yet.
+struct Started {
+    engine: Arc<Engine>,
+    setup: Setup,
+    marker: crate::spool_marker::Marker,
+}
+
+async fn start(args: &RelayArgs) -> anyhow::Result<Started> {
     let amqp = Arc::new(AmqpPool::default());
     let policy = Policy::load(&args.policy, amqp)?;
     let mut init = policy.run_init().await?;
     let (local_logs, log_hooks) = (init.local_logs.take(), std::mem::take(&mut init.log_hooks));
-    let setup = setup(init, &args)?;
+    let setup = setup(init, args)?;
 
     let started = std::time::Instant::now();
     let cache = usize::try_from(args.spool_cache).unwrap_or(usize::MAX);
@@ -176,17 +197,85 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         );
     }
     tracing::info!(messages = opened.messages, elapsed = ?started.elapsed(), policy = %policy.path().display(), hash = %policy.hash(), "spool opened");
+    let marker = crate::spool_marker::Marker::new(
+        &setup.data_dir,
+        args.spool_report_configmap.as_deref(),
+        args.spool_name.as_deref(),
+    )
+    .await;
+    marker
+        .publish(&crate::model::spool_report::SpoolReport::running(
+            crate::model::message::now_ms() / 1000,
+        ))
+        .await;
     let (logs, hook_rx) = Logs::new(local_logs, log_hooks).map_err(anyhow::Error::msg)?;
     let engine = Engine::new(spool, policy.clone(), logs, args.limits());
     if let Some(rx) = hook_rx {
         tokio::spawn(crate::engine::logs::run_hooks(engine.clone(), rx));
     }
-    watch_routes(&engine, &args)?;
+    watch_routes(&engine, args)?;
     if args.watch_policy {
         crate::engine::policy_watch::spawn(engine.clone()).map_err(anyhow::Error::msg)?;
     }
     engine.start();
+    Ok(Started {
+        engine,
+        setup,
+        marker,
+    })
+}
 
+pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
+    let Started {
+        engine,
+        setup,
+        marker,
+    } = start(&args).await?;
+    let servers = listen(&engine, setup).await?;
+    let mut servers = servers;
+    tokio::select! {
+        _ = crate::signal::terminated() => tracing::info!("shutting down"),
+        Some(r) = servers.join_next() => {
+            match r {
+                Ok(Err(e)) => tracing::error!(error = %e, "listener failed"),
+                Err(e) => tracing::error!(error = %e, "listener task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+    let drain = if args.drain_timeout.is_zero() {
+        engine.close_reception();
+        None
+    } else {
+        Some(drain(&engine, args.drain_timeout).await?)
+    };
+    let report = stop(&engine, servers, args.shutdown_timeout, drain).await?;
+    marker.publish(&report).await;
+    Ok(())
+}
+
+/// Reception stops (readiness off, SMTP closed, HTTP injection refused;
+/// health, metrics and admin still answer), and what the spool holds goes
+/// out until it is empty, nothing left can go out in time, or `limit` passes.
+async fn drain(
+    engine: &Arc<Engine>,
+    limit: Duration,
+) -> anyhow::Result<crate::engine::drain::DrainEnd> {
+    engine.close_reception();
+    engine.metrics.draining.set(1);
+    tracing::info!(
+        ?limit,
+        "draining: taking no new mail, delivering what the spool holds"
+    );
+    let end = engine.drain(limit).await?;
+    tracing::info!(?end, "drain over");
+    Ok(end)
+}
+
+async fn listen(
+    engine: &Arc<Engine>,
+    setup: Setup,
+) -> anyhow::Result<tokio::task::JoinSet<std::io::Result<()>>> {
     let http_listeners = setup
         .http
         .into_iter()
@@ -209,30 +298,20 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         tracing::info!(target: "amqp_relay::listeners", "smtp listener on {}", sock.local_addr()?);
         servers.spawn(smtp::serve(sock, engine.clone(), settings));
     }
-
-    tokio::select! {
-        _ = crate::signal::terminated() => tracing::info!("shutting down"),
-        Some(r) = servers.join_next() => {
-            match r {
-                Ok(Err(e)) => tracing::error!(error = %e, "listener failed"),
-                Err(e) => tracing::error!(error = %e, "listener task failed"),
-                Ok(Ok(())) => {}
-            }
-        }
-    }
-    stop(&engine, servers, args.shutdown_timeout).await
+    Ok(servers)
 }
 
 /// A graceful stop: readiness off and no new connections; listeners finish
 /// the requests and transactions under way, delivery sessions their current
 /// send (all within `limit`); then everything is made durable. What was not
 /// sent stays spooled, and what was sent is removed, so a restart delivers
-/// each message once.
+/// each message once. Returns what the spool holds.
 async fn stop(
     engine: &Arc<Engine>,
     mut servers: tokio::task::JoinSet<std::io::Result<()>>,
     limit: Duration,
-) -> anyhow::Result<()> {
+    drain: Option<crate::engine::drain::DrainEnd>,
+) -> anyhow::Result<crate::model::spool_report::SpoolReport> {
     let deadline = tokio::time::Instant::now() + limit;
     engine.begin_shutdown();
     let listeners = async { while servers.join_next().await.is_some() {} };
@@ -252,9 +331,57 @@ async fn stop(
             "delivery sessions still sending at the shutdown limit; their messages stay spooled and are sent again after the restart"
         );
     }
-    engine.finish().await?;
-    tracing::info!("stopped");
-    Ok(())
+    let report = engine.finish(drain).await?;
+    if report.left > 0 {
+        tracing::warn!(left = report.left, queues = ?report.queues, held = ?report.held, "stopped with mail in the spool");
+    }
+    tracing::info!(left = report.left, "stopped");
+    Ok(report)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    pub relay: RelayArgs,
+    /// How long to deliver before giving up.
+    #[arg(long = "timeout", env = "AMQP_RELAY_DRAIN_JOB_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Try messages that wait for a later retry once now (as `postqueue -f`).
+    #[arg(long, env = "AMQP_RELAY_DRAIN_RETRY_NOW", default_value_t = true, action = clap::ArgAction::Set)]
+    pub retry_now: bool,
+}
+
+/// What `amqp-relay drain` exits with when mail is left.
+pub const DRAIN_LEFT_MAIL: u8 = 3;
+
+/// `amqp-relay drain`: the relay on a spool, with its policy and routes but
+/// no listeners, delivering until the spool is empty, nothing left can go
+/// out, or the timeout; it reports what is left and exits 0 only if nothing is.
+pub async fn drain_job(args: DrainArgs) -> anyhow::Result<std::process::ExitCode> {
+    let Started { engine, marker, .. } = start(&args.relay).await?;
+    engine.close_reception();
+    if args.retry_now {
+        let moved = engine.retry_now().await?;
+        tracing::info!(moved, "messages waiting for a later retry are due now");
+    }
+    let end = tokio::select! {
+        end = engine.drain(args.timeout) => Some(end?),
+        _ = crate::signal::terminated() => None,
+    };
+    let report = stop(
+        &engine,
+        tokio::task::JoinSet::new(),
+        args.relay.shutdown_timeout,
+        end,
+    )
+    .await?;
+    marker.publish(&report).await;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(if report.left == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(DRAIN_LEFT_MAIL)
+    })
 }
 
 /// With --policy-configmap (and --routes-secret), nothing is delivered or

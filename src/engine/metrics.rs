@@ -30,6 +30,7 @@ pub struct Metrics {
     pub reload_failures: Counter,
     pub epoch: Gauge,
     pub routes_from_mount: Gauge,
+    pub draining: Gauge,
 }
 
 impl Default for Metrics {
@@ -51,6 +52,7 @@ impl Default for Metrics {
             reload_failures: Counter::default(),
             epoch: Gauge::default(),
             routes_from_mount: Gauge::default(),
+            draining: Gauge::default(),
             registry: Registry::default(),
             kumo: Registry::default(),
         };
@@ -126,6 +128,11 @@ impl Default for Metrics {
             "routes_from_mount",
             "Sources of the routes (policy ConfigMap, routes Secret) served from their mounted copies because the Kubernetes API did not answer",
             m.routes_from_mount.clone(),
+        );
+        registry.register(
+            "draining",
+            "1 while the relay, stopping, delivers what its spool holds and takes nothing new",
+            m.draining.clone(),
         );
         m.epoch.set(1);
         Metrics {

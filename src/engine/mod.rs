@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod api_watch;
 pub mod dispatcher;
+pub mod drain;
 mod held;
 pub mod log_record;
 pub mod logs;
@@ -81,6 +82,9 @@ pub struct Engine {
     creating: tokio::sync::Mutex<()>,
     pub metrics: Metrics,
     shutdown: watch::Sender<bool>,
+    /// Set when reception stops (SIGTERM), before delivery does: a draining
+    /// relay delivers what it holds but takes nothing new.
+    reception_closed: watch::Sender<bool>,
     suspensions: Mutex<Vec<admin::Suspension>>,
     epoch: AtomicU64,
     reloading: tokio::sync::Mutex<()>,
@@ -113,6 +117,7 @@ impl Engine {
             creating: tokio::sync::Mutex::new(()),
             metrics: Metrics::default(),
             shutdown: watch::channel(false).0,
+            reception_closed: watch::channel(false).0,
             suspensions: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(1),
             reloading: tokio::sync::Mutex::new(()),
@@ -144,6 +149,20 @@ impl Engine {
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    /// Changes to true when reception stops (listeners stop taking mail).
+    pub fn reception_signal(&self) -> watch::Receiver<bool> {
+        self.reception_closed.subscribe()
+    }
+
+    pub fn is_receiving(&self) -> bool {
+        !*self.reception_closed.borrow()
+    }
+
+    /// Listeners stop taking mail; delivery goes on.
+    pub fn close_reception(&self) {
+        self.reception_closed.send_replace(true);
     }
 
     pub fn queues(&self) -> Vec<Arc<Queue>> {
@@ -510,6 +529,7 @@ impl Engine {
 
     /// Stops reception and new sends; returns at once.
     pub fn begin_shutdown(&self) {
+        self.close_reception();
         let _ = self.shutdown.send(true);
         self.sessions_done.notify_waiters();
     }
@@ -531,11 +551,17 @@ impl Engine {
     }
 
     /// Spools what the log hooks still have, closes the local logs, makes
-    /// every spool operation durable and closes the spool.
-    pub async fn finish(&self) -> Result<(), SpoolError> {
+    /// every spool operation durable and closes the spool; returns what the
+    /// spool holds (after `drain`, how the drain ended).
+    pub async fn finish(
+        &self,
+        drain: Option<drain::DrainEnd>,
+    ) -> Result<drain::SpoolReport, SpoolError> {
         self.logs.drain_hooks().await;
         self.logs.close().await;
-        self.spool.close().await
+        let report = self.spool_report(drain).await;
+        self.spool.close().await?;
+        report
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -8,4 +8,5 @@ pub mod listener_config;
 pub mod log_config;
 pub mod message;
 pub mod queue_name;
+pub mod spool_report;
 pub mod trace;

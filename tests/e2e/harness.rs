@@ -253,6 +253,18 @@ impl Relay {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, without waiting.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the exit; returns whether it was clean.
+    pub fn wait(mut self) -> bool {
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
     /// SIGTERM and wait for exit; returns whether it exited cleanly.
     pub fn stop(mut self) -> bool {
         let _ = Command::new("kill")
@@ -267,6 +279,26 @@ impl Drop for Relay {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `amqp-relay drain` on a spool: its exit code, stdout (the report) and log.
+pub fn drain(policy: &Path, data_dir: &Path, env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .arg("drain")
+        .arg("--policy")
+        .arg(policy)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "info,lapin=off")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run amqp-relay drain");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub async fn declare_queue(conn: &lapin::Connection, name: &str, args: FieldTable) {

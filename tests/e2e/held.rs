@@ -11,6 +11,26 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub fn routed_policy(dir: &Path, routed: bool, queue: &str, url: &str) -> PathBuf {
+    routed_policy_retrying(dir, routed, queue, url, "1s")
+}
+
+/// As `routed_policy`, retrying after `retry` (at most twice that).
+pub fn routed_policy_retrying(
+    dir: &Path,
+    routed: bool,
+    queue: &str,
+    url: &str,
+    retry: &str,
+) -> PathBuf {
+    // A number and a unit (`1s`, `1h`): the cap is twice the interval.
+    let split = retry
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(retry.len());
+    let max = format!(
+        "{}{}",
+        2 * retry[..split].parse::<u64>().unwrap(),
+        &retry[split..]
+    );
     write_policy(
         dir,
         "policy.lua",
@@ -20,6 +40,8 @@ pub fn routed_policy(dir: &Path, routed: bool, queue: &str, url: &str) -> PathBu
             ("QUEUE", queue),
             ("URL", url),
             ("BATCH", "1"),
+            ("RETRY", retry),
+            ("MAX_RETRY", &max),
         ],
     )
 }

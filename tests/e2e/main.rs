@@ -21,6 +21,7 @@ mod queues;
 mod reload;
 mod render;
 mod retry;
+mod scale_in;
 mod seed;
 mod sessions;
 mod smtp;

@@ -6,8 +6,8 @@ local ROUTED = {{ROUTED}}
 kumo.on('get_queue_config', function(domain, tenant, campaign)
   if ROUTED and domain == 'amqp' then
     return kumo.make_queue_config {
-      retry_interval = '1s',
-      max_retry_interval = '2s',
+      retry_interval = '{{RETRY}}',
+      max_retry_interval = '{{MAX_RETRY}}',
       protocol = { custom_lua = { constructor = 'make.amqp', batch_size = {{BATCH}} } },
     }
   end

@@ -312,6 +312,14 @@ impl Spool {
         .await
     }
 
+    /// Makes up to `max` messages waiting for a later retry due now; returns
+    /// how many it moved (fewer than `max`: none is left).
+    pub async fn retry_now(&self, max: usize) -> Result<u64, SpoolError> {
+        let now = crate::model::message::now_ms();
+        self.call(|done| writer::Op::RetryNow { now, max, done })
+            .await
+    }
+
     /// How many messages the spool holds: all, active, and scheduled per queue.
     pub async fn counts(&self) -> Result<SpoolCounts, SpoolError> {
         self.call(|done| writer::Op::Counts { done }).await

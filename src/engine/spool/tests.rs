@@ -191,6 +191,34 @@ async fn take_scheduled_removes_them_with_bodies() {
 }
 
 #[tokio::test]
+async fn retry_now_makes_later_retries_due_in_steps_and_only_those() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let later: Vec<_> = (0..25).map(message).collect();
+    store(&spool, &later, "q", true).await;
+    store(&spool, &[message(99)], "other", true).await;
+    for m in &later {
+        m.record_attempt(now_ms() + 3_600_000);
+        spool.schedule(m, "q");
+    }
+    // Due already: not moved, not counted.
+    let due_now = message(100);
+    store(&spool, std::slice::from_ref(&due_now), "q", false).await;
+    let none = spool.page_in("q", 100, u64::MAX, 1 << 20).await.unwrap();
+    assert_eq!(none.messages.len(), 1, "only the one due now");
+    assert_eq!(spool.retry_now(10).await.unwrap(), 10);
+    assert_eq!(spool.retry_now(10).await.unwrap(), 10);
+    assert_eq!(spool.retry_now(10).await.unwrap(), 5);
+    assert_eq!(spool.retry_now(10).await.unwrap(), 0);
+    let due = spool.due_queues(10, never_skip()).await.unwrap();
+    assert_eq!(due.due, vec!["q".to_string()]);
+    let paged = spool.page_in("q", 100, u64::MAX, 1 << 20).await.unwrap();
+    assert_eq!(paged.messages.len(), 25);
+    // Their retry bookkeeping is untouched: only the schedule moved.
+    assert!(paged.messages.iter().all(|m| m.num_attempts() == 1));
+}
+
+#[tokio::test]
 async fn a_late_schedule_does_not_resurrect_a_removed_message() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(dir.path()).unwrap();

@@ -110,6 +110,12 @@ pub enum Op {
     Counts {
         done: Reply<SpoolCounts>,
     },
+    /// Moves up to `max` schedule entries due after `now` to `now`.
+    RetryNow {
+        now: u64,
+        max: usize,
+        done: Reply<u64>,
+    },
     Flush(Reply<()>),
     /// Commits, closes the database (so the next open needs no repair) and
     /// ends the thread.
@@ -154,6 +160,7 @@ enum Pending {
     Due(Reply<DueQueues>, DueQueues),
     Taken(Reply<Vec<Message>>, Vec<Message>),
     Counts(Reply<SpoolCounts>, SpoolCounts),
+    Moved(Reply<u64>, u64),
 }
 
 impl Pending {
@@ -168,6 +175,7 @@ impl Pending {
             Pending::Due(to, v) => reply(to, v, result),
             Pending::Taken(to, v) => reply(to, v, result),
             Pending::Counts(to, v) => reply(to, v, result),
+            Pending::Moved(to, v) => reply(to, v, result),
         }
     }
 
@@ -454,6 +462,7 @@ fn reply_of(op: Op) -> Option<Pending> {
         Op::DueQueues { done, .. } => Some(Pending::Due(done, DueQueues::default())),
         Op::TakeScheduled { done, .. } => Some(Pending::Taken(done, Vec::new())),
         Op::Counts { done } => Some(Pending::Counts(done, SpoolCounts::default())),
+        Op::RetryNow { done, .. } => Some(Pending::Moved(done, 0)),
         Op::Close(done) => Some(Pending::Unit(done)),
         Op::Schedule { .. } | Op::Remove(_) | Op::Removals | Op::Sync => None,
     }
@@ -549,6 +558,10 @@ fn apply_op(
                 *changes.touched.entry(queue).or_default() -= taken.len() as i64;
             }
             answer(pending, done, Pending::Taken, work)
+        }
+        Op::RetryNow { now, max, done } => {
+            let work = retry_now(t, now, max, changes);
+            answer(pending, done, Pending::Moved, work)
         }
         Op::Counts { done } => {
             let work = counts(t, changes.active);
@@ -686,6 +699,42 @@ fn take_scheduled(
         }
     }
     Ok(out)
+}
+
+/// Moves up to `max` entries due after `now` to `now`, queue by queue; the
+/// moved entries sort before `now + 1`, so a next call does not see them.
+fn retry_now(
+    t: &mut Tables,
+    now: u64,
+    max: usize,
+    changes: &mut Changes,
+) -> Result<u64, redb::Error> {
+    let queues: Vec<String> = t
+        .queues
+        .iter()?
+        .map(|row| row.map(|(k, _)| k.value().to_owned()))
+        .collect::<Result<_, _>>()?;
+    let mut moved = 0;
+    for queue in queues {
+        let later: Vec<(u64, u128)> = t
+            .schedule
+            .range((queue.as_str(), now + 1, 0u128)..=(queue.as_str(), u64::MAX, u128::MAX))?
+            .take(max - moved)
+            .map(|row| row.map(|(k, _)| (k.value().1, k.value().2)))
+            .collect::<Result<_, _>>()?;
+        for (due, id) in &later {
+            t.schedule.remove((queue.as_str(), *due, *id))?;
+            t.schedule.insert((queue.as_str(), now, *id), ())?;
+        }
+        if !later.is_empty() {
+            changes.touched.entry(queue).or_default();
+        }
+        moved += later.len();
+        if moved >= max {
+            break;
+        }
+    }
+    Ok(moved as u64)
 }
 
 fn counts(t: &Tables, active: &ActiveSets) -> Result<SpoolCounts, redb::Error> {

@@ -30,10 +30,10 @@ pub(super) async fn inject(
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Response {
-    if st.engine.is_shutting_down() {
+    if !st.engine.is_receiving() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "error": "relay is shutting down" })),
+            Json(json!({ "error": "relay is shutting down (delivering what it holds, taking nothing new)" })),
         )
             .into_response();
     }

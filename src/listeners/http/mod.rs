@@ -142,7 +142,7 @@ async fn live() -> &'static str {
 }
 
 async fn ready(State(st): State<AppState>) -> Response {
-    if st.engine.is_shutting_down() {
+    if !st.engine.is_receiving() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     if !st.engine.routes_ready() {

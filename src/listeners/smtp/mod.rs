@@ -141,7 +141,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let settings = Arc::new(settings);
     let slots = Arc::new(tokio::sync::Semaphore::new(settings.cfg.max_connections));
-    let mut stop = engine.shutdown_signal();
+    let mut stop = engine.reception_signal();
     let mut sessions = tokio::task::JoinSet::new();
     loop {
         // Reap finished sessions so the set stays as large as the live ones.

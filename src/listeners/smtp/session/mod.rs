@@ -35,7 +35,7 @@ pub async fn refuse(mut sock: TcpStream, hostname: &str) {
 
 pub async fn run(sock: TcpStream, peer: SocketAddr, settings: Arc<Settings>, engine: Arc<Engine>) {
     let local = sock.local_addr().ok();
-    let stop = engine.shutdown_signal();
+    let stop = engine.reception_signal();
     let mut s = Session {
         settings: settings.clone(),
         engine,
