@@ -1,11 +1,14 @@
 //! The operator side: the AmqpRoute type and what it renders to.
 
 pub mod crd;
+#[cfg(test)]
+pub mod fake_api;
 pub mod leader;
 pub mod lua_literal;
 pub mod manifests;
 pub mod ownership;
 pub mod render;
 pub mod run;
+pub mod spools;
 pub mod status;
 pub mod sync;

@@ -83,6 +83,42 @@ pub struct OperatorArgs {
         value_delimiter = ','
     )]
     pub shared_rabbitmq_cluster_namespaces: Vec<String>,
+    /// The relay StatefulSet (in --namespace) whose spools a scale-in leaves
+    /// behind are drained by Jobs; unset: no spool is looked after.
+    #[arg(long, env = "AMQP_RELAY_STATEFULSET")]
+    pub relay_statefulset: Option<String>,
+    /// Its volumeClaimTemplate holding the spool.
+    #[arg(long, env = "AMQP_RELAY_SPOOL_CLAIM_TEMPLATE", default_value = "spool")]
+    pub spool_claim_template: String,
+    /// The ConfigMap (in --namespace) the relays write their spool reports to.
+    #[arg(long, env = "AMQP_RELAY_SPOOL_REPORT_CONFIGMAP_NAME")]
+    pub spool_report_configmap: Option<String>,
+    /// Delete a claim left by a scale-in once its spool is known empty.
+    #[arg(long, env = "AMQP_RELAY_DELETE_DRAINED_SPOOLS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub delete_drained_spools: bool,
+    /// After a drain that left mail, wait this long before the next.
+    #[arg(long, env = "AMQP_RELAY_SPOOL_DRAIN_RETRY", default_value = "5m", value_parser = crate::model::config::parse_duration)]
+    pub spool_drain_retry: Duration,
+    /// How long one drain Job delivers.
+    #[arg(long, env = "AMQP_RELAY_SPOOL_DRAIN_TIMEOUT", default_value = "10m", value_parser = crate::model::config::parse_duration)]
+    pub spool_drain_timeout: Duration,
+}
+
+impl OperatorArgs {
+    fn spools(&self) -> Option<super::spools::Config> {
+        let statefulset = self.relay_statefulset.clone().filter(|s| !s.is_empty())?;
+        Some(super::spools::Config {
+            report_configmap: self
+                .spool_report_configmap
+                .clone()
+                .unwrap_or_else(|| format!("{}-spools", self.relay)),
+            statefulset,
+            claim_template: self.spool_claim_template.clone(),
+            delete_empty: self.delete_drained_spools,
+            retry_after: self.spool_drain_retry,
+            drain_timeout: self.spool_drain_timeout,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -95,6 +131,11 @@ struct StateLabel {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpoolLabel {
+    spool: String,
+}
+
 struct Metrics {
     registry: Registry,
     syncs: Counter,
@@ -102,6 +143,8 @@ struct Metrics {
     duration: Histogram,
     routes: Family<StateLabel, Gauge>,
     leader: Gauge,
+    spools_left: Gauge,
+    spool_messages: Family<SpoolLabel, Gauge>,
 }
 
 impl Metrics {
@@ -125,6 +168,18 @@ impl Metrics {
         );
         registry.register("routes", "Routes by state", routes.clone());
         registry.register("leader", "1 while this replica leads", leader.clone());
+        let spools_left = Gauge::default();
+        let spool_messages = Family::<SpoolLabel, Gauge>::default();
+        registry.register(
+            "spools_left_behind",
+            "Spool claims above the relay replica count not known to be empty",
+            spools_left.clone(),
+        );
+        registry.register(
+            "spool_messages_left",
+            "Messages a spool left by a scale-in still holds, by spool (as its last report says)",
+            spool_messages.clone(),
+        );
         Metrics {
             registry,
             syncs,
@@ -132,7 +187,59 @@ impl Metrics {
             duration,
             routes,
             leader,
+            spools_left,
+            spool_messages,
         }
+    }
+
+    fn spools(&self, standing: &std::collections::BTreeMap<String, super::spools::Standing>) {
+        use super::spools::Standing;
+        self.spool_messages.clear();
+        let mut left = 0;
+        for (spool, s) in standing {
+            if *s != Standing::Empty {
+                left += 1;
+            }
+            if let Standing::Left(Some(n)) = s {
+                self.spool_messages
+                    .get_or_create(&SpoolLabel {
+                        spool: spool.clone(),
+                    })
+                    .set(*n as i64);
+            }
+        }
+        self.spools_left.set(left);
+    }
+}
+
+/// How often spools left behind are looked at (claims and Jobs are not watched).
+const SPOOLS_EVERY: Duration = Duration::from_secs(30);
+
+/// Looks after spools a scale-in left behind, while this replica leads.
+async fn look_after_spools(
+    client: Client,
+    namespace: String,
+    cfg: super::spools::Config,
+    recorder: Recorder,
+    leading: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        if *leading.borrow() {
+            match super::spools::reconcile(&client, &namespace, &cfg, &recorder).await {
+                Ok(standing) => metrics.spools(&standing),
+                Err(e) => {
+                    tracing::warn!(error = %e, "looking after spools left behind failed; again in 30 s");
+                    metrics
+                        .failures
+                        .get_or_create(&ErrorLabel {
+                            error: "spools".into(),
+                        })
+                        .inc();
+                }
+            }
+        }
+        tokio::time::sleep(SPOOLS_EVERY).await;
     }
 }
 
@@ -252,6 +359,17 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         #[cfg(test)]
         refuse: None,
     };
+    if let Some(cfg) = args.spools() {
+        tracing::info!(statefulset = %cfg.statefulset, delete_empty = cfg.delete_empty, "looking after spools a scale-in leaves behind");
+        tokio::spawn(look_after_spools(
+            ctx.client.clone(),
+            ctx.namespace.clone(),
+            cfg,
+            ctx.recorder.clone(),
+            leading.clone(),
+            metrics.clone(),
+        ));
+    }
     let mut retry_in: Option<Duration> = None;
     // One listener for the whole run: a SIGTERM during a sync is kept for the next select.
     let terminated = crate::signal::terminated();
