@@ -115,8 +115,7 @@ async fn await_attempted(http: &str, n: usize) {
 
 /// A broker that refuses connections (the outage that happens): RSS, live
 /// tasks and messages in memory once every message has failed its attempt.
-/// Returns the RSS (KiB) at each mark.
-async fn refusing(dir: &Path, backlog: usize) -> Vec<(usize, u64)> {
+async fn refusing(dir: &Path, backlog: usize) {
     let nowhere = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker::free_port());
     let (policy, _) = rendered_policy(dir, "refusing", &nowhere, QUEUE, 100, 16);
     let (relay, _) = start_relay(&policy, &dir.join("spool-refusing"));
@@ -151,7 +150,6 @@ async fn refusing(dir: &Path, backlog: usize) -> Vec<(usize, u64)> {
         large / small
     );
     assert!(relay.stop(), "the relay exits cleanly on SIGTERM");
-    rss
 }
 
 #[tokio::main]
@@ -182,11 +180,10 @@ async fn main() {
     );
 
     // 2. The outage as it happens: the broker refuses connections.
-    let refused = refusing(dir.path(), backlog).await;
+    refusing(dir.path(), backlog).await;
     if std::env::var("SCENARIO").is_ok_and(|s| s == "refusing") {
         return;
     }
-    let _ = refused;
 
     // 3. The outage held: everything acknowledged stays spooled, unattempted.
     fresh_queue(&conn, QUEUE).await;
@@ -195,6 +192,7 @@ async fn main() {
     let spool = dir.path().join("spool-outage");
     let (relay, _) = start_relay(&policy, &spool);
     suspend(&relay.http).await;
+    println!("Outage held (queue suspended, nothing attempted):");
     let idle = rss_kib(relay.pid());
     let mut queued = 0;
     let mut rss = Vec::new();

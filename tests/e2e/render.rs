@@ -226,18 +226,7 @@ async fn a_rotated_routes_secret_reaches_the_relay_through_the_api() {
     let secrets_dir = dir.path().join("routes-secret");
     let (policy, secret) = render_objects(dir.path(), &rotating_route(&first), &secrets_dir);
     let mount = dir.path().join("mount");
-    std::fs::create_dir_all(&mount).unwrap();
-    let base = dir.path().join("base.lua");
-    std::fs::write(
-        &base,
-        format!(
-            "package.path = '{}/?.lua;' .. package.path\n\
-             local ok, err = pcall(require, 'routes')\n\
-             if not ok and not string.find(tostring(err), \"module 'routes' not found\", 1, true) then error(err, 0) end\n",
-            mount.display()
-        ),
-    )
-    .unwrap();
+    let base = crate::held::base_requiring_routes(dir.path(), &mount);
     let kube = FakeKube::start(
         dir.path(),
         "mail",

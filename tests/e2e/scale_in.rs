@@ -18,6 +18,17 @@ fn report(spool: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// Every one of `bodies` is in `queue`, once, and nothing else.
+async fn delivered_once(conn: &lapin::Connection, queue: &str, bodies: &[String], tag: &str) {
+    let got = consume(conn, queue, bodies.len(), Duration::from_secs(10)).await;
+    let extra = consume(conn, queue, 1, Duration::from_millis(300)).await;
+    let delivered: Vec<String> = bodies_of(&got)
+        .into_iter()
+        .chain(bodies_of(&extra))
+        .collect();
+    assert_exactly_once(bodies, &delivered, tag);
+}
+
 /// `n` messages, one per request, acknowledged; returns their bodies.
 async fn inject_each(relay: &Relay, tag: &str, n: usize) -> Vec<String> {
     let mut bodies = Vec::new();
@@ -81,13 +92,7 @@ async fn sigterm_stops_reception_and_delivers_what_the_spool_holds() {
         .unwrap();
     assert!(clean, "a clean exit after the drain");
     assert!(started.elapsed() < Duration::from_secs(60));
-    let got = consume(&conn, "drain-q", bodies.len(), Duration::from_secs(10)).await;
-    let extra = consume(&conn, "drain-q", 1, Duration::from_millis(300)).await;
-    let delivered: Vec<String> = bodies_of(&got)
-        .into_iter()
-        .chain(bodies_of(&extra))
-        .collect();
-    assert_exactly_once(&bodies, &delivered, "d");
+    delivered_once(&conn, "drain-q", &bodies, "d").await;
     let r = report(&spool);
     assert_eq!(
         (r["state"].as_str(), r["left"].as_u64(), r["drain"].as_str()),
@@ -150,13 +155,7 @@ async fn a_spool_left_by_a_scale_in_with_the_broker_down_is_drained_when_it_retu
     let policy = routed_policy_retrying(&up, true, "scale-in-q", &broker.url(), "1h");
     let (code, out, log) = drain(&policy, &spool, &[("AMQP_RELAY_DRAIN_JOB_TIMEOUT", "60s")]);
     assert_eq!(code, 0, "{out}\n{log}");
-    let got = consume(&conn, "scale-in-q", bodies.len(), Duration::from_secs(10)).await;
-    let extra = consume(&conn, "scale-in-q", 1, Duration::from_millis(300)).await;
-    let delivered: Vec<String> = bodies_of(&got)
-        .into_iter()
-        .chain(bodies_of(&extra))
-        .collect();
-    assert_exactly_once(&bodies, &delivered, "s");
+    delivered_once(&conn, "scale-in-q", &bodies, "s").await;
     let r = report(&spool);
     assert_eq!(
         (r["left"].as_u64(), r["drain"].as_str()),

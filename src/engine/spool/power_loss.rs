@@ -224,16 +224,7 @@ async fn workload(spool: &Spool, rng: &mut fastrand::Rng, steps: u64, disk: &Dis
         }
         let large = rng.bool();
         let body = body_for(step, large);
-        let msgs: Vec<Message> = (0..rng.usize(1..=4))
-            .map(|i| {
-                Message::new(
-                    "s@x".into(),
-                    format!("r{i}@amqp"),
-                    Default::default(),
-                    body.clone(),
-                )
-            })
-            .collect();
+        let msgs = super::tests::recipients(rng.usize(1..=4), &body);
         let active = rng.u8(0..4) == 0;
         let news: Vec<NewMessage> = msgs
             .iter()

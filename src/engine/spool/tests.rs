@@ -16,7 +16,7 @@ fn message(n: usize) -> Message {
 }
 
 /// `n` recipients of one injection, sharing `body`.
-fn recipients(n: usize, body: &Bytes) -> Vec<Message> {
+pub(super) fn recipients(n: usize, body: &Bytes) -> Vec<Message> {
     (0..n)
         .map(|i| {
             Message::new(
