@@ -168,6 +168,22 @@ pub struct EsmtpListener {
         deserialize_with = "de_smtp_trace"
     )]
     pub received_header: bool,
+    /// KumoMTA's `invalid_line_endings`: what becomes of a message whose
+    /// DATA holds a bare LF or CR. Only CRLF.CRLF ever ends DATA.
+    #[serde(default)]
+    pub invalid_line_endings: InvalidLineEndings,
+}
+
+/// KumoMTA's `invalid_line_endings` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum InvalidLineEndings {
+    /// Refuse the message (KumoMTA's default).
+    #[default]
+    Deny,
+    /// Accept the bytes as sent.
+    Allow,
+    /// Make every line end CRLF, then accept.
+    Fix,
 }
 
 fn yes() -> bool {

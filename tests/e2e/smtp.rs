@@ -92,7 +92,7 @@ async fn smtp_clients_edge_cases_and_abuse() {
     let resp = transport.send(mail).await.expect("lettre delivers");
     assert!(resp.is_positive());
 
-    // Pipelined, with dot-stuffing and a bare LF line.
+    // Pipelined, with dot-stuffing (bare line endings: smtp_security.rs).
     let mut c = Raw::connect(open).await;
     c.send(b"EHLO pipe.test\r\nMAIL FROM:<p@example.com>\r\nRCPT TO:<pipe@amqp>\r\nDATA\r\n")
         .await;
@@ -108,7 +108,7 @@ async fn smtp_clients_edge_cases_and_abuse() {
     assert_eq!(c.reply().await.0, 250);
     assert_eq!(c.reply().await.0, 250);
     assert_eq!(c.reply().await.0, 354);
-    c.send(b"Subject: pipelined\r\n\r\n..hidden dot\r\nbare lf\n.\r\n")
+    c.send(b"Subject: pipelined\r\n\r\n..hidden dot\r\nlast line\r\n.\r\n")
         .await;
     let (code, text) = c.reply().await;
     assert_eq!(code, 250, "{text}");
@@ -200,7 +200,7 @@ async fn smtp_clients_edge_cases_and_abuse() {
         "{bodies:?}"
     );
     assert!(
-        bodies.contains(&"Subject: pipelined\r\n\r\n.hidden dot\r\nbare lf\r\n".to_string()),
+        bodies.contains(&"Subject: pipelined\r\n\r\n.hidden dot\r\nlast line\r\n".to_string()),
         "{bodies:?}"
     );
     // The reception hook set the tenant: the queue is tenant@domain.

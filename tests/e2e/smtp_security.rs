@@ -133,34 +133,55 @@ async fn setup(queue: &str) -> Setup {
             ("KEY", &key),
         ],
     );
-    let relay = Relay::start_init(&policy, &dir.path().join("spool"), 2);
+    let relay = Relay::start_init(&policy, &dir.path().join("spool"), 3);
     Setup { relay, conn, dir }
+}
+
+/// The smuggling payload: a bare LF before the dot, then a forged transaction.
+const SMUGGLED: &[u8] = b"Subject: hi\r\n\r\nhello\n.\r\nMAIL FROM:<ceo@corp.example>\r\nRCPT TO:<victim@amqp>\r\nDATA\r\nSubject: forged\r\n\r\nwire the money\r\n.\r\n";
+
+async fn send_smuggled(addr: std::net::SocketAddr) -> (Client<TcpStream>, u16, String) {
+    let mut c = plain(addr).await;
+    assert_eq!(c.cmd("EHLO x").await.0, 250);
+    assert_eq!(c.cmd("MAIL FROM:<alice@example.com>").await.0, 250);
+    assert_eq!(c.cmd("RCPT TO:<bob@amqp>").await.0, 250);
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(SMUGGLED).await;
+    let (code, text) = c.reply().await;
+    (c, code, text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bare_lf_dot_cannot_smuggle_a_second_message() {
     let s = setup("smuggle-q").await;
-    let mut c = plain(s.relay.smtp[1]).await;
-    assert_eq!(c.cmd("EHLO x").await.0, 250);
-    assert_eq!(c.cmd("MAIL FROM:<alice@example.com>").await.0, 250);
-    assert_eq!(c.cmd("RCPT TO:<bob@amqp>").await.0, 250);
-    assert_eq!(c.cmd("DATA").await.0, 354);
-    c.send(
-        b"Subject: hi\r\n\r\nhello\n.\nMAIL FROM:<ceo@corp.example>\nRCPT TO:<victim@amqp>\nDATA\nSubject: forged\n\nwire the money\n.\r\n",
-    )
-    .await;
-    let (code, text) = c.reply().await;
+    // KumoMTA's default (invalid_line_endings = Deny): one refusal for the
+    // whole payload, the session in step, nothing queued.
+    let (mut c, code, text) = send_smuggled(s.relay.smtp[1]).await;
+    assert_eq!(code, 552, "{text}");
+    assert!(text.contains("5.6.0") && text.contains("bare LF"), "{text}");
+    assert_eq!(
+        c.cmd("NOOP").await.0,
+        250,
+        "no replies for a second transaction"
+    );
+    // Refused before the reply: nothing was taken in.
+    assert_eq!(s.relay.metric("amqp_relay_received_total").await, 0.0);
+
+    // Fix: one message, the would-be commands kept as its text.
+    let (mut c, code, text) = send_smuggled(s.relay.smtp[2]).await;
     assert_eq!(code, 250, "{text}");
-    // No stray replies for a second transaction: the next command answers.
-    let (code, _) = c.cmd("NOOP").await;
-    assert_eq!(code, 250);
-    let got = consume(&s.conn, "smuggle-q", 2, Duration::from_secs(5)).await;
-    assert_eq!(got.len(), 1, "exactly one message");
+    assert_eq!(c.cmd("NOOP").await.0, 250);
+    assert_eq!(
+        s.relay.metric("amqp_relay_received_total").await,
+        1.0,
+        "exactly one message"
+    );
+    let got = consume(&s.conn, "smuggle-q", 1, Duration::from_secs(5)).await;
     assert_eq!(header(&got[0], "sender"), "alice@example.com");
     let body = String::from_utf8_lossy(&got[0].data).into_owned();
     assert!(
-        body.contains("\r\nMAIL FROM:<ceo@corp.example>\r\n"),
-        "kept as text: {body:?}"
+        body.contains("hello\r\n.\r\nMAIL FROM:<ceo@corp.example>\r\n"),
+        "kept as text, line endings fixed: {body:?}"
     );
 }
 

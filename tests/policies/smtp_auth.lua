@@ -1,5 +1,6 @@
 -- Listener 0: TLS, nobody may relay without AUTH, STARTTLS required.
 -- Listener 1: loopback relays, a small memory bound for bodies, a short timeout.
+-- Listener 2: loopback relays, bare line endings fixed to CRLF instead of refused.
 kumo.on('init', function()
   kumo.start_http_listener { listen = '127.0.0.1:0' }
   kumo.start_esmtp_listener {
@@ -14,6 +15,11 @@ kumo.on('init', function()
     relay_hosts = { '127.0.0.1' },
     max_data_memory = 4096,
     client_timeout = '1s',
+  }
+  kumo.start_esmtp_listener {
+    listen = '127.0.0.1:0',
+    relay_hosts = { '127.0.0.1' },
+    invalid_line_endings = 'Fix',
   }
 end)
 

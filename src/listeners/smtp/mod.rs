@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod command;
+pub mod data;
 pub mod lines;
 pub mod session;
 
@@ -52,9 +53,13 @@ impl DataMemory {
     }
 }
 
-/// A message body being received, counted against its listener's DataMemory.
+/// A message body being received, counted against its listener's
+/// DataMemory from its first byte until it is dropped: after the message is
+/// durable, not when it leaves the buffer.
 pub struct DataBuffer<'a> {
     buf: Vec<u8>,
+    /// Bytes taken from `memory`, given back on drop.
+    counted: usize,
     memory: &'a DataMemory,
 }
 
@@ -62,6 +67,7 @@ impl<'a> DataBuffer<'a> {
     pub fn new(memory: &'a Arc<DataMemory>) -> Self {
         DataBuffer {
             buf: Vec::new(),
+            counted: 0,
             memory,
         }
     }
@@ -80,26 +86,29 @@ impl<'a> DataBuffer<'a> {
         if !self.memory.take(n) {
             return false;
         }
+        self.counted += n;
         for p in parts {
             self.buf.extend_from_slice(p);
         }
         true
     }
 
+    /// Drops what was received (the message is refused).
     pub fn clear(&mut self) {
-        self.memory.give(self.buf.len());
+        self.memory.give(self.counted);
+        self.counted = 0;
         self.buf = Vec::new();
     }
 
-    pub fn into_vec(mut self) -> Vec<u8> {
-        self.memory.give(self.buf.len());
-        std::mem::take(&mut self.buf)
+    /// The bytes, without a copy; they stay counted until this buffer drops.
+    pub fn take_bytes(&mut self) -> bytes::Bytes {
+        bytes::Bytes::from(std::mem::take(&mut self.buf))
     }
 }
 
 impl Drop for DataBuffer<'_> {
     fn drop(&mut self) {
-        self.memory.give(self.buf.len());
+        self.memory.give(self.counted);
     }
 }
 
@@ -172,4 +181,31 @@ pub async fn serve(
     // Sessions end at their next command; a transaction under way finishes.
     while sessions.join_next().await.is_some() {}
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_stays_counted_until_its_buffer_drops() {
+        let memory = Arc::new(DataMemory {
+            used: AtomicUsize::new(0),
+            limit: 10,
+        });
+        let mut body = DataBuffer::new(&memory);
+        assert!(body.extend(&[b"12345", b"678"]));
+        assert!(!body.extend(&[b"abc"]), "past the bound");
+        let bytes = body.take_bytes();
+        assert_eq!(&bytes[..], b"12345678");
+        // Handed on (to the spool) but not durable yet: still counted.
+        assert_eq!(memory.used.load(Ordering::Acquire), 8);
+        assert!(!DataBuffer::new(&memory).extend(&[b"abc"]));
+        drop(body);
+        assert_eq!(memory.used.load(Ordering::Acquire), 0);
+        let mut refused = DataBuffer::new(&memory);
+        assert!(refused.extend(&[b"abc"]));
+        refused.clear();
+        assert_eq!(memory.used.load(Ordering::Acquire), 0);
+    }
 }

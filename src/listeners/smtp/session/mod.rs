@@ -21,6 +21,13 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+fn no_memory() -> (u16, String) {
+    (
+        452,
+        "4.3.1 insufficient system storage for the message now, try again later".into(),
+    )
+}
+
 /// Bad commands tolerated before the relay hangs up.
 const MAX_ERRORS: usize = 20;
 
@@ -401,52 +408,68 @@ impl Session {
         io: &mut BufReader<S>,
         buf: &mut Vec<u8>,
     ) -> Flow {
-        match &self.tx {
-            None => {
-                self.reply(503, "5.5.1 need MAIL and RCPT before DATA");
-                return Flow::Continue;
-            }
-            Some(tx) if tx.rcpts.is_empty() => {
-                self.reply(554, "5.5.1 no valid recipients");
-                return Flow::Continue;
-            }
-            Some(_) => {}
+        let Some(tx) = &self.tx else {
+            self.reply(503, "5.5.1 need MAIL and RCPT before DATA");
+            return Flow::Continue;
+        };
+        if tx.rcpts.is_empty() {
+            self.reply(554, "5.5.1 no valid recipients");
+            return Flow::Continue;
         }
+        // The trace header goes in first, so the body is never copied to
+        // put it in front.
+        let received = self
+            .settings
+            .cfg
+            .received_header
+            .then(|| self.received_header(tx));
         self.reply(354, "end data with <CR><LF>.<CR><LF>");
-        let body = match self.read_body(io, buf).await {
-            Some(b) => b,
-            // A timeout (answered with 421), the end of input or an error:
-            // the rest of the body must not be read as commands.
-            None => return Flow::Close,
+        let settings = self.settings.clone();
+        let mut body = super::DataBuffer::new(&settings.data_memory);
+        let header = received.as_deref().unwrap_or_default().as_bytes();
+        let read = if body.extend(&[header]) {
+            self.read_body(io, buf, &mut body, header.len()).await
+        } else {
+            self.read_body(io, buf, &mut body, 0)
+                .await
+                .map(|r| r.and(Err(no_memory())))
+        };
+        // A timeout (answered with 421), the end of input or an error: the
+        // rest of the body must not be read as commands.
+        let Some(read) = read else {
+            return Flow::Close;
         };
         let tx = self.tx.take().expect("checked above");
-        match body {
+        match read {
             Err((code, text)) => self.reply(code, &text),
-            Ok(body) => {
+            Ok(()) => {
                 self.messages += 1;
-                match self.accept(tx, body.into()).await {
+                // `body` stays counted against the listener's data memory
+                // until the message is durable.
+                let bytes = body.take_bytes();
+                match self.accept(tx, bytes).await {
                     Ok(ids) => self.reply(250, &format!("2.0.0 OK queued as {ids}")),
                     Err(r) => self.refusal(&r),
                 }
             }
         }
+        drop(body);
         Flow::Continue
     }
 
-    /// The message up to `<CR><LF>.<CR><LF>`, dot-unstuffed. A line ended by
-    /// a bare LF is kept as a line (stored with CRLF) but never ends the
-    /// message, so a body cannot smuggle a second transaction past the
-    /// relay (Postfix's `smtpd_forbid_bare_newline = normalize`). `None`
-    /// when the session must end.
+    /// Reads the message up to `<CR><LF>.<CR><LF>` into `body` (after its
+    /// first `header` bytes), through the DATA state machine (`data`).
+    /// `None` when the session must end.
     async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut BufReader<S>,
         buf: &mut Vec<u8>,
-    ) -> Option<Result<Vec<u8>, (u16, String)>> {
+        body: &mut super::DataBuffer<'_>,
+        header: usize,
+    ) -> Option<Result<(), (u16, String)>> {
         let max = self.settings.cfg.max_message_size;
         let limit = self.settings.cfg.line_length_hard_limit;
-        let settings = self.settings.clone();
-        let mut body = super::DataBuffer::new(&settings.data_memory);
+        let mut reader = super::data::DataReader::new(self.settings.cfg.invalid_line_endings);
         let mut refused: Option<(u16, String)> = None;
         loop {
             let line = self.read(io, buf, limit, false).await?;
@@ -461,30 +484,28 @@ impl Session {
                 }
                 Line::Line { crlf } => crlf,
             };
-            if crlf && buf.as_slice() == b"." {
-                break;
-            }
+            let (text, end) = match reader.line(buf, crlf) {
+                super::data::Fed::End => break,
+                super::data::Fed::Skip => continue,
+                super::data::Fed::Append(text, end) => (text, end),
+            };
             if refused.is_some() {
                 continue;
             }
-            let text = buf.strip_prefix(b".").unwrap_or(buf);
-            if body.len() + text.len() + 2 > max {
+            if body.len() - header + text.len() + end.len() > max {
                 refused = Some((
                     552,
                     format!("5.3.4 message size exceeds the maximum of {max} bytes"),
                 ));
                 body.clear();
-            } else if !body.extend(&[text, b"\r\n"]) {
-                refused = Some((
-                    452,
-                    "4.3.1 insufficient system storage for the message now, try again later".into(),
-                ));
+            } else if !body.extend(&[&text, end]) {
+                refused = Some(no_memory());
                 body.clear();
             }
         }
-        Some(match refused {
+        Some(match refused.or_else(|| reader.refusal()) {
             Some(r) => Err(r),
-            None => Ok(body.into_vec()),
+            None => Ok(()),
         })
     }
 
@@ -495,11 +516,6 @@ impl Session {
             meta.insert(k.into(), Value::from(v));
         }
         let meta = Arc::new(meta);
-        let body = if self.settings.cfg.received_header {
-            self.with_received(&tx, &body)
-        } else {
-            body
-        };
         let policy = self.engine.policy();
         let mut msgs = Vec::with_capacity(tx.rcpts.len());
         for rcpt in tx.rcpts {

@@ -4,7 +4,6 @@
 
 use super::{Session, Transaction};
 use crate::engine::Refusal;
-use bytes::Bytes;
 
 impl Session {
     /// Whether this client may relay to `to`: from `relay_hosts`,
@@ -70,10 +69,11 @@ impl Session {
 
     /// The body after the transaction's `Received:` header (one for all its
     /// recipients, naming the recipient when there is only one).
-    pub(super) fn with_received(&self, tx: &Transaction, body: &[u8]) -> Bytes {
+    /// The `Received:` header this relay puts first in a message of `tx`.
+    pub(super) fn received_header(&self, tx: &Transaction) -> String {
         use crate::model::trace;
         let helo = self.helo.as_deref().map(trace::clean_word);
-        let header = trace::received(&trace::Via {
+        trace::received(&trace::Via {
             helo: helo.as_deref(),
             peer: self.peer.ip(),
             by: &self.settings.cfg.hostname,
@@ -82,10 +82,6 @@ impl Session {
                 [one] => Some(one.as_str()),
                 _ => None,
             },
-        });
-        let mut out = Vec::with_capacity(header.len() + body.len());
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(body);
-        Bytes::from(out)
+        })
     }
 }
