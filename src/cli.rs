@@ -58,6 +58,10 @@ enum Command {
         /// other namespaces may use.
         #[arg(long, value_delimiter = ',')]
         shared_rabbitmq_cluster_namespaces: Vec<String>,
+        /// As the operator's: namespaces whose routes' logEvents take every
+        /// queue's log records.
+        #[arg(long, value_delimiter = ',')]
+        log_events_all_namespaces: Vec<String>,
     },
     /// Load a policy and report errors (file and line) without serving.
     Check {
@@ -110,13 +114,17 @@ pub fn main() -> ExitCode {
                 namespace,
                 secrets_dir,
                 shared_rabbitmq_cluster_namespaces,
+                log_events_all_namespaces,
             } => {
+                let ownership = crate::operator::ownership::Ownership::default()
+                    .with_all_log_records(log_events_all_namespaces);
                 render(
                     files,
                     &relay,
                     &namespace,
                     &secrets_dir,
                     &shared_rabbitmq_cluster_namespaces,
+                    &ownership,
                 )
                 .await
             }
@@ -180,6 +188,7 @@ async fn render(
     namespace: &str,
     secrets_dir: &str,
     shared_cluster_namespaces: &[String],
+    ownership: &crate::operator::ownership::Ownership,
 ) -> anyhow::Result<()> {
     use crate::operator::{manifests, render};
     let mut paths = Vec::new();
@@ -219,7 +228,7 @@ async fn render(
         &inputs.secrets,
         &clusters,
         secrets_dir,
-        &Default::default(),
+        ownership,
     );
     // Never ship a policy the engine cannot load.
     crate::operator::sync::compile(&out.policy)

@@ -1,25 +1,45 @@
-//! Which namespaces may claim which domains: a tenant must not pre-claim or
-//! take over another's domain. No rules means any namespace may claim any
-//! domain (one team per cluster); with rules, a namespace may claim only the
-//! domains its patterns match, and a namespace without rules none.
+//! What each tenant (namespace) may have. Domains: a tenant must not
+//! pre-claim or take over another's domain. No rules means any namespace may
+//! claim any domain (one team per cluster); with rules, a namespace may claim
+//! only the domains its patterns match, and a namespace without rules none.
+//! Log records: a route's `logEvents` take the records of its own queues
+//! only, unless its namespace is one the install names (the platform team's).
 
 use std::collections::BTreeMap;
 
-/// Namespace → domain patterns: `example.com` (exactly), `*.example.com`
-/// (any subdomain, not the domain itself), or `*` (any domain).
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Ownership(pub BTreeMap<String, Vec<String>>);
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ownership {
+    /// Namespace → domain patterns: `example.com` (exactly), `*.example.com`
+    /// (any subdomain, not the domain itself), or `*` (any domain).
+    domains: BTreeMap<String, Vec<String>>,
+    /// Namespaces whose routes' `logEvents` take every queue's records.
+    all_log_records: Vec<String>,
+}
 
 impl Ownership {
+    /// Routes of `namespaces` take the log records of every queue.
+    pub fn with_all_log_records(mut self, namespaces: Vec<String>) -> Ownership {
+        self.all_log_records = namespaces;
+        self
+    }
+
+    /// Whether routes of `namespace` may take every queue's log records.
+    pub fn takes_all_log_records(&self, namespace: &str) -> bool {
+        self.all_log_records.iter().any(|n| n == namespace)
+    }
+
     /// From the JSON the chart passes (`{"team-a": ["a.example", "*.a.example"]}`).
     pub fn parse(json: &str) -> Result<Ownership, String> {
         if json.trim().is_empty() {
             return Ok(Ownership::default());
         }
-        let o: Ownership =
+        let domains: BTreeMap<String, Vec<String>> =
             serde_json::from_str(json).map_err(|e| format!("domain ownership rules: {e}"))?;
-        for (ns, patterns) in &o.0 {
+        let o = Ownership {
+            domains,
+            all_log_records: Vec::new(),
+        };
+        for (ns, patterns) in &o.domains {
             for p in patterns {
                 let rest = p.strip_prefix("*.").unwrap_or(p);
                 if p != "*" && (rest.is_empty() || rest.contains('*')) {
@@ -34,11 +54,11 @@ impl Ownership {
 
     /// `Err` names the rule that refuses `domain` to `namespace`.
     pub fn allows(&self, namespace: &str, domain: &str) -> Result<(), String> {
-        if self.0.is_empty() {
+        if self.domains.is_empty() {
             return Ok(());
         }
         let domain = domain.to_ascii_lowercase();
-        let Some(patterns) = self.0.get(namespace) else {
+        let Some(patterns) = self.domains.get(namespace) else {
             return Err(format!(
                 "namespace {namespace} may claim no domain (it has no domain ownership rule)"
             ));

@@ -323,6 +323,9 @@ struct LuaRoute<'a> {
     hook: Option<String>,
     queue_name: Option<String>,
     log_events: Option<LuaLogEvents<'a>>,
+    /// Its `logEvents` take every queue's records (a namespace the install
+    /// names), not only those of the queues it serves.
+    all_records: bool,
     batch_size: u32,
     connection_limit: u32,
     /// make_queue_config keys, as the route's delivery section sets them.
@@ -349,7 +352,7 @@ struct Keys {
     ca: Option<String>,
 }
 
-fn lua_route<'a>(v: &'a Valid, keys: &Keys) -> LuaRoute<'a> {
+fn lua_route<'a>(v: &'a Valid, keys: &Keys, ownership: &Ownership) -> LuaRoute<'a> {
     let spec = &v.route.spec;
     let (p, d, m) = (&spec.publish, &spec.delivery, &spec.route_match);
     let urls = match &v.broker.urls {
@@ -399,6 +402,7 @@ fn lua_route<'a>(v: &'a Valid, keys: &Keys) -> LuaRoute<'a> {
             headers: &le.headers,
             meta: &le.meta,
         }),
+        all_records: log.is_some() && ownership.takes_all_log_records(&v.id.namespace),
         batch_size: d.batch_size.unwrap_or(1),
         connection_limit: d.connection_limit.unwrap_or(32),
         queue,
@@ -431,7 +435,8 @@ fn render_route(v: &Valid, inputs: &Inputs, store: &mut Store) -> Entry {
         .as_ref()
         .map(|pem| store.put(store::key_for(ns, name, "ca"), pem));
     let keys = Keys { urls: url_keys, ca };
-    let value = serde_json::to_value(lua_route(v, &keys)).expect("a route serialises to JSON");
+    let value = serde_json::to_value(lua_route(v, &keys, inputs.ownership))
+        .expect("a route serialises to JSON");
     let lua = format!("  {},\n", lua_value(&value, "  "));
     let sources = broker::sources(&v.route.spec.broker, ns, inputs.secrets, inputs.clusters);
     let mut versioned = lua.as_bytes().to_vec();

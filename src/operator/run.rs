@@ -83,6 +83,14 @@ pub struct OperatorArgs {
         value_delimiter = ','
     )]
     pub shared_rabbitmq_cluster_namespaces: Vec<String>,
+    /// Namespaces whose routes' logEvents take the log records of every
+    /// queue (the platform team's); other routes take only their own queues'.
+    #[arg(
+        long,
+        env = "AMQP_RELAY_LOG_EVENTS_ALL_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub log_events_all_namespaces: Vec<String>,
     /// The relay StatefulSet (in --namespace) whose spools a scale-in leaves
     /// behind are drained by Jobs; unset: no spool is looked after.
     #[arg(long, env = "AMQP_RELAY_STATEFULSET")]
@@ -278,7 +286,8 @@ where
 
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let ownership = crate::operator::ownership::Ownership::parse(&args.domain_ownership)
-        .map_err(anyhow::Error::msg)?;
+        .map_err(anyhow::Error::msg)?
+        .with_all_log_records(args.log_events_all_namespaces.clone());
     let client = Client::try_default()
         .await
         .context("no Kubernetes client configuration (in-cluster or kubeconfig)")?;

@@ -535,3 +535,10 @@ def test_autoscaling_takes_the_replica_count(version):
     assert hpa["spec"]["behavior"]["scaleDown"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 300}]
     assert "replicas" not in one(docs, "StatefulSet", "-relay")["spec"], "the HPA owns it"
     assert not by_kind(render({}), "HorizontalPodAutoscaler")
+
+
+def test_log_events_of_every_queue_only_for_the_namespaces_named():
+    env = lambda docs: {e["name"]: e.get("value") for e in one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "AMQP_RELAY_LOG_EVENTS_ALL_NAMESPACES" not in env(render({}))
+    named = render({"operator": {"logEventsAllNamespaces": ["platform", "ops"]}})
+    assert env(named)["AMQP_RELAY_LOG_EVENTS_ALL_NAMESPACES"] == "platform,ops"

@@ -45,6 +45,8 @@ for _, r in ipairs(ROUTES) do
   end
 end
 
+-- A route's log hook takes the records of the queues it serves, and no
+-- other tenant's, unless the install lets its namespace take all.
 kumo.on('should_enqueue_log_record', function(msg, hook_name)
   local r = HOOKS[hook_name]
   if not r then
@@ -52,6 +54,9 @@ kumo.on('should_enqueue_log_record', function(msg, hook_name)
   end
   local record = msg:get_meta 'log_record'
   if #r.log_events.types > 0 and not r.log_events.wanted[record.type] then
+    return false
+  end
+  if not r.all_records and find(parse_queue(record.queue or '')) ~= r then
     return false
   end
   msg:set_meta('queue', r.queue_name)

@@ -467,7 +467,11 @@ async fn log_events_routes_configure_a_hook_and_pick_record_types() {
 
     let record = |t: &str| {
         let mut meta = serde_json::Map::new();
-        meta.insert("log_record".into(), serde_json::json!({"type": t}));
+        // A record about a message of a queue this route serves.
+        meta.insert(
+            "log_record".into(),
+            serde_json::json!({"type": t, "queue": "relay@events"}),
+        );
         std::sync::Arc::new(crate::model::message::Message::new(
             "nobody@localhost".into(),
             "log@x".into(),
@@ -508,6 +512,99 @@ async fn log_events_routes_configure_a_hook_and_pick_record_types() {
             .1
             .message
             .contains("unknown record type \"Sent\"")
+    );
+}
+
+/// A record of `kind` about a message of `queue`, as the engine offers it to
+/// the log hooks.
+fn log_record(kind: &str, queue: &str) -> crate::model::message::MessageRef {
+    let mut meta = serde_json::Map::new();
+    meta.insert(
+        "log_record".into(),
+        serde_json::json!({"type": kind, "queue": queue, "sender": "ceo@a.example", "headers": {"Subject": "secret"}}),
+    );
+    std::sync::Arc::new(crate::model::message::Message::new(
+        "nobody@localhost".into(),
+        "log@x".into(),
+        meta.into(),
+        bytes::Bytes::new(),
+    ))
+}
+
+#[tokio::test]
+async fn a_routes_log_events_take_only_its_own_queues_records() {
+    let tenant = |ns: &str, domain: &str| {
+        route(
+            ns,
+            "events",
+            serde_json::json!({
+                "match": {"domain": domain},
+                "broker": {"url": "amqp://rabbit/"},
+                "publish": {"routingKey": "events"},
+                "logEvents": {"types": ["Delivery"], "headers": ["Subject"], "meta": ["extra"]}
+            }),
+        )
+    };
+    let routes = [
+        tenant("team-a", "a.example"),
+        tenant("team-b", "b.example"),
+        tenant("platform", "ops.example"),
+    ];
+    let ownership = Ownership::default().with_all_log_records(vec!["platform".into()]);
+    let out = render_owned(
+        &routes,
+        &[],
+        &Default::default(),
+        DEFAULT_SECRETS_DIR,
+        &ownership,
+    );
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(POLICY_KEY);
+    std::fs::write(&path, &out.policy).unwrap();
+    let policy = crate::policy::Policy::load(&path, Default::default()).unwrap();
+    policy.run_init().await.unwrap();
+    let takes = |hook: &'static str, queue: &'static str| {
+        let policy = policy.clone();
+        async move {
+            policy
+                .should_enqueue_log_record(&log_record("Delivery", queue), hook)
+                .await
+                .unwrap()
+        }
+    };
+    let (a, b, ops) = (
+        "route.team-a.events",
+        "route.team-b.events",
+        "route.platform.events",
+    );
+    // Each tenant sees its own queues' records, the tenant and campaign
+    // variants of its domain included, and nobody else's.
+    assert!(takes(a, "a.example").await);
+    assert!(takes(a, "news:shop@a.example").await);
+    assert!(!takes(a, "b.example").await, "team-a read team-b's mail");
+    assert!(takes(b, "b.example").await);
+    assert!(!takes(b, "a.example").await, "team-b read team-a's mail");
+    assert!(!takes(b, "unrouted.example").await);
+    assert!(
+        !takes(a, "").await,
+        "a record without a queue belongs to no tenant"
+    );
+    // The namespace the install names takes every record.
+    assert!(takes(ops, "a.example").await);
+    assert!(takes(ops, "b.example").await);
+    assert!(takes(ops, "unrouted.example").await);
+    // Without that setting, the platform route is a tenant like the others.
+    let out = render(&routes, &[], DEFAULT_SECRETS_DIR);
+    std::fs::write(&path, &out.policy).unwrap();
+    let policy = crate::policy::Policy::load(&path, Default::default()).unwrap();
+    policy.run_init().await.unwrap();
+    let record = log_record("Delivery", "a.example");
+    assert!(
+        !policy
+            .should_enqueue_log_record(&record, ops)
+            .await
+            .unwrap()
     );
 }
 
