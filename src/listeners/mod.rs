@@ -2,5 +2,6 @@
 
 pub mod http;
 pub mod inject;
+pub mod memory;
 pub mod net;
 pub mod smtp;

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 pub use crate::model::listener_config::EsmtpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use crate::listeners::memory::{MemoryBudget, Reservation};
 use std::time::Duration;
 
 /// What a session needs, resolved once per listener.
@@ -20,55 +20,22 @@ pub struct Settings {
     pub relay_hosts: Vec<IpNet>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Bytes of message bodies the listener's sessions hold while receiving.
-    pub data_memory: Arc<DataMemory>,
+    pub data_memory: Arc<MemoryBudget>,
 }
 
-/// The bytes of DATA all sessions of a listener may hold at once.
-pub struct DataMemory {
-    used: AtomicUsize,
-    limit: usize,
-}
-
-impl DataMemory {
-    fn take(&self, n: usize) -> bool {
-        let mut used = self.used.load(Ordering::Relaxed);
-        loop {
-            if used + n > self.limit {
-                return false;
-            }
-            match self.used.compare_exchange_weak(
-                used,
-                used + n,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(now) => used = now,
-            }
-        }
-    }
-
-    fn give(&self, n: usize) {
-        self.used.fetch_sub(n, Ordering::AcqRel);
-    }
-}
-
-/// A message body being received, counted against its listener's
-/// DataMemory from its first byte until it is dropped: after the message is
+/// A message body being received, counted against its listener's data
+/// memory from its first byte until it is dropped: after the message is
 /// durable, not when it leaves the buffer.
-pub struct DataBuffer<'a> {
+pub struct DataBuffer {
     buf: Vec<u8>,
-    /// Bytes taken from `memory`, given back on drop.
-    counted: usize,
-    memory: &'a DataMemory,
+    held: Reservation,
 }
 
-impl<'a> DataBuffer<'a> {
-    pub fn new(memory: &'a Arc<DataMemory>) -> Self {
+impl DataBuffer {
+    pub fn new(memory: &Arc<MemoryBudget>) -> Self {
         DataBuffer {
             buf: Vec::new(),
-            counted: 0,
-            memory,
+            held: Reservation::new(memory),
         }
     }
 
@@ -83,10 +50,9 @@ impl<'a> DataBuffer<'a> {
     /// Appends the parts; false (and nothing appended) past the memory bound.
     pub fn extend(&mut self, parts: &[&[u8]]) -> bool {
         let n: usize = parts.iter().map(|p| p.len()).sum();
-        if !self.memory.take(n) {
+        if !self.held.grow(n) {
             return false;
         }
-        self.counted += n;
         for p in parts {
             self.buf.extend_from_slice(p);
         }
@@ -95,20 +61,13 @@ impl<'a> DataBuffer<'a> {
 
     /// Drops what was received (the message is refused).
     pub fn clear(&mut self) {
-        self.memory.give(self.counted);
-        self.counted = 0;
+        self.held.release();
         self.buf = Vec::new();
     }
 
     /// The bytes, without a copy; they stay counted until this buffer drops.
     pub fn take_bytes(&mut self) -> bytes::Bytes {
         bytes::Bytes::from(std::mem::take(&mut self.buf))
-    }
-}
-
-impl Drop for DataBuffer<'_> {
-    fn drop(&mut self) {
-        self.memory.give(self.counted);
     }
 }
 
@@ -129,10 +88,7 @@ impl Settings {
                 ));
             }
         };
-        let data_memory = Arc::new(DataMemory {
-            used: AtomicUsize::new(0),
-            limit: cfg.max_data_memory,
-        });
+        let data_memory = MemoryBudget::new(cfg.max_data_memory);
         Ok(Settings {
             cfg,
             relay_hosts,
@@ -189,23 +145,20 @@ mod tests {
 
     #[test]
     fn a_body_stays_counted_until_its_buffer_drops() {
-        let memory = Arc::new(DataMemory {
-            used: AtomicUsize::new(0),
-            limit: 10,
-        });
+        let memory = MemoryBudget::new(10);
         let mut body = DataBuffer::new(&memory);
         assert!(body.extend(&[b"12345", b"678"]));
         assert!(!body.extend(&[b"abc"]), "past the bound");
         let bytes = body.take_bytes();
         assert_eq!(&bytes[..], b"12345678");
         // Handed on (to the spool) but not durable yet: still counted.
-        assert_eq!(memory.used.load(Ordering::Acquire), 8);
+        assert_eq!(memory.used(), 8);
         assert!(!DataBuffer::new(&memory).extend(&[b"abc"]));
         drop(body);
-        assert_eq!(memory.used.load(Ordering::Acquire), 0);
+        assert_eq!(memory.used(), 0);
         let mut refused = DataBuffer::new(&memory);
         assert!(refused.extend(&[b"abc"]));
         refused.clear();
-        assert_eq!(memory.used.load(Ordering::Acquire), 0);
+        assert_eq!(memory.used(), 0);
     }
 }

@@ -464,7 +464,7 @@ impl Session {
         &mut self,
         io: &mut BufReader<S>,
         buf: &mut Vec<u8>,
-        body: &mut super::DataBuffer<'_>,
+        body: &mut super::DataBuffer,
         header: usize,
     ) -> Option<Result<(), (u16, String)>> {
         let max = self.settings.cfg.max_message_size;
