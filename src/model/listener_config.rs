@@ -46,6 +46,15 @@ pub struct HttpListener {
     /// Our extension: recipients one injection request may name.
     #[serde(default = "default_max_recipients_per_request")]
     pub max_recipients_per_request: usize,
+    /// Our extension: bytes of messages one injection request may build (a
+    /// body its recipients share counts once); more gets 413.
+    #[serde(default = "default_max_request_messages", deserialize_with = "de_size")]
+    pub max_request_messages_size: usize,
+    /// Our extension: bytes all of this listener's injection requests may
+    /// hold at once (request bodies and the messages built from them, until
+    /// durable); past it a request gets 503.
+    #[serde(default = "default_request_memory", deserialize_with = "de_size")]
+    pub request_memory: usize,
 }
 
 impl HttpListener {
@@ -73,6 +82,12 @@ fn default_request_timeout() -> Duration {
 }
 fn default_max_recipients_per_request() -> usize {
     10_000
+}
+fn default_max_request_messages() -> usize {
+    32 * 1024 * 1024
+}
+fn default_request_memory() -> usize {
+    64 * 1024 * 1024
 }
 
 fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {

@@ -234,11 +234,20 @@ impl Relay {
 
     /// Resident memory of the relay process, in KiB.
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The process's peak RSS so far.
+    pub fn hwm_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap()
             .lines()
             .find_map(|l| {
-                l.strip_prefix("VmRSS:")
+                l.strip_prefix(field)
                     .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
             })
             .unwrap()

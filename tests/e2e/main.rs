@@ -11,6 +11,7 @@ mod fake_kube;
 mod graceful;
 mod harness;
 mod held;
+mod hostile;
 mod http_security;
 mod inject;
 mod kumo_helpers;

@@ -5,11 +5,13 @@
 use super::auth::Caller;
 use super::{AppState, bad_request};
 use crate::engine::Refusal;
+use crate::listeners::inject::{InjectError, Injection, Limits};
+use crate::listeners::memory::{MemoryBudget, Reservation};
 use crate::model::message::Message;
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Extension, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, json};
@@ -24,58 +26,155 @@ struct InjectResponse {
     errors: Vec<String>,
 }
 
+/// What bounds injection requests on one listener, whatever their number
+/// and shape: memory held at once, what one request may build, how many
+/// are built at once (off the async workers), and for how long.
+pub(super) struct RequestBounds {
+    memory: Arc<MemoryBudget>,
+    body_limit: usize,
+    max_messages_size: usize,
+    max_recipients: usize,
+    timeout: std::time::Duration,
+    /// Requests parsed and built at once (a template may compute for its
+    /// whole fuel): at most one per core, on blocking threads.
+    building: Arc<tokio::sync::Semaphore>,
+}
+
+impl RequestBounds {
+    pub(super) fn new(cfg: &crate::model::listener_config::HttpListener) -> RequestBounds {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        RequestBounds {
+            memory: MemoryBudget::new(cfg.request_memory),
+            body_limit: cfg.request_body_limit,
+            max_messages_size: cfg.max_request_messages_size,
+            max_recipients: cfg.max_recipients_per_request,
+            timeout: cfg.request_timeout,
+            building: Arc::new(tokio::sync::Semaphore::new(cores.clamp(1, 4))),
+        }
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
 pub(super) async fn inject(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(caller): Extension<Caller>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     if !st.engine.is_receiving() {
-        return (
+        return error(
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "error": "relay is shutting down (delivering what it holds, taking nothing new)" })),
-        )
-            .into_response();
+            "relay is shutting down (delivering what it holds, taking nothing new)",
+        );
     }
-    use crate::listeners::inject::InjectError;
-    let mut req = match crate::listeners::inject::parse(&body) {
-        Ok(r) => r,
-        Err(InjectError::Invalid(e)) => return bad_request(e),
-        Err(InjectError::Template(e)) => {
-            return (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Json(json!({ "error": e })),
-            )
-                .into_response();
-        }
+    let (mut req, held) = match build(&st.requests, &headers, body).await {
+        Ok(built) => built,
+        Err(response) => return response,
     };
-    if req.recipients.len() > st.max_recipients {
-        return bad_request(format!(
-            "recipients: {} in one request; this listener takes at most {} (max_recipients_per_request)",
-            req.recipients.len(),
-            st.max_recipients
-        ));
-    }
     if req.received_header {
         add_received(&mut req, &st, peer);
     }
-    // What KumoMTA records of an injected message's origin.
+    let results = accept(&st, &req, origin(&caller, peer)).await;
+    // The request's memory is given back once its messages are durable.
+    drop(held);
+    respond(&req, results)
+}
+
+/// Reads the body (its bytes held from the listener's request memory first)
+/// and builds the messages on a blocking thread, within the request bounds.
+async fn build(
+    b: &RequestBounds,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Injection, Reservation), Response> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > b.body_limit) {
+        return Err(too_large(b.body_limit));
+    }
+    let mut held = Reservation::new(&b.memory);
+    if !held.grow(declared.unwrap_or(b.body_limit)) {
+        return Err(busy());
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, b.body_limit).await else {
+        return Err(too_large(b.body_limit));
+    };
+    let deadline = std::time::Instant::now() + b.timeout;
+    let mut limits = Limits::new(b.max_recipients, b.max_messages_size);
+    limits.deadline = Some(deadline);
+    limits.memory = Some(held);
+    let Ok(permit) = b.building.clone().acquire_owned().await else {
+        return Err(busy());
+    };
+    let parsed = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let r = crate::listeners::inject::parse_within(&bytes, &mut limits);
+        (r, limits.memory.take())
+    })
+    .await;
+    let (result, held) = parsed.map_err(|e| {
+        tracing::error!(error = %e, "building an injected message failed");
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "building the messages failed",
+        )
+    })?;
+    let held = held.expect("the reservation comes back");
+    match result {
+        Ok(req) => Ok((req, held)),
+        Err(InjectError::Invalid(e)) => Err(bad_request(e)),
+        Err(InjectError::Template(e)) => Err(error(StatusCode::UNPROCESSABLE_ENTITY, &e)),
+        Err(InjectError::TooLarge(e)) => Err(error(StatusCode::PAYLOAD_TOO_LARGE, &e)),
+        Err(InjectError::Busy(e)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, &e)),
+    }
+}
+
+fn too_large(limit: usize) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the request body is larger than {limit} bytes (request_body_limit)"),
+    )
+}
+
+fn busy() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the relay's memory for requests is in use; try again shortly",
+    )
+}
+
+/// What KumoMTA records of an injected message's origin.
+fn origin(caller: &Caller, peer: SocketAddr) -> Arc<Map<String, serde_json::Value>> {
     let mut origin = Map::new();
     origin.insert("reception_protocol".into(), "HTTP".into());
     origin.insert("received_from".into(), peer.ip().to_string().into());
     origin.insert(
         "http_auth".into(),
-        match &caller {
+        match caller {
             Caller::User(u) => u.clone(),
             Caller::Trusted => peer.ip().to_string(),
         }
         .into(),
     );
+    Arc::new(origin)
+}
+
+/// Each recipient's message through `http_message_generated`, then all that
+/// passed into the spool in one commit; a result per recipient, in order.
+async fn accept(
+    st: &AppState,
+    req: &Injection,
+    origin: Arc<Map<String, serde_json::Value>>,
+) -> Vec<Result<(), Refusal>> {
     let policy = st.engine.policy();
     let mut results: Vec<Option<Result<(), Refusal>>> = Vec::with_capacity(req.recipients.len());
     let mut msgs = Vec::new();
     let mut slots = Vec::new();
-    let origin = Arc::new(origin);
     for (i, r) in req.recipients.iter().enumerate() {
         let meta = match &r.extra {
             Some(extra) => {
@@ -117,7 +216,14 @@ pub(super) async fn inject(
     for (slot, res) in slots.into_iter().zip(st.engine.receive(msgs).await) {
         results[slot] = Some(res);
     }
+    results
+        .into_iter()
+        .map(|r| r.expect("every recipient has a result"))
+        .collect()
+}
 
+/// 200 when any recipient is durable; else 503 if a refusal was temporary, 400.
+fn respond(req: &Injection, results: Vec<Result<(), Refusal>>) -> Response {
     let mut resp = InjectResponse {
         success_count: 0,
         fail_count: 0,
@@ -126,7 +232,7 @@ pub(super) async fn inject(
     };
     let mut temporary = false;
     for (r, res) in req.recipients.iter().zip(results) {
-        match res.expect("every recipient has a result") {
+        match res {
             Ok(()) => resp.success_count += 1,
             Err(refusal) => {
                 temporary |= refusal.is_temporary();
@@ -148,7 +254,7 @@ pub(super) async fn inject(
 }
 
 /// Prepends `Received:` to every message, keeping shared bodies shared.
-fn add_received(req: &mut crate::listeners::inject::Injection, st: &AppState, peer: SocketAddr) {
+fn add_received(req: &mut Injection, st: &AppState, peer: SocketAddr) {
     use crate::model::trace;
     let header = trace::received(&trace::Via {
         helo: None,

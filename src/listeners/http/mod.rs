@@ -23,10 +23,11 @@ struct AppState {
     engine: Arc<Engine>,
     trusted: Arc<Vec<IpNet>>,
     admin_users: Arc<Vec<String>>,
-    max_recipients: usize,
     /// For the `Received:` header of injected messages.
     hostname: Arc<str>,
     tls: bool,
+    /// What injection requests may hold and build.
+    requests: Arc<injection::RequestBounds>,
 }
 
 /// A listener's routes and what they need, checked before anything is bound.
@@ -63,7 +64,6 @@ impl Listener {
                 engine,
                 trusted: Arc::new(trusted),
                 admin_users: Arc::new(cfg.admin_users.clone()),
-                max_recipients: cfg.max_recipients_per_request,
                 hostname: cfg
                     .hostname
                     .clone()
@@ -72,6 +72,7 @@ impl Listener {
                     })
                     .into(),
                 tls: cfg.use_tls,
+                requests: Arc::new(injection::RequestBounds::new(&cfg)),
             },
             tls,
             cfg,

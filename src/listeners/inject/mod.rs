@@ -72,12 +72,87 @@ pub struct Rcpt {
 pub enum InjectError {
     Invalid(String),
     Template(String),
+    /// The request would build more than one request may (413).
+    TooLarge(String),
+    /// The listener's memory for requests is in use now (503: try again).
+    Busy(String),
 }
 
 impl InjectError {
     pub fn message(&self) -> &str {
         match self {
-            InjectError::Invalid(m) | InjectError::Template(m) => m,
+            InjectError::Invalid(m)
+            | InjectError::Template(m)
+            | InjectError::TooLarge(m)
+            | InjectError::Busy(m) => m,
+        }
+    }
+}
+
+/// What one request may build, checked before and while it builds, so no
+/// request (however its templates, attachments and recipients combine) takes
+/// more memory or time than these allow.
+pub struct Limits {
+    /// Recipients one request may name; checked before anything is built.
+    pub max_recipients: usize,
+    /// Bytes of messages one request may build (a body its recipients share
+    /// counts once).
+    pub max_bytes: usize,
+    /// Building stops past this (templates are rendered per recipient).
+    pub deadline: Option<std::time::Instant>,
+    /// The listener's memory the request and what it builds are held in.
+    pub memory: Option<crate::listeners::memory::Reservation>,
+    built: usize,
+}
+
+impl Limits {
+    pub fn new(max_recipients: usize, max_bytes: usize) -> Limits {
+        Limits {
+            max_recipients,
+            max_bytes,
+            deadline: None,
+            memory: None,
+            built: 0,
+        }
+    }
+
+    /// Counts `n` more bytes built for `recipients` recipients so far.
+    fn charge(&mut self, n: usize) -> Result<(), InjectError> {
+        self.built = self.built.saturating_add(n);
+        if self.built > self.max_bytes {
+            return Err(InjectError::TooLarge(format!(
+                "the request builds more than {} bytes of messages; send fewer recipients (or a smaller message) per request",
+                self.max_bytes
+            )));
+        }
+        if let Some(m) = &mut self.memory
+            && !m.grow(n)
+        {
+            return Err(InjectError::Busy(
+                "the relay's memory for requests is in use; try again shortly".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses up front what `each` bytes per recipient would make too much.
+    fn expect(&self, each: usize, recipients: usize) -> Result<(), InjectError> {
+        let total = each.saturating_mul(recipients);
+        if total > self.max_bytes {
+            return Err(InjectError::TooLarge(format!(
+                "the request would build {total} bytes of messages ({recipients} recipients of about {each} bytes); at most {} per request: send fewer recipients per request",
+                self.max_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn in_time(&self) -> Result<(), InjectError> {
+        match self.deadline {
+            Some(d) if std::time::Instant::now() > d => Err(InjectError::Template(
+                "rendering the request's messages took longer than the request may".into(),
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -131,17 +206,30 @@ fn check(req: &Request) -> Result<(Dialect, bool), InjectError> {
     Ok((dialect, received))
 }
 
-/// Parses a request body; the error says what is wrong and where.
+/// Parses a request body with no bound but the templates' own (tests, fuzzing).
 pub fn parse(body: &[u8]) -> Result<Injection, InjectError> {
+    parse_within(body, &mut Limits::new(usize::MAX, usize::MAX))
+}
+
+/// Parses a request body and builds its messages within `limits`; the error
+/// says what is wrong and where.
+pub fn parse_within(body: &[u8], limits: &mut Limits) -> Result<Injection, InjectError> {
     let mut req: Request = serde_json::from_slice(body)
         .map_err(|e| InjectError::Invalid(format!("invalid inject request: {e}")))?;
     let (dialect, received_header) = check(&req)?;
+    if req.recipients.len() > limits.max_recipients {
+        return Err(InjectError::Invalid(format!(
+            "recipients: {} in one request; this listener takes at most {} (max_recipients_per_request)",
+            req.recipients.len(),
+            limits.max_recipients
+        )));
+    }
     let content = std::mem::take(&mut req.content);
     let recipients = match content {
-        Value::String(s) => full_message(&s, dialect, &req)?,
+        Value::String(s) => full_message(&s, dialect, &req, limits)?,
         Value::Object(o) => {
             let builder = Builder::from_value(Value::Object(o))?;
-            build_each(&builder, dialect, &req)?
+            build_each(&builder, dialect, &req, limits)?
         }
         other => {
             return Err(InjectError::Invalid(format!(
@@ -158,11 +246,17 @@ pub fn parse(body: &[u8]) -> Result<Injection, InjectError> {
 }
 
 /// `content` as a string: the message, a template unless Static.
-fn full_message(content: &str, dialect: Dialect, req: &Request) -> Result<Vec<Rcpt>, InjectError> {
+fn full_message(
+    content: &str,
+    dialect: Dialect,
+    req: &Request,
+    limits: &mut Limits,
+) -> Result<Vec<Rcpt>, InjectError> {
     let templated =
         matches!(dialect, Dialect::Jinja) && ["{{", "{%", "{#"].iter().any(|t| content.contains(t));
     if !templated {
         // Nothing to expand: one shared body for every recipient.
+        limits.charge(content.len())?;
         let shared = crlf::normalize(Bytes::copy_from_slice(content.as_bytes()));
         return Ok(req
             .recipients
@@ -172,33 +266,44 @@ fn full_message(content: &str, dialect: Dialect, req: &Request) -> Result<Vec<Rc
     }
     let env = template::environment();
     let t = template::compile(Some(&env), "content", content, "content")?;
-    req.recipients
-        .iter()
-        .map(|r| {
-            let vars = variables(req, r);
-            let mut budget = template::MAX_RENDERED;
-            let text = template::render(&t, &vars, "content", &r.email, &mut budget)?;
-            Ok(rcpt(r, crlf::normalize(Bytes::from(text))))
-        })
-        .collect()
+    let mut out = Vec::with_capacity(req.recipients.len());
+    for r in &req.recipients {
+        limits.in_time()?;
+        let vars = variables(req, r);
+        let mut budget = template::MAX_RENDERED;
+        let text = template::render(&t, &vars, "content", &r.email, &mut budget)?;
+        if out.is_empty() {
+            limits.expect(text.len(), req.recipients.len())?;
+        }
+        limits.charge(text.len())?;
+        out.push(rcpt(r, crlf::normalize(Bytes::from(text))));
+    }
+    Ok(out)
 }
 
 /// `content` as a builder object: a MIME message per recipient.
+/// A recipient's message differs by its `To:` at least, so each is built;
+/// the first one's size tells up front whether all of them fit.
 fn build_each(
     builder: &Builder,
     dialect: Dialect,
     req: &Request,
+    limits: &mut Limits,
 ) -> Result<Vec<Rcpt>, InjectError> {
     let env = template::environment();
     let jinja = matches!(dialect, Dialect::Jinja).then_some(&env);
     let compiled = builder::compile(jinja, builder, &req.envelope_sender)?;
-    req.recipients
-        .iter()
-        .map(|r| {
-            let msg = compiled.build(&variables(req, r), &r.email, r.name.as_deref())?;
-            Ok(rcpt(r, Bytes::from(msg)))
-        })
-        .collect()
+    let mut out = Vec::with_capacity(req.recipients.len());
+    for r in &req.recipients {
+        limits.in_time()?;
+        let msg = compiled.build(&variables(req, r), &r.email, r.name.as_deref())?;
+        if out.is_empty() {
+            limits.expect(msg.len(), req.recipients.len())?;
+        }
+        limits.charge(msg.len())?;
+        out.push(rcpt(r, Bytes::from(msg)));
+    }
+    Ok(out)
 }
 
 fn variables(req: &Request, r: &Recipient) -> minijinja::Value {
@@ -439,9 +544,17 @@ mod tests {
                 "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
                 "fuel",
             ),
+            // 50 MB made by one operator: refused before it is allocated.
+            ("{{ 'x' * 50000000 }}", "fuel"),
+            // The 176-byte request: 100 MB, then three times that.
             (
-                "{{ 'x' * 50000000 }}",
-                "the rendered message is 50000000 bytes",
+                "{% set a = 'x' * 100000000 %}{% set b = a ~ a ~ a %}{{ b|length }}",
+                "fuel",
+            ),
+            // Doubling a string that alone fits.
+            (
+                "{% set a = 'x' * 1000000 %}{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}{{ a|length }}",
+                "fuel",
             ),
         ] {
             let body = serde_json::json!({
@@ -464,6 +577,73 @@ mod tests {
                 m.starts_with("content: syntax error") && m.contains(":1)"),
                 "{m}"
             ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn request(content: serde_json::Value, recipients: usize) -> Vec<u8> {
+        let rcpts: Vec<_> = (0..recipients)
+            .map(|i| serde_json::json!({"email": format!("r{i}@x")}))
+            .collect();
+        serde_json::json!({"envelope_sender": "a@b", "content": content, "recipients": rcpts})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn too_many_recipients_are_refused_before_anything_is_rendered() {
+        // A template that would fail to render: the recipient cap comes first.
+        let body = request(serde_json::json!("{{ nope() }}"), 3);
+        match parse_within(&body, &mut Limits::new(2, usize::MAX)).unwrap_err() {
+            InjectError::Invalid(m) => assert!(m.contains("at most 2"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_a_request_builds_is_bounded_and_refused_from_its_first_message() {
+        // The shape: one large attachment to many recipients.
+        let attachment = "A".repeat(100_000);
+        let builder = serde_json::json!({"text_body": "hi {{ email }}",
+            "attachments": [{"data": attachment, "content_type": "application/octet-stream"}]});
+        let body = request(builder, 400);
+        let mut limits = Limits::new(10_000, 1024 * 1024);
+        match parse_within(&body, &mut limits).unwrap_err() {
+            InjectError::TooLarge(m) => assert!(m.contains("400 recipients"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            limits.built < 200_000,
+            "refused after one message: {}",
+            limits.built
+        );
+        // A body shared by every recipient counts once.
+        let shared = request(
+            serde_json::json!("Subject: x\r\n\r\n".to_string() + &"y".repeat(1000)),
+            5000,
+        );
+        let mut limits = Limits::new(10_000, 64 * 1024);
+        assert_eq!(
+            parse_within(&shared, &mut limits).unwrap().recipients.len(),
+            5000
+        );
+        // The listener's memory in use: a temporary refusal.
+        let memory = crate::listeners::memory::MemoryBudget::new(1000);
+        let mut limits = Limits::new(10_000, usize::MAX);
+        limits.memory = Some(crate::listeners::memory::Reservation::new(&memory));
+        match parse_within(&shared, &mut limits).unwrap_err() {
+            InjectError::Busy(m) => assert!(m.contains("try again"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rendering_stops_at_the_request_deadline() {
+        let body = request(serde_json::json!("Subject: {{ email }}\r\n\r\nx"), 3);
+        let mut limits = Limits::new(10, usize::MAX);
+        limits.deadline = Some(std::time::Instant::now() - std::time::Duration::from_secs(1));
+        match parse_within(&body, &mut limits).unwrap_err() {
+            InjectError::Template(m) => assert!(m.contains("took longer"), "{m}"),
             other => panic!("{other:?}"),
         }
     }

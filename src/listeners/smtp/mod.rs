@@ -9,9 +9,9 @@ pub mod session;
 use crate::engine::Engine;
 use ipnet::IpNet;
 
+use crate::listeners::memory::{MemoryBudget, Reservation};
 pub use crate::model::listener_config::EsmtpListener;
 use std::sync::Arc;
-use crate::listeners::memory::{MemoryBudget, Reservation};
 use std::time::Duration;
 
 /// What a session needs, resolved once per listener.
