@@ -203,6 +203,54 @@ async fn a_data_timeout_closes_the_connection() {
     assert!(got.is_empty());
 }
 
+/// A client that pipelines without ever reading its replies: the relay
+/// keeps only a few KiB of replies, its writes time out after
+/// `client_timeout` (1 s here), and the session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_replies_is_disconnected() {
+    let s = setup("unread-q").await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(s.relay.smtp[1]).await.unwrap();
+    let (_read_half, mut write_half) = stream.into_split();
+    // Megabytes of pipelined commands, written by a task that may block.
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let burst = "NOOP\r\n".repeat(100_000);
+        let mut sent = 0;
+        for _ in 0..20 {
+            if write_half.write_all(burst.as_bytes()).await.is_err() {
+                break;
+            }
+            sent += burst.len();
+        }
+        sent
+    });
+    // The relay gives up on the session and closes it: the writer's next
+    // write fails (with the relay blocked on its write forever, it never would).
+    let sent = tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .expect("the relay closed the session")
+        .unwrap();
+    assert!(
+        sent < 20 * 600_000,
+        "the relay kept reading all {sent} bytes"
+    );
+    // It said why (the log line may reach us a moment after the close).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !s.relay.log_text().contains("does not read its replies") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            s.relay.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And the listener serves others.
+    let mut c = plain(s.relay.smtp[1]).await;
+    assert_eq!(c.cmd("EHLO x").await.0, 250);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_past_the_memory_bound_get_a_temporary_refusal() {
     let s = setup("data-memory-q").await;

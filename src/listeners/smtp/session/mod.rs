@@ -28,6 +28,10 @@ fn no_memory() -> (u16, String) {
     )
 }
 
+/// Bytes of replies kept for a client's pipelined commands before they are
+/// written, whether or not more commands are buffered.
+const REPLIES_BUFFERED: usize = 4096;
+
 /// Bad commands tolerated before the relay hangs up.
 const MAX_ERRORS: usize = 20;
 
@@ -138,15 +142,27 @@ impl Session {
         self.reply(r.code, &text);
     }
 
+    /// Writes the buffered replies, within `client_timeout`: a client that
+    /// does not read its replies does not hold the session (or a stop) forever.
     async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut BufReader<S>,
     ) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            io.get_mut().write_all(&self.out).await?;
-            io.get_mut().flush().await?;
-            self.out.clear();
+        if self.out.is_empty() {
+            return Ok(());
         }
+        let write = async {
+            io.get_mut().write_all(&self.out).await?;
+            io.get_mut().flush().await
+        };
+        match tokio::time::timeout(self.settings.cfg.client_timeout, write).await {
+            Ok(written) => written?,
+            Err(_) => {
+                tracing::info!(peer = %self.peer, "closing an SMTP session whose client does not read its replies");
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+        }
+        self.out.clear();
         Ok(())
     }
 
@@ -173,8 +189,11 @@ impl Session {
         limit: usize,
         command: bool,
     ) -> Option<Line> {
-        // Pipelined commands still buffered are answered together.
-        if io.buffer().is_empty() && self.flush(io).await.is_err() {
+        // Pipelined commands still buffered are answered together, up to a
+        // bound: a client pipelining without reading does not grow them.
+        if (io.buffer().is_empty() || self.out.len() >= REPLIES_BUFFERED)
+            && self.flush(io).await.is_err()
+        {
             return None;
         }
         let timeout = self.settings.cfg.client_timeout;
