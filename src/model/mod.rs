@@ -1,6 +1,7 @@
 //! The types every layer shares and none owns: messages, queue names, and the
 //! serde configuration that policies, listeners and the engine read.
 
+pub mod address;
 pub mod config;
 pub mod digest;
 pub mod headers;

@@ -1,6 +1,7 @@
 //! The operator side: the AmqpRoute type and what it renders to.
 
 pub mod crd;
+pub mod credentials;
 #[cfg(test)]
 pub mod fake_api;
 pub mod leader;

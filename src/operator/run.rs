@@ -83,6 +83,10 @@ pub struct OperatorArgs {
         value_delimiter = ','
     )]
     pub shared_rabbitmq_cluster_namespaces: Vec<String>,
+    /// Credentials Secrets to create (in --namespace) when missing, with a
+    /// random password: SECRET:USERNAME, comma-separated.
+    #[arg(long, env = "AMQP_RELAY_ENSURE_CREDENTIALS", value_delimiter = ',')]
+    pub ensure_credentials: Vec<String>,
     /// Namespaces whose routes' logEvents take the log records of every
     /// queue (the platform team's); other routes take only their own queues'.
     #[arg(
@@ -321,6 +325,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         secret_stores.push(watch_into(secrets, credential_secrets(), changed.clone()));
     }
 
+    let wanted = super::credentials::parse(&args.ensure_credentials).map_err(anyhow::Error::msg)?;
+    if !wanted.is_empty() {
+        // Relay pods mount them: they wait until these exist.
+        super::credentials::ensure(&client, &namespace, &wanted)
+            .await
+            .context("creating the relay's credentials Secrets")?;
+    }
     let metrics = Arc::new(Metrics::new());
     let (ready_tx, ready_rx) = watch::channel(false);
     serve_http(&args.listen, metrics.clone(), ready_rx).await?;

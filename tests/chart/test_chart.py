@@ -314,16 +314,21 @@ def test_dockerfile_builds_like_the_tests_and_runs_as_non_root():
 def test_default_install_is_closed():
     docs = render({})
     env = {e["name"]: e.get("value") for e in one(docs, "StatefulSet", "-relay")["spec"]["template"]["spec"]["containers"][0]["env"]}
-    # Loopback only is trusted; everyone else authenticates.
-    assert env["AMQP_RELAY_TRUSTED_HOSTS"] == "127.0.0.1/32,::1/128"
-    assert env["AMQP_RELAY_SMTP_RELAY_HOSTS"] == "127.0.0.1/32,::1/128"
+    # No address is trusted, loopback included (port-forwards arrive from it).
+    assert env["AMQP_RELAY_TRUSTED_HOSTS"] == ""
+    assert env["AMQP_RELAY_SMTP_RELAY_HOSTS"] == ""
     assert env["AMQP_RELAY_AUTH_DIR"] == "/etc/amqp-relay/auth"
-    # Credentials: Secrets the chart makes, mounted whole, with a password.
-    for which in ("inject", "admin"):
-        secret = one(docs, "Secret", f"-{which}-credentials")
-        assert secret["stringData"]["username"] == which
-        assert len(secret["stringData"]["password"]) == 32
-        assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # Credentials: created by the operator when missing, never by a render
+    # (a render-time password would rotate with every helm template).
+    assert not by_kind(docs, "Secret"), [d["metadata"]["name"] for d in by_kind(docs, "Secret")]
+    op_env = {e["name"]: e.get("value") for e in one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert op_env["AMQP_RELAY_ENSURE_CREDENTIALS"] == \
+        "edge-amqp-relay-inject-credentials:inject,edge-amqp-relay-admin-credentials:admin"
+    get_rule = next(r for r in one(docs, "Role", "-operator")["rules"]
+                    if r["resources"] == ["secrets"] and r["verbs"] == ["get"])
+    assert get_rule["resourceNames"] == ["edge-amqp-relay-inject-credentials", "edge-amqp-relay-admin-credentials"]
+    # Two renders are the same: nothing random in them.
+    assert render({}) == docs
     spec = one(docs, "StatefulSet", "-relay")["spec"]["template"]["spec"]
     vols = {v["name"]: v for v in spec["volumes"]}
     assert vols["inject-credentials"]["secret"]["secretName"] == "edge-amqp-relay-inject-credentials"
@@ -349,6 +354,8 @@ def test_named_credentials_and_ownership_rules_render():
     assert vols["inject-credentials"]["secret"]["secretName"] == "my-inject"
     env = {e["name"]: e.get("value") for e in one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert json.loads(env["AMQP_RELAY_DOMAIN_OWNERSHIP"]) == {"team-a": ["a.example", "*.a.example"]}
+    # The operator creates only the Secret the user did not name.
+    assert env["AMQP_RELAY_ENSURE_CREDENTIALS"] == "edge-amqp-relay-admin-credentials:admin"
 
 
 def notes(values):
@@ -420,6 +427,25 @@ def test_base_policy_lets_only_the_mounted_credentials_in():
         finally:
             relay.terminate()
             relay.wait(timeout=30)
+
+
+def test_base_policy_refuses_one_user_name_for_both_credentials():
+    """Equal user names would let the inject password administer: the relay
+    does not start, and the chart does not render, saying why."""
+    with tempfile.TemporaryDirectory() as d:
+        for which, pw in (("inject", "in-pw"), ("admin", "ad-pw")):
+            pathlib.Path(d, "auth", which).mkdir(parents=True)
+            pathlib.Path(d, "auth", which, "username").write_text("ops")
+            pathlib.Path(d, "auth", which, "password").write_text(pw)
+        env = dict(os.environ, AMQP_RELAY_HTTP_LISTEN=f"127.0.0.1:{free_port()}", AMQP_RELAY_TRUSTED_HOSTS="",
+                   AMQP_RELAY_AUTH_DIR=str(pathlib.Path(d, "auth")), AMQP_RELAY_SPOOL=str(pathlib.Path(d, "spool")),
+                   AMQP_RELAY_ROUTES_DIR="/nonexistent", RUST_LOG="warn")
+        run = subprocess.run([str(BIN), "relay", "--policy", str(CHART / "files" / "policy.lua")], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode != 0
+        assert "same user name (ops)" in run.stderr, run.stderr
+    with pytest.raises(Exception, match="different user names"):
+        render({"auth": {"inject": {"username": "ops"}, "admin": {"username": "ops"}}})
 
 
 CHECKOV_SKIPS = ROOT / "tests" / "chart" / "checkov-skips.yaml"

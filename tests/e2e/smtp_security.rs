@@ -294,11 +294,20 @@ async fn auth_plain_and_login_over_tls_let_a_client_relay() {
     let (code, text) = c.cmd("RCPT TO:<x@amqp>").await;
     assert_eq!(code, 550, "{text}");
     assert_eq!(c.cmd("RSET").await.0, 250);
-    // Wrong password, a failing policy, then the right one.
-    let (code, _) = c
-        .cmd(&format!("AUTH PLAIN {}", b64("\0daniel\0lion")))
-        .await;
-    assert_eq!(code, 535);
+    // Wrong passwords (each answered more slowly), a failing policy, then the right one.
+    let mut pauses = Vec::new();
+    for _ in 0..2 {
+        let t = std::time::Instant::now();
+        let (code, _) = c
+            .cmd(&format!("AUTH PLAIN {}", b64("\0daniel\0lion")))
+            .await;
+        assert_eq!(code, 535);
+        pauses.push(t.elapsed());
+    }
+    assert!(
+        pauses[0] >= Duration::from_secs(1) && pauses[1] >= Duration::from_secs(2),
+        "failed AUTH answered after {pauses:?}"
+    );
     let (code, _) = c.cmd(&format!("AUTH PLAIN {}", b64("\0boom\0x"))).await;
     assert_eq!(code, 454, "an error in the policy is temporary");
     let (code, _) = c.cmd("AUTH PLAIN").await;

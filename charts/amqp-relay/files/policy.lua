@@ -35,13 +35,25 @@ local function credential(which)
   return (string.gsub(user, '%s+$', '')), pass
 end
 
-local function matches(which, user, password)
-  local want_user, want_password = credential(which)
-  return want_user ~= nil and password ~= '' and user == want_user and password == want_password
+-- Compared as digests: the time a comparison takes says nothing of how
+-- much of the password was right.
+local function same(a, b)
+  return kumo.digest.sha256(a).hex == kumo.digest.sha256(b).hex
 end
 
+local function matches(which, user, password)
+  local want_user, want_password = credential(which)
+  return want_user ~= nil and password ~= '' and user == want_user and same(password, want_password)
+end
+
+-- A user name is either the admin's or the injector's, never both: each
+-- password unlocks only its own role.
 kumo.on('http_server_validate_auth_basic', function(user, password)
-  return matches('inject', user, password) or matches('admin', user, password)
+  local admin_user = credential 'admin'
+  if user == admin_user then
+    return matches('admin', user, password)
+  end
+  return matches('inject', user, password)
 end)
 
 kumo.on('smtp_server_auth_plain', function(authz, authc, password, conn_meta)
@@ -51,6 +63,11 @@ end)
 kumo.on('init', function()
   kumo.define_spool { name = 'data', path = env('AMQP_RELAY_SPOOL', '/var/spool/amqp-relay') }
   local admin_user = credential 'admin'
+  local inject_user = credential 'inject'
+  if admin_user ~= nil and admin_user == inject_user then
+    error('the inject and admin credentials have the same user name (' .. admin_user
+      .. '): give them different names, or the inject password would administer', 0)
+  end
   kumo.start_http_listener {
     listen = env('AMQP_RELAY_HTTP_LISTEN', '0.0.0.0:8000'),
     trusted_hosts = list 'AMQP_RELAY_TRUSTED_HOSTS',

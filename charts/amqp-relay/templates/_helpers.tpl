@@ -59,3 +59,15 @@ capabilities:
 {{- $cfg := index .root.Values.auth .which -}}
 {{- $cfg.existingSecret | default (printf "%s-%s-credentials" (include "amqp-relay.fullname" .root) .which) -}}
 {{- end }}
+
+{{- /* SECRET:USERNAME of the credentials the operator creates when missing. */ -}}
+{{- define "amqp-relay.ensuredCredentials" -}}
+{{- $out := list -}}
+{{- range $which := list "inject" "admin" -}}
+{{- $cfg := index $.Values.auth $which -}}
+{{- if not $cfg.existingSecret -}}
+{{- $out = append $out (printf "%s-%s-credentials:%s" (include "amqp-relay.fullname" $) $which $cfg.username) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $out -}}
+{{- end }}

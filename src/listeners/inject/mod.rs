@@ -178,6 +178,17 @@ fn check(req: &Request) -> Result<(Dialect, bool), InjectError> {
     if req.recipients.is_empty() {
         return invalid("recipients: at least one recipient is required".into());
     }
+    // As over SMTP: the null sender, or an address.
+    if !req.envelope_sender.is_empty()
+        && let Err(why) = crate::model::address::check(&req.envelope_sender)
+    {
+        return invalid(format!("envelope_sender {:?}: {why}", req.envelope_sender));
+    }
+    for (i, r) in req.recipients.iter().enumerate() {
+        if let Err(why) = crate::model::address::check(&r.email) {
+            return invalid(format!("recipients[{i}].email {:?}: {why}", r.email));
+        }
+    }
     if req.deferred_spool {
         return invalid(
             "deferred_spool: true is not provided; every message is spooled before the reply"
@@ -346,6 +357,8 @@ mod tests {
             (br#"{"envelope_sender":"a@b","content":{"text_body":"x","headers":{"Bad Name":"v"}},"recipients":[{"email":"r@x"}]}"#, "content.headers: \"Bad Name\" is not a valid header name"),
             (br#"{"envelope_sender":"a@b","content":{"text_body":"x","body":"y"},"recipients":[{"email":"r@x"}]}"#, "content.body: unknown field `body`"),
             (br#"{"envelope_sender":"a@b","content":"x","recipients":[]}"#, "at least one"),
+            (br#"{"envelope_sender":"a@b\r\nX-Evil: 1","content":"x","recipients":[{"email":"r@x"}]}"#, "envelope_sender \"a@b\\r\\nX-Evil: 1\": an address must be"),
+            (br#"{"envelope_sender":"a@b","content":"x","recipients":[{"email":"r@x"},{"email":"no-at"}]}"#, "recipients[1].email \"no-at\""),
             (br#"{"envelope_sender":"a@b","content":"x","recipients":[{"email":"r@x"}],"deferred_spool":true}"#, "deferred_spool"),
             (br#"{"envelope_sender":"a@b","content":"x","recipients":[{"email":"r@x"}],"template_dialect":"Handlebars"}"#, "\"Handlebars\" is not provided"),
             (br#"{"envelope_sender":"a@b","content":"x","recipients":[{"email":"r@x"}],"trace_headers":{}}"#, "X-KumoRef"),

@@ -66,14 +66,7 @@ fn path(s: &str, allow_null: bool) -> Result<(&str, &str), Malformed> {
             Err(SYNTAX)
         };
     }
-    let Some((local, domain)) = addr.rsplit_once('@') else {
-        return Err(Malformed {
-            code: 553,
-            text: "5.1.3 address must be of the form local@domain",
-        });
-    };
-    let bad = |c: char| c.is_control() || c == ' ' || c == '<' || c == '>';
-    if local.is_empty() || domain.is_empty() || addr.chars().any(bad) {
+    if crate::model::address::check(addr).is_err() {
         return Err(Malformed {
             code: 553,
             text: "5.1.3 address must be of the form local@domain",

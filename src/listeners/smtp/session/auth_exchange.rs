@@ -6,7 +6,11 @@ use super::super::auth::{self, BadAuth};
 use super::super::lines::Line;
 use super::{Flow, Session};
 use crate::policy::AuthVerdict;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+
+/// The pause before answering a failed AUTH, times the session's failures.
+const AUTH_FAILURE_PAUSE: Duration = Duration::from_secs(1);
 
 impl Session {
     /// AUTH PLAIN (RFC 4616) or LOGIN, checked by `smtp_server_auth_plain`.
@@ -61,6 +65,13 @@ impl Session {
                 Flow::Continue
             }
             Ok(AuthVerdict::Deny | AuthVerdict::NoHandler) => {
+                // Each failure costs the client a second more (up to five)
+                // and counts toward the session's error limit: guessing
+                // passwords through one connection is slow and short.
+                self.auth_failures += 1;
+                let pause = AUTH_FAILURE_PAUSE * self.auth_failures.min(5);
+                tracing::info!(peer = %self.peer, failures = self.auth_failures, "SMTP AUTH failed");
+                tokio::time::sleep(pause).await;
                 self.bad_command(io, 535, "5.7.8 authentication credentials invalid")
                     .await
             }

@@ -57,6 +57,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, settings: Arc<Settings>, eng
         tx: None,
         messages: 0,
         errors: 0,
+        auth_failures: 0,
         tls: false,
         authenticated: None,
         authz: None,
@@ -119,6 +120,8 @@ struct Session {
     tx: Option<Transaction>,
     messages: usize,
     errors: usize,
+    /// Failed AUTH attempts: each is slower to answer than the last.
+    auth_failures: u32,
     tls: bool,
     /// The identity the client authenticated as (AUTH).
     authenticated: Option<String>,
