@@ -133,8 +133,10 @@ async fn bad_requests_get_400_with_the_reason() {
         .inject_raw(r#"{"envelope_sender": "a@b", "content": "x", "recipients": [{"email": "no-at-sign"}]}"#)
         .await;
     assert_eq!(status, 400);
+    // Checked before anything is built, as SMTP checks RCPT: the request fails.
+    let error = resp["error"].as_str().unwrap();
     assert!(
-        resp["errors"][0].as_str().unwrap().contains("no-at-sign"),
+        error.contains("recipients[0].email \"no-at-sign\"") && error.contains("local@domain"),
         "{resp}"
     );
 
