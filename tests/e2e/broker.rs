@@ -123,8 +123,28 @@ impl Broker {
         self.path("ca.pem")
     }
 
+    /// `n` nodes of one RabbitMQ cluster, each on leased ports with its own
+    /// data directory, sharing one Erlang cookie; the others joined to the first.
+    pub fn cluster(n: usize) -> Vec<Broker> {
+        let cookie = format!("RELAYTESTCOOKIE{}", std::process::id());
+        let nodes: Vec<Broker> = (0..n)
+            .map(|_| Broker::start_with(Some(lease_port()), false, Some(&cookie)))
+            .collect();
+        for node in &nodes[1..] {
+            node.ctl(&["stop_app"]);
+            node.ctl(&["join_cluster", &nodes[0].node]);
+            node.ctl(&["start_app"]);
+        }
+        nodes
+    }
+
     /// On a leased port, or (None) on 5672, which the shared-broker lock guards.
     fn start_on(lease: Option<(u16, std::fs::File)>, tls: bool) -> Broker {
+        Broker::start_with(lease, tls, None)
+    }
+
+    /// As `start_on`, with the Erlang cookie `cookie` (nodes of one cluster share it).
+    fn start_with(lease: Option<(u16, std::fs::File)>, tls: bool, cookie: Option<&str>) -> Broker {
         ensure_installed();
         let mut leases = Vec::new();
         let port = match lease {
@@ -171,8 +191,19 @@ impl Broker {
         }
         std::fs::write(b.path("rabbitmq.conf"), conf).unwrap();
         std::fs::write(b.path("enabled_plugins"), "[].\n").unwrap();
+        if let Some(cookie) = cookie {
+            use std::os::unix::fs::PermissionsExt;
+            let file = b.path(".erlang.cookie");
+            std::fs::write(&file, cookie).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
+        }
         b.boot();
         b
+    }
+
+    /// The node's name (`name@localhost`).
+    pub fn node_name(&self) -> &str {
+        &self.node
     }
 
     fn path(&self, name: &str) -> PathBuf {

@@ -7,6 +7,7 @@ mod chaos;
 mod control_plane;
 mod disk_full;
 mod durability;
+mod failover;
 mod fake_kube;
 mod graceful;
 mod harness;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 const HOSTILE_KEY: &str = "\"]] os.exit(1) --[[ '); os.execute('touch PWNED') -- \\ end";
 
-fn yaml_str(s: &str) -> String {
+pub fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap() // JSON strings are valid YAML flow scalars
 }
 
@@ -135,7 +135,7 @@ spec:
 }
 
 /// Renders `yaml` as the operator would; returns the policy and the Secret's data.
-fn render_objects(
+pub fn render_objects(
     dir: &std::path::Path,
     yaml: &str,
     secrets_dir: &std::path::Path,
@@ -144,7 +144,7 @@ fn render_objects(
 }
 
 /// Lays a rendered Secret out as the kubelet mounts it.
-fn mount(dir: &std::path::Path, secret: std::collections::BTreeMap<String, Vec<u8>>) {
+pub fn mount(dir: &std::path::Path, secret: std::collections::BTreeMap<String, Vec<u8>>) {
     std::fs::create_dir_all(dir).unwrap();
     for (k, v) in secret {
         std::fs::write(dir.join(k), v).unwrap();
