@@ -129,6 +129,22 @@ impl Default for Metrics {
             "Sources of the routes (policy ConfigMap, routes Secret) served from their mounted copies because the Kubernetes API did not answer",
             m.routes_from_mount.clone(),
         );
+        use crate::policy::broker_metrics as broker;
+        registry.register(
+            "broker_connections_opened",
+            "Connections opened to each broker (climbs during a failover)",
+            broker::CONNECTIONS_OPENED.clone(),
+        );
+        registry.register(
+            "broker_channels_retired",
+            "Channels set aside after the broker rejected a publish on them",
+            broker::CHANNELS_RETIRED.clone(),
+        );
+        registry.register(
+            "broker_nacks",
+            "Publishes the broker rejected (nack)",
+            broker::NACKS.clone(),
+        );
         registry.register(
             "draining",
             "1 while the relay, stopping, delivers what its spool holds and takes nothing new",

@@ -127,6 +127,9 @@ impl AmqpPool {
             .await
             .map_err(|_| format!("connect to {} timed out after {timeout:?}", redact(uri)))?
             .map_err(|e| format!("connect to {}: {e}", redact(uri)))?;
+        super::broker_metrics::CONNECTIONS_OPENED
+            .get_or_create(&super::broker_metrics::label(uri))
+            .inc();
         let conn = Arc::new(conn);
         *guard = Some(conn.clone());
         Ok(conn)
@@ -667,6 +670,10 @@ pub async fn await_confirm(c: PublisherConfirm, timeout: Duration) -> Result<Out
         .map_err(|e| Failure::Failed(format!("waiting for the confirm: {e}")))
 }
 
+/// A client's channel; shared with its confirms, which replace a channel the
+/// broker rejected a publish on.
+type ChannelSlot = Arc<Mutex<Option<Arc<Channel>>>>;
+
 /// `kumo.amqp.build_client(uri)`'s object.
 pub struct Client {
     pool: Arc<AmqpPool>,
@@ -674,7 +681,10 @@ pub struct Client {
     target: Arc<Target>,
     /// Shared with each publish's pending write (lapin's `Channel` is a dozen
     /// `Arc`s: cloning it per message showed in profiles).
-    channel: Mutex<Option<Arc<Channel>>>,
+    channel: ChannelSlot,
+    /// `close()` was called (the slot may also be empty because a rejected
+    /// channel could not be replaced).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 type Writing = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
@@ -689,6 +699,9 @@ pub struct Confirm {
     pending: Mutex<Option<Pending>>,
     pool: Arc<AmqpPool>,
     target: Arc<Target>,
+    /// The client's channel, and the one this publish went on.
+    slot: ChannelSlot,
+    used: Arc<Channel>,
 }
 
 impl Client {
@@ -701,7 +714,8 @@ impl Client {
         Ok(Client {
             pool,
             target: Arc::new(target),
-            channel: Mutex::new(Some(Arc::new(ch))),
+            channel: Arc::new(Mutex::new(Some(Arc::new(ch)))),
+            closed: Default::default(),
         })
     }
 
@@ -718,8 +732,17 @@ impl Client {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .ok_or_else(|| mlua::Error::runtime("amqp client is closed"))?;
-        let mut write = p.start(ch);
+            .ok_or_else(|| {
+                mlua::Error::runtime(if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                    "amqp client is closed".to_string()
+                } else {
+                    format!(
+                        "amqp {}: the broker rejected a publish and no new channel could be opened; build a new client",
+                        redact(&self.target.uri)
+                    )
+                })
+            })?;
+        let mut write = p.start(ch.clone());
         // Poll once now so the frames are queued in call order; `wait()` does the rest.
         let pending = match write.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(Ok(confirm)) => Pending::Written(confirm),
@@ -732,6 +755,8 @@ impl Client {
             pending: Mutex::new(Some(pending)),
             pool: self.pool.clone(),
             target: self.target.clone(),
+            slot: self.channel.clone(),
+            used: ch,
         })
     }
 }
@@ -748,7 +773,36 @@ impl Confirm {
             Pending::Written(c) => c,
             Pending::Writing(write, timeout) => finish_write(write, timeout).await?,
         };
-        await_confirm(confirm, CONFIRM_TIMEOUT).await
+        let outcome = await_confirm(confirm, CONFIRM_TIMEOUT).await?;
+        if outcome.status == "Nack" {
+            self.retire_channel().await;
+        }
+        Ok(outcome)
+    }
+
+    /// The broker rejected a publish on this channel: right after a failover
+    /// (a quorum queue's leader moving) it goes on rejecting everything sent
+    /// on channels opened then, while a fresh channel is accepted. The
+    /// client's next publish goes on a new channel (once per rejected
+    /// channel, however many of its confirms were rejected).
+    async fn retire_channel(&self) {
+        let label = super::broker_metrics::label(&self.target.uri);
+        super::broker_metrics::NACKS.get_or_create(&label).inc();
+        let current = self.slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if !current.is_some_and(|c| Arc::ptr_eq(&c, &self.used)) {
+            return;
+        }
+        let fresh = self.pool.channel(&self.target, CONNECT_TIMEOUT).await;
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if !slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &self.used)) {
+            return;
+        }
+        super::broker_metrics::CHANNELS_RETIRED
+            .get_or_create(&label)
+            .inc();
+        // A client whose new channel cannot be opened fails its next publish
+        // with that error, and the policy reconnects.
+        *slot = fresh.ok().map(Arc::new);
     }
 }
 
@@ -781,19 +835,19 @@ impl UserData for Client {
             },
         );
         m.add_method("close", |_, this, ()| {
+            if this.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                return Err(mlua::Error::runtime("amqp client is already closed"));
+            }
             let ch = this
                 .channel
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take();
-            match ch {
-                // The connection is shared; only this client's channel goes back.
-                Some(ch) => {
-                    this.pool.give_back(&this.target, Arc::unwrap_or_clone(ch));
-                    Ok(())
-                }
-                None => Err(mlua::Error::runtime("amqp client is already closed")),
+            // The connection is shared; only this client's channel goes back.
+            if let Some(ch) = ch {
+                this.pool.give_back(&this.target, Arc::unwrap_or_clone(ch));
             }
+            Ok(())
         });
     }
 }

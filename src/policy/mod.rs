@@ -3,6 +3,7 @@
 
 pub mod amqp;
 mod amqp_connect;
+pub mod broker_metrics;
 mod call_limit;
 pub mod conn_meta;
 pub mod delivery;

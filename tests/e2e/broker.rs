@@ -201,10 +201,6 @@ impl Broker {
         b
     }
 
-    /// The node's name (`name@localhost`).
-    pub fn node_name(&self) -> &str {
-        &self.node
-    }
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -309,6 +305,23 @@ impl Broker {
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Runs `rabbitmqctl` against this node and returns what it printed.
+    pub fn ctl_output(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(CTL);
+        self.env(&mut cmd);
+        let out = cmd
+            .args(["-n", &self.node, "-q"])
+            .args(args)
+            .output()
+            .expect("run rabbitmqctl");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs `rabbitmqctl` against this node; panics with its output on failure.

@@ -160,7 +160,10 @@ kumo.on('amqp-relay.route', function(domain, tenant, campaign)
     return confirm
   end
 
-  -- nil when the broker took the message; else the reject code and text.
+  -- nil when the broker took the message; else the reject code and text,
+  -- and whether trying again at once may help (a nack the route retries: the
+  -- broker refusing for now, as right after a failover; a returned message
+  -- is a routing answer, not a moment's trouble).
   local function verdict(result)
     if result.status == 'Ack' and result.reply_code == nil then
       return nil
@@ -173,36 +176,95 @@ kumo.on('amqp-relay.route', function(domain, tenant, campaign)
     if how == 'bounce' then
       code = 550
     end
-    return code, kumo.json_encode(result)
+    return code, kumo.json_encode(result), result.reply_code == nil and code == 451
+  end
+
+  -- A nack, or a connection lost mid-publish, is tried again promptly (on a
+  -- fresh channel, or the next node that answers) after each of these
+  -- pauses, well within the send timeout, before the message waits for its
+  -- retry interval (KumoMTA's default: 20 minutes, meant for a broker that
+  -- is down, not one that moved).
+  local PROMPT = { 0.1, 0.25, 0.5, 1, 2, 4 }
+
+  local function reconnect()
+    pcall(client.close, client)
+    client, current = connect(urls, tls, 1, #urls)
+    failback_at = os.time() + r.failback_seconds
+  end
+
+  -- Publishes msgs[i] for each i in todo, then waits for every confirm.
+  -- Returns the indices to try again (nacked, or unconfirmed when the
+  -- connection went), the worst final reject code and text, and the error
+  -- that ended the round early, if one did.
+  local function round(msgs, todo)
+    local again, worst, worst_text = {}, nil, nil
+    local settled = {}
+    local ok, err = pcall(function()
+      local confirms = {}
+      for k, i in ipairs(todo) do
+        confirms[k] = publish(msgs[i])
+      end
+      for k, c in ipairs(confirms) do
+        local code, text, retry = verdict(c:wait())
+        settled[k] = true
+        if retry then
+          again[#again + 1] = todo[k]
+          worst_text = text
+        elseif code and (worst == nil or code < worst) then
+          worst, worst_text = code, text
+        end
+      end
+    end)
+    if not ok then
+      -- What was not confirmed goes again (at-least-once).
+      for k, i in ipairs(todo) do
+        if not settled[k] then
+          again[#again + 1] = i
+        end
+      end
+    end
+    return again, worst, worst_text, (not ok) and err or nil
+  end
+
+  -- One retry makes the batch retry (at-least-once); otherwise one bounce bounces it.
+  local function deliver(msgs)
+    failback()
+    local todo = {}
+    for i = 1, #msgs do
+      todo[i] = i
+    end
+    local tries = 0
+    while true do
+      local again, worst, text, err = round(msgs, todo)
+      if #again == 0 then
+        if worst then
+          kumo.reject(worst, text)
+        end
+        return
+      end
+      tries = tries + 1
+      if tries > #PROMPT then
+        if err then
+          error(err, 0)
+        end
+        kumo.reject(451, text)
+      end
+      kumo.time.sleep(PROMPT[tries])
+      if err then
+        -- The next attempt says what is wrong if no node answers now.
+        pcall(reconnect)
+      end
+      todo = again
+    end
   end
 
   local sender = {}
   function sender:send(msg)
-    failback()
-    local code, text = verdict(publish(msg):wait())
-    if code then
-      kumo.reject(code, text)
-    end
+    deliver({ msg })
     return '250 Ack'
   end
-  -- Publish the whole batch, then wait for every confirm. One retry makes the
-  -- batch retry (at-least-once); otherwise one bounce bounces it.
   function sender:send_batch(msgs)
-    failback()
-    local confirms = {}
-    for i, msg in ipairs(msgs) do
-      confirms[i] = publish(msg)
-    end
-    local worst, worst_text = nil, nil
-    for _, c in ipairs(confirms) do
-      local code, text = verdict(c:wait())
-      if code and (worst == nil or code < worst) then
-        worst, worst_text = code, text
-      end
-    end
-    if worst then
-      kumo.reject(worst, worst_text)
-    end
+    deliver(msgs)
     return '250 Ack ' .. #msgs
   end
   function sender:close()

@@ -76,12 +76,24 @@ fn stub_lua(policy: &str, confirm: &str) -> Lua {
           amqp = { build_client = function(url, tls)
             if DEAD[url] then error('connect to ' .. url .. ' refused') end
             BUILD_TLS = tls
+            BUILDS = (BUILDS or 0) + 1
             return { publish = function(self, p)
+              -- A connection that dies after it was built.
+              if LOST and LOST[url] then
+                LOST[url] = nil
+                error('publish failed: connection reset by peer')
+              end
               p.url = url
               table.insert(published, p)
-              return { wait = function() return CONFIRM end }
+              -- CONFIRMS, when set, answers each publish in turn (the last repeats).
+              local answer = CONFIRM
+              if CONFIRMS then
+                answer = CONFIRMS[math.min(#published, #CONFIRMS)]
+              end
+              return { wait = function() return answer end }
             end, close = function() end }
           end },
+          time = { sleep = function(d) SLEPT = (SLEPT or 0) + d end },
         }
         package.loaded.kumo = kumo
         STUB = { handlers = handlers, published = published }
@@ -120,7 +132,13 @@ fn send(lua: &Lua, sender: &Table) -> mlua::Result<String> {
 /// Runs `sender:send` with a stub broker whose confirm is `confirm` (Lua).
 fn send_with_confirm(policy: &str, domain: &str, confirm: &str) -> (Lua, mlua::Result<String>) {
     let lua = stub_lua(policy, confirm);
-    let sender = sender(&lua, domain).unwrap();
+    let resp = send_on(&lua, domain);
+    (lua, resp)
+}
+
+/// A session's `send` of one message on the stubbed policy in `lua`.
+fn send_on(lua: &Lua, domain: &str) -> mlua::Result<String> {
+    let sender = sender(lua, domain).unwrap();
     let msg = lua
         .load(
             "return { get_data = function() return 'body' end, id = function() return 'id1' end }",
@@ -128,8 +146,7 @@ fn send_with_confirm(policy: &str, domain: &str, confirm: &str) -> (Lua, mlua::R
         .eval::<Table>()
         .unwrap();
     let send: mlua::Function = sender.get("send").unwrap();
-    let resp = send.call::<String>((&sender, msg));
-    (lua, resp)
+    send.call::<String>((&sender, msg))
 }
 
 #[test]
@@ -362,6 +379,74 @@ fn nack_and_return_follow_on_nack_and_on_return() {
         let err = resp.unwrap_err().to_string();
         assert!(err.contains(want), "{on_nack}/{on_return} {confirm}: {err}");
     }
+}
+
+#[test]
+fn a_nack_the_route_retries_is_tried_again_promptly_before_it_waits() {
+    let r = simple("ns", "r", "amqp");
+    let out = render(&[r], &[], DEFAULT_SECRETS_DIR);
+    // Nacked twice (a failover's moment), then taken: delivered, not retried later.
+    let lua = stub_lua(&out.policy, "{ status = 'Ack' }");
+    lua.load("CONFIRMS = { { status = 'Nack' }, { status = 'Nack' }, { status = 'Ack' } }")
+        .exec()
+        .unwrap();
+    let resp = send_on(&lua, "amqp");
+    assert_eq!(resp.unwrap(), "250 Ack");
+    let stub: Table = lua.globals().get("STUB").unwrap();
+    assert_eq!(stub.get::<Table>("published").unwrap().raw_len(), 3);
+    assert!((lua.globals().get::<f64>("SLEPT").unwrap() - 0.35).abs() < 1e-9);
+    // Nacked every time: after the last prompt try, a 451 for the retry schedule.
+    let (lua, resp) = send_with_confirm(&out.policy, "amqp", "{ status = 'Nack' }");
+    assert!(resp.unwrap_err().to_string().contains("451"));
+    let stub: Table = lua.globals().get("STUB").unwrap();
+    assert_eq!(
+        stub.get::<Table>("published").unwrap().raw_len(),
+        7,
+        "one try and six prompt ones"
+    );
+    let slept: f64 = lua.globals().get("SLEPT").unwrap();
+    assert!(
+        (slept - 7.85).abs() < 1e-9,
+        "{slept} s, well within the 60 s send timeout"
+    );
+    // A returned message is a routing answer: no prompt retry.
+    let (lua, resp) = send_with_confirm(
+        &out.policy,
+        "amqp",
+        "{ status = 'Ack', reply_code = 312, reply_text = 'NO_ROUTE' }",
+    );
+    assert!(resp.is_err());
+    let stub: Table = lua.globals().get("STUB").unwrap();
+    assert_eq!(stub.get::<Table>("published").unwrap().raw_len(), 1);
+}
+
+#[test]
+fn a_connection_lost_mid_publish_moves_to_the_next_node_at_once() {
+    let mut r = simple("ns", "r", "amqp");
+    r.spec.broker.urls = Some(vec!["amqp://a:5672/%2f".into(), "amqp://b:5672/%2f".into()]);
+    r.spec.broker.url = None;
+    let out = render(&[r], &[], DEFAULT_SECRETS_DIR);
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    let lua = stub_lua(&out.policy, "{ status = 'Ack' }");
+    // The first node's connection dies with the publish; then it refuses.
+    lua.load("LOST = { ['amqp://a:5672/%2f'] = true }")
+        .exec()
+        .unwrap();
+    let sender = sender(&lua, "amqp").unwrap();
+    lua.load("DEAD['amqp://a:5672/%2f'] = true").exec().unwrap();
+    let msg = lua
+        .load(
+            "return { get_data = function() return 'body' end, id = function() return 'id1' end }",
+        )
+        .eval::<Table>()
+        .unwrap();
+    let send: mlua::Function = sender.get("send").unwrap();
+    assert_eq!(send.call::<String>((&sender, msg)).unwrap(), "250 Ack");
+    let stub: Table = lua.globals().get("STUB").unwrap();
+    let published: Table = stub.get("published").unwrap();
+    assert_eq!(published.raw_len(), 1);
+    let first: Table = published.get(1).unwrap();
+    assert_eq!(first.get::<String>("url").unwrap(), "amqp://b:5672/%2f");
 }
 
 #[test]
