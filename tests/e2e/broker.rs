@@ -201,7 +201,6 @@ impl Broker {
         b
     }
 
-
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

@@ -15,12 +15,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The rendered route over `urls`, no delivery settings (the defaults).
-fn route(dir: &std::path::Path, urls: &[String], queue: &str) -> std::path::PathBuf {
+/// The rendered route over `urls` publishing to `exchange` with routing key
+/// `key`, no delivery settings (the defaults).
+fn route(dir: &std::path::Path, urls: &[String], exchange: &str, key: &str) -> std::path::PathBuf {
     let list: Vec<String> = urls.iter().map(|u| yaml_str(u)).collect();
     let yaml = format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: rabbit-user, namespace: team}}\nstringData: {{username: guest, password: guest}}\n---\n\
-         apiVersion: amqprelay.io/v1alpha1\nkind: AmqpRoute\nmetadata: {{name: cluster, namespace: team}}\nspec:\n  match: {{domain: amqp}}\n  broker:\n    urls: [{}]\n    credentialsSecretRef: {{name: rabbit-user}}\n  publish: {{routingKey: {queue}}}\n",
+         apiVersion: amqprelay.io/v1alpha1\nkind: AmqpRoute\nmetadata: {{name: cluster, namespace: team}}\nspec:\n  match: {{domain: amqp}}\n  broker:\n    urls: [{}]\n    credentialsSecretRef: {{name: rabbit-user}}\n  publish: {{exchange: {exchange:?}, routingKey: {key}}}\n",
         list.join(", ")
     );
     let secrets_dir = dir.join("secrets");
@@ -56,12 +57,41 @@ async fn a_killed_cluster_node_fails_over_in_seconds_with_the_default_retry_inte
     );
     // Declared on the first node: the queue's leader is there, where the relay connects.
     declare_queue(&first, "fo-quorum", quorum).await;
+    let mut stream_q = FieldTable::default();
+    stream_q.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    declare_queue(&first, "fo-stream", stream_q).await;
+    let ch = first.create_channel().await.unwrap();
+    ch.exchange_declare(
+        "fo-fanout".into(),
+        lapin::ExchangeKind::Fanout,
+        lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    for q in ["fo-quorum", "fo-stream"] {
+        ch.queue_bind(
+            q.into(),
+            "fo-fanout".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
     let urls: Vec<String> = nodes
         .iter()
         .map(|n| format!("amqp://127.0.0.1:{}/%2f", n.port))
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let policy = route(dir.path(), &urls, "fo-quorum");
+    let policy = route(dir.path(), &urls, "fo-fanout", "fo");
     let relay = Relay::start(&policy, &dir.path().join("spool"));
     let http = Arc::new(Mutex::new(relay.http.to_string()));
     let stream = Stream::start(http, "fo", 10);
@@ -87,6 +117,16 @@ async fn a_killed_cluster_node_fails_over_in_seconds_with_the_default_retry_inte
     let survivor = nodes[1].connect().await;
     let (lost, duplicates, delivered_after) =
         collect(&survivor, "fo-quorum", &acked, killed_at).await;
+    let (stream_lost, stream_dups) = read_stream(&survivor, "fo-stream", &acked).await;
+    eprintln!(
+        "stream: {} lost, {stream_dups} duplicates",
+        stream_lost.len()
+    );
+    assert!(
+        stream_lost.is_empty(),
+        "{} acknowledged but not in the stream",
+        stream_lost.len()
+    );
     let nacks = relay.metric("amqp_relay_broker_nacks_total").await;
     let retired = relay
         .metric("amqp_relay_broker_channels_retired_total")
@@ -187,6 +227,47 @@ async fn collect(
     (lost, duplicates, after)
 }
 
+/// Reads a stream from its first offset until every one of `acked` was seen
+/// (or a minute passed); the ones never seen and the duplicates.
+async fn read_stream(
+    conn: &lapin::Connection,
+    queue: &str,
+    acked: &[String],
+) -> (Vec<String>, usize) {
+    use futures_util::StreamExt;
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(1000, Default::default()).await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = ch
+        .basic_consume(queue.into(), "".into(), Default::default(), args)
+        .await
+        .unwrap();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acked.iter().any(|a| !seen.contains_key(a)) {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(d))) => {
+                d.acker.ack(Default::default()).await.unwrap();
+                *seen
+                    .entry(String::from_utf8(d.data.clone()).unwrap())
+                    .or_default() += 1;
+            }
+            _ => break,
+        }
+    }
+    let _ = ch.close(200, "done".into()).await;
+    let lost = acked
+        .iter()
+        .filter(|a| !seen.contains_key(*a))
+        .cloned()
+        .collect();
+    (lost, seen.values().map(|n| n - 1).sum())
+}
+
 /// A real broker's nack (a full queue that rejects publishes) is tried again
 /// promptly on a fresh channel: once room is made, the message goes out in
 /// seconds, not after the route's default retry interval.
@@ -205,6 +286,7 @@ async fn a_nacked_publish_is_retried_promptly_on_a_fresh_channel() {
     let policy = route(
         dir.path(),
         &[format!("amqp://127.0.0.1:{}/%2f", broker.port)],
+        "",
         "fo-full",
     );
     let relay = Relay::start(&policy, &dir.path().join("spool"));

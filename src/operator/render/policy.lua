@@ -184,7 +184,7 @@ kumo.on('amqp-relay.route', function(domain, tenant, campaign)
   -- pauses, well within the send timeout, before the message waits for its
   -- retry interval (KumoMTA's default: 20 minutes, meant for a broker that
   -- is down, not one that moved).
-  local PROMPT = { 0.1, 0.25, 0.5, 1, 2, 4 }
+  local PROMPT = { 0.1, 0.25, 0.5, 1, 2, 4, 8 }
 
   local function reconnect()
     pcall(client.close, client)
