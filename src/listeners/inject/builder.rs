@@ -142,7 +142,10 @@ impl Builder {
 
 fn check_address(at: &str, m: &Mailbox) -> Result<(), InjectError> {
     let bad = |s: &str| s.contains(['\r', '\n']);
-    if !m.email.contains('@') || bad(&m.email) || m.name.as_deref().is_some_and(bad) {
+    // A templated address is checked once rendered, per recipient.
+    let templated = m.email.contains("{{") || m.email.contains("{%");
+    if (!m.email.contains('@') && !templated) || bad(&m.email) || m.name.as_deref().is_some_and(bad)
+    {
         return Err(invalid(format!(
             "{at}: {:?} is not an address (user@domain, a name without line breaks)",
             m.email
@@ -153,7 +156,12 @@ fn check_address(at: &str, m: &Mailbox) -> Result<(), InjectError> {
 
 /// The request's templates, compiled once.
 pub struct Compiled<'e, 's> {
-    builder: &'s Builder,
+    /// `from` and `reply_to`, templated as KumoMTA templates them: name and address.
+    from: Option<(Option<Piece<'e, 's>>, Piece<'e, 's>)>,
+    reply_to: Option<(Option<Piece<'e, 's>>, Piece<'e, 's>)>,
+    /// The request gives its own `To:` header: the recipient's is left out
+    /// (KumoMTA's `test_builder_to_header`).
+    own_to: bool,
     text: Option<Piece<'e, 's>>,
     html: Option<Piece<'e, 's>>,
     amp: Option<Piece<'e, 's>>,
@@ -182,8 +190,24 @@ pub fn compile<'e, 's>(
             Ok((name.as_str(), t))
         })
         .collect::<Result<_, InjectError>>()?;
+    let mailbox = |field: &'static str, m: &'s Option<Mailbox>| {
+        m.as_ref()
+            .map(|m| {
+                let name = m
+                    .name
+                    .as_deref()
+                    .map(|n| template::compile(env, field, n, &format!("content.{field}.name")))
+                    .transpose()?;
+                let email =
+                    template::compile(env, field, &m.email, &format!("content.{field}.email"))?;
+                Ok::<_, InjectError>((name, email))
+            })
+            .transpose()
+    };
     Ok(Compiled {
-        builder,
+        from: mailbox("from", &builder.from)?,
+        reply_to: mailbox("reply_to", &builder.reply_to)?,
+        own_to: builder.headers.keys().any(|h| h.eq_ignore_ascii_case("to")),
         text: one("text_body", &builder.text_body)?,
         html: one("html_body.html", &builder.html_body)?,
         amp: one("amp_html_body.html", &builder.amp_html_body)?,
@@ -215,12 +239,16 @@ impl Compiled<'_, '_> {
             uuid::Uuid::new_v4().simple(),
             self.domain
         ));
-        if let Some(f) = &self.builder.from {
-            msg = msg.from(address(f.name.as_deref(), &f.email));
+        if let Some(pieces) = &self.from {
+            let (n, e) = render_mailbox(pieces, vars, "from", email, &mut budget)?;
+            msg = msg.from(address_owned(n, e));
         }
-        msg = msg.to(address(name, email));
-        if let Some(r) = &self.builder.reply_to {
-            msg = msg.reply_to(address(r.name.as_deref(), &r.email));
+        if !self.own_to {
+            msg = msg.to(address(name, email));
+        }
+        if let Some(pieces) = &self.reply_to {
+            let (n, e) = render_mailbox(pieces, vars, "reply_to", email, &mut budget)?;
+            msg = msg.reply_to(address_owned(n, e));
         }
         for (header, t) in &self.headers {
             let field = format!("content.headers.{header}");
@@ -270,6 +298,39 @@ impl Compiled<'_, '_> {
             body = MimePart::new("multipart/mixed", mixed);
         }
         body
+    }
+}
+
+/// A templated mailbox rendered for one recipient, its address checked.
+fn render_mailbox(
+    (name, addr): &(Option<Piece>, Piece),
+    vars: &minijinja::Value,
+    field: &str,
+    email: &str,
+    budget: &mut usize,
+) -> Result<(Option<String>, String), InjectError> {
+    let name = name
+        .as_ref()
+        .map(|t| template::render(t, vars, &format!("content.{field}.name"), email, budget))
+        .transpose()?;
+    let at = format!("content.{field}.email");
+    let addr = template::render(addr, vars, &at, email, budget)?;
+    let bad_name = name.as_deref().is_some_and(|n| n.contains(['\r', '\n']));
+    if crate::model::address::check(&addr).is_err() || bad_name {
+        return Err(InjectError::Template(format!(
+            "content.{field} for {email}: {addr:?} is not an address (user@domain, a name without line breaks)"
+        )));
+    }
+    Ok((name, addr))
+}
+
+fn address_owned(
+    name: Option<String>,
+    email: String,
+) -> mail_builder::headers::address::Address<'static> {
+    match name {
+        Some(n) => (n, email).into(),
+        None => email.into(),
     }
 }
 

@@ -660,4 +660,81 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    fn headers_named<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+        let head = msg.split("\r\n\r\n").next().unwrap();
+        head.split("\r\n")
+            .filter_map(|l| {
+                l.split_once(": ")
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v)
+            })
+            .collect()
+    }
+
+    /// KumoMTA's docs (reference/http/kumod/schemas/Recipient): `to_header` is
+    /// predefined, e.g. "John Smith" <john.smith@mailbox-example.com> (2026.04.09).
+    #[test]
+    fn to_header_is_predefined_for_templates() {
+        let body = serde_json::json!({
+            "envelope_sender": "noreply@example.com",
+            "content": "To: {{ to_header }}\r\nSubject: hi\r\n\r\nHello {{ name }}",
+            "recipients": [{"email": "john.smith@mailbox-example.com", "name": "John Smith"}],
+        });
+        let inj = parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            headers_named(text(&inj.recipients[0]), "To"),
+            ["\"John Smith\" <john.smith@mailbox-example.com>"]
+        );
+    }
+
+    /// KumoMTA's `test_builder_to_header` (2026.03.04): a `To` among the
+    /// builder's headers is the only `To:`; from, reply_to and subject are
+    /// templated like the other headers.
+    #[test]
+    fn the_builders_own_to_replaces_the_recipients_and_from_and_reply_to_are_templated() {
+        let body = serde_json::json!({
+            "envelope_sender": "noreply@acme.example",
+            "substitutions": {"company": "Acme", "domain": "acme.example"},
+            "content": {
+                "text_body": "hi",
+                "subject": "{{ company }} invoice",
+                "from": {"name": "{{ company }} Billing", "email": "billing@{{ domain }}"},
+                "reply_to": {"email": "support@{{ domain }}"},
+                "headers": {"To": "team@sender.example"}
+            },
+            "recipients": [{"email": "ann@example.com", "name": "Ann Lee"}],
+        });
+        let inj = parse(body.to_string().as_bytes()).unwrap();
+        let msg = text(&inj.recipients[0]);
+        assert_eq!(headers_named(msg, "To"), ["team@sender.example"], "{msg}");
+        assert_eq!(
+            headers_named(msg, "From"),
+            ["\"Acme Billing\" <billing@acme.example>"],
+            "{msg}"
+        );
+        assert_eq!(
+            headers_named(msg, "Reply-To"),
+            ["<support@acme.example>"],
+            "{msg}"
+        );
+        assert_eq!(headers_named(msg, "Subject"), ["Acme invoice"], "{msg}");
+        // Without its own To, the recipient is the To.
+        let mut plain = body.clone();
+        plain["content"]["headers"] = serde_json::json!({});
+        let inj = parse(plain.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            headers_named(text(&inj.recipients[0]), "To"),
+            ["\"Ann Lee\" <ann@example.com>"]
+        );
+        // A template that renders no address is a 422 naming the field.
+        let mut bad = body;
+        bad["content"]["from"]["email"] = serde_json::json!("{{ nothing }}");
+        match parse(bad.to_string().as_bytes()).unwrap_err() {
+            InjectError::Template(m) => {
+                assert!(m.contains("content.from for ann@example.com"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -55,7 +55,9 @@ pub fn compile<'e, 's>(
 }
 
 /// The variables for one recipient: the request's substitutions, the
-/// recipient's over them, then `email` and `name`.
+/// recipient's over them, then KumoMTA's predefined `email`, `name` and
+/// `to_header` (the recipient as a `To:` value, e.g. `"John Smith"
+/// <john.smith@example.com>`; KumoMTA 2026.04.09).
 pub fn variables(
     global: &Map<String, Value>,
     own: &Map<String, Value>,
@@ -68,7 +70,22 @@ pub fn variables(
     if let Some(name) = name {
         vars.insert("name".into(), Value::String(name.to_owned()));
     }
+    vars.insert("to_header".into(), Value::String(mailbox(name, email)));
     minijinja::Value::from(minijinja::value::Serde(vars))
+}
+
+/// A mailbox as a header value: the name quoted (RFC 2047-encoded when not
+/// ASCII) before the address in angle brackets, or the bare address.
+pub fn mailbox(name: Option<&str>, email: &str) -> String {
+    use mail_builder::headers::Header;
+    let address: mail_builder::headers::address::Address = match name {
+        Some(n) => (n, email).into(),
+        None => email.into(),
+    };
+    let mut out = Vec::new();
+    address.write_header(&mut out, "To: ".len());
+    let text = String::from_utf8_lossy(&out);
+    text.trim_end_matches("\r\n").to_owned()
 }
 
 /// Renders for one recipient; `budget` is what is left of [`MAX_RENDERED`]
@@ -94,4 +111,29 @@ pub fn render(
     }
     *budget -= text.len();
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mailbox;
+
+    #[test]
+    fn to_header_values_are_what_a_to_header_holds() {
+        // KumoMTA's docs: "John Smith" <john.smith@mailbox-example.com>.
+        assert_eq!(
+            mailbox(Some("John Smith"), "john.smith@mailbox-example.com"),
+            "\"John Smith\" <john.smith@mailbox-example.com>"
+        );
+        assert_eq!(mailbox(None, "a@example.com"), "<a@example.com>");
+        let quoted = mailbox(Some("Lee, \"Ann\""), "ann@example.com");
+        assert!(
+            quoted.ends_with(" <ann@example.com>") && quoted.contains("\\\"Ann\\\""),
+            "{quoted}"
+        );
+        let encoded = mailbox(Some("Zoë"), "zoe@example.com");
+        assert!(
+            encoded.starts_with("=?utf-8?") && !encoded.contains('ë'),
+            "{encoded}"
+        );
+    }
 }
