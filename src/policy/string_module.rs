@@ -104,6 +104,8 @@ pub fn module(lua: &Lua) -> mlua::Result<Table> {
 fn eval_template(name: &str, source: &str, ctx: serde_json::Value) -> Result<String, String> {
     let mut env = minijinja::Environment::new();
     env.set_fuel(Some(TEMPLATE_FUEL));
+    // KumoMTA's templates have minijinja_contrib's filters and globals.
+    minijinja_contrib::add_to_environment(&mut env);
     let err = |e: minijinja::Error| format!("kumo.string.eval_template({name:?}): {e:#}");
     let t = env.template_from_named_str(name, source).map_err(err)?;
     t.render(minijinja::value::Serde(ctx)).map_err(err)

@@ -28,6 +28,9 @@ pub fn environment<'s>() -> Environment<'s> {
         .expect("the default delimiters are valid");
     env.set_syntax(syntax);
     env.set_fuel(Some(TEMPLATE_FUEL));
+    // As KumoMTA: minijinja_contrib's filters and globals, date and time
+    // formatting included (`pluralize`, `datetimeformat`, `now()`, …).
+    minijinja_contrib::add_to_environment(&mut env);
     env
 }
 
@@ -116,6 +119,28 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::mailbox;
+
+    /// KumoMTA's docs (reference/template): "we include additional date/time
+    /// formatting filters and globals via minijinja_contrib".
+    #[test]
+    fn minijinja_contribs_filters_and_globals_are_there() {
+        let env = super::environment();
+        let render = |src: &str| {
+            env.render_str(src, minijinja::context! { n => 2, t => 1_700_000_000 })
+                .unwrap()
+        };
+        assert_eq!(render("{{ n }} item{{ n|pluralize }}"), "2 items");
+        assert_eq!(
+            render("{{ t|datetimeformat(format='iso', tz='UTC') }}"),
+            "2023-11-14T22:13:20+00:00"
+        );
+        assert_eq!(
+            render("{{ t|dateformat(format='%Y-%m-%d', tz='UTC') }}"),
+            "2023-11-14"
+        );
+        assert_eq!(render("{{ 1500|filesizeformat }}"), "1.5 kB");
+        assert!(render("{{ now()|datetimeformat(format='%Y', tz='UTC') }}").starts_with("20"));
+    }
 
     #[test]
     fn to_header_values_are_what_a_to_header_holds() {
