@@ -78,6 +78,8 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,lapin=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour for a person at a terminal; plain text for a log file or a collector.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Not more workers than cores: the relay's own threads (spool writer,
     // broker I/O) are busy under load, and idle workers woken for each
@@ -148,6 +150,13 @@ pub fn main() -> ExitCode {
 async fn check(path: PathBuf) -> anyhow::Result<()> {
     let policy = Policy::load(&path, Arc::new(AmqpPool::default()))?;
     let init = policy.run_init().await?;
+    // What the relay would refuse at start is refused here too.
+    for l in &init.http_listeners {
+        crate::listeners::http::checked(l).map_err(anyhow::Error::msg)?;
+    }
+    for l in &init.esmtp_listeners {
+        crate::listeners::smtp::Settings::new(l.clone()).map_err(anyhow::Error::msg)?;
+    }
     if init.has_init {
         println!(
             "policy {} is valid (init: {} http and {} smtp listener(s), {} log hook(s))",

@@ -55,6 +55,17 @@ fn check_accepts_the_seed_and_names_file_and_line_of_errors() {
     assert!(!ok);
     assert!(text.contains("bogus") && text.contains(":4:"), "{text}");
 
+    // What the relay would refuse at start, check refuses too (it said valid).
+    let no_cert = dir.path().join("no_cert.lua");
+    std::fs::write(&no_cert, "kumo.on('init', function()\n  kumo.start_http_listener { listen = '127.0.0.1:0', use_tls = true }\nend)\n").unwrap();
+    let (ok, text) = check(&no_cert);
+    assert!(!ok, "{text}");
+    assert!(text.contains("use_tls needs tls_certificate"), "{text}");
+    let smtp = dir.path().join("smtp_relay_hosts.lua");
+    std::fs::write(&smtp, "kumo.on('init', function()\n  kumo.start_http_listener { listen = '127.0.0.1:0' }\n  kumo.start_esmtp_listener { listen = '127.0.0.1:0', relay_hosts = { 'not-a-net' } }\nend)\n").unwrap();
+    let (ok, text) = check(&smtp);
+    assert!(!ok && text.contains("relay_hosts"), "{text}");
+
     let twice = dir.path().join("twice.lua");
     std::fs::write(
         &twice,

@@ -113,6 +113,13 @@ async fn a_restart_without_the_route_holds_mail_until_it_returns() {
         .await;
     assert_eq!(relay.metric("amqp_relay_bounced_total").await, 0.0);
     assert_eq!(relay.metric("amqp_relay_spooled_messages").await, 5.0);
+    // Its log (a pipe here, a file or a collector in a pod) is plain text.
+    let log = relay.log_text();
+    assert!(log.contains("holding the spooled messages"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "ANSI colour codes in the log: {log:?}"
+    );
     let summary: serde_json::Value = reqwest::get(relay.url("/api/admin/queue-summary/v1"))
         .await
         .unwrap()

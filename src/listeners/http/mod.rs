@@ -30,6 +30,34 @@ struct AppState {
     requests: Arc<injection::RequestBounds>,
 }
 
+/// What a listener's settings make (trusted networks, TLS), or what is wrong
+/// with them, before anything is bound: `amqp-relay check` says it too.
+pub fn checked(
+    cfg: &HttpListener,
+) -> Result<(Vec<IpNet>, Option<tokio_rustls::TlsAcceptor>), String> {
+    let what = |e: String| format!("http listener {}: {e}", cfg.listen);
+    let trusted = crate::listeners::net::parse_nets(&cfg.trusted_hosts)
+        .map_err(|e| what(format!("trusted_hosts: {e}")))?;
+    let tls = match (cfg.use_tls, &cfg.tls_certificate, &cfg.tls_private_key) {
+        (true, Some(cert), Some(key)) => {
+            Some(crate::listeners::net::tls_acceptor(cert, key).map_err(what)?)
+        }
+        (true, _, _) => {
+            return Err(what(
+                "use_tls needs tls_certificate and tls_private_key (this relay makes no self-signed certificate)"
+                    .into(),
+            ));
+        }
+        (false, None, None) => None,
+        (false, _, _) => {
+            return Err(what(
+                "tls_certificate and tls_private_key are given but use_tls is not true".into(),
+            ));
+        }
+    };
+    Ok((trusted, tls))
+}
+
 /// A listener's routes and what they need, checked before anything is bound.
 pub struct Listener {
     pub cfg: HttpListener,
@@ -39,26 +67,7 @@ pub struct Listener {
 
 impl Listener {
     pub fn new(cfg: HttpListener, engine: Arc<Engine>) -> Result<Listener, String> {
-        let what = |e: String| format!("http listener {}: {e}", cfg.listen);
-        let trusted = crate::listeners::net::parse_nets(&cfg.trusted_hosts)
-            .map_err(|e| what(format!("trusted_hosts: {e}")))?;
-        let tls = match (cfg.use_tls, &cfg.tls_certificate, &cfg.tls_private_key) {
-            (true, Some(cert), Some(key)) => {
-                Some(crate::listeners::net::tls_acceptor(cert, key).map_err(what)?)
-            }
-            (true, _, _) => {
-                return Err(what(
-                    "use_tls needs tls_certificate and tls_private_key (this relay makes no self-signed certificate)"
-                        .into(),
-                ));
-            }
-            (false, None, None) => None,
-            (false, _, _) => {
-                return Err(what(
-                    "tls_certificate and tls_private_key are given but use_tls is not true".into(),
-                ));
-            }
-        };
+        let (trusted, tls) = checked(&cfg)?;
         Ok(Listener {
             state: AppState {
                 engine,
