@@ -303,6 +303,47 @@ async fn unsupported_message_methods_are_refused_at_load_and_named_at_run_time()
     );
 }
 
+/// The batched form of KumoMTA's helper (since 2024.11.08), as Postmastery's
+/// KumoMTA integration guide writes it: batch options beside the name, and a
+/// sender whose method "must be named send_batch when batch_size > 1".
+#[tokio::test]
+async fn log_hooks_helper_takes_kumomtas_batch_options() {
+    let p = load(
+        r#"
+        local log_hooks = require 'policy-extras.log_hooks'
+        kumo.on('init', function() kumo.start_http_listener { listen = '127.0.0.1:0' } end)
+        log_hooks:new {
+          name = 'postmastery-webhook',
+          batch_size = 500,
+          min_batch_size = 100,
+          max_batch_latency = "60s",
+          log_parameters = { meta = { 'from', 'subject' } },
+          constructor = function(domain, tenant, campaign)
+            local connection = {}
+            function connection:send_batch(messages) return '250 ok' end
+            return connection
+          end,
+        }
+        "#,
+    )
+    .unwrap();
+    let q = p
+        .queue_config(&QueueName::new(
+            "postmastery-webhook.log_hook",
+            None,
+            None,
+            None,
+        ))
+        .await
+        .unwrap();
+    let crate::model::config::Protocol::CustomLua(c) = q.protocol else {
+        panic!("custom_lua expected: {:?}", q.protocol);
+    };
+    assert_eq!(c.constructor, "make.postmastery-webhook.log_hook");
+    assert_eq!((c.batch_size, c.min_batch_size), (500, 100));
+    assert_eq!(c.max_batch_latency, std::time::Duration::from_secs(60));
+}
+
 #[tokio::test]
 async fn log_hooks_helper_behaves_as_kumomtas() {
     let p = load(
@@ -344,7 +385,19 @@ async fn log_hooks_helper_behaves_as_kumomtas() {
     for (src, want) in [
         (
             "log_hooks:new { name = 'a', constructor = function() end, filter = function() end }",
-            "log_hooks:new: unknown option 'filter'",
+            "log_hooks:new: option 'filter' is not supported: amqp-relay has no log_hooks filter",
+        ),
+        (
+            "log_hooks:new { name = 'a', constructor = function() end, batch_size = 2, min_batch_size = 5 }",
+            "log_hooks:new: kumo.make_queue_config: min_batch_size must not exceed batch_size",
+        ),
+        (
+            "log_hooks:new { name = 'a', constructor = function() end, batch_size = '10' }",
+            "log_hooks:new: 'batch_size' must be a number, not string",
+        ),
+        (
+            "log_hooks:new { name = 'a', constructor = function() end, url = 'http://x/' }",
+            "log_hooks:new: unknown option 'url'",
         ),
         ("log_hooks:new { name = 'a' }", "'constructor' is required"),
         (
