@@ -5,6 +5,7 @@ use super::log_record::RecordType;
 use super::metrics::QueueLabel;
 use super::spool::SpoolError;
 use crate::model::queue_name::QueueName;
+use crate::model::response::Response;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -111,14 +112,14 @@ impl Engine {
         reason: &str,
     ) -> Result<BounceReport, SpoolError> {
         let mut bounced = BTreeMap::new();
-        let response = format!("551 5.6.0 administratively bounced: {reason}");
+        let response = Response::parse(&format!("551 5.6.0 administratively bounced: {reason}"));
         for q in self.queues().iter().filter(|q| criteria.matches(&q.name)) {
             let msgs = q.take_all_waiting();
             if let Err(e) = self.spool.load_bodies(&msgs).await {
                 tracing::warn!(error = %e, "admin bounce: bodies not readable; log records without headers");
             }
             for m in &msgs {
-                self.log(RecordType::AdminBounce, m, &q.label, &response, None);
+                self.log(RecordType::AdminBounce, m, &q.label, &response);
                 self.finish_bounce(m);
                 self.released(q);
             }
@@ -135,7 +136,7 @@ impl Engine {
             loop {
                 let msgs = self.spool.take_scheduled(&label, BOUNCE_STEP).await?;
                 for m in &msgs {
-                    self.log(RecordType::AdminBounce, m, &label, &response, None);
+                    self.log(RecordType::AdminBounce, m, &label, &response);
                     self.metrics.bounced.inc();
                 }
                 if msgs.is_empty() {

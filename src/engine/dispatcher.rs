@@ -93,7 +93,7 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) {
         let SendResult { outcome, close } = match engine.load_bodies(&msgs).await {
             Ok(()) => session.send(&msgs).await,
             Err(e) => SendResult {
-                outcome: Outcome::Transient(format!("451 4.3.0 cannot read the message: {e}")),
+                outcome: Outcome::transient(&format!("451 4.3.0 cannot read the message: {e}")),
                 close: false,
             },
         };
@@ -120,7 +120,7 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) {
 /// one session after another trying.
 fn start_failed(engine: &Arc<Engine>, q: &Arc<Queue>, mine: Vec<MessageRef>, reason: &str) {
     tracing::warn!(queue = %q.label, %reason, "delivery session could not start");
-    let outcome = Outcome::Transient(format!("451 4.4.0 {reason}"));
+    let outcome = Outcome::transient(&format!("451 4.4.0 {reason}"));
     for m in &mine {
         engine.complete(q, m, outcome.clone());
     }

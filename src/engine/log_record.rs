@@ -1,9 +1,11 @@
 //! Log records in KumoMTA's JSON shape, for local logs and log hooks.
 
 use crate::model::message::Message;
+pub use crate::model::response::{EnhancedCode, Response};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum RecordType {
@@ -24,68 +26,6 @@ impl RecordType {
             RecordType::Bounce => "Bounce",
             RecordType::Expiration => "Expiration",
             RecordType::AdminBounce => "AdminBounce",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Response {
-    pub code: u16,
-    /// The ENHANCEDSTATUSCODE (`2.0.0`) taken out of the text.
-    pub enhanced_code: Option<EnhancedCode>,
-    pub content: String,
-    /// The SMTP verb the response answered; none for AMQP deliveries.
-    pub command: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct EnhancedCode {
-    pub class: u8,
-    pub subject: u16,
-    pub detail: u16,
-}
-
-impl EnhancedCode {
-    fn parse(word: &str) -> Option<EnhancedCode> {
-        let mut parts = word.split('.');
-        let class = parts
-            .next()?
-            .parse()
-            .ok()
-            .filter(|c| matches!(c, 2 | 4 | 5))?;
-        let subject = parts.next()?.parse().ok()?;
-        let detail = parts.next()?.parse().ok()?;
-        parts.next().is_none().then_some(EnhancedCode {
-            class,
-            subject,
-            detail,
-        })
-    }
-}
-
-impl Response {
-    /// Splits `"250 2.0.0 text"` into its code, enhanced code and the rest.
-    pub fn parse(text: &str) -> Response {
-        let code = text.get(..3).and_then(|c| c.parse().ok());
-        let Some(code) = code else {
-            return Response {
-                code: 0,
-                enhanced_code: None,
-                content: text.to_owned(),
-                command: None,
-            };
-        };
-        let rest = text[3..].trim_start();
-        let (first, after) = rest.split_once(' ').unwrap_or((rest, ""));
-        let (enhanced_code, content) = match EnhancedCode::parse(first) {
-            Some(e) => (Some(e), after.trim_start()),
-            None => (None, rest),
-        };
-        Response {
-            code,
-            enhanced_code,
-            content: content.to_owned(),
-            command: None,
         }
     }
 }
@@ -141,13 +81,24 @@ pub struct Event<'a> {
     pub msg: &'a Message,
     pub queue: &'a str,
     pub response: Response,
-    pub delivery_protocol: Option<&'static str>,
+    /// The custom_lua constructor of a delivery attempt: KumoMTA's
+    /// `delivery_protocol` "Lua" and peer "Lua via <constructor>".
+    pub lua_constructor: Option<&'a str>,
 }
 
-/// A record field for field as KumoMTA's `JsonLogRecord` writes it
-/// (times in seconds since the epoch); what a relay to AMQP never has
-/// (peer, TLS, egress source, feedback report) is null, as in KumoMTA for a
-/// record without it.
+/// KumoMTA's `ResolvedAddress`: the peer's name (EHLO name when receiving)
+/// and IP address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResolvedAddress {
+    pub name: String,
+    pub addr: IpAddr,
+}
+
+/// A record in the shape of KumoMTA's `JsonLogRecord`
+/// (`timestamp`/`created` in seconds since the epoch, `event_time`/
+/// `created_time` the same instants in RFC 3339 with their fraction); what a
+/// relay to AMQP never has (TLS, source address, feedback report) is null,
+/// as in KumoMTA for a record without it.
 #[derive(Debug, Serialize)]
 pub struct LogRecord {
     #[serde(rename = "type")]
@@ -160,9 +111,11 @@ pub struct LogRecord {
     pub site: String,
     pub size: u64,
     pub response: Response,
-    pub peer_address: Option<()>,
+    pub peer_address: Option<ResolvedAddress>,
     pub timestamp: u64,
     pub created: u64,
+    pub event_time: String,
+    pub created_time: String,
     pub num_attempts: u32,
     pub bounce_classification: &'static str,
     pub egress_pool: Option<String>,
@@ -208,11 +161,22 @@ impl Event<'_> {
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+            .unwrap_or_default();
         let site = match self.kind {
             RecordType::Reception => String::new(),
             _ => self.queue.to_owned(),
+        };
+        // KumoMTA's custom_lua dispatcher records the "unspecified" pool and
+        // source, and itself as the peer.
+        let lua = self.lua_constructor;
+        let egress = lua.map(|_| "unspecified".to_owned());
+        let peer_address = match (self.kind, lua) {
+            (RecordType::Reception, _) => reception_peer(&env.meta),
+            (_, Some(constructor)) => Some(ResolvedAddress {
+                name: format!("Lua via {constructor}"),
+                addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            }),
+            (_, None) => None,
         };
         LogRecord {
             kind: self.kind,
@@ -223,18 +187,20 @@ impl Event<'_> {
             site,
             size: self.msg.size() as u64,
             response: self.response.clone(),
-            peer_address: None,
-            timestamp: now,
+            peer_address,
+            timestamp: now.as_secs(),
             created: env.created_ms / 1000,
+            event_time: rfc3339(now),
+            created_time: rfc3339(Duration::from_millis(env.created_ms)),
             num_attempts: env.num_attempts,
             bounce_classification: "Uncategorized",
-            egress_pool: None,
-            egress_source: None,
+            egress_pool: egress.clone(),
+            egress_source: egress,
             source_address: None,
             feedback_report: None,
             meta,
             headers,
-            delivery_protocol: self.delivery_protocol,
+            delivery_protocol: lua.map(|_| "Lua"),
             reception_protocol: Some(reception),
             nodeid: node_id(),
             tls_cipher: None,
@@ -244,6 +210,44 @@ impl Event<'_> {
             session_id: None,
         }
     }
+}
+
+/// The submitter, as KumoMTA's listeners record it: the EHLO name (empty
+/// over HTTP) and the peer's IP, from the `received_from` the listener put
+/// in the message's meta.
+fn reception_peer(meta: &Map<String, Value>) -> Option<ResolvedAddress> {
+    let from = meta.get("received_from")?.as_str()?;
+    let addr = from
+        .parse::<SocketAddr>()
+        .map(|s| s.ip())
+        .or_else(|_| from.parse::<IpAddr>())
+        .ok()?;
+    let name = meta
+        .get("ehlo_domain")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    Some(ResolvedAddress { name, addr })
+}
+
+/// An instant since the epoch as chrono's serde writes a `DateTime<Utc>`
+/// (KumoMTA's `event_time`): RFC 3339 in UTC, with 0, 3, 6 or 9 digits of
+/// fraction.
+fn rfc3339(since_epoch: Duration) -> String {
+    let Ok(ts) = jiff::Timestamp::new(
+        since_epoch.as_secs() as i64,
+        since_epoch.subsec_nanos() as i32,
+    ) else {
+        return String::new();
+    };
+    let nanos = since_epoch.subsec_nanos();
+    let digits = match nanos {
+        0 => 0,
+        n if n % 1_000_000 == 0 => 3,
+        n if n % 1_000 == 0 => 6,
+        _ => 9,
+    };
+    format!("{ts:.digits$}")
 }
 
 #[cfg(test)]
@@ -267,7 +271,7 @@ mod tests {
             msg: &m,
             queue: "t@amqp",
             response: Response::parse("250 2.0.0 ok"),
-            delivery_protocol: Some("Lua"),
+            lua_constructor: Some("make.amqp"),
         };
         let r = ev.record(&Selection {
             headers: vec!["Subject".into(), "Missing".into()],
@@ -292,6 +296,22 @@ mod tests {
         assert_eq!(r["size"], m.size());
         assert_eq!(r["site"], "t@amqp");
         assert!(uuid::Uuid::parse_str(r["nodeid"].as_str().unwrap()).is_ok());
+        // KumoMTA's custom_lua dispatcher (lua_deliver.rs): peer "Lua via
+        // <constructor>" at 0.0.0.0, protocol "Lua", the unspecified pool.
+        assert_eq!(
+            r["peer_address"],
+            serde_json::json!({"name": "Lua via make.amqp", "addr": "0.0.0.0"})
+        );
+        assert_eq!(r["delivery_protocol"], "Lua");
+        assert_eq!(r["egress_pool"], "unspecified");
+        assert_eq!(r["egress_source"], "unspecified");
+        // event_time and created_time: the same instants as timestamp and
+        // created, in RFC 3339 with their fraction.
+        for (rfc, secs) in [("event_time", "timestamp"), ("created_time", "created")] {
+            let t: jiff::Timestamp = r[rfc].as_str().unwrap().parse().unwrap();
+            assert_eq!(t.as_second() as u64, r[secs].as_u64().unwrap(), "{rfc}");
+            assert!(r[rfc].as_str().unwrap().ends_with('Z'), "{}", r[rfc]);
+        }
         // Every field of KumoMTA's JsonLogRecord, and no other.
         let mut keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort();
@@ -300,9 +320,11 @@ mod tests {
             [
                 "bounce_classification",
                 "created",
+                "created_time",
                 "delivery_protocol",
                 "egress_pool",
                 "egress_source",
+                "event_time",
                 "feedback_report",
                 "headers",
                 "id",
@@ -334,22 +356,63 @@ mod tests {
         assert_eq!(reception.record(&Selection::default())["site"], "");
     }
 
+    /// KumoMTA's SMTP listener records the EHLO name and the peer's IP as a
+    /// reception's `peer_address` (smtp_server.rs); its HTTP injection an
+    /// empty name (inject_v1.rs); a record without a peer, null.
     #[test]
-    fn responses() {
-        let r = Response::parse("451 4.0.0 later");
-        assert_eq!((r.code, r.content.as_str()), (451, "later"));
+    fn reception_peer_address_as_kumomta() {
+        let reception = |meta: serde_json::Value| {
+            let m = Message::new(
+                "s@x".into(),
+                "r@amqp".into(),
+                meta.as_object().unwrap().clone().into(),
+                Bytes::from_static(b"Subject: hi\r\n\r\nbody"),
+            );
+            Event {
+                kind: RecordType::Reception,
+                msg: &m,
+                queue: "amqp",
+                response: Response::new(250, ""),
+                lua_constructor: None,
+            }
+            .record(&Selection::default())
+        };
+        let smtp = reception(serde_json::json!({
+            "reception_protocol": "ESMTP",
+            "received_from": "192.0.2.7:41000",
+            "ehlo_domain": "mta.sender.example",
+        }));
         assert_eq!(
-            r.enhanced_code,
-            Some(EnhancedCode {
-                class: 4,
-                subject: 0,
-                detail: 0
-            })
+            smtp["peer_address"],
+            serde_json::json!({"name": "mta.sender.example", "addr": "192.0.2.7"})
         );
-        let plain = Response::parse("250 Ack");
-        assert_eq!((plain.enhanced_code, plain.content.as_str()), (None, "Ack"));
-        assert_eq!(Response::parse("oops").code, 0);
-        assert_eq!(Response::parse("550 9.9.9 x").enhanced_code, None);
+        assert_eq!(
+            smtp["response"],
+            serde_json::json!({"code": 250, "enhanced_code": null, "content": "", "command": null})
+        );
+        assert_eq!(smtp["delivery_protocol"], serde_json::Value::Null);
+        assert_eq!(smtp["egress_pool"], serde_json::Value::Null);
+        let http = reception(serde_json::json!({"received_from": "2001:db8::1"}));
+        assert_eq!(
+            http["peer_address"],
+            serde_json::json!({"name": "", "addr": "2001:db8::1"})
+        );
+        assert_eq!(
+            reception(serde_json::json!({}))["peer_address"],
+            serde_json::Value::Null
+        );
+    }
+
+    #[test]
+    fn rfc3339_as_chrono_writes_it() {
+        let s = |secs, nanos| rfc3339(Duration::new(secs, nanos));
+        assert_eq!(s(1_700_000_000, 0), "2023-11-14T22:13:20Z");
+        assert_eq!(s(1_700_000_000, 120_000_000), "2023-11-14T22:13:20.120Z");
+        assert_eq!(s(1_700_000_000, 123_456_000), "2023-11-14T22:13:20.123456Z");
+        assert_eq!(
+            s(1_700_000_000, 123_456_789),
+            "2023-11-14T22:13:20.123456789Z"
+        );
     }
 
     #[test]

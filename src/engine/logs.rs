@@ -334,7 +334,7 @@ mod tests {
             msg,
             queue: "q",
             response: super::super::log_record::Response::parse("250 ok"),
-            delivery_protocol: Some("Lua"),
+            lua_constructor: Some("make.q"),
         }
     }
 

@@ -21,6 +21,7 @@ pub mod throttle;
 use crate::model::config::Protocol;
 use crate::model::message::{BodyBudget, Message, MessageRef, now_ms};
 use crate::model::queue_name::QueueName;
+use crate::model::response::Response;
 use crate::policy::delivery::Outcome;
 use crate::policy::{Policy, PolicyError};
 use log_record::RecordType;
@@ -353,7 +354,8 @@ impl Engine {
         self.metrics.received.inc_by(routed.len() as u64);
         let mut scheduled = false;
         for ((m, q), active) in routed.into_iter().zip(active) {
-            self.log(RecordType::Reception, &m, &q.label, "250 OK", None);
+            // KumoMTA records a reception as a bare 250 with no text.
+            self.log(RecordType::Reception, &m, &q.label, &Response::new(250, ""));
             if active {
                 m.keep_body_within(&self.bodies);
                 self.place(&q, m);
@@ -427,26 +429,20 @@ impl Engine {
         match outcome {
             Outcome::Delivered(resp) => {
                 tracing::debug!(id = %msg.id(), queue = %q.label, response = %resp, "delivered");
-                self.log(RecordType::Delivery, msg, &q.label, &resp, Some("Lua"));
+                self.log_delivery(RecordType::Delivery, q, msg, &resp);
                 self.metrics.delivered.inc();
                 self.spool.remove(msg.id());
                 self.released(q);
             }
             Outcome::Bounced(resp) => {
                 tracing::warn!(id = %msg.id(), queue = %q.label, response = %resp, "bounced");
-                self.log(RecordType::Bounce, msg, &q.label, &resp, Some("Lua"));
+                self.log_delivery(RecordType::Bounce, q, msg, &resp);
                 self.finish_bounce(msg);
                 self.released(q);
             }
             Outcome::Transient(resp) => {
                 self.metrics.transient.inc();
-                self.log(
-                    RecordType::TransientFailure,
-                    msg,
-                    &q.label,
-                    &resp,
-                    Some("Lua"),
-                );
+                self.log_delivery(RecordType::TransientFailure, q, msg, &resp);
                 let settings = q.settings();
                 let delay = settings.config.retry_delay(msg.num_attempts());
                 let next = now_ms() + delay.as_millis() as u64;
@@ -484,27 +480,20 @@ impl Engine {
     }
 
     /// Logs and removes a message past its `max_age`.
-    fn expire(&self, queue: &str, msg: &Message, last: &str) {
+    fn expire(&self, queue: &str, msg: &Message, last: &Response) {
         tracing::warn!(id = %msg.id(), %queue, last_response = %last, "expired: older than max_age");
         self.metrics.expired.inc();
-        self.log(RecordType::Expiration, msg, queue, last, None);
+        self.log(RecordType::Expiration, msg, queue, last);
         self.spool.remove(msg.id());
     }
 
     /// Logs a message already taken off the schedule as expired.
-    fn expired_off_schedule(&self, queue: &str, msg: &Message, why: &str) {
+    fn expired_off_schedule(&self, queue: &str, msg: &Message, why: &Response) {
         self.metrics.expired.inc();
-        self.log(RecordType::Expiration, msg, queue, why, None);
+        self.log(RecordType::Expiration, msg, queue, why);
     }
 
-    fn log(
-        &self,
-        kind: RecordType,
-        msg: &Message,
-        queue: &str,
-        response: &str,
-        via: Option<&'static str>,
-    ) {
+    fn log(&self, kind: RecordType, msg: &Message, queue: &str, response: &Response) {
         if !self.logs.wanted() {
             return;
         }
@@ -512,8 +501,23 @@ impl Engine {
             kind,
             msg,
             queue,
-            response: log_record::Response::parse(response),
-            delivery_protocol: via,
+            response: response.clone(),
+            lua_constructor: None,
+        });
+    }
+
+    /// A record of a custom_lua delivery attempt, naming its constructor.
+    fn log_delivery(&self, kind: RecordType, q: &Queue, msg: &Message, response: &Response) {
+        if !self.logs.wanted() {
+            return;
+        }
+        let settings = q.settings();
+        self.logs.emit(&log_record::Event {
+            kind,
+            msg,
+            queue: &q.label,
+            response: response.clone(),
+            lua_constructor: Some(&settings.custom_lua.constructor),
         });
     }
 

@@ -87,10 +87,10 @@ const EXPIRE_STEP: usize = 1000;
 async fn expire_held(engine: &Arc<Engine>) -> Result<(), super::SpoolError> {
     let cutoff = crate::model::message::now_ms()
         .saturating_sub(engine.limits.held_max_age.as_millis() as u64);
-    let why = format!(
+    let why = crate::model::response::Response::parse(&format!(
         "551 5.4.7 held for longer than {} with no route for its queue",
         humantime::format_duration(engine.limits.held_max_age)
-    );
+    ));
     for label in engine.held.queues() {
         // Routed again since (the verdict was only cleared for a re-check): not ours.
         if engine.known_queue(&label).is_some() {
@@ -225,8 +225,14 @@ async fn page_queue(
     };
     let unused = reserved - paged.messages.len();
     engine.active.fetch_sub(unused, Ordering::AcqRel);
-    for m in &paged.expired {
-        engine.expire(label, m, "message reached max_age while waiting");
+    if !paged.expired.is_empty() {
+        // KumoMTA's expiry response: 551 5.4.7.
+        let why = crate::model::response::Response::parse(
+            "551 5.4.7 message reached max_age while waiting",
+        );
+        for m in &paged.expired {
+            engine.expire(label, m, &why);
+        }
     }
     for m in paged.messages {
         let m = Arc::new(m);

@@ -9,5 +9,6 @@ pub mod listener_config;
 pub mod log_config;
 pub mod message;
 pub mod queue_name;
+pub mod response;
 pub mod spool_report;
 pub mod trace;

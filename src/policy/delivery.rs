@@ -9,16 +9,25 @@ use super::reject::{describe, find_rejection};
 use super::{Policy, PooledState, events};
 use crate::model::message::MessageRef;
 use crate::model::queue_name::QueueName;
+use crate::model::response::Response;
 use mlua::{Function, Table, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How one delivery attempt ended.
+/// How one delivery attempt ended, with the response KumoMTA's custom_lua
+/// path records for it (its `lua_deliver.rs`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Delivered(String),
-    Transient(String),
-    Bounced(String),
+    Delivered(Response),
+    Transient(Response),
+    Bounced(Response),
+}
+
+impl Outcome {
+    /// A temporary failure the relay itself reports (`"451 4.4.0 why"`).
+    pub fn transient(text: &str) -> Outcome {
+        Outcome::Transient(Response::parse(text))
+    }
 }
 
 /// The outcome for the messages of one call; `close` ends the session afterwards.
@@ -132,14 +141,14 @@ impl DeliverySession {
             Err(_) => {
                 self.healthy = false;
                 SendResult {
-                    outcome: Outcome::Transient(format!(
+                    outcome: Outcome::transient(&format!(
                         "421 4.4.2 {method} did not finish within {timeout:?}"
                     )),
                     close: true,
                 }
             }
             Ok(Err(e)) => SendResult {
-                outcome: Outcome::Transient(format!("400 {e}")),
+                outcome: Outcome::transient(&format!("400 {e}")),
                 close: true,
             },
             Ok(Ok(r)) => classify(method, r),
@@ -173,12 +182,13 @@ impl DeliverySession {
 /// Maps what `send` returned (or raised) to an outcome, as KumoMTA does.
 fn classify(method: &str, r: mlua::Result<Value>) -> SendResult {
     match r {
+        // KumoMTA logs a delivery as code 200 with what `send` returned.
         Ok(Value::String(s)) => SendResult {
-            outcome: Outcome::Delivered(s.to_string_lossy()),
+            outcome: Outcome::Delivered(Response::new(200, s.to_string_lossy())),
             close: false,
         },
         Ok(other) => SendResult {
-            outcome: Outcome::Transient(format!(
+            outcome: Outcome::transient(&format!(
                 "400 4.0.0 {method} returned a {} instead of a string",
                 other.type_name()
             )),
@@ -186,15 +196,18 @@ fn classify(method: &str, r: mlua::Result<Value>) -> SendResult {
         },
         Err(e) => match find_rejection(&e) {
             Some(r) if r.is_transient() => SendResult {
-                outcome: Outcome::Transient(format!("{} {}", r.code, r.message)),
+                outcome: Outcome::Transient(Response::new(r.code, r.message)),
                 close: false,
             },
             Some(r) => SendResult {
-                outcome: Outcome::Bounced(format!("{} {}", r.code, r.message)),
+                outcome: Outcome::Bounced(Response::new(r.code, r.message)),
                 close: false,
             },
             None => SendResult {
-                outcome: Outcome::Transient(format!("400 4.0.0 {method} failed: {}", describe(&e))),
+                outcome: Outcome::transient(&format!(
+                    "400 4.0.0 {method} failed: {}",
+                    describe(&e)
+                )),
                 close: true,
             },
         },
@@ -214,11 +227,12 @@ mod tests {
     fn outcome_mapping() {
         let lua = mlua::Lua::new();
         let (o, close) = outcome(Ok(Value::String(lua.create_string("250 ok").unwrap())));
-        assert_eq!(o, Outcome::Delivered("250 ok".into()));
+        // KumoMTA (lua_deliver.rs): code 200, content what send returned.
+        assert_eq!(o, Outcome::Delivered(Response::new(200, "250 ok")));
         assert!(!close);
         let (o, close) = outcome(Ok(Value::Nil));
         assert!(
-            matches!(&o, Outcome::Transient(t) if t.contains("nil")),
+            matches!(&o, Outcome::Transient(t) if t.content.contains("nil")),
             "{o:?}"
         );
         assert!(close);
@@ -229,13 +243,14 @@ mod tests {
             })
         };
         let (o, close) = outcome(Err(reject(451)));
-        assert_eq!(o, Outcome::Transient("451 x".into()));
+        // kumo.reject's code and text, no enhanced code, as KumoMTA records it.
+        assert_eq!(o, Outcome::Transient(Response::new(451, "x")));
         assert!(!close);
         let (o, _) = outcome(Err(reject(500)));
-        assert_eq!(o, Outcome::Bounced("500 x".into()));
+        assert_eq!(o, Outcome::Bounced(Response::new(500, "x")));
         let (o, close) = outcome(Err(mlua::Error::runtime("boom")));
         assert!(
-            matches!(&o, Outcome::Transient(t) if t.contains("boom")),
+            matches!(&o, Outcome::Transient(t) if t.code == 400 && t.content.contains("boom")),
             "{o:?}"
         );
         assert!(close);

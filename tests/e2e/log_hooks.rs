@@ -126,9 +126,37 @@ async fn reception_and_delivery_records_reach_rabbitmq_and_local_logs() {
             assert!(r["timestamp"].is_u64() && r["created"].is_u64() && r["size"].is_u64());
             assert!(r["nodeid"].is_string(), "{r}");
         }
+        // As KumoMTA's custom_lua path logs a delivery (its lua_deliver.rs):
+        // code 200, the text send returned, the Lua peer.
         let delivery = recs.iter().find(|r| r["type"] == "Delivery").unwrap();
-        assert_eq!(delivery["response"]["code"], 250);
+        assert_eq!(delivery["response"]["code"], 200, "{delivery}");
+        assert_eq!(delivery["response"]["content"], "250 mail published");
         assert_eq!(delivery["delivery_protocol"], "Lua");
+        assert_eq!(delivery["peer_address"]["name"], "Lua via make.mail");
+        // And a reception as its SMTP listener does: the EHLO name and the peer.
+        let reception = recs.iter().find(|r| r["type"] == "Reception").unwrap();
+        assert_eq!(reception["response"]["code"], 250);
+        assert_eq!(
+            reception["peer_address"]["addr"], "127.0.0.1",
+            "{reception}"
+        );
+        assert!(
+            !reception["peer_address"]["name"]
+                .as_str()
+                .unwrap()
+                .is_empty()
+        );
+        for r in recs {
+            let t: jiff::Timestamp = r["event_time"].as_str().unwrap().parse().unwrap();
+            assert_eq!(t.as_second() as u64, r["timestamp"].as_u64().unwrap());
+            assert!(
+                r["created_time"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<jiff::Timestamp>()
+                    .is_ok()
+            );
+        }
     }
     relay
         .await_metric(
