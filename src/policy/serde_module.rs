@@ -1,7 +1,8 @@
 //! `kumo.serde` as KumoMTA has it: JSON, TOML and YAML parse, load (a file,
 //! read from a watched ConfigMap before the disk) and encode; with the older
 //! `kumo.json_*`, `kumo.toml_*` and `kumo.yaml_*` names it still accepts.
-//! The parsers are serde_json, toml and serde_norway.
+//! The parsers are serde_json (after json_comments turns comments into
+//! spaces, as KumoMTA's do), toml and serde_norway.
 
 use super::StateCtx;
 use mlua::{Lua, LuaSerdeExt, Table, Value};
@@ -24,7 +25,11 @@ impl Format {
 
     fn parse(self, text: &str) -> Result<serde_json::Value, String> {
         match self {
-            Format::Json => serde_json::from_str(text).map_err(|e| e.to_string()),
+            // Comments become spaces, so error positions stay the user's.
+            Format::Json => {
+                serde_json::from_reader(json_comments::StripComments::new(text.as_bytes()))
+                    .map_err(|e| e.to_string())
+            }
             Format::Toml => toml::from_str(text).map_err(|e| e.to_string()),
             Format::Yaml => serde_norway::from_str(text).map_err(|e| e.to_string()),
         }
@@ -194,6 +199,42 @@ pub fn register(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// KumoMTA's kumo.json_parse reference: "will accept C style block
+    /// comments, C++ style single line comments and shell style single line
+    /// comments ... treated as though they were spaces".
+    #[test]
+    fn json_comments_are_spaces_as_kumomta_documents() {
+        let lua = Lua::new();
+        let kumo = lua.create_table().unwrap();
+        register(&lua, &kumo).unwrap();
+        lua.globals().set("kumo", kumo).unwrap();
+        lua.load(
+            r#"
+            local text = [[
+              # shell style
+              {
+                // C++ style
+                "a": /* C style */ 1,
+                "url": "http://x/#not-a-comment // nor this"
+              }
+            ]]
+            for _, f in ipairs { kumo.serde.json_parse, kumo.json_parse, kumo.json_decode } do
+              local v = f(text)
+              assert(v.a == 1, 'a')
+              assert(v.url == 'http://x/#not-a-comment // nor this', v.url)
+            end
+            "#,
+        )
+        .exec()
+        .unwrap();
+        let err = lua
+            .load("kumo.serde.json_parse('{\"a\": /* open')")
+            .exec()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kumo.serde.json_parse: "), "{err}");
+    }
 
     #[test]
     fn parse_load_and_encode_in_each_format() {
