@@ -150,6 +150,7 @@ pub fn main() -> ExitCode {
 async fn check(path: PathBuf) -> anyhow::Result<()> {
     let policy = Policy::load(&path, Arc::new(AmqpPool::default()))?;
     let init = policy.run_init().await?;
+    policy.probe(&[]).await?;
     // What the relay would refuse at start is refused here too.
     for l in &init.http_listeners {
         crate::listeners::http::checked(l).map_err(anyhow::Error::msg)?;

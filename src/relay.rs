@@ -181,6 +181,7 @@ async fn start(args: &RelayArgs) -> anyhow::Result<Started> {
     let amqp = Arc::new(AmqpPool::default());
     let policy = Policy::load(&args.policy, amqp)?;
     let mut init = policy.run_init().await?;
+    policy.probe(&[]).await?;
     let (local_logs, log_hooks) = (init.local_logs.take(), std::mem::take(&mut init.log_hooks));
     let setup = setup(init, args)?;
 

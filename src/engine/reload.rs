@@ -103,22 +103,16 @@ impl Engine {
     pub async fn reload(self: &Arc<Self>) -> Result<bool, String> {
         let _one_at_a_time = self.reloading.lock().await;
         let current = self.policy();
-        let loaded = Policy::load_with(current.path(), current.amqp(), current.overlay());
-        let next = match loaded {
-            Ok(p) => p,
-            Err(e) => {
-                let error = e.to_string();
-                self.metrics.reload_failures.inc();
-                tracing::error!(%error, "policy reload failed; the running policy stays");
-                let mut last = self.reload_error.lock().unwrap_or_else(|e| e.into_inner());
-                *last = Some(ReloadError {
-                    error: error.clone(),
-                    at: unix(SystemTime::now()),
-                    files: files_of(current.path(), &current.overlay()),
-                });
-                return Err(error);
-            }
-        };
+        let next = Policy::load_with(current.path(), current.amqp(), current.overlay())
+            .map_err(|e| self.reload_failed(&current, e.to_string()))?;
+        if next.hash() != current.hash() {
+            // A bad make_* configuration for a live queue keeps the running
+            // policy, as a file that does not load does.
+            let live: Vec<_> = self.queues().iter().map(|q| q.name.clone()).collect();
+            next.probe(&live)
+                .await
+                .map_err(|e| self.reload_failed(&current, e.to_string()))?;
+        }
         // The files load again (a bad change reverted): the old error is history.
         *self.reload_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if next.hash() == current.hash() {
@@ -131,6 +125,18 @@ impl Engine {
         tracing::info!(epoch, hash = %next.hash(), "policy reloaded");
         self.reevaluate_queues(&next).await;
         Ok(true)
+    }
+
+    /// Records why a reload was refused; the running policy stays.
+    fn reload_failed(&self, current: &Policy, error: String) -> String {
+        self.metrics.reload_failures.inc();
+        tracing::error!(%error, "policy reload failed; the running policy stays");
+        *self.reload_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReloadError {
+            error: error.clone(),
+            at: unix(SystemTime::now()),
+            files: files_of(current.path(), &current.overlay()),
+        });
+        error
     }
 
     /// Queues the new policy routes take its settings; those it does not
@@ -204,5 +210,44 @@ mod tests {
             engine.policy_report().last_error.is_none(),
             "the error of the reverted version is still reported"
         );
+    }
+
+    /// A change whose `kumo.make_*` call is refused for a live queue is
+    /// refused as a whole: the running policy keeps delivering that queue.
+    #[tokio::test]
+    async fn a_bad_make_config_for_a_live_queue_keeps_the_running_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.lua");
+        let with = |egress: &str| {
+            format!(
+                "kumo.on('get_queue_config', function(domain)\n\
+                   if domain == 'amqp' then\n\
+                     return kumo.make_queue_config {{ protocol = {{ custom_lua = {{ constructor = 'make.amqp' }} }} }}\n\
+                   end\n\
+                 end)\n\
+                 kumo.on('get_egress_path_config', function(domain)\n\
+                   if domain == 'amqp' then return kumo.make_egress_path {{ {egress} }} end\n\
+                 end)\n\
+                 kumo.on('make.amqp', function() return {{}} end)\n"
+            )
+        };
+        std::fs::write(&path, with("connection_limit = 2")).unwrap();
+        let policy = Policy::load(&path, Arc::new(AmqpPool::default())).unwrap();
+        let (spool, _) = Spool::open(&dir.path().join("spool")).unwrap();
+        let engine = Engine::new(spool, policy, Logs::default(), Limits::default());
+        let amqp = crate::model::queue_name::QueueName::new("amqp", None, None, None);
+        let q = engine.queue(&amqp).await.unwrap();
+        let running = engine.policy().hash().to_owned();
+
+        std::fs::write(&path, with("enable_tls = 'Required'")).unwrap();
+        let err = engine.reload().await.unwrap_err();
+        assert!(err.contains("enable_tls") && err.contains("amqp"), "{err}");
+        assert_eq!(engine.policy().hash(), running, "the running policy stays");
+        assert_eq!(q.settings().egress.connection_limit, 2);
+        assert!(engine.policy_report().last_error.is_some());
+
+        std::fs::write(&path, with("connection_limit = 3")).unwrap();
+        assert_eq!(engine.reload().await, Ok(true));
+        assert_eq!(q.settings().egress.connection_limit, 3);
     }
 }

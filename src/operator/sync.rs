@@ -94,7 +94,9 @@ pub async fn compile(policy: &str) -> Result<(), Error> {
     let p = Policy::load(&path, Default::default()).map_err(|e| Error::Compile(e.to_string()))?;
     p.run_init()
         .await
-        .map(|_| ())
+        .map_err(|e| Error::Compile(e.to_string()))?;
+    p.probe(&[])
+        .await
         .map_err(|e| Error::Compile(e.to_string()))
 }
 

@@ -57,10 +57,14 @@ fn from_lua<T: for<'de> Deserialize<'de>>(v: Value, call: &str) -> mlua::Result<
         let at = e.path().to_string();
         let inner = e.into_inner();
         match at.as_str() {
-            "." => mlua::Error::runtime(format!("{call}: {inner}")),
-            _ => mlua::Error::runtime(format!("{call}: {at}: {inner}")),
+            "." => bad_config(format!("{call}: {inner}")),
+            _ => bad_config(format!("{call}: {at}: {inner}")),
         }
     })
+}
+
+fn bad_config(message: String) -> mlua::Error {
+    mlua::Error::external(super::reject::BadConfig(message))
 }
 
 fn init_ctx(lua: &Lua, call: &str) -> mlua::Result<Arc<Mutex<InitConfig>>> {
@@ -118,7 +122,7 @@ fn register_core(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
             from_lua::<QueueConfig>(v, "kumo.make_queue_config")?
                 .validate()
                 .map(QueueConfigUd)
-                .map_err(|e| mlua::Error::runtime(format!("kumo.make_queue_config: {e}")))
+                .map_err(|e| bad_config(format!("kumo.make_queue_config: {e}")))
         })?,
     )?;
     kumo.set(
@@ -127,7 +131,7 @@ fn register_core(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
             from_lua::<EgressPathConfig>(v, "kumo.make_egress_path")?
                 .validate()
                 .map(EgressPathUd)
-                .map_err(|e| mlua::Error::runtime(format!("kumo.make_egress_path: {e}")))
+                .map_err(|e| bad_config(format!("kumo.make_egress_path: {e}")))
         })?,
     )?;
     kumo.set(

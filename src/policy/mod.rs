@@ -68,12 +68,19 @@ pub enum PolicyError {
     Event { event: String, message: String },
     #[error("rejected: {0}")]
     Rejected(Rejection),
+    /// A handler built a configuration `kumo.make_*` refuses.
+    #[error("event '{event}': {message}")]
+    BadConfig { event: String, message: String },
 }
 
 impl PolicyError {
     fn event(event: &str, err: mlua::Error) -> PolicyError {
         match find_rejection(&err) {
             Some(r) => PolicyError::Rejected(r),
+            None if reject::is_bad_config(&err) => PolicyError::BadConfig {
+                event: event.to_owned(),
+                message: describe(&err),
+            },
             None => PolicyError::Event {
                 event: event.to_owned(),
                 message: describe(&err),
@@ -81,6 +88,10 @@ impl PolicyError {
         }
     }
 }
+
+/// The domain [`Policy::probe`] asks about: reserved (RFC 2606), so no
+/// policy routes real mail to it.
+pub const PROBE_DOMAIN: &str = "probe.amqp-relay.invalid";
 
 /// One loaded version of the policy.
 pub struct Policy {
@@ -511,6 +522,31 @@ impl Policy {
             .call(&events::GET_EGRESS_PATH_CONFIG, args)
             .await?
             .unwrap_or_default())
+    }
+
+    /// Asks the queue and egress path handlers about a domain no policy
+    /// routes and about `queues`, so a handler that builds a configuration
+    /// `kumo.make_*` refuses (`make_egress_path { enable_tls = … }`) fails
+    /// the load, not the first message. Other errors (a handler that raises
+    /// for domains it does not know) are the handler's business.
+    pub async fn probe(self: &Arc<Self>, queues: &[QueueName]) -> Result<(), PolicyError> {
+        let probe = QueueName::new(PROBE_DOMAIN, None, None, None);
+        for q in std::iter::once(&probe).chain(queues) {
+            let found = match self.queue_config(q).await {
+                Err(e @ PolicyError::BadConfig { .. }) => Some(e),
+                _ => match self.egress_path_config(q).await {
+                    Err(e @ PolicyError::BadConfig { .. }) => Some(e),
+                    _ => None,
+                },
+            };
+            if let Some(PolicyError::BadConfig { event, message }) = found {
+                return Err(PolicyError::BadConfig {
+                    event,
+                    message: format!("{message} (asked about queue {q} at load)"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Runs a reception hook ([`events::HTTP_MESSAGE_GENERATED`],

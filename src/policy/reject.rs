@@ -15,6 +15,22 @@ impl Rejection {
     }
 }
 
+/// A configuration a `kumo.make_*` call refused (an unknown key, a bad
+/// value): the policy's mistake, found the same way at load and at run time.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct BadConfig(pub String);
+
+/// Whether a [`BadConfig`] is in the chain of a Lua error.
+pub fn is_bad_config(err: &mlua::Error) -> bool {
+    match err {
+        mlua::Error::CallbackError { cause, .. } => is_bad_config(cause),
+        mlua::Error::WithContext { cause, .. } => is_bad_config(cause),
+        mlua::Error::ExternalError(e) => e.downcast_ref::<BadConfig>().is_some(),
+        _ => false,
+    }
+}
+
 /// Finds a `kumo.reject` in the chain of a Lua error.
 pub fn find_rejection(err: &mlua::Error) -> Option<Rejection> {
     match err {

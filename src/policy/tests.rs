@@ -53,6 +53,49 @@ async fn handler_returning_the_wrong_thing_is_an_error() {
     assert!(err.contains("returned a integer"), "{err}");
 }
 
+/// KumoMTA's `make_egress_path` has `enable_tls`, this relay (no SMTP
+/// delivery) does not: a handler that builds it fails the load, wherever
+/// the probe reaches it, and names the key and the line.
+#[tokio::test]
+async fn a_refused_make_config_fails_the_load_not_the_first_message() {
+    let bad = load(
+        "kumo.on('get_egress_path_config', function(domain, source, site)\n\
+           return kumo.make_egress_path { enable_tls = 'OpportunisticInsecure' }\n\
+         end)",
+    )
+    .unwrap();
+    let err = bad.probe(&[]).await.unwrap_err();
+    assert!(matches!(err, PolicyError::BadConfig { .. }), "{err:?}");
+    let err = err.to_string();
+    assert!(err.contains("enable_tls"), "{err}");
+    assert!(err.contains("policy.lua:2"), "names the line: {err}");
+
+    // Only for the domains it routes: found when asked about a live queue.
+    let conditional = load(
+        "kumo.on('get_queue_config', function(domain)\n\
+           if domain == 'amqp' then return kumo.make_queue_config { retry_interval = 'soon' } end\n\
+         end)",
+    )
+    .unwrap();
+    conditional.probe(&[]).await.unwrap();
+    let err = conditional
+        .probe(&[name("amqp")])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("retry_interval") && err.contains("amqp"),
+        "{err}"
+    );
+
+    // A handler that raises for a domain it does not know is not a bad config.
+    let strict = load(
+        "kumo.on('get_egress_path_config', function(domain) error('no path for ' .. domain) end)",
+    )
+    .unwrap();
+    strict.probe(&[]).await.unwrap();
+}
+
 #[tokio::test]
 async fn egress_path_defaults_and_overrides() {
     let p = load("").unwrap();

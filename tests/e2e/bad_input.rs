@@ -66,6 +66,17 @@ fn check_accepts_the_seed_and_names_file_and_line_of_errors() {
     let (ok, text) = check(&smtp);
     assert!(!ok && text.contains("relay_hosts"), "{text}");
 
+    // An egress path key KumoMTA has and the relay lacks: found by check,
+    // not by the first message (a 451 at reception).
+    let egress = dir.path().join("egress.lua");
+    std::fs::write(&egress, "kumo.on('init', function()\n  kumo.start_http_listener { listen = '127.0.0.1:0' }\nend)\nkumo.on('get_egress_path_config', function(domain, source, site)\n  return kumo.make_egress_path { enable_tls = 'Required' }\nend)\n").unwrap();
+    let (ok, text) = check(&egress);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("enable_tls") && text.contains("egress.lua:5"),
+        "{text}"
+    );
+
     let twice = dir.path().join("twice.lua");
     std::fs::write(
         &twice,
