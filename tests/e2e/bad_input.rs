@@ -172,10 +172,34 @@ async fn bad_requests_get_400_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_queue_config_key_is_named_and_nothing_is_accepted() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("typo.lua");
+    // Built for every domain: the relay refuses to start, naming key and line.
+    let always = dir.path().join("typo.lua");
+    std::fs::write(
+        &always,
+        "kumo.on('init', function() kumo.start_http_listener { listen = '127.0.0.1:0' } end)\n\
+         kumo.on('get_queue_config', function(domain)\n  return kumo.make_queue_config { retry_intreval = '1m' }\nend)\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["relay", "--data-dir"])
+        .arg(dir.path().join("spool-always"))
+        .arg("--policy")
+        .arg(&always)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("retry_intreval") && err.contains("typo.lua:3"),
+        "{err}"
+    );
+
+    // Built only for the domain mail goes to: met at reception, a temporary
+    // refusal naming key and line.
+    let policy = dir.path().join("conditional.lua");
     std::fs::write(
         &policy,
-        "kumo.on('get_queue_config', function(domain)\n  return kumo.make_queue_config { retry_intreval = '1m' }\nend)\n",
+        "kumo.on('get_queue_config', function(domain)\n  if domain == 'amqp' then return kumo.make_queue_config { retry_intreval = '1m' } end\nend)\n",
     )
     .unwrap();
     let relay = Relay::start(&policy, &dir.path().join("spool"));
@@ -183,7 +207,7 @@ async fn unknown_queue_config_key_is_named_and_nothing_is_accepted() {
     assert_eq!(status, 503, "temporary: fixing the policy makes it work");
     let err = resp["errors"][0].as_str().unwrap();
     assert!(
-        err.contains("retry_intreval") && err.contains("typo.lua:2"),
+        err.contains("retry_intreval") && err.contains("conditional.lua:2"),
         "{err}"
     );
     assert_eq!(relay.metric("amqp_relay_received_total").await, 0.0);
