@@ -129,7 +129,7 @@ impl Default for Metrics {
             "Sources of the routes (policy ConfigMap, routes Secret) served from their mounted copies because the Kubernetes API did not answer",
             m.routes_from_mount.clone(),
         );
-        use crate::policy::broker_metrics as broker;
+        use crate::policy::amqp::metrics as broker;
         registry.register(
             "broker_connections_opened",
             "Connections opened to each broker (climbs during a failover)",

@@ -6,8 +6,8 @@
 //! multi-handler events run in order and the first non-nil answer wins.
 
 use super::PolicyError;
+use super::config_ud::{EgressPathUd, ListenerDomainUd, QueueConfigUd};
 use super::conn_meta::ConnMeta;
-use super::kumo::{EgressPathUd, ListenerDomainUd, QueueConfigUd};
 use super::message_ud::MessageUd;
 use crate::model::config::{EgressPathConfig, QueueConfig};
 use crate::model::listener_config::ListenerDomain;
@@ -195,7 +195,7 @@ pub fn register(lua: &Lua, name: String, handler: Function) -> mlua::Result<()> 
             "kumo.on('{name}'): {what} are not supported by amqp-relay"
         )));
     }
-    let place = caller_place(lua);
+    let place = super::place::caller_place(lua);
     let reg = registry(lua)?;
     let entry: Table = match reg.get::<Value>(name.as_str())? {
         Value::Table(t) => t,
@@ -219,16 +219,6 @@ pub fn register(lua: &Lua, name: String, handler: Function) -> mlua::Result<()> 
     handlers.push(handler)?;
     places.push(place)?;
     Ok(())
-}
-
-pub(super) fn caller_place(lua: &Lua) -> String {
-    // Level 1 is the Lua code that called kumo.on.
-    lua.inspect_stack(1, |d| {
-        let src = d.source();
-        let file = src.short_src.as_deref().unwrap_or("?").to_owned();
-        format!("{}:{}", file, d.current_line().unwrap_or(0))
-    })
-    .unwrap_or_else(|| "?".into())
 }
 
 /// The handlers of an event, in registration order.

@@ -1,25 +1,19 @@
 //! The Lua policy: loading, a pool of ready Lua states, and the events the
 //! engine fires into it.
 
-pub mod amqp;
-mod amqp_connect;
-pub mod broker_metrics;
 mod call_limit;
+mod config_ud;
 pub mod conn_meta;
 pub mod delivery;
-mod domain_map;
 pub mod events;
 pub mod kumo;
-mod memoize;
 pub mod message_ud;
 pub mod overlay;
 pub mod reject;
-mod serde_module;
-mod string_module;
-mod time_module;
-pub use time_module::{TimerLabel, USER_LUA_LATENCY};
+pub use kumo::mod_amqp as amqp;
+pub use kumo::{TimerLabel, USER_LUA_LATENCY};
+mod place;
 mod unsupported;
-mod util_modules;
 
 use crate::model::config::{EgressPathConfig, QueueConfig};
 use crate::model::listener_config::ListenerDomain;
@@ -229,7 +223,7 @@ impl Policy {
             .unwrap_or_else(|e| e.into_inner())
             .push(first);
         // A new version: memoized results asked to follow it start afresh.
-        memoize::EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        kumo::mod_memoize::EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Arc::new(policy))
     }
 

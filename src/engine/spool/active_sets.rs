@@ -9,7 +9,7 @@
 //! back on the schedule, a delivered one is gone); on open every listed id
 //! still in `MESSAGES` and not on the schedule is put back on it.
 
-use super::tables::Tables;
+use super::tables::{self, Tables};
 use std::collections::HashMap;
 
 #[derive(Default)]
@@ -28,8 +28,7 @@ impl ActiveSets {
         }
         let set = self.next;
         self.next += 1;
-        let row: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
-        t.active_sets.insert(set, row.as_slice())?;
+        t.active_sets.insert(set, tables::set_row(ids).as_slice())?;
         for id in ids {
             // Not active twice; if it were, its older row lets it go.
             if let Some(old) = self.member_of.insert(*id, set) {
@@ -65,19 +64,4 @@ impl ActiveSets {
     pub fn len(&self) -> usize {
         self.member_of.len()
     }
-}
-
-/// The ids a set row lists.
-pub fn ids_of(row: &[u8]) -> impl Iterator<Item = u128> + '_ {
-    row.chunks_exact(16)
-        .map(|c| u128::from_le_bytes(c.try_into().expect("chunks of 16")))
-}
-
-/// Every row's ids, and the rows deleted (on open, before anything is active).
-pub fn take_all(t: &mut Tables) -> Result<Vec<u128>, redb::Error> {
-    let mut ids = Vec::new();
-    while let Some((_, row)) = t.active_sets.pop_first()? {
-        ids.extend(ids_of(row.value()));
-    }
-    Ok(ids)
 }

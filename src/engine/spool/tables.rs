@@ -243,6 +243,16 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
+    /// Every set row's ids, the rows deleted (on open, before anything is
+    /// active).
+    fn take_active_sets(&mut self) -> Result<Vec<u128>, redb::Error> {
+        let mut ids = Vec::new();
+        while let Some((_, row)) = self.active_sets.pop_first()? {
+            ids.extend(set_ids(row.value()));
+        }
+        Ok(ids)
+    }
+
     /// Sets undecodable records aside.
     pub fn quarantine(&mut self, key: u128, raw: &[u8], why: &str) -> Result<(), redb::Error> {
         tracing::error!(id = %MessageId::from_u128(key), reason = %why, "corrupt spool record set aside in the quarantine table");
@@ -256,7 +266,7 @@ impl<'t> Tables<'t> {
     fn build_schedule(&mut self) -> Result<usize, redb::Error> {
         let mut in_sets = 0;
         for row in self.active_sets.iter()? {
-            in_sets += super::active_sets::ids_of(row?.1.value()).count() as u64;
+            in_sets += set_ids(row?.1.value()).count() as u64;
         }
         let indexed = self.schedule.len()? + self.active.len()? + in_sets;
         if indexed >= self.messages.len()? {
@@ -295,7 +305,7 @@ impl<'t> Tables<'t> {
             *counts.entry(label.to_owned()).or_default() += 1;
         }
         let mut bad = Vec::new();
-        for id in super::active_sets::take_all(self)? {
+        for id in self.take_active_sets()? {
             let Some(record) = self.messages.get(id)?.map(|r| r.value().to_vec()) else {
                 continue; // delivered since
             };
@@ -378,4 +388,16 @@ pub fn prepare(w: &Txn) -> Result<Opened, String> {
         messages: t.messages.len().map_err(e)?,
         quarantined: torn + bad + bad_active,
     })
+}
+
+/// An `ACTIVE_SETS` row: the ids of messages made active together, 16 bytes
+/// each (little-endian).
+pub fn set_row(ids: &[u128]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.to_le_bytes()).collect()
+}
+
+/// The ids a set row lists.
+pub fn set_ids(row: &[u8]) -> impl Iterator<Item = u128> + '_ {
+    row.chunks_exact(16)
+        .map(|c| u128::from_le_bytes(c.try_into().expect("chunks of 16")))
 }

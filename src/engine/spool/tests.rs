@@ -529,7 +529,7 @@ async fn in_memory_messages_are_one_row_per_batch_until_the_last_leaves() {
         let t = r.open_table(tables::ACTIVE_SETS).unwrap();
         t.iter()
             .unwrap()
-            .map(|row| active_sets::ids_of(row.unwrap().1.value()).collect())
+            .map(|row| tables::set_ids(row.unwrap().1.value()).collect())
             .collect()
     };
     let listed: Vec<u128> = msgs[10..].iter().map(|m| m.id().as_u128()).collect();

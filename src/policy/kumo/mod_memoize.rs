@@ -130,14 +130,7 @@ fn memoized(lua: &Lua, func: Function, p: Params) -> mlua::Result<Function> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lua() -> Lua {
-        let lua = Lua::new();
-        let kumo = lua.create_table().unwrap();
-        register(&lua, &kumo).unwrap();
-        lua.globals().set("kumo", kumo).unwrap();
-        lua
-    }
+    use crate::policy::kumo::test_lua as lua;
 
     /// The reference page's pattern: the wrapped function runs once per
     /// set of arguments until the entry expires or is evicted.

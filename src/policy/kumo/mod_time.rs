@@ -239,7 +239,7 @@ fn constructors(lua: &Lua, t: &Table) -> mlua::Result<()> {
     Ok(())
 }
 
-pub fn module(lua: &Lua) -> mlua::Result<Table> {
+pub fn register(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
     let t = lua.create_table()?;
     constructors(lua, &t)?;
     t.set(
@@ -269,20 +269,14 @@ pub fn module(lua: &Lua) -> mlua::Result<Table> {
             })
         })?,
     )?;
-    Ok(t)
+    super::refuse_missing(lua, &t, "time")?;
+    kumo.set("time", t)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lua() -> Lua {
-        let lua = Lua::new();
-        let kumo = lua.create_table().unwrap();
-        kumo.set("time", module(&lua).unwrap()).unwrap();
-        lua.globals().set("kumo", kumo).unwrap();
-        lua
-    }
+    use crate::policy::kumo::test_lua as lua;
 
     /// The examples and field lists of KumoMTA's `kumo.time` reference.
     #[tokio::test]

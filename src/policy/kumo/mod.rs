@@ -1,12 +1,29 @@
 //! The `kumo` module: KumoMTA's Lua API, as far as a relay into RabbitMQ needs it.
+//! Here: `kumo.on`, the `make_*` configurations, listeners, spool, logs and
+//! secrets. Each of KumoMTA's other modules is a file of its own, named as
+//! KumoMTA's crate, with one `register(lua, kumo)` that sets `kumo.NAME`.
 
-use super::amqp::{self, AmqpPool, Client};
+mod logging;
+pub mod mod_amqp;
+mod mod_digest;
+mod mod_domain_map;
+mod mod_encode;
+pub(super) mod mod_memoize;
+mod mod_serde;
+mod mod_string;
+mod mod_time;
+mod mod_uuid;
+
+pub use mod_time::{TimerLabel, USER_LUA_LATENCY};
+
+use super::config_ud::{EgressPathUd, ListenerDomainUd, QueueConfigUd};
 use super::events;
 use super::reject::Rejection;
 use crate::model::config::{EgressPathConfig, QueueConfig};
 use crate::model::listener_config::{EsmtpListener, HttpListener, ListenerDomain};
 use crate::model::log_config::{LocalLogsConfig, LogHookConfig};
-use mlua::{Function, Lua, Table, UserData, Value};
+use mlua::{Function, Lua, Table, Value};
+use mod_amqp::AmqpPool;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -44,13 +61,6 @@ pub struct StateCtx {
     pub limit: super::call_limit::CallLimit,
 }
 
-pub struct QueueConfigUd(pub QueueConfig);
-impl UserData for QueueConfigUd {}
-pub struct EgressPathUd(pub EgressPathConfig);
-impl UserData for EgressPathUd {}
-pub struct ListenerDomainUd(pub ListenerDomain);
-impl UserData for ListenerDomainUd {}
-
 /// Reads a configuration table; the error names the field that is wrong.
 fn from_lua<T: for<'de> Deserialize<'de>>(v: Value, call: &str) -> mlua::Result<T> {
     serde_path_to_error::deserialize(mlua::serde::Deserializer::new(v)).map_err(|e| {
@@ -76,10 +86,18 @@ fn init_ctx(lua: &Lua, call: &str) -> mlua::Result<Arc<Mutex<InitConfig>>> {
     })
 }
 
-fn amqp_pool(lua: &Lua) -> mlua::Result<Arc<AmqpPool>> {
-    lua.app_data_ref::<StateCtx>()
-        .map(|c| c.amqp.clone())
-        .ok_or_else(|| mlua::Error::runtime("kumo module used outside the relay"))
+/// Touching a function `module` lacks names it.
+pub(super) fn refuse_missing(lua: &Lua, module: &Table, name: &'static str) -> mlua::Result<()> {
+    let meta = lua.create_table()?;
+    meta.set(
+        "__index",
+        lua.create_function(move |_, (_, key): (Table, String)| -> mlua::Result<Value> {
+            Err(mlua::Error::runtime(format!(
+                "kumo.{name}.{key} is not provided by amqp-relay"
+            )))
+        })?,
+    )?;
+    module.set_metatable(Some(meta))
 }
 
 /// Features of KumoMTA that this relay does not provide; touching one fails
@@ -90,12 +108,19 @@ DKIM, traffic shaping or other KumoMTA features)";
 pub fn register(lua: &Lua) -> mlua::Result<Table> {
     let kumo = lua.create_table()?;
     register_core(lua, &kumo)?;
-    super::serde_module::register(lua, &kumo)?;
     register_secrets(lua, &kumo)?;
     register_init(lua, &kumo)?;
-    register_amqp(lua, &kumo)?;
-    super::util_modules::register(lua, &kumo)?;
-    super::memoize::register(lua, &kumo)?;
+    // KumoMTA's modules, each registering itself as its crate does.
+    mod_amqp::register(lua, &kumo)?;
+    mod_digest::register(lua, &kumo)?;
+    mod_domain_map::register(lua, &kumo)?;
+    mod_encode::register(lua, &kumo)?;
+    logging::register(lua, &kumo)?;
+    mod_memoize::register(lua, &kumo)?;
+    mod_serde::register(lua, &kumo)?;
+    mod_string::register(lua, &kumo)?;
+    mod_time::register(lua, &kumo)?;
+    mod_uuid::register(lua, &kumo)?;
     let meta = lua.create_table()?;
     meta.set(
         "__index",
@@ -260,37 +285,10 @@ fn register_init(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
     Ok(())
 }
 
-/// `kumo.amqp`: clients and one-shot publishes.
-fn register_amqp(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
-    let amqp_t = lua.create_table()?;
-    amqp_t.set(
-        "build_client",
-        lua.create_async_function(|lua, (uri, opts): (String, Option<Table>)| async move {
-            let pool = amqp_pool(&lua)?;
-            // Our extension: an optional table with a CA file for amqps:// and a connect timeout.
-            let mut target = amqp::Target::plain(uri);
-            let mut timeout = amqp::CONNECT_TIMEOUT;
-            if let Some(o) = opts {
-                amqp::check_keys(
-                    &o,
-                    "kumo.amqp.build_client",
-                    &["root_ca_cert", "connect_timeout"],
-                )?;
-                target.ca_file = o.get::<Option<String>>("root_ca_cert")?;
-                timeout = amqp::duration_field(&o, "connect_timeout", timeout)?;
-            }
-            Client::build(pool, target, timeout)
-                .await
-                .map_err(mlua::Error::runtime)
-        })?,
-    )?;
-    amqp_t.set(
-        "basic_publish",
-        lua.create_async_function(|lua, t: Table| async move {
-            let pool = amqp_pool(&lua)?;
-            amqp::basic_publish(&lua, &pool, t).await
-        })?,
-    )?;
-    kumo.set("amqp", amqp_t)?;
-    Ok(())
+/// A Lua state with the whole `kumo` module as global, for module tests.
+#[cfg(test)]
+pub(crate) fn test_lua() -> Lua {
+    let lua = Lua::new();
+    lua.globals().set("kumo", register(&lua).unwrap()).unwrap();
+    lua
 }

@@ -205,10 +205,7 @@ mod tests {
     /// comments ... treated as though they were spaces".
     #[test]
     fn json_comments_are_spaces_as_kumomta_documents() {
-        let lua = Lua::new();
-        let kumo = lua.create_table().unwrap();
-        register(&lua, &kumo).unwrap();
-        lua.globals().set("kumo", kumo).unwrap();
+        let lua = crate::policy::kumo::test_lua();
         lua.load(
             r#"
             local text = [[
@@ -243,10 +240,7 @@ mod tests {
         std::fs::write(&toml_file, "[\"example.com\"]\nrelay_to = true\n").unwrap();
         let yaml_file = dir.path().join("tenants.yaml");
         std::fs::write(&yaml_file, "tenants:\n  - name: acme\n    max: 3\n").unwrap();
-        let lua = Lua::new();
-        let kumo = lua.create_table().unwrap();
-        register(&lua, &kumo).unwrap();
-        lua.globals().set("kumo", kumo).unwrap();
+        let lua = crate::policy::kumo::test_lua();
         lua.globals()
             .set("TOML_FILE", toml_file.to_str().unwrap())
             .unwrap();
@@ -334,10 +328,7 @@ mod tests {
         for v in &other {
             assert_eq!(plain_json(v, false), None, "{v:?}");
         }
-        lua.globals()
-            .set("kumo", lua.create_table().unwrap())
-            .unwrap();
-        register(&lua, &lua.globals().get("kumo").unwrap()).unwrap();
+        let lua = crate::policy::kumo::test_lua();
         let arrays: String = lua
             .load("return kumo.json_encode({ l = { 1, 2 }, e = {} })")
             .eval()

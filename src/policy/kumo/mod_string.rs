@@ -87,7 +87,7 @@ fn edits(lua: &Lua, t: &Table) -> mlua::Result<()> {
     Ok(())
 }
 
-pub fn module(lua: &Lua) -> mlua::Result<Table> {
+pub fn register(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
     let t = lua.create_table()?;
     splits(lua, &t)?;
     edits(lua, &t)?;
@@ -98,7 +98,8 @@ pub fn module(lua: &Lua) -> mlua::Result<Table> {
             eval_template(&name, &source, ctx).map_err(mlua::Error::runtime)
         })?,
     )?;
-    Ok(t)
+    super::refuse_missing(lua, &t, "string")?;
+    kumo.set("string", t)
 }
 
 fn eval_template(name: &str, source: &str, ctx: serde_json::Value) -> Result<String, String> {
@@ -157,24 +158,7 @@ fn wrap(text: &str, soft: usize, hard: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn lua() -> Lua {
-        let lua = Lua::new();
-        let kumo = lua.create_table().unwrap();
-        kumo.set("string", module(&lua).unwrap()).unwrap();
-        kumo.set(
-            "json_encode",
-            lua.create_function(|lua, v: Value| {
-                let j: serde_json::Value = lua.from_value(v)?;
-                Ok(j.to_string())
-            })
-            .unwrap(),
-        )
-        .unwrap();
-        lua.globals().set("kumo", kumo).unwrap();
-        lua
-    }
+    use crate::policy::kumo::test_lua as lua;
 
     /// The examples of KumoMTA's `kumo.string` reference pages.
     #[test]

@@ -57,7 +57,7 @@ impl UserData for DomainMap {
     }
 }
 
-pub fn module(lua: &Lua) -> mlua::Result<Table> {
+pub fn register(lua: &Lua, kumo: &Table) -> mlua::Result<()> {
     let t = lua.create_table()?;
     t.set(
         "new",
@@ -72,7 +72,8 @@ pub fn module(lua: &Lua) -> mlua::Result<Table> {
             Ok(map)
         })?,
     )?;
-    Ok(t)
+    super::refuse_missing(lua, &t, "domain_map")?;
+    kumo.set("domain_map", t)
 }
 
 #[cfg(test)]
@@ -80,11 +81,7 @@ mod tests {
     /// The examples of KumoMTA's `kumo.domain_map.new` page.
     #[test]
     fn as_kumomta_documents_it() {
-        let lua = mlua::Lua::new();
-        let kumo = lua.create_table().unwrap();
-        kumo.set("domain_map", super::module(&lua).unwrap())
-            .unwrap();
-        lua.globals().set("kumo", kumo).unwrap();
+        let lua = crate::policy::kumo::test_lua();
         lua.load(
             r#"
             local dmap = kumo.domain_map.new()
