@@ -56,7 +56,7 @@ fn files_of(
     for (p, text) in overlay.files() {
         out.insert(
             p.display().to_string(),
-            crate::policy::content_hash(text.as_bytes()),
+            crate::model::digest::plain(text.as_bytes()),
         );
     }
     if let Some(dir) = dir
@@ -68,7 +68,7 @@ fn files_of(
                 && let Ok(text) = std::fs::read(&p)
             {
                 out.entry(p.display().to_string())
-                    .or_insert_with(|| crate::policy::content_hash(&text));
+                    .or_insert_with(|| crate::model::digest::plain(&text));
             }
         }
     }

@@ -294,7 +294,7 @@ fn published_hash(policy: &str, store: &Store, entries: &[Entry]) -> String {
         all.push(0);
         all.extend_from_slice(k.as_bytes());
     }
-    crate::policy::content_hash(&all)
+    crate::model::digest::plain(&all)
 }
 
 /// One route as the rendered policy's ROUTES table holds it: plain data,
@@ -446,7 +446,7 @@ fn render_route(v: &Valid, inputs: &Inputs, store: &mut Store) -> Entry {
     }
     Entry {
         id: v.id.clone(),
-        digest: crate::policy::content_hash(&versioned)[..16].to_owned(),
+        digest: crate::model::digest::plain(&versioned)[..16].to_owned(),
         keys: keys.urls.into_iter().flatten().chain(keys.ca).collect(),
         lua,
         sources,

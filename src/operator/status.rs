@@ -61,7 +61,7 @@ const HISTORY: usize = 32;
 
 impl History {
     pub fn record(&mut self, policy: &str) {
-        let hash = crate::policy::content_hash(policy.as_bytes());
+        let hash = crate::model::digest::plain(policy.as_bytes());
         if self.versions.iter().any(|(h, _)| *h == hash) {
             return;
         }

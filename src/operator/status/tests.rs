@@ -12,7 +12,7 @@ fn policy(routes: &[(&str, &str)]) -> (String, String) {
         "{DIGESTS_PREFIX}{}\nlocal ROUTES = {{}}\n",
         serde_json::to_string(&map).unwrap()
     );
-    let hash = crate::policy::content_hash(text.as_bytes());
+    let hash = crate::model::digest::plain(text.as_bytes());
     (text, hash)
 }
 

@@ -186,7 +186,7 @@ fn rabbit_secret(url: &str) -> Secret {
     s.metadata.namespace = Some("team".into());
     s.metadata.uid = Some("rabbit-uid".into());
     // As the API server would: a new version for new content.
-    s.metadata.resource_version = Some(crate::policy::content_hash(url.as_bytes())[..8].into());
+    s.metadata.resource_version = Some(crate::model::digest::plain(url.as_bytes())[..8].into());
     s.data = Some(
         [(
             "url".to_string(),
@@ -444,7 +444,7 @@ async fn ready_only_when_every_ready_relay_runs_the_route() {
         "the pod that is not ready does not count"
     );
 
-    let routes_hash = crate::policy::content_hash(
+    let routes_hash = crate::model::digest::plain(
         fake.get(CM).unwrap()["data"]["routes.lua"]
             .as_str()
             .unwrap()
@@ -508,7 +508,7 @@ fn run_published(fake: &Fake, relays: &[Arc<Mutex<serde_json::Value>>]) {
         .as_str()
         .unwrap()
         .to_owned();
-    let hash = crate::policy::content_hash(policy.as_bytes());
+    let hash = crate::model::digest::plain(policy.as_bytes());
     for r in relays {
         *r.lock().unwrap() = serde_json::json!({"files": {"/routes/routes.lua": hash}});
     }
@@ -677,7 +677,7 @@ fn relay_holding(fake: &Fake, secret: &serde_json::Value) -> serde_json::Value {
         .collect();
     overlay.set_secrets(dir, files);
     serde_json::json!({
-        "files": {"/routes/routes.lua": crate::policy::content_hash(policy.as_bytes())},
+        "files": {"/routes/routes.lua": crate::model::digest::plain(policy.as_bytes())},
         "secrets": overlay.secret_digests().unwrap(),
     })
 }
