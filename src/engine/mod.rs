@@ -45,6 +45,32 @@ impl Refusal {
     pub fn is_temporary(&self) -> bool {
         (400..500).contains(&self.code)
     }
+
+    /// A policy error as the client hears it: a `kumo.reject` as given; any
+    /// other failure temporary (fixing the policy makes it work), after
+    /// `about`, what was being decided.
+    pub fn policy(e: PolicyError, about: Option<&str>) -> Refusal {
+        match (e, about) {
+            (PolicyError::Rejected(r), _) => Refusal {
+                code: r.code,
+                reason: r.message,
+            },
+            (other, Some(about)) => Refusal {
+                code: 451,
+                reason: format!("4.3.0 {about}: policy error: {other}"),
+            },
+            (other, None) => Refusal {
+                code: 451,
+                reason: format!("4.3.0 policy error: {other}"),
+            },
+        }
+    }
+}
+
+impl From<PolicyError> for Refusal {
+    fn from(e: PolicyError) -> Refusal {
+        Refusal::policy(e, None)
+    }
 }
 
 /// What bounds the engine's memory, whatever the backlog.
@@ -245,16 +271,8 @@ impl Engine {
             return Ok(q);
         }
         let policy = self.policy();
-        let policy_refusal = |e: PolicyError| match e {
-            PolicyError::Rejected(r) => Refusal {
-                code: r.code,
-                reason: r.message,
-            },
-            other => Refusal {
-                code: 451,
-                reason: format!("4.3.0 queue {label}: policy error: {other}"),
-            },
-        };
+        let about = format!("queue {label}");
+        let policy_refusal = |e| Refusal::policy(e, Some(&about));
         let config = policy.queue_config(name).await.map_err(policy_refusal)?;
         let custom = match &config.protocol {
             Protocol::CustomLua(c) => c.clone(),

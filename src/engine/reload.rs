@@ -158,10 +158,9 @@ impl Engine {
                     }
                     Protocol::Smtp => super::unrouted(&q.label),
                 },
-                (Err(e), _) | (_, Err(e)) => super::Refusal {
-                    code: 451,
-                    reason: format!("4.3.0 queue {}: policy error: {e}", q.label),
-                },
+                (Err(e), _) | (_, Err(e)) => {
+                    super::Refusal::policy(e, Some(&format!("queue {}", q.label)))
+                }
             };
             self.queues
                 .lock()

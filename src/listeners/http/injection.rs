@@ -199,18 +199,7 @@ async fn accept(
                 msgs.push(msg);
                 slots.push(i);
             }
-            Err(crate::policy::PolicyError::Rejected(rej)) => {
-                results[i] = Some(Err(Refusal {
-                    code: rej.code,
-                    reason: rej.message,
-                }));
-            }
-            Err(e) => {
-                results[i] = Some(Err(Refusal {
-                    code: 451,
-                    reason: format!("4.3.0 {e}"),
-                }));
-            }
+            Err(e) => results[i] = Some(Err(Refusal::from(e))),
         }
     }
     for (slot, res) in slots.into_iter().zip(st.engine.receive(msgs).await) {

@@ -547,24 +547,10 @@ impl Session {
                 meta.clone(),
                 body.clone(),
             ));
-            match policy
+            policy
                 .message_hook(&crate::policy::events::SMTP_SERVER_MESSAGE_RECEIVED, &m)
-                .await
-            {
-                Ok(()) => msgs.push(m),
-                Err(crate::policy::PolicyError::Rejected(r)) => {
-                    return Err(Refusal {
-                        code: r.code,
-                        reason: r.message,
-                    });
-                }
-                Err(e) => {
-                    return Err(Refusal {
-                        code: 451,
-                        reason: format!("4.3.0 {e}"),
-                    });
-                }
-            }
+                .await?;
+            msgs.push(m);
         }
         let ids: Vec<String> = msgs.iter().map(|m| m.id().simple().to_string()).collect();
         self.engine.receive_all(msgs).await?;

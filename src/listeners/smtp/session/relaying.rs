@@ -22,25 +22,15 @@ impl Session {
         self.refresh_conn_meta();
         let listener = self.settings.cfg.listen.as_str();
         let domain_of = |a: &str| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
-        let failed = |e: crate::policy::PolicyError| Refusal {
-            code: 451,
-            reason: format!("4.3.0 {e}"),
-        };
         if let Some(d) = domain_of(to) {
-            let ld = policy
-                .listener_domain(&d, listener, &self.conn)
-                .await
-                .map_err(failed)?;
+            let ld = policy.listener_domain(&d, listener, &self.conn).await?;
             if ld.is_some_and(|ld| ld.relay_to) {
                 return Ok(true);
             }
         }
         let from = self.tx.as_ref().and_then(|t| domain_of(&t.from));
         if let Some(d) = from {
-            let ld = policy
-                .listener_domain(&d, listener, &self.conn)
-                .await
-                .map_err(failed)?;
+            let ld = policy.listener_domain(&d, listener, &self.conn).await?;
             return Ok(ld.is_some_and(|ld| ld.relays_from(ip)));
         }
         Ok(false)
