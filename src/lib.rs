@@ -11,7 +11,9 @@
 //!   hot reload, metrics.
 //! - [`listeners`]: the SMTP listener and the HTTP API (injection, admin,
 //!   health, metrics).
-//! - [`relay`] and [`cli`]: `amqp-relay relay` and the command line.
+//! - [`relay`] and [`cli`]: `amqp-relay relay` and the command line;
+//!   [`routes_api`] beside the relay: its Kubernetes API watch of the routes,
+//!   feeding the engine files (the engine knows no Kubernetes).
 //! - [`operator`] (beside them): the `AmqpRoute` resource, rendering routes
 //!   into a policy, and the controller.
 //! - [`signal`] (a leaf both commands use): when to stop.
@@ -24,5 +26,6 @@ pub mod model;
 pub mod operator;
 pub mod policy;
 pub mod relay;
+pub mod routes_api;
 pub mod signal;
 pub mod spool_marker;

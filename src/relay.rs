@@ -214,7 +214,16 @@ async fn start(args: &RelayArgs) -> anyhow::Result<Started> {
     if let Some(rx) = hook_rx {
         tokio::spawn(crate::engine::logs::run_hooks(engine.clone(), rx));
     }
-    watch_routes(&engine, args)?;
+    crate::routes_api::watch_routes(
+        &engine,
+        crate::routes_api::Settings {
+            policy_configmap: args.policy_configmap.as_deref(),
+            routes_secret: args.routes_secret.as_deref(),
+            policy_configmap_dir: args.policy_configmap_dir.clone(),
+            routes_secret_dir: args.routes_secret_dir.clone(),
+            api_wait_timeout: args.api_wait_timeout,
+        },
+    )?;
     if args.watch_policy {
         crate::engine::policy_watch::spawn(engine.clone()).map_err(anyhow::Error::msg)?;
     }
@@ -382,106 +391,6 @@ pub async fn drain_job(args: DrainArgs) -> anyhow::Result<std::process::ExitCode
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::from(DRAIN_LEFT_MAIL)
-    })
-}
-
-/// With --policy-configmap (and --routes-secret), nothing is delivered or
-/// accepted until those have been read.
-fn watch_routes(engine: &Arc<Engine>, args: &RelayArgs) -> anyhow::Result<()> {
-    use crate::engine::api_watch::{Target, spawn};
-    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-    let configmap = args
-        .policy_configmap
-        .as_deref()
-        .map(|spec| {
-            Target::parse(
-                "--policy-configmap",
-                spec,
-                args.policy_configmap_dir.clone(),
-            )
-        })
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    let secret = args
-        .routes_secret
-        .as_deref()
-        .map(|spec| Target::parse("--routes-secret", spec, args.routes_secret_dir.clone()))
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    let mut sources = 0;
-    if configmap.is_some() {
-        sources |= crate::engine::ROUTES_CONFIGMAP;
-    }
-    if secret.is_some() {
-        sources |= crate::engine::ROUTES_SECRET;
-    }
-    engine.wait_for_routes(sources);
-    if sources != 0 && !args.api_wait_timeout.is_zero() {
-        let mounts = [
-            (
-                crate::engine::ROUTES_CONFIGMAP,
-                args.policy_configmap_dir.clone(),
-            ),
-            (crate::engine::ROUTES_SECRET, args.routes_secret_dir.clone()),
-        ];
-        tokio::spawn(serve_mounts_without_api(
-            engine.clone(),
-            sources,
-            mounts,
-            args.api_wait_timeout,
-        ));
-    }
-    if let Some(t) = secret {
-        spawn::<Secret>(engine.clone(), t);
-    }
-    if let Some(t) = configmap {
-        spawn::<ConfigMap>(engine.clone(), t);
-    }
-    Ok(())
-}
-
-/// Every `wait`, while a source is unread and the API has not answered for
-/// it, serves it from its mounted copy if the kubelet mounted one (an empty
-/// mount means the object does not exist: mail keeps waiting).
-async fn serve_mounts_without_api(
-    engine: Arc<Engine>,
-    sources: u8,
-    mounts: [(u8, PathBuf); 2],
-    wait: Duration,
-) {
-    loop {
-        tokio::time::sleep(wait).await;
-        let unanswered = engine.routes.unanswered(sources);
-        if engine.routes_ready() || engine.is_shutting_down() {
-            return;
-        }
-        let mut serve = 0;
-        for (bit, dir) in &mounts {
-            if unanswered & bit == 0 {
-                continue;
-            }
-            if holds_files(dir) {
-                serve |= bit;
-            } else {
-                tracing::warn!(dir = %dir.display(), source = crate::engine::routes::names(*bit)[0],
-                    "the Kubernetes API has not answered and nothing is mounted: holding mail");
-            }
-        }
-        if serve != 0 {
-            tracing::warn!(sources = ?crate::engine::routes::names(serve), ?wait,
-                "the Kubernetes API has not answered: serving the mounted copies until it does");
-            engine.serve_mounted_routes(serve);
-        }
-    }
-}
-
-/// A mounted ConfigMap or Secret has a file per key (the kubelet's own
-/// entries start with `..`); an optional one whose object does not exist is empty.
-fn holds_files(dir: &std::path::Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries
-            .flatten()
-            .any(|e| !e.file_name().to_string_lossy().starts_with(".."))
     })
 }
 

@@ -3,7 +3,6 @@
 //! on the spool's schedule and the pager brings them in as room frees up.
 
 pub mod admin;
-pub mod api_watch;
 pub mod dispatcher;
 pub mod drain;
 mod held;
@@ -98,8 +97,6 @@ impl Default for Limits {
     }
 }
 
-pub use routes::{CONFIGMAP as ROUTES_CONFIGMAP, SECRET as ROUTES_SECRET};
-
 pub struct Engine {
     spool: Spool,
     logs: logs::Logs,
@@ -127,7 +124,8 @@ pub struct Engine {
     schedule_hint: AtomicBool,
     /// Due messages wait on the schedule for room in memory: a release wakes the pager.
     backlog: AtomicBool,
-    /// With `--policy-configmap` (and `--routes-secret`): read yet, and how.
+    /// The sources of the routes (the relay's API watch names them): read
+    /// yet, and how.
     pub routes: routes::Sources,
     /// Delivery sessions running, for a graceful stop.
     sessions: AtomicUsize,
@@ -211,8 +209,9 @@ impl Engine {
 
     /// Until the routes are known, new mail is refused temporarily and
     /// nothing spooled is delivered, so a relay that starts before its routes
-    /// arrive holds mail instead of bouncing it. `sources`: `ROUTES_*` bits.
-    pub fn wait_for_routes(&self, sources: u8) {
+    /// arrive holds mail instead of bouncing it. `sources`: bit and name of
+    /// each source the routes come from.
+    pub fn wait_for_routes(&self, sources: &[(u8, &'static str)]) {
         self.routes.wait_for(sources);
     }
 
@@ -232,11 +231,9 @@ impl Engine {
     /// The API has not answered for these sources within the bound: the
     /// running policy, loaded from their mounted copies, serves.
     pub fn serve_mounted_routes(&self, sources: u8) {
-        for source in [ROUTES_CONFIGMAP, ROUTES_SECRET] {
-            if sources & source != 0 {
-                self.routes.mounted(source);
-                self.routes_read(source);
-            }
+        for source in (0..8).map(|i| 1u8 << i).filter(|b| sources & b != 0) {
+            self.routes.mounted(source);
+            self.routes_read(source);
         }
         self.metrics
             .routes_from_mount
@@ -247,8 +244,8 @@ impl Engine {
     pub fn routes_via_api(&self, source: u8) {
         if self.routes.via_api(source) {
             tracing::info!(
-                source = routes::names(source)[0],
-                "the Kubernetes API answers: serving its copy instead of the mounted one"
+                source = ?self.routes.names(source),
+                "the source answers: serving its copy instead of the mounted one"
             );
         }
         self.metrics

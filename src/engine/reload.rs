@@ -94,7 +94,7 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             secrets: p.overlay().secret_digests(),
-            routes_from_mount: super::routes::names(self.routes.from_mount()),
+            routes_from_mount: self.routes.names(self.routes.from_mount()),
         }
     }
 

@@ -1,29 +1,18 @@
-//! Where the routes come from. With `--policy-configmap` (and
-//! `--routes-secret`) the relay reads them through the Kubernetes API and,
-//! until it has, delivers nothing and defers new mail. When the API does not
-//! answer at all (control plane down, RBAC broken) the kubelet's mounted
-//! copies are served after a bounded wait instead, until the API answers.
-//! An API that answers "no such object" is an answer: mail waits.
+//! Whether the routes are in. An adapter outside the engine (the relay's
+//! Kubernetes API watch) names the sources the routes come from, each a
+//! bit, and says when each has been read, answered for, or served from a
+//! local copy because its origin did not answer. Until every source has been
+//! read the engine delivers nothing and defers new mail; an origin that
+//! answers "no such object" is an answer: mail waits.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// The policy ConfigMap, a source of the routes.
-pub const CONFIGMAP: u8 = 1;
-/// The routes Secret, the other.
-pub const SECRET: u8 = 2;
-
-/// The sources' names, for logs and reports.
-pub fn names(sources: u8) -> Vec<&'static str> {
-    [(CONFIGMAP, "policy ConfigMap"), (SECRET, "routes Secret")]
-        .into_iter()
-        .filter(|(bit, _)| sources & bit != 0)
-        .map(|(_, name)| name)
-        .collect()
-}
-
-/// Each field holds `CONFIGMAP`/`SECRET` bits.
+/// Each atomic holds source bits.
 #[derive(Default)]
 pub struct Sources {
+    /// Every source's bit and name, as the adapter gave them.
+    named: Mutex<Vec<(u8, &'static str)>>,
     /// Not read yet.
     waiting: AtomicU8,
     /// The API has answered for them (with the object or without).
@@ -33,8 +22,24 @@ pub struct Sources {
 }
 
 impl Sources {
-    pub fn wait_for(&self, sources: u8) {
-        self.waiting.fetch_or(sources, Ordering::AcqRel);
+    /// The routes wait for each of `sources` (bit, name).
+    pub fn wait_for(&self, sources: &[(u8, &'static str)]) {
+        let mut named = self.named.lock().unwrap_or_else(|e| e.into_inner());
+        for &(bit, name) in sources {
+            named.retain(|(b, _)| *b != bit);
+            named.push((bit, name));
+            self.waiting.fetch_or(bit, Ordering::AcqRel);
+        }
+    }
+
+    /// The names of `sources`, for logs and reports.
+    pub fn names(&self, sources: u8) -> Vec<&'static str> {
+        let named = self.named.lock().unwrap_or_else(|e| e.into_inner());
+        named
+            .iter()
+            .filter(|(bit, _)| sources & bit != 0)
+            .map(|(_, name)| *name)
+            .collect()
     }
 
     /// `source` has been read; true when it was the last one waited for.
@@ -76,10 +81,14 @@ impl Sources {
 mod tests {
     use super::*;
 
+    const CONFIGMAP: u8 = 1;
+    const SECRET: u8 = 2;
+    const BOTH: [(u8, &str); 2] = [(CONFIGMAP, "policy ConfigMap"), (SECRET, "routes Secret")];
+
     #[test]
     fn a_source_the_api_answered_for_is_never_served_from_the_mount() {
         let s = Sources::default();
-        s.wait_for(CONFIGMAP | SECRET);
+        s.wait_for(&BOTH);
         assert_eq!(s.unanswered(CONFIGMAP | SECRET), CONFIGMAP | SECRET);
         s.answered(CONFIGMAP);
         assert_eq!(s.unanswered(CONFIGMAP | SECRET), SECRET);
@@ -97,8 +106,9 @@ mod tests {
     #[test]
     fn mounted_sources_are_told_and_cleared_by_the_api() {
         let s = Sources::default();
+        s.wait_for(&BOTH);
         s.mounted(SECRET);
-        assert_eq!(names(s.from_mount()), ["routes Secret"]);
+        assert_eq!(s.names(s.from_mount()), ["routes Secret"]);
         assert!(!s.via_api(CONFIGMAP));
         assert!(s.via_api(SECRET));
         assert!(!s.via_api(SECRET));

@@ -167,7 +167,7 @@ async fn ready(State(st): State<AppState>) -> Response {
     if mounted != 0 {
         notes.push(format!(
             "serving the mounted copy of the {}: the Kubernetes API has not answered",
-            crate::engine::routes::names(mounted).join(" and ")
+            st.engine.routes.names(mounted).join(" and ")
         ));
     }
     // Still serving on the last good policy; say what failed.

@@ -1,11 +1,16 @@
-//! The routes through the Kubernetes API: the kubelet takes a minute or two
-//! to update a mounted ConfigMap or Secret; a watch sees the change at once.
+//! The relay's adapter to the Kubernetes API: the routes (the policy
+//! ConfigMap and the routes Secret) read through the API, so the engine sees
+//! only files of its overlay and "this source has been read". The kubelet
+//! takes a minute or two to update a mounted ConfigMap or Secret; a watch
+//! sees the change at once. When the API does not answer at all (control
+//! plane down, RBAC broken) the kubelet's mounted copies are served after a
+//! bounded wait instead, until the API answers.
 //! The policy ConfigMap's keys become Lua files of its mount directory, the
 //! routes Secret's keys secret files of its own, in the policy's overlay,
 //! ahead of the disk; a change reloads the policy (new credentials make a
 //! new version too, so sessions reconnect with them).
 
-use super::Engine;
+use crate::engine::Engine;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -13,6 +18,12 @@ use kube::{Api, Client};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// The policy ConfigMap, a source of the routes.
+pub const CONFIGMAP: u8 = 1;
+/// The routes Secret, the other.
+pub const SECRET: u8 = 2;
 
 /// One object to watch, and the directory it is (or would be) mounted at.
 pub struct Target {
@@ -56,7 +67,7 @@ pub trait Source:
 
 impl Source for ConfigMap {
     const WHAT: &'static str = "policy ConfigMap";
-    const BIT: u8 = super::ROUTES_CONFIGMAP;
+    const BIT: u8 = CONFIGMAP;
     fn apply(self, engine: &Engine, dir: &Path) -> bool {
         let files: HashMap<PathBuf, String> = self
             .data
@@ -70,7 +81,7 @@ impl Source for ConfigMap {
 
 impl Source for Secret {
     const WHAT: &'static str = "routes Secret";
-    const BIT: u8 = super::ROUTES_SECRET;
+    const BIT: u8 = SECRET;
     fn apply(self, engine: &Engine, dir: &Path) -> bool {
         let secrets: HashMap<PathBuf, Vec<u8>> = self
             .data
@@ -102,7 +113,7 @@ async fn apply<K: Source>(engine: &Arc<Engine>, target: &Target, obj: K) {
     }
 }
 
-pub fn spawn<K: Source>(engine: Arc<Engine>, target: Target) {
+fn spawn<K: Source>(engine: Arc<Engine>, target: Target) {
     tokio::spawn(async move {
         let client = loop {
             match Client::try_default().await {
@@ -146,4 +157,112 @@ pub fn spawn<K: Source>(engine: Arc<Engine>, target: Target) {
             apply(&engine, &target, obj).await;
         }
     });
+}
+
+/// With --policy-configmap (and --routes-secret), nothing is delivered or
+/// accepted until those have been read.
+/// Where the routes are read from: the relay's `--policy-configmap`,
+/// `--routes-secret` and related flags.
+pub struct Settings<'a> {
+    /// `NAMESPACE/NAME`s.
+    pub policy_configmap: Option<&'a str>,
+    pub routes_secret: Option<&'a str>,
+    /// Where the kubelet mounts them.
+    pub policy_configmap_dir: PathBuf,
+    pub routes_secret_dir: PathBuf,
+    /// How long to wait for an API that does not answer before serving the
+    /// mounts; zero: never.
+    pub api_wait_timeout: Duration,
+}
+
+pub fn watch_routes(engine: &Arc<Engine>, args: Settings<'_>) -> anyhow::Result<()> {
+    let configmap = args
+        .policy_configmap
+        .map(|spec| {
+            Target::parse(
+                "--policy-configmap",
+                spec,
+                args.policy_configmap_dir.clone(),
+            )
+        })
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let secret = args
+        .routes_secret
+        .map(|spec| Target::parse("--routes-secret", spec, args.routes_secret_dir.clone()))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let mut named = Vec::new();
+    if configmap.is_some() {
+        named.push((CONFIGMAP, ConfigMap::WHAT));
+    }
+    if secret.is_some() {
+        named.push((SECRET, Secret::WHAT));
+    }
+    engine.wait_for_routes(&named);
+    let sources = named.iter().fold(0, |all, (bit, _)| all | bit);
+    if sources != 0 && !args.api_wait_timeout.is_zero() {
+        let mounts = [
+            (CONFIGMAP, args.policy_configmap_dir.clone()),
+            (SECRET, args.routes_secret_dir.clone()),
+        ];
+        tokio::spawn(serve_mounts_without_api(
+            engine.clone(),
+            sources,
+            mounts,
+            args.api_wait_timeout,
+        ));
+    }
+    if let Some(t) = secret {
+        spawn::<Secret>(engine.clone(), t);
+    }
+    if let Some(t) = configmap {
+        spawn::<ConfigMap>(engine.clone(), t);
+    }
+    Ok(())
+}
+
+/// Every `wait`, while a source is unread and the API has not answered for
+/// it, serves it from its mounted copy if the kubelet mounted one (an empty
+/// mount means the object does not exist: mail keeps waiting).
+async fn serve_mounts_without_api(
+    engine: Arc<Engine>,
+    sources: u8,
+    mounts: [(u8, PathBuf); 2],
+    wait: Duration,
+) {
+    loop {
+        tokio::time::sleep(wait).await;
+        let unanswered = engine.routes.unanswered(sources);
+        if engine.routes_ready() || engine.is_shutting_down() {
+            return;
+        }
+        let mut serve = 0;
+        for (bit, dir) in &mounts {
+            if unanswered & bit == 0 {
+                continue;
+            }
+            if holds_files(dir) {
+                serve |= bit;
+            } else {
+                tracing::warn!(dir = %dir.display(), source = ?engine.routes.names(*bit),
+                    "the Kubernetes API has not answered and nothing is mounted: holding mail");
+            }
+        }
+        if serve != 0 {
+            tracing::warn!(sources = ?engine.routes.names(serve), ?wait,
+                "the Kubernetes API has not answered: serving the mounted copies until it does");
+            engine.serve_mounted_routes(serve);
+        }
+    }
+}
+
+/// A mounted ConfigMap or Secret has a file per key (the kubelet's own
+/// entries start with `..`); an optional one whose object does not exist is empty.
+fn holds_files(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| !e.file_name().to_string_lossy().starts_with(".."))
+    })
 }
