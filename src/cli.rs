@@ -81,11 +81,28 @@ pub fn main() -> ExitCode {
         // Colour for a person at a terminal; plain text for a log file or a collector.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    // Not more workers than cores: the relay's own threads (spool writer,
-    // broker I/O) are busy under load, and idle workers woken for each
-    // confirm cost more CPU than they add. A policy computing for long hands
-    // its worker's other tasks away (`policy::call_limit`) instead.
-    let workers = cli.worker_threads.map_or_else(
+    let rt = match runtime(cli.worker_threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(execute(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Not more workers than cores: the relay's own threads (spool writer,
+/// broker I/O) are busy under load, and idle workers woken for each confirm
+/// cost more CPU than they add. A policy computing for long hands its
+/// worker's other tasks away (`policy::call_limit`) instead.
+fn runtime(workers: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = workers.map_or_else(
         || {
             std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
@@ -94,57 +111,47 @@ pub fn main() -> ExitCode {
         },
         usize::from,
     );
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async {
-        match cli.command {
-            Command::Relay(args) => relay::run(args).await,
-            Command::Drain(args) => return relay::drain_job(args).await,
-            Command::Check { policy } => check(policy).await,
-            Command::Render {
+}
+
+/// Runs one command; the long-running ones until SIGTERM or Ctrl-C.
+async fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Relay(args) => relay::run(args, crate::signal::terminated()).await,
+        Command::Drain(args) => return relay::drain_job(args, crate::signal::terminated()).await,
+        Command::Check { policy } => check(policy).await,
+        Command::Render {
+            files,
+            relay,
+            namespace,
+            secrets_dir,
+            shared_rabbitmq_cluster_namespaces,
+            log_events_all_namespaces,
+        } => {
+            let ownership = crate::operator::ownership::Ownership::default()
+                .with_all_log_records(log_events_all_namespaces);
+            render(
                 files,
-                relay,
-                namespace,
-                secrets_dir,
-                shared_rabbitmq_cluster_namespaces,
-                log_events_all_namespaces,
-            } => {
-                let ownership = crate::operator::ownership::Ownership::default()
-                    .with_all_log_records(log_events_all_namespaces);
-                render(
-                    files,
-                    &relay,
-                    &namespace,
-                    &secrets_dir,
-                    &shared_rabbitmq_cluster_namespaces,
-                    &ownership,
-                )
-                .await
-            }
-            Command::Operator(args) => crate::operator::run::run(args).await,
-            Command::Crd => {
-                print!("{}", crate::operator::crd::crd_yaml());
-                Ok(())
-            }
+                &relay,
+                &namespace,
+                &secrets_dir,
+                &shared_rabbitmq_cluster_namespaces,
+                &ownership,
+            )
+            .await
         }
-        .map(|()| ExitCode::SUCCESS)
-    });
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+        Command::Operator(args) => {
+            crate::operator::run::run(args, crate::signal::terminated()).await
+        }
+        Command::Crd => {
+            print!("{}", crate::operator::crd::crd_yaml());
+            Ok(())
         }
     }
+    .map(|()| ExitCode::SUCCESS)
 }
 
 async fn check(path: PathBuf) -> anyhow::Result<()> {

@@ -235,16 +235,20 @@ async fn start(args: &RelayArgs) -> anyhow::Result<Started> {
     })
 }
 
-pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
+/// Runs the relay until `shutdown` resolves (SIGTERM in production) or a
+/// listener fails, then drains and stops.
+pub async fn run(
+    args: RelayArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let Started {
         engine,
         setup,
         marker,
     } = start(&args).await?;
-    let servers = listen(&engine, setup).await?;
-    let mut servers = servers;
+    let mut servers = listen(&engine, setup).await?;
     tokio::select! {
-        _ = crate::signal::terminated() => tracing::info!("shutting down"),
+        _ = shutdown => tracing::info!("shutting down"),
         Some(r) = servers.join_next() => {
             match r {
                 Ok(Err(e)) => tracing::error!(error = %e, "listener failed"),
@@ -367,7 +371,10 @@ pub const DRAIN_LEFT_MAIL: u8 = 3;
 /// `amqp-relay drain`: the relay on a spool, with its policy and routes but
 /// no listeners, delivering until the spool is empty, nothing left can go
 /// out, or the timeout; it reports what is left and exits 0 only if nothing is.
-pub async fn drain_job(args: DrainArgs) -> anyhow::Result<std::process::ExitCode> {
+pub async fn drain_job(
+    args: DrainArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<std::process::ExitCode> {
     let Started { engine, marker, .. } = start(&args.relay).await?;
     engine.close_reception();
     if args.retry_now {
@@ -376,7 +383,7 @@ pub async fn drain_job(args: DrainArgs) -> anyhow::Result<std::process::ExitCode
     }
     let end = tokio::select! {
         end = engine.drain(args.timeout) => Some(end?),
-        _ = crate::signal::terminated() => None,
+        _ = shutdown => None,
     };
     let report = stop(
         &engine,

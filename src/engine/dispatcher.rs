@@ -7,9 +7,10 @@
 use super::Engine;
 use super::queue::{Queue, QueueSettings};
 use crate::model::message::MessageRef;
-use crate::policy::delivery::{Outcome, SendResult};
+use crate::policy::delivery::{DeliverySession, Outcome, SendResult};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use tokio::sync::watch;
 
 /// Starts sessions while there are more ready messages than sessions, up to `connection_limit`.
 pub fn ensure_sessions(engine: &Arc<Engine>, q: &Arc<Queue>) {
@@ -54,7 +55,7 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) {
     let mut stop = engine.shutdown_signal();
     // The first messages are this session's before it connects: if it
     // cannot, they are the ones that fail.
-    let Some(mut msgs) = next_batch(engine, q, &settings, batch, &mut stop).await else {
+    let Some(msgs) = next_batch(engine, q, &settings, batch, &mut stop).await else {
         return;
     };
     let opened = policy
@@ -73,8 +74,26 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) {
         }
     };
     q.live_sessions.fetch_add(1, Ordering::AcqRel);
-    let mut delivered = 0usize;
+    deliver(engine, q, &settings, &mut session, msgs, epoch, &mut stop).await;
+    q.live_sessions.fetch_sub(1, Ordering::AcqRel);
+    session.close(&q.label).await;
+}
+
+/// Sends batch after batch on an open session until the queue is empty,
+/// the session has delivered its share, the sender asks to close, or the
+/// policy, the queue or the relay changes under it.
+async fn deliver(
+    engine: &Arc<Engine>,
+    q: &Arc<Queue>,
+    settings: &QueueSettings,
+    session: &mut DeliverySession,
+    mut msgs: Vec<MessageRef>,
+    epoch: u64,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let batch = settings.custom_lua.batch_size.max(1);
     let max_deliveries = settings.egress.max_deliveries_per_connection;
+    let mut delivered = 0usize;
     loop {
         // The policy may have changed while this session waited: what it just
         // took goes to a session of the new version instead.
@@ -82,36 +101,46 @@ async fn run_session(engine: &Arc<Engine>, q: &Arc<Queue>) {
             for m in msgs {
                 engine.hand_back(q, m);
             }
-            break;
-        }
-        if let Some(t) = &settings.throttle {
-            for _ in &msgs {
-                t.acquire().await;
-            }
+            return;
         }
         delivered += msgs.len();
-        let SendResult { outcome, close } = match engine.load_bodies(&msgs).await {
-            Ok(()) => session.send(&msgs).await,
-            Err(e) => SendResult {
-                outcome: Outcome::transient(&format!("451 4.3.0 cannot read the message: {e}")),
-                close: false,
-            },
-        };
-        for m in &msgs {
-            engine.complete(q, m, outcome.clone());
-        }
-        if close || delivered >= max_deliveries {
-            break;
+        if send(engine, q, settings, session, &msgs).await || delivered >= max_deliveries {
+            return;
         }
         // Never more than the session may still deliver.
         let want = batch.min(max_deliveries - delivered);
-        msgs = match next_batch(engine, q, &settings, want, &mut stop).await {
+        msgs = match next_batch(engine, q, settings, want, stop).await {
             Some(m) => m,
-            None => break,
+            None => return,
         };
     }
-    q.live_sessions.fetch_sub(1, Ordering::AcqRel);
-    session.close(&q.label).await;
+}
+
+/// One send of `msgs` (throttled, bodies loaded) and its outcome applied;
+/// whether the session should close.
+async fn send(
+    engine: &Arc<Engine>,
+    q: &Arc<Queue>,
+    settings: &QueueSettings,
+    session: &mut DeliverySession,
+    msgs: &[MessageRef],
+) -> bool {
+    if let Some(t) = &settings.throttle {
+        for _ in msgs {
+            t.acquire().await;
+        }
+    }
+    let SendResult { outcome, close } = match engine.load_bodies(msgs).await {
+        Ok(()) => session.send(msgs).await,
+        Err(e) => SendResult {
+            outcome: Outcome::transient(&format!("451 4.3.0 cannot read the message: {e}")),
+            close: false,
+        },
+    };
+    for m in msgs {
+        engine.complete(q, m, outcome.clone());
+    }
+    close
 }
 
 /// A session could not start: the messages it took fail temporarily. When no

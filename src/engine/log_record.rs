@@ -135,6 +135,25 @@ pub struct LogRecord {
 }
 
 impl Event<'_> {
+    /// The meta keys and headers `sel` copies into the record.
+    fn selected(
+        &self,
+        env: &crate::model::message::Envelope,
+        sel: &Selection,
+    ) -> (Map<String, Value>, Map<String, Value>) {
+        let meta = sel
+            .meta
+            .iter()
+            .filter_map(|k| Some((k.clone(), env.meta.get(k)?.clone())))
+            .collect();
+        let headers = sel
+            .headers
+            .iter()
+            .filter_map(|h| Some((h.clone(), Value::String(self.msg.first_header(h)?))))
+            .collect();
+        (meta, headers)
+    }
+
     pub fn record(&self, sel: &Selection) -> Value {
         serde_json::to_value(self.log_record(sel)).unwrap_or(Value::Null)
     }
@@ -147,18 +166,7 @@ impl Event<'_> {
             .and_then(Value::as_str)
             .unwrap_or("HTTP")
             .to_owned();
-        let mut meta = Map::new();
-        for k in &sel.meta {
-            if let Some(v) = env.meta.get(k) {
-                meta.insert(k.clone(), v.clone());
-            }
-        }
-        let mut headers = Map::new();
-        for h in &sel.headers {
-            if let Some(v) = self.msg.first_header(h) {
-                headers.insert(h.clone(), Value::String(v));
-            }
-        }
+        let (meta, headers) = self.selected(&env, sel);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();

@@ -173,12 +173,9 @@ enum Paging {
     NoRoom,
 }
 
-/// Pages in what is due of one queue, up to `room`.
-async fn page_queue(
-    engine: &Arc<Engine>,
-    label: &str,
-    room: usize,
-) -> Result<Paging, super::SpoolError> {
+/// The queue of a label on the schedule; none (and the label held) when
+/// the policy does not route it.
+async fn routed_queue(engine: &Arc<Engine>, label: &str) -> Option<Arc<super::queue::Queue>> {
     let q = match QueueName::parse(label) {
         Ok(name) => engine.queue(&name).await,
         Err(why) => Err(super::Refusal {
@@ -186,12 +183,35 @@ async fn page_queue(
             reason: format!("5.1.3 {why}"),
         }),
     };
-    let q = match q {
-        Ok(q) => q,
+    match q {
+        Ok(q) => Some(q),
         Err(why) => {
             engine.held.hold(label, why);
-            return Ok(Paging::Done);
+            None
         }
+    }
+}
+
+/// Messages paging found past their `max_age` (KumoMTA's expiry: 551 5.4.7).
+fn expire_paged(engine: &Engine, label: &str, expired: &[crate::model::message::Message]) {
+    if expired.is_empty() {
+        return;
+    }
+    let why =
+        crate::model::response::Response::parse("551 5.4.7 message reached max_age while waiting");
+    for m in expired {
+        engine.expire(label, m, &why);
+    }
+}
+
+/// Pages in what is due of one queue, up to `room`.
+async fn page_queue(
+    engine: &Arc<Engine>,
+    label: &str,
+    room: usize,
+) -> Result<Paging, super::SpoolError> {
+    let Some(q) = routed_queue(engine, label).await else {
+        return Ok(Paging::Done);
     };
     if q.is_suspended() {
         return Ok(Paging::Done);
@@ -225,15 +245,7 @@ async fn page_queue(
     };
     let unused = reserved - paged.messages.len();
     engine.active.fetch_sub(unused, Ordering::AcqRel);
-    if !paged.expired.is_empty() {
-        // KumoMTA's expiry response: 551 5.4.7.
-        let why = crate::model::response::Response::parse(
-            "551 5.4.7 message reached max_age while waiting",
-        );
-        for m in &paged.expired {
-            engine.expire(label, m, &why);
-        }
-    }
+    expire_paged(engine, label, &paged.expired);
     for m in paged.messages {
         let m = Arc::new(m);
         m.keep_body_within(&engine.bodies);

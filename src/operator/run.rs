@@ -288,10 +288,89 @@ where
     reader
 }
 
-pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
-    let ownership = crate::operator::ownership::Ownership::parse(&args.domain_ownership)
-        .map_err(anyhow::Error::msg)?
-        .with_all_log_records(args.log_events_all_namespaces.clone());
+/// The caches the syncs read: AmqpRoutes and the credential Secrets of
+/// every namespace watched.
+struct Caches {
+    routes: Vec<Store<AmqpRoute>>,
+    secrets: Vec<Store<Secret>>,
+    /// Notified on every watch event.
+    changed: Arc<Notify>,
+}
+
+impl Caches {
+    fn watch(client: &Client, scopes: &[Option<String>]) -> Caches {
+        let changed = Arc::new(Notify::new());
+        let (mut routes, mut secrets) = (Vec::new(), Vec::new());
+        for scope in scopes {
+            let (r, s): (Api<AmqpRoute>, Api<Secret>) = match scope {
+                Some(ns) => (
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                ),
+                None => (Api::all(client.clone()), Api::all(client.clone())),
+            };
+            routes.push(watch_into(r, watcher::Config::default(), changed.clone()));
+            secrets.push(watch_into(s, credential_secrets(), changed.clone()));
+        }
+        Caches {
+            routes,
+            secrets,
+            changed,
+        }
+    }
+
+    async fn ready(&self) -> anyhow::Result<()> {
+        for s in &self.routes {
+            s.wait_until_ready().await.context("route cache")?;
+        }
+        for s in &self.secrets {
+            s.wait_until_ready().await.context("secret cache")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether this replica leads, and the elector to stop on shutdown.
+struct Leadership {
+    leading: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
+    elector: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Leadership {
+    fn start(client: &Client, namespace: &str, args: &OperatorArgs) -> Leadership {
+        let (lead_tx, leading) = watch::channel(!args.leader_election);
+        let (stop, stop_rx) = watch::channel(false);
+        let elector = args.leader_election.then(|| {
+            let elector = Elector::new(
+                Api::namespaced(client.clone(), namespace),
+                format!("{}-operator", args.relay),
+                args.identity.clone(),
+                Duration::from_secs(15),
+            );
+            tokio::spawn(elector.run(lead_tx, stop_rx))
+        });
+        Leadership {
+            leading,
+            stop,
+            elector,
+        }
+    }
+
+    /// The lease goes back before the pod is gone, so a successor need not wait.
+    async fn release(self) {
+        let _ = self.stop.send(true);
+        if let Some(elector) = self.elector {
+            let _ = tokio::time::timeout(Duration::from_secs(5), elector).await;
+        }
+    }
+}
+
+/// Runs the operator until `shutdown` resolves (SIGTERM in production).
+pub async fn run(
+    args: OperatorArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("no Kubernetes client configuration (in-cluster or kubeconfig)")?;
@@ -299,32 +378,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
-    let scopes: Vec<Option<String>> = if args.watch_namespaces.iter().any(|n| n == "*") {
-        vec![None]
-    } else if args.watch_namespaces.is_empty() {
-        vec![Some(namespace.clone())]
-    } else {
-        args.watch_namespaces.iter().cloned().map(Some).collect()
-    };
-    let changed = Arc::new(Notify::new());
-    let mut route_stores = Vec::new();
-    let mut secret_stores = Vec::new();
-    for scope in &scopes {
-        let (routes, secrets): (Api<AmqpRoute>, Api<Secret>) = match scope {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
-        route_stores.push(watch_into(
-            routes,
-            watcher::Config::default(),
-            changed.clone(),
-        ));
-        secret_stores.push(watch_into(secrets, credential_secrets(), changed.clone()));
-    }
-
+    let scopes = scopes(&args, &namespace);
+    let caches = Caches::watch(&client, &scopes);
     let wanted = super::credentials::parse(&args.ensure_credentials).map_err(anyhow::Error::msg)?;
     if !wanted.is_empty() {
         // Relay pods mount them: they wait until these exist.
@@ -335,29 +390,41 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let (ready_tx, ready_rx) = watch::channel(false);
     serve_http(&args.listen, metrics.clone(), ready_rx).await?;
-
-    let (lead_tx, mut leading) = watch::channel(!args.leader_election);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let elector = args.leader_election.then(|| {
-        let elector = Elector::new(
-            Api::namespaced(client.clone(), &namespace),
-            format!("{}-operator", args.relay),
-            args.identity.clone(),
-            Duration::from_secs(15),
-        );
-        tokio::spawn(elector.run(lead_tx, stop_rx))
-    });
-
-    for s in route_stores.iter() {
-        s.wait_until_ready().await.context("route cache")?;
-    }
-    for s in secret_stores.iter() {
-        s.wait_until_ready().await.context("secret cache")?;
-    }
+    let leadership = Leadership::start(&client, &namespace, &args);
+    caches.ready().await?;
     let _ = ready_tx.send(true);
     tracing::info!(relay = %args.relay, namespace = %namespace, scopes = ?scopes, "operator caches ready");
+    let ctx = context(client, namespace, &args)?;
+    if let Some(cfg) = args.spools() {
+        tracing::info!(statefulset = %cfg.statefulset, delete_empty = cfg.delete_empty, "looking after spools a scale-in leaves behind");
+        tokio::spawn(look_after_spools(
+            ctx.client.clone(),
+            ctx.namespace.clone(),
+            cfg,
+            ctx.recorder.clone(),
+            leadership.leading.clone(),
+            metrics.clone(),
+        ));
+    }
+    control_loop(&ctx, &caches, leadership, &metrics, shutdown).await
+}
 
-    let ctx = Ctx {
+/// The namespaces watched: `*` for all, none given for the relay's own.
+fn scopes(args: &OperatorArgs, namespace: &str) -> Vec<Option<String>> {
+    if args.watch_namespaces.iter().any(|n| n == "*") {
+        vec![None]
+    } else if args.watch_namespaces.is_empty() {
+        vec![Some(namespace.to_owned())]
+    } else {
+        args.watch_namespaces.iter().cloned().map(Some).collect()
+    }
+}
+
+fn context(client: Client, namespace: String, args: &OperatorArgs) -> anyhow::Result<Ctx> {
+    let ownership = crate::operator::ownership::Ownership::parse(&args.domain_ownership)
+        .map_err(anyhow::Error::msg)?
+        .with_all_log_records(args.log_events_all_namespaces.clone());
+    Ok(Ctx {
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -378,99 +445,103 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         history: Default::default(),
         #[cfg(test)]
         refuse: None,
-    };
-    if let Some(cfg) = args.spools() {
-        tracing::info!(statefulset = %cfg.statefulset, delete_empty = cfg.delete_empty, "looking after spools a scale-in leaves behind");
-        tokio::spawn(look_after_spools(
-            ctx.client.clone(),
-            ctx.namespace.clone(),
-            cfg,
-            ctx.recorder.clone(),
-            leading.clone(),
-            metrics.clone(),
-        ));
-    }
+    })
+}
+
+/// A sync on every change (debounced), every five minutes regardless, and
+/// after a failure with backoff, while this replica leads; until `shutdown`.
+async fn control_loop(
+    ctx: &Ctx,
+    caches: &Caches,
+    mut leadership: Leadership,
+    metrics: &Metrics,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let mut retry_in: Option<Duration> = None;
-    // One listener for the whole run: a SIGTERM during a sync is kept for the next select.
-    let terminated = crate::signal::terminated();
-    tokio::pin!(terminated);
+    // Pinned once: a shutdown during a sync is kept for the next select.
+    tokio::pin!(shutdown);
     loop {
         let wait = retry_in.unwrap_or(Duration::from_secs(300));
         tokio::select! {
-            _ = changed.notified() => {}
+            _ = caches.changed.notified() => {}
             _ = tokio::time::sleep(wait) => {}
-            r = leading.changed() => {
+            r = leadership.leading.changed() => {
                 if r.is_err() {
                     anyhow::bail!("leader election stopped");
                 }
             }
-            _ = &mut terminated => {
+            _ = &mut shutdown => {
                 tracing::info!("shutting down");
-                let _ = stop_tx.send(true);
-                if let Some(elector) = elector {
-                    // The lease goes back before the pod is gone, so a successor need not wait.
-                    let _ = tokio::time::timeout(Duration::from_secs(5), elector).await;
-                }
+                leadership.release().await;
                 return Ok(());
             }
         }
-        let lead = *leading.borrow();
+        let lead = *leadership.leading.borrow();
         metrics.leader.set(lead as i64);
         if !lead {
             continue;
         }
         // Let a burst of watch events settle into one sync.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let routes: Vec<_> = route_stores.iter().flat_map(|s| s.state()).collect();
-        let secrets: Vec<_> = secret_stores.iter().flat_map(|s| s.state()).collect();
+        let routes: Vec<_> = caches.routes.iter().flat_map(|s| s.state()).collect();
+        let secrets: Vec<_> = caches.secrets.iter().flat_map(|s| s.state()).collect();
         let started = Instant::now();
-        let result = sync::sync(&ctx, &routes, &secrets).await;
+        let result = sync::sync(ctx, &routes, &secrets).await;
         metrics.duration.observe(started.elapsed().as_secs_f64());
         metrics.syncs.inc();
-        match result {
-            Ok(report) => {
-                // Until every relay runs the policy, look again soon; RabbitmqClusters
-                // are not watched, so routes using one are looked at twice a minute.
-                let uses_clusters = routes
-                    .iter()
-                    .any(|r| r.spec.broker.rabbitmq_cluster_ref.is_some());
-                retry_in = report
-                    .propagating
-                    .then_some(Duration::from_secs(2))
-                    .or(uses_clusters.then_some(Duration::from_secs(30)));
-                if let Some(error) = &report.compile_error {
-                    // The routes it concerns say so; nothing changes until their input does.
-                    tracing::error!(%error, "the rendered policy does not load; the previous one stays");
-                    metrics
-                        .failures
-                        .get_or_create(&ErrorLabel {
-                            error: "compile".into(),
-                        })
-                        .inc();
-                }
-                for (state, n) in [("accepted", report.accepted), ("rejected", report.rejected)] {
-                    metrics
-                        .routes
-                        .get_or_create(&StateLabel {
-                            state: state.into(),
-                        })
-                        .set(n as i64);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "sync failed");
-                metrics
-                    .failures
-                    .get_or_create(&ErrorLabel {
-                        error: e.metric_label().into(),
-                    })
-                    .inc();
-                retry_in = Some(retry_in.map_or(Duration::from_secs(1), |d| {
-                    (d * 2).min(Duration::from_secs(60))
-                }));
-            }
-        }
+        retry_in = after_sync(metrics, &routes, result, retry_in);
     }
+}
+
+/// Records a sync's outcome; when to sync again without a change.
+fn after_sync(
+    metrics: &Metrics,
+    routes: &[Arc<AmqpRoute>],
+    result: Result<sync::Report, sync::Error>,
+    retry_in: Option<Duration>,
+) -> Option<Duration> {
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            tracing::error!(error = %e, "sync failed");
+            metrics
+                .failures
+                .get_or_create(&ErrorLabel {
+                    error: e.metric_label().into(),
+                })
+                .inc();
+            return Some(retry_in.map_or(Duration::from_secs(1), |d| {
+                (d * 2).min(Duration::from_secs(60))
+            }));
+        }
+    };
+    if let Some(error) = &report.compile_error {
+        // The routes it concerns say so; nothing changes until their input does.
+        tracing::error!(%error, "the rendered policy does not load; the previous one stays");
+        metrics
+            .failures
+            .get_or_create(&ErrorLabel {
+                error: "compile".into(),
+            })
+            .inc();
+    }
+    for (state, n) in [("accepted", report.accepted), ("rejected", report.rejected)] {
+        metrics
+            .routes
+            .get_or_create(&StateLabel {
+                state: state.into(),
+            })
+            .set(n as i64);
+    }
+    // Until every relay runs the policy, look again soon; RabbitmqClusters
+    // are not watched, so routes using one are looked at twice a minute.
+    let uses_clusters = routes
+        .iter()
+        .any(|r| r.spec.broker.rabbitmq_cluster_ref.is_some());
+    report
+        .propagating
+        .then_some(Duration::from_secs(2))
+        .or(uses_clusters.then_some(Duration::from_secs(30)))
 }
 
 async fn serve_http(

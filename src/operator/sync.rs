@@ -307,6 +307,38 @@ async fn finish(
     }
 }
 
+/// What the operator says of a route: rejected, its policy not loading
+/// (and not live yet), or accepted.
+fn verdict_of(
+    id: &RouteId,
+    out: &Rendered,
+    live: &BTreeMap<String, String>,
+    compile_error: &Option<String>,
+) -> Verdict {
+    let digest = out.digests.get(id);
+    match (
+        out.rejected.iter().find(|(rid, _)| rid == id),
+        compile_error,
+    ) {
+        (Some((_, why)), _) => Verdict::Rejected(why.clone()),
+        (None, Some(e)) if digest != live.get(&id.to_string()) => Verdict::CompileFailed(e.clone()),
+        (None, _) => Verdict::Accepted,
+    }
+}
+
+/// What a relay holding this route's credentials reports for them.
+fn credential_digests(id: &RouteId, out: &Rendered, digest_key: &[u8]) -> Vec<(String, String)> {
+    out.route_keys
+        .get(id)
+        .into_iter()
+        .flatten()
+        .filter_map(|k| {
+            let value = out.secret.get(k)?;
+            Some((k.clone(), crate::model::digest::keyed(digest_key, value)))
+        })
+        .collect()
+}
+
 /// Writes the status of every route whose status changed; failures are
 /// returned, not fatal to the rest.
 async fn update_statuses(
@@ -323,27 +355,8 @@ async fn update_statuses(
     for r in routes {
         let id = id_of(r);
         let digest = out.digests.get(&id);
-        let verdict = match (
-            out.rejected.iter().find(|(rid, _)| rid == &id),
-            &report.compile_error,
-        ) {
-            (Some((_, why)), _) => Verdict::Rejected(why.clone()),
-            (None, Some(e)) if digest != live.get(&id.to_string()) => {
-                Verdict::CompileFailed(e.clone())
-            }
-            (None, _) => Verdict::Accepted,
-        };
-        // What a relay holding this route's credentials reports for them.
-        let credentials: Vec<(String, String)> = out
-            .route_keys
-            .get(&id)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| {
-                let value = out.secret.get(k)?;
-                Some((k.clone(), crate::model::digest::keyed(digest_key, value)))
-            })
-            .collect();
+        let verdict = verdict_of(&id, out, live, &report.compile_error);
+        let credentials = credential_digests(&id, out, digest_key);
         let propagation = {
             let history = ctx.history.lock().unwrap_or_else(|e| e.into_inner());
             let version = status::Version {
@@ -386,6 +399,55 @@ async fn update_statuses(
     failed
 }
 
+/// What one relay pod says it runs; an empty view when it does not answer.
+async fn ask_relay(ctx: &Ctx, name: String, host: &str) -> status::RelayView {
+    let url = format!("http://{host}:{}/api/policy", ctx.relay_port);
+    let report = async {
+        ctx.http
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(2))
+            .send()
+            .await?
+            .error_for_status()?
+            .json::<serde_json::Value>()
+            .await
+    }
+    .await;
+    let hashes = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(|h| h.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    match report {
+        Ok(r) => status::RelayView {
+            pod: name,
+            running: hashes(&r["files"]),
+            secrets: r["secrets"].as_object().map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            }),
+            rejected: r["last_error"].as_object().map(|e| {
+                (
+                    hashes(&e["files"]),
+                    e["error"].as_str().unwrap_or("").to_owned(),
+                )
+            }),
+        },
+        Err(e) => {
+            tracing::debug!(pod = %name, error = %e, "relay pod did not report its policy");
+            status::RelayView {
+                pod: name,
+                ..Default::default()
+            }
+        }
+    }
+}
+
 /// Asks every ready relay pod which policy it runs. A pod that does not
 /// answer counts as not running the new one.
 pub async fn observe_relays(ctx: &Ctx) -> Result<Vec<status::RelayView>, Error> {
@@ -411,52 +473,7 @@ pub async fn observe_relays(ctx: &Ctx) -> Result<Vec<status::RelayView>, Error> 
         } else {
             ip
         };
-        let url = format!("http://{host}:{}/api/policy", ctx.relay_port);
-        let report = async {
-            ctx.http
-                .get(&url)
-                .timeout(std::time::Duration::from_secs(2))
-                .send()
-                .await?
-                .error_for_status()?
-                .json::<serde_json::Value>()
-                .await
-        }
-        .await;
-        let hashes = |v: &serde_json::Value| -> Vec<String> {
-            v.as_object()
-                .map(|m| {
-                    m.values()
-                        .filter_map(|h| h.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let view = match report {
-            Ok(r) => status::RelayView {
-                pod: name,
-                running: hashes(&r["files"]),
-                secrets: r["secrets"].as_object().map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                        .collect()
-                }),
-                rejected: r["last_error"].as_object().map(|e| {
-                    (
-                        hashes(&e["files"]),
-                        e["error"].as_str().unwrap_or("").to_owned(),
-                    )
-                }),
-            },
-            Err(e) => {
-                tracing::debug!(pod = %name, error = %e, "relay pod did not report its policy");
-                status::RelayView {
-                    pod: name,
-                    ..Default::default()
-                }
-            }
-        };
-        views.push(view);
+        views.push(ask_relay(ctx, name, &host).await);
     }
     Ok(views)
 }

@@ -42,6 +42,11 @@ impl<'a> Changes<'a> {
         }
     }
 
+    /// `n` messages left `queue`'s schedule.
+    fn left(&mut self, queue: String, n: usize) {
+        *self.touched.entry(queue).or_default() -= n as i64;
+    }
+
     /// Brings the per-queue summaries and the shared bodies up to date.
     fn settle(&mut self, t: &mut Tables) -> Result<(), redb::Error> {
         for (queue, delta) in self.touched.drain() {
@@ -274,6 +279,34 @@ struct Writer {
     removals: Removals,
 }
 
+/// What the writer's channel gave.
+enum Next {
+    Op(Op),
+    /// Deferred work is due and nothing came.
+    WaitedEnough,
+    /// Every sender is gone.
+    Closed,
+}
+
+/// `first` and whatever else is queued already, up to `MAX_BATCH`, and a
+/// close request if one came (it ends the batch).
+fn gather(first: Option<Op>, rx: &mut mpsc::UnboundedReceiver<Op>) -> (Vec<Op>, Option<Reply<()>>) {
+    let mut batch: Vec<Op> = Vec::new();
+    let mut next = first;
+    while let Some(op) = next {
+        match op {
+            Op::Close(done) => return (batch, Some(done)),
+            op => batch.push(op),
+        }
+        next = if batch.len() < MAX_BATCH {
+            rx.try_recv().ok()
+        } else {
+            None
+        };
+    }
+    (batch, None)
+}
+
 impl Writer {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
         // Removals and retries wait here (not yet applied) until an operation
@@ -281,39 +314,12 @@ impl Writer {
         let mut deferred: Vec<Op> = Vec::new();
         let mut deferred_since = Instant::now();
         loop {
-            let first = if deferred.is_empty() {
-                match rx.blocking_recv() {
-                    Some(op) => Some(op),
-                    None => break,
-                }
-            } else {
-                let wait = LAZY_SYNC.saturating_sub(deferred_since.elapsed());
-                match self
-                    .rt
-                    .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
-                {
-                    Ok(Some(op)) => Some(op),
-                    Err(_elapsed) => None,
-                    Ok(None) => break,
-                }
+            let first = match self.next_op(&mut rx, !deferred.is_empty(), deferred_since) {
+                Next::Op(op) => Some(op),
+                Next::WaitedEnough => None,
+                Next::Closed => break,
             };
-            let mut batch: Vec<Op> = Vec::new();
-            let mut close = None;
-            let mut next = first;
-            while let Some(op) = next {
-                match op {
-                    Op::Close(done) => {
-                        close = Some(done);
-                        break;
-                    }
-                    op => batch.push(op),
-                }
-                next = if batch.len() < MAX_BATCH {
-                    rx.try_recv().ok()
-                } else {
-                    None
-                };
-            }
+            let (mut batch, close) = gather(first, &mut rx);
             let waited_long = deferred_since.elapsed() >= LAZY_SYNC;
             let answer_now = close.is_some() || batch.iter().any(awaited);
             if !answer_now && !waited_long && deferred.len() + batch.len() < MAX_BATCH {
@@ -327,15 +333,7 @@ impl Writer {
             let mut ops = self.take_removals();
             ops.append(&mut deferred);
             ops.append(&mut batch);
-            let (result, pending) = self.commit(ops);
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "spool commit failed");
-                // redb refuses further writes after an I/O error; reopen next time.
-                self.db = None;
-            }
-            for p in pending {
-                p.send(&result);
-            }
+            self.commit_and_answer(ops);
             if let Some(done) = close {
                 let _ = done.send(self.close());
                 return;
@@ -345,6 +343,40 @@ impl Writer {
         ops.append(&mut deferred);
         if !ops.is_empty() {
             let _ = self.commit(ops);
+        }
+    }
+
+    /// The next operation; with work deferred, waits only until it is due.
+    fn next_op(
+        &self,
+        rx: &mut mpsc::UnboundedReceiver<Op>,
+        deferring: bool,
+        deferred_since: Instant,
+    ) -> Next {
+        if !deferring {
+            return rx.blocking_recv().map_or(Next::Closed, Next::Op);
+        }
+        let wait = LAZY_SYNC.saturating_sub(deferred_since.elapsed());
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+        {
+            Ok(Some(op)) => Next::Op(op),
+            Err(_elapsed) => Next::WaitedEnough,
+            Ok(None) => Next::Closed,
+        }
+    }
+
+    /// Commits `ops` in one transaction and answers those awaiting it.
+    fn commit_and_answer(&mut self, ops: Vec<Op>) {
+        let (result, pending) = self.commit(ops);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "spool commit failed");
+            // redb refuses further writes after an I/O error; reopen next time.
+            self.db = None;
+        }
+        for p in pending {
+            p.send(&result);
         }
     }
 
@@ -510,15 +542,7 @@ fn apply_op(
             envelope,
             body,
         } => schedule(t, id, queue, due, &envelope, body, changes),
-        Op::Remove(id) => {
-            if let Some(old) = t.messages.remove(id)?
-                && let Ok((_, stored)) = tables::split_record(old.value())
-            {
-                changes.release(stored);
-            }
-            changes.active.leave(t, id)?;
-            Ok(())
-        }
+        Op::Remove(id) => remove(t, id, changes),
         Op::PageIn {
             queue,
             max,
@@ -529,8 +553,7 @@ fn apply_op(
         } => {
             let work = page_in(t, &queue, max, now, max_age_ms, body_bytes, changes);
             if let Ok(paged) = &work {
-                let moved = (paged.messages.len() + paged.expired.len()) as i64;
-                *changes.touched.entry(queue).or_default() -= moved;
+                changes.left(queue, paged.messages.len() + paged.expired.len());
             }
             answer(pending, done, Pending::Paged, work)
         }
@@ -555,7 +578,7 @@ fn apply_op(
         } => {
             let work = take_scheduled(t, &queue, until, max, changes);
             if let Ok(taken) = &work {
-                *changes.touched.entry(queue).or_default() -= taken.len() as i64;
+                changes.left(queue, taken.len());
             }
             answer(pending, done, Pending::Taken, work)
         }
@@ -575,6 +598,16 @@ fn apply_op(
         }
         Op::Sync | Op::Removals => Ok(()),
     }
+}
+
+fn remove(t: &mut Tables, id: u128, changes: &mut Changes) -> Result<(), redb::Error> {
+    if let Some(old) = t.messages.remove(id)?
+        && let Ok((_, stored)) = tables::split_record(old.value())
+    {
+        changes.release(stored);
+    }
+    changes.active.leave(t, id)?;
+    Ok(())
 }
 
 fn insert(
