@@ -42,10 +42,7 @@ async fn suspend_summarise_bounce_resume() {
     let broker = Broker::shared();
     let conn = broker.connect().await;
     declare_queue(&conn, "admin-q", FieldTable::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(
-        dir.path(),
-        "policy.lua",
+    let setup = Setup::new(
         &crate::policy_template("modes.lua"),
         &[
             ("QUEUE", "admin-q"),
@@ -53,7 +50,7 @@ async fn suspend_summarise_bounce_resume() {
             ("MAX_AGE", "1h"),
         ],
     );
-    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let relay = setup.relay().start();
     use reqwest::Method;
     let (s, amqp) = call(
         &relay,
@@ -141,3 +138,4 @@ async fn suspend_summarise_bounce_resume() {
     assert_eq!(s, 400);
     assert!(err["error"].as_str().unwrap().contains("reason"), "{err}");
 }
+

@@ -15,10 +15,7 @@ async fn misbehaving_sends_are_bounded_retried_and_never_wedge_the_queue() {
     // Accepts connections and never says a word.
     let stall = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let stall_port = stall.local_addr().unwrap().port().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(
-        dir.path(),
-        "policy.lua",
+    let setup = Setup::new(
         &crate::policy_template("misbehave.lua"),
         &[
             ("QUEUE", "misbehave-q"),
@@ -26,7 +23,7 @@ async fn misbehaving_sends_are_bounded_retried_and_never_wedge_the_queue() {
             ("STALL_PORT", &stall_port),
         ],
     );
-    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let relay = setup.relay().start();
     let modes = ["throw", "spin", "stall", "garbage", "none"];
     for mode in modes {
         let (status, resp) = relay

@@ -62,10 +62,7 @@ async fn broker_outage_delays_but_loses_nothing() {
     let conn = broker.connect().await;
     declare_queue(&conn, "outage-q", FieldTable::default()).await;
     drop(conn);
-    let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(
-        dir.path(),
-        "policy.lua",
+    let setup = Setup::new(
         &crate::policy_template("modes.lua"),
         &[
             ("QUEUE", "outage-q"),
@@ -73,7 +70,7 @@ async fn broker_outage_delays_but_loses_nothing() {
             ("MAX_AGE", "1h"),
         ],
     );
-    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let relay = setup.relay().start();
     // Warm up: one message through, so a pooled connection exists and must break.
     let (status, _) = relay
         .inject("s@example.com", &["warm@amqp".to_string()], "warm")

@@ -35,64 +35,146 @@ pub fn write_policy(dir: &Path, name: &str, template: &str, vars: &[(&str, &str)
     path
 }
 
+/// A test's directory with its policy written from a template: the one
+/// setup every relay test starts from.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub policy: PathBuf,
+}
+
+impl Setup {
+    /// A fresh directory with `policy.lua` from `template` (`{{KEY}}` replaced).
+    pub fn new(template: &str, vars: &[(&str, &str)]) -> Setup {
+        Setup::in_dir(tempfile::tempdir().unwrap(), template, vars)
+    }
+
+    /// The same in `dir` (made first when the policy names it).
+    pub fn in_dir(dir: tempfile::TempDir, template: &str, vars: &[(&str, &str)]) -> Setup {
+        let policy = write_policy(dir.path(), "policy.lua", template, vars);
+        Setup { dir, policy }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The relay's spool directory in it.
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// A relay on this policy and spool, to be configured and started.
+    pub fn relay(&self) -> Launch {
+        Launch::new(&self.policy, &self.spool())
+    }
+}
+
+/// How a relay under test starts: `--http-listen 127.0.0.1:0` and one HTTP
+/// listener awaited unless the policy's init starts its own.
+pub struct Launch {
+    policy: PathBuf,
+    data_dir: PathBuf,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+    /// Listeners the policy's init starts; `None`: the flag's one HTTP listener.
+    init: Option<usize>,
+    smtp: usize,
+}
+
+impl Launch {
+    pub fn new(policy: &Path, data_dir: &Path) -> Launch {
+        Launch {
+            policy: policy.to_owned(),
+            data_dir: data_dir.to_owned(),
+            env: Vec::new(),
+            args: Vec::new(),
+            init: None,
+            smtp: 0,
+        }
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Launch {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    pub fn envs(self, env: &[(&str, &str)]) -> Launch {
+        env.iter().fold(self, |l, (k, v)| l.env(k, v))
+    }
+
+    pub fn arg(mut self, a: &str) -> Launch {
+        self.args.push(a.to_owned());
+        self
+    }
+
+    /// With `--smtp-listen 127.0.0.1:0` (for policies without init).
+    pub fn smtp_flag(self) -> Launch {
+        let mut l = self.arg("--smtp-listen").arg("127.0.0.1:0");
+        l.smtp = 1;
+        l
+    }
+
+    /// SMTP listeners the policy's init starts (beside the flag's HTTP one).
+    pub fn smtp_listeners(mut self, n: usize) -> Launch {
+        self.smtp = n;
+        self
+    }
+
+    /// The policy's init starts `http` HTTP and `smtp` SMTP listeners (no flag).
+    pub fn init_listeners(mut self, http: usize, smtp: usize) -> Launch {
+        self.init = Some(http);
+        self.smtp = smtp;
+        self
+    }
+
+    pub fn start(self) -> Relay {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("relay")
+            .arg("--policy")
+            .arg(&self.policy)
+            .arg("--data-dir")
+            .arg(&self.data_dir);
+        if self.init.is_none() {
+            cmd.arg("--http-listen").arg("127.0.0.1:0");
+        }
+        cmd.args(&self.args)
+            .env("RUST_LOG", "info,lapin=off")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        Relay::launch_with(cmd, self.init.unwrap_or(1), self.smtp)
+    }
+}
+
 impl Relay {
     pub fn start(policy: &Path, data_dir: &Path) -> Relay {
-        Self::start_with_env(policy, data_dir, &[])
+        Launch::new(policy, data_dir).start()
     }
 
     pub fn start_with_env(policy: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Relay {
-        Self::launch(policy, data_dir, env, &[], 0)
+        Launch::new(policy, data_dir).envs(env).start()
     }
 
     /// With `--smtp-listen 127.0.0.1:0` (for policies without init).
     pub fn start_smtp(policy: &Path, data_dir: &Path) -> Relay {
-        Self::launch(policy, data_dir, &[], &["--smtp-listen", "127.0.0.1:0"], 1)
+        Launch::new(policy, data_dir).smtp_flag().start()
     }
 
     /// For a policy whose init starts `smtp_listeners` SMTP listeners.
     pub fn start_init(policy: &Path, data_dir: &Path, smtp_listeners: usize) -> Relay {
-        Self::launch(policy, data_dir, &[], &[], smtp_listeners)
-    }
-
-    fn launch(
-        policy: &Path,
-        data_dir: &Path,
-        env: &[(&str, &str)],
-        args: &[&str],
-        smtp_listeners: usize,
-    ) -> Relay {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("relay")
-            .arg("--policy")
-            .arg(policy)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--http-listen")
-            .arg("127.0.0.1:0")
-            .args(args)
-            .env("RUST_LOG", "info,lapin=off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Self::launch_with(cmd, 1, smtp_listeners)
+        Launch::new(policy, data_dir)
+            .smtp_listeners(smtp_listeners)
+            .start()
     }
 
     /// For a policy whose init starts `http` HTTP and `smtp` SMTP listeners.
     pub fn start_listeners(policy: &Path, data_dir: &Path, http: usize, smtp: usize) -> Relay {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("relay")
-            .arg("--policy")
-            .arg(policy)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("RUST_LOG", "info,lapin=off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        Self::launch_with(cmd, http, smtp)
+        Launch::new(policy, data_dir)
+            .init_listeners(http, smtp)
+            .start()
     }
 
     fn launch_with(mut cmd: Command, http_listeners: usize, smtp_listeners: usize) -> Relay {

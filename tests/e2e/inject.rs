@@ -11,14 +11,11 @@ async fn templated_content_reaches_the_queue_rendered_per_recipient() {
     let broker = Broker::shared();
     let conn = broker.connect().await;
     declare_queue(&conn, "templated-q", FieldTable::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(
-        dir.path(),
-        "policy.lua",
+    let setup = Setup::new(
         &crate::policy_template("templated.lua"),
         &[("URL", &broker.url()), ("QUEUE", "templated-q")],
     );
-    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let relay = setup.relay().start();
 
     let broken = serde_json::json!({
         "envelope_sender": "noreply@example.com",
@@ -75,14 +72,11 @@ async fn builder_content_reaches_the_queue_as_mime() {
     let broker = Broker::shared();
     let conn = broker.connect().await;
     declare_queue(&conn, "builder-q", FieldTable::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(
-        dir.path(),
-        "policy.lua",
+    let setup = Setup::new(
         &crate::policy_template("templated.lua"),
         &[("URL", &broker.url()), ("QUEUE", "builder-q")],
     );
-    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let relay = setup.relay().start();
     let req = serde_json::json!({
         "envelope_sender": "noreply@example.com",
         "content": {

@@ -136,15 +136,12 @@ async fn dropped_and_stalled_connections_heal_without_restart() {
     let conn = broker.connect().await;
     declare_queue(&conn, "proxy-q", FieldTable::default()).await;
     let proxy = Proxy::start(([127, 0, 0, 1], broker.port).into()).await;
-    let dir = tempfile::tempdir().unwrap();
     let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.addr.port());
-    let policy = write_policy(
-        dir.path(),
-        "policy.lua",
+    let setup = Setup::new(
         &crate::policy_template("chaos.lua"),
         &[("QUEUE", "proxy-q"), ("URL", &url)],
     );
-    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let relay = setup.relay().start();
     let mut acked = HashSet::new();
     stream(&relay, 0, 1000, &mut acked).await;
     proxy.set(DROP);
@@ -183,14 +180,11 @@ async fn broker_killed_mid_stream_loses_nothing() {
     let conn = broker.connect().await;
     declare_queue(&conn, "midstream-q", FieldTable::default()).await;
     drop(conn);
-    let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(
-        dir.path(),
-        "policy.lua",
+    let setup = Setup::new(
         &crate::policy_template("chaos.lua"),
         &[("QUEUE", "midstream-q"), ("URL", &broker.url())],
     );
-    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let relay = setup.relay().start();
     let mut acked = HashSet::new();
     stream(&relay, 0, 1500, &mut acked).await;
     let broker = kill_broker(broker).await;

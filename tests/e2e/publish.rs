@@ -12,15 +12,12 @@ async fn basic_publish_policy_delivers_1000() {
     let broker = Broker::shared();
     let conn = broker.connect().await;
     declare_queue(&conn, "basic-publish", FieldTable::default()).await;
-    let dir = tempfile::tempdir().unwrap();
     let port = broker.port.to_string();
-    let policy = write_policy(
-        dir.path(),
-        "policy.lua",
+    let setup = Setup::new(
         &crate::policy_template("basic_publish.lua"),
         &[("QUEUE", "basic-publish"), ("PORT", &port)],
     );
-    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let relay = setup.relay().start();
     let mut sent = Vec::new();
     for i in 0..N / 100 {
         let body = format!("Subject: bp {i}\r\n\r\n{}\r\n", "x".repeat(i * 10));
@@ -55,10 +52,7 @@ async fn basic_publish_policy_delivers_1000() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_mandatory_publish_is_visible_to_lua() {
     let broker = Broker::shared();
-    let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(
-        dir.path(),
-        "policy.lua",
+    let setup = Setup::new(
         &crate::policy_template("modes.lua"),
         &[
             ("QUEUE", "unused"),
@@ -66,7 +60,7 @@ async fn unroutable_mandatory_publish_is_visible_to_lua() {
             ("MAX_AGE", "1h"),
         ],
     );
-    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let relay = setup.relay().start();
     let (status, _) = relay
         .inject(
             "s@example.com",

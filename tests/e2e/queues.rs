@@ -84,25 +84,23 @@ async fn a_hundred_thousand_queues_pass_through_and_leave_nothing_behind() {
     let broker = Broker::shared();
     let conn = broker.connect().await;
     declare_queue(&conn, "many-q", FieldTable::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(
-        dir.path(),
-        "policy.lua",
+    let setup = Setup::new(
         &crate::policy_template("any_domain.lua"),
         &[("URL", &broker.url()), ("QUEUE", "many-q")],
     );
-    let relay = Relay::start_with_env(
-        &policy,
-        &dir.path().join("spool"),
-        // A small spool cache: its filling would otherwise hide a leak.
-        &[
-            ("AMQP_RELAY_QUEUE_IDLE", "500ms"),
-            ("AMQP_RELAY_SPOOL_CACHE", "1MiB"),
-            // Each worker's allocator heap keeps pages of its own; a fixed
-            // count keeps the figures alike on machines of any size.
-            ("AMQP_RELAY_WORKER_THREADS", "2"),
-        ],
-    );
+    let relay = setup
+        .relay()
+        .envs(
+            // A small spool cache: its filling would otherwise hide a leak.
+            &[
+                ("AMQP_RELAY_QUEUE_IDLE", "500ms"),
+                ("AMQP_RELAY_SPOOL_CACHE", "1MiB"),
+                // Each worker's allocator heap keeps pages of its own; a fixed
+                // count keeps the figures alike on machines of any size.
+                ("AMQP_RELAY_WORKER_THREADS", "2"),
+            ],
+        )
+        .start();
     let idle_tasks = relay.metric("amqp_relay_tasks").await;
     // A larger burst first, so the allocator's high-water mark (set by how
     // many queues are live at once) is behind us; then two equal bursts,

@@ -11,10 +11,7 @@ async fn rejects_and_lua_errors_are_retried_then_delivered() {
     let broker = Broker::shared();
     let conn = broker.connect().await;
     declare_queue(&conn, "retry-q", FieldTable::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(
-        dir.path(),
-        "policy.lua",
+    let setup = Setup::new(
         &crate::policy_template("modes.lua"),
         &[
             ("QUEUE", "retry-q"),
@@ -22,7 +19,7 @@ async fn rejects_and_lua_errors_are_retried_then_delivered() {
             ("MAX_AGE", "1h"),
         ],
     );
-    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let relay = setup.relay().start();
     for mode in ["reject-once", "error-once", "with-timeout"] {
         let body = format!("X-Mode: {mode}\r\n\r\n{mode}");
         let (status, resp) = relay
@@ -55,10 +52,7 @@ async fn rejects_and_lua_errors_are_retried_then_delivered() {
 async fn message_older_than_max_age_expires() {
     const N: usize = 5;
     let broker = Broker::shared();
-    let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(
-        dir.path(),
-        "policy.lua",
+    let setup = Setup::new(
         &crate::policy_template("modes.lua"),
         &[
             ("QUEUE", "never"),
@@ -66,7 +60,7 @@ async fn message_older_than_max_age_expires() {
             ("MAX_AGE", "3s"),
         ],
     );
-    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let relay = setup.relay().start();
     let (status, _) = relay
         .inject(
             "s@example.com",

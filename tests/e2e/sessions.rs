@@ -94,17 +94,17 @@ async fn a_session_that_cannot_start_fails_only_what_it_took() {
     let conn = broker.connect().await;
     declare_queue(&conn, "flaky-start-q", FieldTable::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(
-        dir.path(),
-        "policy.lua",
+    let dir_name = dir.path().display().to_string();
+    let setup = Setup::in_dir(
+        dir,
         &crate::policy_template("flaky_start.lua"),
         &[
             ("QUEUE", "flaky-start-q"),
             ("URL", &broker.url()),
-            ("DIR", dir.path().to_str().unwrap()),
+            ("DIR", &dir_name),
         ],
     );
-    let relay = Relay::start(&policy, &dir.path().join("spool"));
+    let relay = setup.relay().start();
     // One session connects and stays (idle_timeout 60s).
     let (status, _) = relay
         .inject("s@example.com", &["warm@amqp".to_string()], "warm")
@@ -114,7 +114,7 @@ async fn a_session_that_cannot_start_fails_only_what_it_took() {
         .await_metric("amqp_relay_delivered_total", 1.0, Duration::from_secs(30))
         .await;
     // The next session to start fails; the others keep delivering.
-    std::fs::write(dir.path().join("fail-next"), "").unwrap();
+    std::fs::write(setup.path().join("fail-next"), "").unwrap();
     let (status, _) = relay
         .inject("s@example.com", &recipients("flaky", "amqp", 200), "many")
         .await;
@@ -123,7 +123,7 @@ async fn a_session_that_cannot_start_fails_only_what_it_took() {
         .await_metric("amqp_relay_delivered_total", 200.0, Duration::from_secs(30))
         .await;
     assert!(
-        !dir.path().join("fail-next").exists(),
+        !setup.path().join("fail-next").exists(),
         "a session start failed: the test exercised it"
     );
     assert_eq!(

@@ -67,14 +67,11 @@ async fn smtp_clients_edge_cases_and_abuse() {
     let broker = Broker::shared();
     let conn = broker.connect().await;
     declare_queue(&conn, "smtp-q", FieldTable::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(
-        dir.path(),
-        "policy.lua",
+    let setup = Setup::new(
         &crate::policy_template("smtp.lua"),
         &[("QUEUE", "smtp-q"), ("URL", &broker.url())],
     );
-    let relay = Relay::start_init(&policy, &dir.path().join("spool"), 2);
+    let relay = setup.relay().smtp_listeners(2).start();
     let (open, closed) = (relay.smtp[0], relay.smtp[1]);
 
     // A standard client, two recipients: two messages.
@@ -325,14 +322,11 @@ async fn routing_is_decided_after_the_reception_event() {
     let broker = Broker::shared();
     let conn = broker.connect().await;
     declare_queue(&conn, "smtp-tenant-q", FieldTable::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(
-        dir.path(),
-        "policy.lua",
+    let setup = Setup::new(
         &crate::policy_template("smtp_tenant.lua"),
         &[("QUEUE", "smtp-tenant-q"), ("URL", &broker.url())],
     );
-    let relay = Relay::start_smtp(&policy, &dir.path().join("spool"));
+    let relay = setup.relay().smtp_flag().start();
     let mut s = Raw::connect(relay.smtp[0]).await;
     assert_eq!(s.cmd("EHLO client.test").await.0, 250);
     // The bare domain has no route, but the tenant the reception event sets does.
