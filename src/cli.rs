@@ -38,6 +38,9 @@ enum Command {
     Operator(crate::operator::run::OperatorArgs),
     /// Print the AmqpRoute CustomResourceDefinition (YAML).
     Crd,
+    /// Talk to a running relay's admin API: queue-summary, bounce, suspend,
+    /// resume, suspensions, bump-epoch, policy.
+    Admin(crate::admin_cli::AdminArgs),
     /// Render, offline, the ConfigMap and Secret the operator would write from
     /// AmqpRoute (and Secret, RabbitmqCluster) YAML. Rejected routes are reported on stderr and
     /// make the exit code non-zero.
@@ -150,6 +153,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", crate::operator::crd::crd_yaml());
             Ok(())
         }
+        Command::Admin(args) => crate::admin_cli::run(args).await,
     }
     .map(|()| ExitCode::SUCCESS)
 }
