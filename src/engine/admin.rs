@@ -246,6 +246,8 @@ impl Engine {
         let m = &self.metrics;
         m.spooled.set(counts.messages as i64);
         m.active.set(self.active() as i64);
+        m.ready
+            .set((self.is_receiving() && self.routes_ready()) as i64);
         m.queue_depth.clear();
         let queues = self.queues();
         m.queues.set(queues.len() as i64);

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub epoch: Gauge,
     pub routes_from_mount: Gauge,
     pub draining: Gauge,
+    pub ready: Gauge,
 }
 
 impl Default for Metrics {
@@ -53,6 +54,7 @@ impl Default for Metrics {
             epoch: Gauge::default(),
             routes_from_mount: Gauge::default(),
             draining: Gauge::default(),
+            ready: Gauge::default(),
             registry: Registry::default(),
             kumo: Registry::default(),
         };
@@ -150,6 +152,11 @@ impl Default for Metrics {
             "1 while the relay, stopping, delivers what its spool holds and takes nothing new",
             m.draining.clone(),
         );
+        registry.register(
+            "ready",
+            "1 when /readyz says ready: reception open and the routes read",
+            m.ready.clone(),
+        );
         m.epoch.set(1);
         Metrics {
             registry,
@@ -189,5 +196,61 @@ mod tests {
                 && out.matches("# EOF").count() == 1,
             "{out}"
         );
+    }
+
+    /// Every relay metric the chart's alerts and dashboard query is in what
+    /// /metrics serves (`Metrics::encode`), suffixes of counters and
+    /// histograms included.
+    #[test]
+    fn the_charts_queries_use_only_exported_relay_metrics() {
+        use crate::policy::amqp::metrics as broker;
+        let m = super::Metrics::default();
+        // Families show only once they have a member.
+        let q = super::QueueLabel {
+            queue: "t@amqp".into(),
+        };
+        m.queue_depth.get_or_create(&q).set(1);
+        m.held.get_or_create(&q).set(1);
+        let b = broker::label("amqp://rabbit:5672");
+        for family in [
+            &broker::CONNECTIONS_OPENED,
+            &broker::CHANNELS_RETIRED,
+            &broker::NACKS,
+        ] {
+            family.get_or_create(&b).inc();
+        }
+        crate::policy::USER_LUA_LATENCY
+            .get_or_create(&crate::policy::TimerLabel {
+                label: "chart-test".into(),
+            })
+            .observe(0.1);
+        let out = m.encode();
+        let exported: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let chart = concat!(
+            include_str!("../../charts/amqp-relay/files/prometheus-rules.yaml"),
+            include_str!("../../charts/amqp-relay/files/dashboard.json")
+        );
+        let used: std::collections::BTreeSet<&str> = chart
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| {
+                (w.starts_with("amqp_relay_") && !w.starts_with("amqp_relay_operator_"))
+                    || w.starts_with("user_lua_latency")
+            })
+            .collect();
+        assert!(used.len() >= 15, "{used:?}");
+        for name in used {
+            let base = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(
+                exported.contains(&base),
+                "{name} is not served: {exported:?}"
+            );
+        }
     }
 }

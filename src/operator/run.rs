@@ -155,6 +155,7 @@ struct Metrics {
     duration: Histogram,
     routes: Family<StateLabel, Gauge>,
     leader: Gauge,
+    propagating: Gauge,
     spools_left: Gauge,
     spool_messages: Family<SpoolLabel, Gauge>,
 }
@@ -180,6 +181,12 @@ impl Metrics {
         );
         registry.register("routes", "Routes by state", routes.clone());
         registry.register("leader", "1 while this replica leads", leader.clone());
+        let propagating = Gauge::default();
+        registry.register(
+            "routes_propagating",
+            "1 while an accepted route's policy is not yet run by every ready relay pod",
+            propagating.clone(),
+        );
         let spools_left = Gauge::default();
         let spool_messages = Family::<SpoolLabel, Gauge>::default();
         registry.register(
@@ -199,6 +206,7 @@ impl Metrics {
             duration,
             routes,
             leader,
+            propagating,
             spools_left,
             spool_messages,
         }
@@ -525,6 +533,7 @@ fn after_sync(
             })
             .inc();
     }
+    metrics.propagating.set(report.propagating as i64);
     for (state, n) in [("accepted", report.accepted), ("rejected", report.rejected)] {
         metrics
             .routes
@@ -625,6 +634,63 @@ mod tests {
             assert!(
                 uri.contains("labelSelector=amqprelay.io%2Fcredentials%3Dtrue"),
                 "a request for Secrets without the credentials label: {uri}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod metric_names {
+    /// Every `amqp_relay_operator_*` name the chart's alerts and dashboard
+    /// query is one this registry exports (`_total`, `_bucket` … suffixes
+    /// of a counter or histogram included).
+    #[test]
+    fn the_charts_queries_use_only_exported_operator_metrics() {
+        // Families show only once they have a member.
+        let m = super::Metrics::new();
+        m.failures
+            .get_or_create(&super::ErrorLabel {
+                error: "kube".into(),
+            })
+            .inc();
+        m.routes
+            .get_or_create(&super::StateLabel {
+                state: "rejected".into(),
+            })
+            .set(1);
+        m.spool_messages
+            .get_or_create(&super::SpoolLabel {
+                spool: "relay-2".into(),
+            })
+            .set(1);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
+        let exported: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(
+            exported.contains(&"amqp_relay_operator_routes_propagating"),
+            "{text}"
+        );
+        let chart = concat!(
+            include_str!("../../charts/amqp-relay/files/prometheus-rules.yaml"),
+            include_str!("../../charts/amqp-relay/files/dashboard.json")
+        );
+        let used: std::collections::BTreeSet<&str> = chart
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("amqp_relay_operator_"))
+            .collect();
+        assert!(used.len() >= 3, "{used:?}");
+        for name in used {
+            let base = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(
+                exported.contains(&base),
+                "{name} is not exported: {exported:?}"
             );
         }
     }

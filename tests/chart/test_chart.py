@@ -5,6 +5,8 @@ and the Dockerfile."""
 import json
 import os
 import pathlib
+import re
+import shutil
 import subprocess
 import tempfile
 
@@ -25,7 +27,19 @@ VALUE_SETS = {
     "namespace-list": {"operator": {"watchNamespaces": ["team-a", "team-b"]}},
     "all-namespaces": {"operator": {"watchNamespaces": ["*"]}},
     "smtp-tls": {"relay": {"smtp": {"tlsSecretName": "smtp-cert"}}},
-    "monitoring": {"serviceMonitor": {"enabled": True}, "networkPolicy": {"enabled": True}},
+    "monitoring": {"serviceMonitor": {"enabled": True}, "networkPolicy": {"enabled": True},
+                   "prometheusRule": {"enabled": True}, "grafanaDashboard": {"enabled": True}},
+    "podmonitor": {"serviceMonitor": {"enabled": True, "kind": "PodMonitor"},
+                   "networkPolicy": {"monitoringNamespace": "monitoring"}},
+    "conventions": {"global": {"imageRegistry": "r.example"}, "fullnameOverride": "mail-relay",
+                    "podAnnotations": {"a.example/x": "1"}, "podLabels": {"team": "mail"},
+                    "priorityClassName": "high", "serviceAccount": {"annotations": {"iam.example/role": "r"}},
+                    "service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                                "annotations": {"lb.example/internal": "true"}},
+                    "relay": {"extraEnv": [{"name": "RUST_LOG", "value": "debug"}],
+                              "extraVolumes": [{"name": "ca", "configMap": {"name": "ca"}}],
+                              "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ca"}]},
+                    "operator": {"extraEnv": [{"name": "RUST_LOG", "value": "debug"}]}},
     "autoscaled": {"relay": {"autoscaling": {"enabled": True}, "leftSpools": {"deleteEmptyClaims": True}}},
 }
 
@@ -221,6 +235,10 @@ def test_aggregated_cluster_roles_for_tenants():
         {"operator": {"watchNamespaces": "team-a"}},
         {"relay": {"persistence": {"size": "lots"}}},
         {"relay": {"workerThreads": -1}},
+        {"nameOverride": "Not_DNS"},
+        {"service": {"externalTrafficPolicy": "Sometimes"}},
+        {"relay": {"extraEnv": [{"value": "no name"}]}},
+        {"serviceMonitor": {"kind": "Probe"}},
     ],
 )
 def test_values_schema_rejects(values):
@@ -235,6 +253,153 @@ def test_tls_and_monitoring_options_render():
     mon = render(VALUE_SETS["monitoring"])
     assert len(by_kind(mon, "ServiceMonitor")) == 2
     assert len(by_kind(mon, "NetworkPolicy")) == 3, "relay, operator, drain Jobs"
+
+
+def selects(selector, obj):
+    labels = obj["metadata"].get("labels", {})
+    return all(labels.get(k) == v for k, v in selector["matchLabels"].items())
+
+
+def test_each_pod_is_scraped_once():
+    """A ServiceMonitor's selector matches exactly one Service per component
+    (the relay's headless one: every pod, once); a PodMonitor the pods."""
+    docs = render(VALUE_SETS["monitoring"])
+    services = by_kind(docs, "Service")
+    for sm in by_kind(docs, "ServiceMonitor"):
+        matched = [s["metadata"]["name"] for s in services if selects(sm["spec"]["selector"], s)]
+        assert len(matched) == 1, (sm["metadata"]["name"], matched)
+        port = sm["spec"]["endpoints"][0]["port"]
+        svc = next(s for s in services if s["metadata"]["name"] == matched[0])
+        assert port in {p["name"] for p in svc["spec"]["ports"]}
+    relay_sm = one(docs, "ServiceMonitor", "-relay")
+    assert [s["metadata"]["name"] for s in services if selects(relay_sm["spec"]["selector"], s)] == ["edge-amqp-relay-relay-headless"]
+    pm = render(VALUE_SETS["podmonitor"])
+    assert not by_kind(pm, "ServiceMonitor")
+    relay_pm = one(pm, "PodMonitor", "-relay")
+    sts = one(pm, "StatefulSet", "-relay")
+    assert selects(relay_pm["spec"]["selector"], sts["spec"]["template"])
+    assert relay_pm["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    assert not selects(relay_pm["spec"]["selector"], one(pm, "Deployment", "-operator")["spec"]["template"])
+
+
+def test_the_monitoring_namespace_may_scrape_and_notes_say_when_it_cannot():
+    docs = render(VALUE_SETS["podmonitor"])
+    relay_np = one(docs, "NetworkPolicy", "-relay")
+    scrape = [r for r in relay_np["spec"]["ingress"]
+              if {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in r["from"]]
+    assert len(scrape) == 1 and [p["port"] for p in scrape[0]["ports"]] == ["http"], "metrics only, never SMTP"
+    op_np = one(docs, "NetworkPolicy", "-operator")
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in op_np["spec"]["ingress"][0]["from"]
+    assert "monitoringNamespace" in notes(VALUE_SETS["monitoring"])
+    assert "monitoringNamespace" not in notes(VALUE_SETS["podmonitor"])
+    assert "amqp-relay admin queue-summary" in notes({})
+
+
+def test_alert_rules_pass_promtool_and_render_as_tested():
+    """The alerts are files/prometheus-rules.yaml; promtool (Debian's
+    prometheus package) checks and unit-tests them against recorded series
+    (tests/chart/rules_test.yaml), and the PrometheusRule carries that file."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is installed by scripts/ensure-deps.sh"
+    rules_file = CHART / "files" / "prometheus-rules.yaml"
+    check = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True, text=True)
+    assert check.returncode == 0 and "SUCCESS: 8 rules found" in check.stdout, check.stdout + check.stderr
+    test = subprocess.run([promtool, "test", "rules", "rules_test.yaml"], cwd=pathlib.Path(__file__).parent,
+                          capture_output=True, text=True)
+    assert test.returncode == 0 and "SUCCESS" in test.stdout, test.stdout + test.stderr
+    alerts = {r["alert"] for g in yaml.safe_load(rules_file.read_text())["groups"] for r in g["rules"]}
+    tested = set(re.findall(r"alertname: (\w+)", (pathlib.Path(__file__).parent / "rules_test.yaml").read_text()))
+    assert alerts == tested, f"alerts without a promtool test: {alerts - tested}"
+    rule = one(render(VALUE_SETS["monitoring"]), "PrometheusRule", "edge-amqp-relay")
+    assert rule["spec"] == yaml.safe_load(rules_file.read_text())
+    assert not by_kind(render({}), "PrometheusRule"), "off by default"
+
+
+def test_dashboard_is_a_sidecar_configmap_of_valid_json():
+    docs = render(VALUE_SETS["monitoring"])
+    cm = one(docs, "ConfigMap", "-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dash = json.loads(cm["data"]["amqp-relay.json"])
+    assert dash["uid"] == "amqp-relay" and len(dash["panels"]) >= 8
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    # Which names exist is checked against the relay's and operator's own
+    # registries by the Rust tests the_charts_queries_use_only_exported_*.
+    assert all("amqp_relay_" in e or "user_lua_latency" in e for e in exprs), exprs
+    other = one(render({"grafanaDashboard": {"enabled": True, "namespace": "grafana"}}), "ConfigMap", "-dashboard")
+    assert other["metadata"]["namespace"] == "grafana"
+    assert not [d for d in render({}) if d["metadata"]["name"].endswith("-dashboard")]
+
+
+def test_chart_conventions_render():
+    docs = render(VALUE_SETS["conventions"])
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "StatefulSet"} == {"mail-relay-relay"}
+    sts = one(docs, "StatefulSet", "-relay")
+    tpl = sts["spec"]["template"]
+    assert tpl["metadata"]["annotations"]["a.example/x"] == "1"
+    assert tpl["metadata"]["labels"]["team"] == "mail"
+    spec = tpl["spec"]
+    assert spec["priorityClassName"] == "high"
+    c = spec["containers"][0]
+    assert {"name": "RUST_LOG", "value": "debug"} in c["env"]
+    assert {"name": "ca", "mountPath": "/etc/ca"} in c["volumeMounts"]
+    assert {"name": "ca", "configMap": {"name": "ca"}} in spec["volumes"]
+    op = one(docs, "Deployment", "-operator")["spec"]["template"]
+    assert op["metadata"]["labels"]["team"] == "mail" and op["spec"]["priorityClassName"] == "high"
+    assert {"name": "RUST_LOG", "value": "debug"} in op["spec"]["containers"][0]["env"]
+    for sa in by_kind(docs, "ServiceAccount"):
+        assert sa["metadata"]["annotations"] == {"iam.example/role": "r"}
+    for name in ("-http", "-smtp"):
+        svc = one(docs, "Service", name)
+        assert svc["spec"]["externalTrafficPolicy"] == "Local"
+        assert svc["metadata"]["annotations"] == {"lb.example/internal": "true"}
+    assert "externalTrafficPolicy" not in one(render({"service": {"externalTrafficPolicy": "Local"}}), "Service", "-http")["spec"], \
+        "ClusterIP has none"
+    # The operator names its objects after the same prefix.
+    assert "--relay=mail-relay" in one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
+    renamed = render({"nameOverride": "relay"})
+    assert one(renamed, "StatefulSet", "-relay")["metadata"]["name"] == "edge-relay-relay"
+    assert one(renamed, "StatefulSet", "-relay")["metadata"]["labels"]["app.kubernetes.io/name"] == "relay"
+
+
+def test_pods_spread_across_nodes_and_zones_by_default():
+    for which, spec in pod_specs(render({})).items():
+        keys = {c["topologyKey"]: c["whenUnsatisfiable"] for c in spec["topologySpreadConstraints"]}
+        assert keys == {"kubernetes.io/hostname": "ScheduleAnyway", "topology.kubernetes.io/zone": "ScheduleAnyway"}, which
+        selector = spec["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"]
+        assert selector["app.kubernetes.io/component"] == which
+    hard = pod_specs(render({"topologySpread": {"whenUnsatisfiable": "DoNotSchedule"}}))["relay"]
+    assert hard["topologySpreadConstraints"][0]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert "topologySpreadConstraints" not in pod_specs(render({"topologySpread": {"enabled": False}}))["relay"]
+
+
+def test_the_relay_container_finds_the_admin_credentials_for_the_cli():
+    c = one(render({}), "StatefulSet", "-relay")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert env["AMQP_RELAY_ADMIN_CREDENTIALS"] in mounts
+    assert env["AMQP_RELAY_ADMIN_ENDPOINT"] == "http://127.0.0.1:8000"
+
+
+def test_installs_as_a_subchart():
+    """A parent chart depending on this one (its values under the dependency's
+    name, a `global` section) renders; helm/helm#10392 broke charts whose
+    schema refused `global`."""
+    with tempfile.TemporaryDirectory() as d:
+        parent = pathlib.Path(d, "platform")
+        (parent / "charts").mkdir(parents=True)
+        shutil.copytree(CHART, parent / "charts" / "amqp-relay")
+        (parent / "Chart.yaml").write_text(
+            "apiVersion: v2\nname: platform\nversion: 0.1.0\n"
+            "dependencies:\n  - name: amqp-relay\n    version: '>=0.0.0-0'\n")
+        (parent / "values.yaml").write_text(
+            "global:\n  imageRegistry: r.example\namqp-relay:\n  relay:\n    replicas: 3\n")
+        with helm_python.Chart.load(str(parent)) as chart:
+            out = chart.render({}, name="plat", namespace="mail")
+        docs = [doc for path, text in sorted(out.items()) if not path.endswith("NOTES.txt")
+                for doc in yaml.safe_load_all(text) if doc]
+        sts = one(docs, "StatefulSet", "-relay")
+        assert sts["metadata"]["name"] == "plat-amqp-relay-relay"
+        assert sts["spec"]["replicas"] == 3
 
 
 def crd_schema():
