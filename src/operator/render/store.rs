@@ -1,7 +1,10 @@
-//! The rendered Secret: each distinct value (a credential, a CA) stored
-//! once, under a key the API accepts, with the size the API limits counted.
+//! The rendered Secret: each route's values (credentials, a CA) under keys
+//! of its own that the API accepts, with the size the API limits counted.
+//! Keys are per route, never shared by equal values: a key that moved when
+//! another route went would make the remaining route a new version (and
+//! would name one tenant's route in another's policy).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// The API refuses a ConfigMap or Secret whose data (keys and values
 /// together) is over 1 MiB.
@@ -13,7 +16,6 @@ const MAX_KEY: usize = 253;
 #[derive(Default)]
 pub(super) struct Store {
     data: BTreeMap<String, Vec<u8>>,
-    by_value: HashMap<Vec<u8>, String>,
     /// Keys added, newest last, so one route's additions can be undone.
     journal: Vec<String>,
     size: usize,
@@ -30,15 +32,14 @@ pub(super) fn key_for(namespace: &str, name: &str, what: &str) -> String {
 }
 
 impl Store {
-    /// The key holding `value`: the one it already has, else `key`.
+    /// Stores `value` under `key` (one route's own); returns the key.
     pub fn put(&mut self, key: String, value: &[u8]) -> String {
-        if let Some(k) = self.by_value.get(value) {
-            return k.clone();
+        if let Some(old) = self.data.insert(key.clone(), value.to_vec()) {
+            self.size -= key.len() + old.len();
+        } else {
+            self.journal.push(key.clone());
         }
         self.size += key.len() + value.len();
-        self.by_value.insert(value.to_vec(), key.clone());
-        self.data.insert(key.clone(), value.to_vec());
-        self.journal.push(key.clone());
         key
     }
 
@@ -60,7 +61,6 @@ impl Store {
         for key in self.journal.drain(mark..) {
             if let Some(v) = self.data.remove(&key) {
                 self.size -= key.len() + v.len();
-                self.by_value.remove(&v);
             }
         }
     }
@@ -75,14 +75,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_value_is_stored_once_and_undo_takes_back_only_the_newest() {
+    fn equal_values_keep_their_own_keys_and_undo_takes_back_only_the_newest() {
         let mut s = Store::default();
-        let a = s.put("ns.a.url".into(), b"amqp://u:p@h/");
+        assert_eq!(s.put("ns.a.url".into(), b"amqp://u:p@h/"), "ns.a.url");
         let mark = s.mark();
-        assert_eq!(s.put("ns.b.url".into(), b"amqp://u:p@h/"), a);
-        let c = s.put("ns.c.ca".into(), b"PEM");
-        assert_eq!(c, "ns.c.ca");
-        assert_eq!(s.size(), "ns.a.url".len() + 13 + "ns.c.ca".len() + 3);
+        assert_eq!(s.put("ns.b.url".into(), b"amqp://u:p@h/"), "ns.b.url");
+        assert_eq!(s.put("ns.c.ca".into(), b"PEM"), "ns.c.ca");
+        assert_eq!(
+            s.size(),
+            "ns.a.url".len() + 13 + "ns.b.url".len() + 13 + "ns.c.ca".len() + 3
+        );
         s.undo(mark);
         assert_eq!(s.size(), "ns.a.url".len() + 13);
         assert_eq!(s.into_data().keys().collect::<Vec<_>>(), ["ns.a.url"]);

@@ -909,7 +909,7 @@ fn routes_that_do_not_fit_the_api_limit_are_too_large_youngest_first() {
 }
 
 #[test]
-fn a_ca_or_credential_shared_by_routes_is_stored_once() {
+fn routes_sharing_a_ca_or_credential_keep_keys_that_do_not_move() {
     let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
     let tls = |name: &str| {
         route(
@@ -932,13 +932,23 @@ fn a_ca_or_credential_shared_by_routes_is_stored_once() {
     ];
     let out = render(&[tls("a"), tls("b"), tls("c")], &secrets, "/r");
     assert!(out.rejected.is_empty(), "{:?}", out.rejected);
-    assert_eq!(
-        out.secret.keys().collect::<Vec<_>>(),
-        ["ns.a.ca", "ns.a.url"]
-    );
-    for keys in out.route_keys.values() {
-        assert_eq!(keys, &["ns.a.url", "ns.a.ca"]);
+    for (id, keys) in &out.route_keys {
+        let own = [format!("ns.{}.url", id.name), format!("ns.{}.ca", id.name)];
+        assert_eq!(keys, &own, "each route's own keys");
     }
+    // Route a goes: b's keys, digest and rendered code stay as they were,
+    // so b is not a new version (not back to Propagating).
+    let without_a = render(&[tls("b"), tls("c")], &secrets, "/r");
+    let b = |o: &Rendered| {
+        let id = o
+            .route_keys
+            .keys()
+            .find(|id| id.name == "b")
+            .unwrap()
+            .clone();
+        (o.route_keys[&id].clone(), o.digests[&id].clone())
+    };
+    assert_eq!(b(&out), b(&without_a));
 }
 
 fn rabbitmq_cluster(ns: &str, name: &str, with_status: bool) -> cluster::Cluster {
