@@ -88,7 +88,8 @@ pub struct RelayRef {
     /// The relay's name (the operator's `--relay`, `<release>-amqp-relay` in the chart).
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// The relay's namespace; any relay of that name when absent.
+    /// The relay's namespace; the route's own when absent (as object
+    /// references in Kubernetes are).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub namespace: Option<String>,
@@ -350,11 +351,15 @@ pub struct RelayCount {
 
 impl AmqpRoute {
     /// Whether relay `relay` in `namespace` serves this route: its relayRef
-    /// names that relay, or it has none and that relay claims such routes.
+    /// names that relay (a relayRef without a namespace names one in the
+    /// route's own), or it has none and that relay claims such routes.
     pub fn served_by(&self, relay: &str, namespace: &str, claims_unreferenced: bool) -> bool {
         match &self.spec.relay_ref {
             None => claims_unreferenced,
-            Some(r) => r.name == relay && r.namespace.as_deref().is_none_or(|ns| ns == namespace),
+            Some(r) => {
+                let own = self.metadata.namespace.as_deref().unwrap_or("default");
+                r.name == relay && r.namespace.as_deref().unwrap_or(own) == namespace
+            }
         }
     }
 }

@@ -497,6 +497,21 @@ async fn write_status(ctx: &Ctx, id: &RouteId, s: &AmqpRouteStatus) -> Result<()
     Ok(())
 }
 
+/// The API refuses an Event whose note is over 1 KiB (bytes, not characters).
+const NOTE_LIMIT: usize = 1024;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
 /// An Event on the route when it is accepted or rejected; failing to record
 /// one is logged, never fatal.
 async fn announce(ctx: &Ctx, r: &AmqpRoute, verdict: &Verdict) {
@@ -512,7 +527,7 @@ async fn announce(ctx: &Ctx, r: &AmqpRoute, verdict: &Verdict) {
         Verdict::Rejected(why) => Event {
             type_: EventType::Warning,
             reason: why.reason.into(),
-            note: Some(why.message.chars().take(1000).collect()),
+            note: Some(cut(&why.message, NOTE_LIMIT)),
             action: "Render".into(),
             secondary: None,
         },

@@ -802,7 +802,13 @@ async fn two_relays_with_their_own_relay_refs_each_serve_their_own() {
         r
     };
     let routes = [
-        with_ref("for-edge", serde_json::json!({"name": "edge"})),
+        with_ref(
+            "for-edge",
+            serde_json::json!({"name": "edge", "namespace": "relay-ns"}),
+        ),
+        // No namespace: a relay named edge in the route's own namespace
+        // (team), which is not relay-ns/edge.
+        with_ref("own-namespace", serde_json::json!({"name": "edge"})),
         with_ref(
             "for-other",
             serde_json::json!({"name": "other", "namespace": "relay-ns"}),
@@ -835,6 +841,7 @@ async fn two_relays_with_their_own_relay_refs_each_serve_their_own() {
         ("for-other", Some("relay-ns/other")),
         ("for-nobody", None),
         ("elsewhere", None),
+        ("own-namespace", None),
     ] {
         let stored = fake.get(&route_path("team", name)).unwrap();
         assert_eq!(
@@ -941,4 +948,18 @@ async fn a_rabbitmq_cluster_ref_is_resolved_through_the_api() {
         url(&fake),
         "amqp://default_user_x:second@rabbit.messaging.svc:5672/%2f"
     );
+}
+
+/// Kubernetes refuses an Event note over 1 KiB of bytes: a message of
+/// multi-byte characters is cut within that, never inside a character.
+#[test]
+fn event_notes_are_cut_within_a_kibibyte_on_a_character_boundary() {
+    let ascii = "x".repeat(5000);
+    assert_eq!(cut(&ascii, NOTE_LIMIT).len(), 1024);
+    // 1,000 characters of 3 bytes each: 3,000 bytes, which "1,000 characters" let through.
+    let wide = "€".repeat(1000);
+    let c = cut(&wide, NOTE_LIMIT);
+    assert!(c.len() <= 1024 && c.len() > 1020, "{}", c.len());
+    assert!(c.chars().all(|ch| ch == '€'));
+    assert_eq!(cut("short", NOTE_LIMIT), "short");
 }
