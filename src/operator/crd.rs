@@ -136,10 +136,14 @@ pub struct Broker {
     /// A key of a Secret in the route's namespace holding the full URL, credentials included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_secret_ref: Option<SecretKeyRef>,
-    /// A RabbitmqCluster of RabbitMQ's cluster operator: the relay connects
-    /// to the Service and, unless credentialsSecretRef names another user,
-    /// as the default user its status names. A cluster in another namespace
-    /// only where the operator allows it (`sharedRabbitmqClusterNamespaces`).
+    /// A RabbitmqCluster of RabbitMQ's cluster operator, read as RabbitMQ's
+    /// topology operator does: the relay connects to its Service (AMQPS
+    /// when the cluster has spec.tls) as its default user
+    /// (`<cluster>-default-user`) unless credentialsSecretRef names another.
+    /// A cluster in another namespace only where the operator shares it
+    /// (`sharedRabbitmqClusterNamespaces`) and the cluster's
+    /// `rabbitmq.com/topology-allowed-namespaces` annotation admits the
+    /// route's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rabbitmq_cluster_ref: Option<ClusterRef>,
     /// A Secret in the route's namespace holding the user name and password

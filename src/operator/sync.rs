@@ -221,20 +221,27 @@ async fn fetch_clusters(ctx: &Ctx, routes: &[AmqpRoute], secrets: &mut Vec<Secre
         shared_namespaces: ctx.shared_cluster_namespaces.clone(),
         ..Default::default()
     };
-    let refs: std::collections::BTreeSet<(String, String)> = routes
-        .iter()
-        .filter_map(|r| {
-            let cr = r.spec.broker.rabbitmq_cluster_ref.as_ref()?;
-            let ns = cr
-                .namespace
-                .clone()
-                .or_else(|| r.metadata.namespace.clone())?;
-            Some((ns, cr.name.clone()))
-        })
-        .collect();
+    // (namespace, name) → the namespaces of the routes naming it.
+    let mut refs: BTreeMap<(String, String), std::collections::BTreeSet<String>> = BTreeMap::new();
+    for r in routes {
+        let Some(cr) = r.spec.broker.rabbitmq_cluster_ref.as_ref() else {
+            continue;
+        };
+        let Some(own) = r.metadata.namespace.clone() else {
+            continue;
+        };
+        let ns = cr.namespace.clone().unwrap_or_else(|| own.clone());
+        refs.entry((ns, cr.name.clone())).or_default().insert(own);
+    }
     let ar =
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, KIND), PLURAL);
-    for (ns, name) in refs {
+    for ((ns, name), users) in refs {
+        // Nothing is read from a namespace the operator does not share with
+        // the routes naming it; the routes say why when rendered.
+        let shared = clusters.shared_namespaces.contains(&ns);
+        if !shared && !users.contains(&ns) {
+            continue;
+        }
         let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
         let found = match api.get_opt(&name).await {
             Ok(o) => o.and_then(|o| Cluster::from_object(&serde_json::to_value(o).ok()?)),
@@ -244,7 +251,12 @@ async fn fetch_clusters(ctx: &Ctx, routes: &[AmqpRoute], secrets: &mut Vec<Secre
             }
         };
         let Some(c) = found else { continue };
-        if let Some(user) = &c.default_user {
+        // The default user's Secret only for a cluster that admits a route naming it.
+        if let Some(user) = c
+            .default_user
+            .as_ref()
+            .filter(|_| users.iter().any(|u| c.admits(u)))
+        {
             let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &user.namespace);
             match api.get_opt(&user.name).await {
                 Ok(Some(s)) => secrets.push(s),

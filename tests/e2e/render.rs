@@ -333,7 +333,7 @@ async fn a_rabbitmq_cluster_ref_route_delivers_to_the_clusters_default_user() {
     // As RabbitMQ's cluster operator leaves them: the cluster with its status,
     // and the default user's Secret (host and port keys, no URL).
     let yaml = format!(
-        "apiVersion: rabbitmq.com/v1beta1\nkind: RabbitmqCluster\nmetadata: {{name: rabbit, namespace: messaging}}\nspec: {{replicas: 1}}\n\
+        "apiVersion: rabbitmq.com/v1beta1\nkind: RabbitmqCluster\nmetadata: {{name: rabbit, namespace: messaging, annotations: {{rabbitmq.com/topology-allowed-namespaces: team}}}}\nspec: {{replicas: 1}}\n\
          status:\n  defaultUser:\n    secretReference: {{name: rabbit-default-user, namespace: messaging, keys: {{username: username, password: password}}}}\n    serviceReference: {{name: rabbit, namespace: messaging}}\n---\n\
          apiVersion: v1\nkind: Secret\nmetadata: {{name: rabbit-default-user, namespace: messaging}}\nstringData: {{username: guest, password: guest, host: 127.0.0.1, port: '{}'}}\n---\n\
          apiVersion: amqprelay.io/v1alpha1\nkind: AmqpRoute\nmetadata: {{name: via-cluster, namespace: team}}\nspec:\n  match: {{domain: amqp}}\n  broker:\n    rabbitmqClusterRef: {{name: rabbit, namespace: messaging}}\n  publish: {{routingKey: cluster-ref-q}}\n",

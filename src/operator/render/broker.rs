@@ -124,6 +124,13 @@ fn cluster_url(
     let c = clusters
         .find(ns, name)
         .ok_or_else(|| format!("{field}: RabbitmqCluster {ns}/{name} not found"))?;
+    if !c.admits(&id.namespace) {
+        return Err(format!(
+            "{field}: RabbitmqCluster {ns}/{name} does not admit namespace {}: its owner lists the namespaces that may use it in the {} annotation",
+            id.namespace,
+            super::cluster::ALLOWED_NAMESPACES
+        ));
+    }
     let user = c.default_user.as_ref().ok_or_else(|| {
         format!("{field}: RabbitmqCluster {ns}/{name} has no status.defaultUser yet (is RabbitMQ's cluster operator running?)")
     })?;
@@ -148,9 +155,16 @@ fn cluster_url(
         (_, Some((svc_ns, svc))) => format!("{svc}.{svc_ns}.svc"),
         _ => return Err(missing("host")),
     };
-    let tls = b.tls.is_some();
+    // TLS is the cluster's (MTO's TLSEnabled), never the route's guess: a
+    // route's tls block only adds a CA.
+    let tls = c.tls;
+    if b.tls.is_some() && !tls {
+        return Err(format!(
+            "{field}: broker.tls is set but RabbitmqCluster {ns}/{name} has no TLS (spec.tls.secretName)"
+        ));
+    }
     let port = match text("port") {
-        Some(p) if !tls => p,
+        Some(p) if !p.is_empty() => p,
         _ if tls => "5671".into(),
         _ => "5672".into(),
     };

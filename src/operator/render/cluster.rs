@@ -1,5 +1,12 @@
-//! A RabbitmqCluster of RabbitMQ's cluster operator as a route's broker:
-//! its status names the Service and the default user's Secret.
+//! A RabbitmqCluster of RabbitMQ's cluster operator as a route's broker, as
+//! RabbitMQ's messaging-topology-operator reads one: the default user's
+//! Secret and the client Service are the ones the cluster operator makes
+//! (`<cluster>-default-user`, `<cluster>`) in the cluster's own namespace,
+//! whatever the status says (whoever may write a cluster's status must not
+//! be able to point the operator at another Secret); TLS comes from the
+//! cluster's `spec.tls`; a cluster in another namespace serves only the
+//! namespaces its `rabbitmq.com/topology-allowed-namespaces` annotation
+//! names.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +15,9 @@ pub const GROUP: &str = "rabbitmq.com";
 pub const VERSION: &str = "v1beta1";
 pub const KIND: &str = "RabbitmqCluster";
 pub const PLURAL: &str = "rabbitmqclusters";
+/// MTO's annotation: namespaces (comma-separated, `*` for all) whose
+/// resources may use a cluster of another namespace.
+pub const ALLOWED_NAMESPACES: &str = "rabbitmq.com/topology-allowed-namespaces";
 
 /// What a route needs of a RabbitmqCluster.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,8 +27,12 @@ pub struct Cluster {
     /// `status.defaultUser.secretReference`; absent until the cluster
     /// operator has created the user.
     pub default_user: Option<UserSecret>,
-    /// `status.defaultUser.serviceReference`: (namespace, name).
+    /// The client Service: (namespace, name).
     pub service: Option<(String, String)>,
+    /// `spec.tls.secretName` is set: clients speak AMQPS (port 5671).
+    pub tls: bool,
+    /// The annotation's namespaces (`*` for any).
+    pub allowed_namespaces: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -44,36 +58,45 @@ impl Cluster {
         let meta = &o["metadata"];
         let name = meta["name"].as_str()?.to_owned();
         let namespace = meta["namespace"].as_str().unwrap_or("default").to_owned();
-        let user = &o["status"]["defaultUser"];
-        let secret = &user["secretReference"];
-        let default_user = secret["name"].as_str().map(|n| UserSecret {
-            name: n.to_owned(),
-            namespace: secret["namespace"]
-                .as_str()
-                .unwrap_or(&namespace)
-                .to_owned(),
-            keys: secret["keys"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                        .collect()
-                })
-                .unwrap_or_default(),
+        // The status only says the cluster operator has made the user; where
+        // it is is the cluster operator's fixed naming, in this namespace.
+        let made = o["status"]["defaultUser"].is_object();
+        let default_user = made.then(|| UserSecret {
+            namespace: namespace.clone(),
+            name: format!("{name}-default-user"),
+            keys: BTreeMap::new(),
         });
-        let svc = &user["serviceReference"];
-        let service = svc["name"].as_str().map(|n| {
-            (
-                svc["namespace"].as_str().unwrap_or(&namespace).to_owned(),
-                n.to_owned(),
-            )
-        });
+        let service = made.then(|| (namespace.clone(), name.clone()));
+        let tls = o["spec"]["tls"]["secretName"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty());
+        let allowed_namespaces = meta["annotations"][ALLOWED_NAMESPACES]
+            .as_str()
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
         Some(Cluster {
             namespace,
             name,
             default_user,
             service,
+            tls,
+            allowed_namespaces,
         })
+    }
+
+    /// Whether routes of `namespace` may use this cluster (its own always).
+    pub fn admits(&self, namespace: &str) -> bool {
+        namespace == self.namespace
+            || self
+                .allowed_namespaces
+                .iter()
+                .any(|n| n == "*" || n == namespace)
     }
 }
 

@@ -952,10 +952,24 @@ fn routes_sharing_a_ca_or_credential_keep_keys_that_do_not_move() {
 }
 
 fn rabbitmq_cluster(ns: &str, name: &str, with_status: bool) -> cluster::Cluster {
+    cluster_object(ns, name, with_status, serde_json::json!({}), "team")
+}
+
+/// A RabbitmqCluster as the API serves it: `spec`, and the namespaces its
+/// topology-allowed-namespaces annotation admits.
+fn cluster_object(
+    ns: &str,
+    name: &str,
+    with_status: bool,
+    spec: serde_json::Value,
+    allowed: &str,
+) -> cluster::Cluster {
     let mut o = serde_json::json!({
         "apiVersion": "rabbitmq.com/v1beta1",
         "kind": "RabbitmqCluster",
-        "metadata": {"name": name, "namespace": ns},
+        "metadata": {"name": name, "namespace": ns,
+                     "annotations": {cluster::ALLOWED_NAMESPACES: allowed}},
+        "spec": spec,
     });
     if with_status {
         o["status"] = serde_json::json!({"defaultUser": {
@@ -1094,4 +1108,209 @@ fn a_rabbitmq_cluster_ref_uses_its_service_and_default_user() {
         out.digests.values().next().unwrap().clone()
     };
     assert_ne!(digest("a", "1"), digest("b", "2"));
+}
+
+/// RabbitMQ's messaging-topology-operator derives AMQPS from the cluster
+/// (`TLSEnabled()`: `spec.tls.secretName`), not from the referring resource:
+/// a TLS cluster is amqps on 5671 even for a route without a tls block.
+#[test]
+fn a_tls_cluster_is_reached_over_amqps_whatever_the_route_says() {
+    let user = |port: Option<&str>| {
+        let mut kv = vec![("username", "u"), ("password", "p")];
+        if let Some(p) = port {
+            kv.push(("port", p));
+        }
+        secret_of("messaging", "rabbit-default-user", &kv)
+    };
+    let tls_cluster = Clusters {
+        found: vec![cluster_object(
+            "messaging",
+            "rabbit",
+            true,
+            serde_json::json!({"tls": {"secretName": "rabbit-tls"}}),
+            "",
+        )],
+        ..Default::default()
+    };
+    let own = |broker| cluster_route("messaging", broker);
+    let url = |out: &Rendered| {
+        String::from_utf8(out.secret["messaging.via-cluster.url"].clone()).unwrap()
+    };
+    let plain_route = own(serde_json::json!({"rabbitmqClusterRef": {"name": "rabbit"}}));
+    // The cluster operator writes port 5671 for a TLS cluster.
+    let out = render_owned(
+        std::slice::from_ref(&plain_route),
+        &[user(Some("5671"))],
+        &tls_cluster,
+        "/r",
+        &Ownership::default(),
+    );
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    assert_eq!(url(&out), "amqps://u:p@rabbit.messaging.svc:5671/%2f");
+    let out = render_owned(
+        &[plain_route],
+        &[user(None)],
+        &tls_cluster,
+        "/r",
+        &Ownership::default(),
+    );
+    assert_eq!(url(&out), "amqps://u:p@rabbit.messaging.svc:5671/%2f");
+    // A tls block asking for TLS from a cluster without it is an error, not plaintext.
+    let plain_cluster = Clusters {
+        found: vec![rabbitmq_cluster("messaging", "rabbit", true)],
+        ..Default::default()
+    };
+    let out = render_owned(
+        &[own(serde_json::json!({
+            "rabbitmqClusterRef": {"name": "rabbit"},
+            "tls": {"caSecretRef": {"name": "ca", "key": "ca.crt"}}
+        }))],
+        &[user(None)],
+        &plain_cluster,
+        "/r",
+        &Ownership::default(),
+    );
+    assert!(
+        out.rejected[0]
+            .1
+            .message
+            .contains("has no TLS (spec.tls.secretName)"),
+        "{:?}",
+        out.rejected
+    );
+}
+
+/// Whoever may write a RabbitmqCluster's status must not be able to make the
+/// operator hand another Secret's value to a broker: the default user is
+/// `<cluster>-default-user` in the cluster's namespace, the Service
+/// `<cluster>`, whatever the status names.
+#[test]
+fn a_cluster_status_cannot_point_at_another_secret_or_service() {
+    let mut o = serde_json::json!({
+        "apiVersion": "rabbitmq.com/v1beta1", "kind": "RabbitmqCluster",
+        "metadata": {"name": "rabbit", "namespace": "messaging"},
+        "status": {"defaultUser": {
+            "secretReference": {"name": "payments-db", "namespace": "payments",
+                                "keys": {"username": "user", "password": "dbpassword"}},
+            "serviceReference": {"name": "evil", "namespace": "attacker"}}}
+    });
+    let c = cluster::Cluster::from_object(&o).unwrap();
+    let user = c.default_user.as_ref().unwrap();
+    assert_eq!(
+        (user.namespace.as_str(), user.name.as_str()),
+        ("messaging", "rabbit-default-user")
+    );
+    assert_eq!(user.key("password"), "password");
+    assert_eq!(c.service, Some(("messaging".into(), "rabbit".into())));
+    let stolen = secret_of(
+        "payments",
+        "payments-db",
+        &[("user", "pay"), ("dbpassword", "s3cret")],
+    );
+    let real = secret_of(
+        "messaging",
+        "rabbit-default-user",
+        &[("username", "u"), ("password", "p")],
+    );
+    let clusters = Clusters {
+        found: vec![c],
+        ..Default::default()
+    };
+    let out = render_owned(
+        &[cluster_route(
+            "messaging",
+            serde_json::json!({"rabbitmqClusterRef": {"name": "rabbit"}}),
+        )],
+        &[stolen.clone(), real],
+        &clusters,
+        "/r",
+        &Ownership::default(),
+    );
+    let url = String::from_utf8(out.secret["messaging.via-cluster.url"].clone()).unwrap();
+    assert_eq!(url, "amqp://u:p@rabbit.messaging.svc:5672/%2f");
+    // Without the real one the route waits; the other Secret is never used.
+    let out = render_owned(
+        &[cluster_route(
+            "messaging",
+            serde_json::json!({"rabbitmqClusterRef": {"name": "rabbit"}}),
+        )],
+        &[stolen],
+        &clusters,
+        "/r",
+        &Ownership::default(),
+    );
+    assert!(
+        out.rejected[0]
+            .1
+            .message
+            .contains("messaging/rabbit-default-user"),
+        "{:?}",
+        out.rejected
+    );
+    o["status"] = serde_json::Value::Null;
+    assert!(
+        cluster::Cluster::from_object(&o)
+            .unwrap()
+            .default_user
+            .is_none()
+    );
+}
+
+/// A cluster in another namespace serves a route only when the operator
+/// shares that namespace (sharedRabbitmqClusterNamespaces) and the cluster's
+/// owner admits the route's namespace (MTO's annotation), `*` for all.
+#[test]
+fn another_namespaces_cluster_needs_both_gates() {
+    let user = secret_of(
+        "messaging",
+        "rabbit-default-user",
+        &[("username", "u"), ("password", "p")],
+    );
+    let route = cluster_route(
+        "team",
+        serde_json::json!({"rabbitmqClusterRef": {"name": "rabbit", "namespace": "messaging"}}),
+    );
+    let verdict = |allowed: &str, shared: bool| {
+        let clusters = Clusters {
+            found: vec![cluster_object(
+                "messaging",
+                "rabbit",
+                true,
+                serde_json::json!({}),
+                allowed,
+            )],
+            shared_namespaces: if shared {
+                vec!["messaging".into()]
+            } else {
+                vec![]
+            },
+            ..Default::default()
+        };
+        let out = render_owned(
+            std::slice::from_ref(&route),
+            std::slice::from_ref(&user),
+            &clusters,
+            "/r",
+            &Ownership::default(),
+        );
+        out.rejected.first().map(|(_, r)| r.message.clone())
+    };
+    assert_eq!(verdict("team", true), None);
+    assert_eq!(verdict("other, team", true), None);
+    assert_eq!(verdict("*", true), None);
+    let m = verdict("", true).unwrap();
+    assert!(
+        m.contains("does not admit namespace team") && m.contains("topology-allowed-namespaces"),
+        "{m}"
+    );
+    assert!(
+        verdict("other", true)
+            .unwrap()
+            .contains("does not admit namespace team")
+    );
+    assert!(
+        verdict("team", false)
+            .unwrap()
+            .contains("sharedRabbitmqClusterNamespaces")
+    );
 }

@@ -908,16 +908,40 @@ async fn a_rabbitmq_cluster_ref_is_resolved_through_the_api() {
                          "host": b64("rabbit.messaging.svc"), "port": b64("5672")}}),
         );
     };
-    fake.objects.lock().unwrap().insert(
-        cluster.into(),
-        serde_json::json!({"apiVersion": "rabbitmq.com/v1beta1", "kind": "RabbitmqCluster",
-            "metadata": {"name": "rabbit", "namespace": "messaging"},
-            "status": {"defaultUser": {
-                "secretReference": {"name": "rabbit-default-user", "namespace": "messaging",
-                                    "keys": {"username": "username", "password": "password"}},
-                "serviceReference": {"name": "rabbit", "namespace": "messaging"}}}}),
-    );
+    let put_cluster = |annotations: serde_json::Value| {
+        fake.objects.lock().unwrap().insert(
+            cluster.into(),
+            serde_json::json!({"apiVersion": "rabbitmq.com/v1beta1", "kind": "RabbitmqCluster",
+                "metadata": {"name": "rabbit", "namespace": "messaging", "annotations": annotations},
+                "status": {"defaultUser": {
+                    "secretReference": {"name": "rabbit-default-user", "namespace": "messaging",
+                                        "keys": {"username": "username", "password": "password"}},
+                    "serviceReference": {"name": "rabbit", "namespace": "messaging"}}}}),
+        )
+    };
     set_user("first", "1");
+    // The cluster's owner has not admitted team: the default user's Secret
+    // is not even read.
+    put_cluster(serde_json::json!({}));
+    fake.calls.lock().unwrap().clear();
+    sync(&ctx, &cache(&fake, std::slice::from_ref(&route)), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        condition(&fake, "team", "via-cluster", "Accepted"),
+        ("False".into(), "Invalid".into())
+    );
+    assert!(
+        !fake
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, p)| p.starts_with(user)),
+        "{:?}",
+        fake.calls.lock().unwrap()
+    );
+    put_cluster(serde_json::json!({"rabbitmq.com/topology-allowed-namespaces": "team"}));
     sync(&ctx, &cache(&fake, std::slice::from_ref(&route)), &[])
         .await
         .unwrap();
@@ -962,4 +986,36 @@ fn event_notes_are_cut_within_a_kibibyte_on_a_character_boundary() {
     assert!(c.len() <= 1024 && c.len() > 1020, "{}", c.len());
     assert!(c.chars().all(|ch| ch == '€'));
     assert_eq!(cut("short", NOTE_LIMIT), "short");
+}
+
+/// A route naming a RabbitmqCluster in a namespace the operator does not
+/// share reads nothing there: not the cluster, not a Secret.
+#[tokio::test]
+async fn nothing_is_read_from_a_namespace_the_operator_does_not_share() {
+    let (ctx, fake) = ctx();
+    let route = route(
+        "team",
+        "peek",
+        "2026-01-01T00:00:00Z",
+        serde_json::json!({
+            "match": {"domain": "amqp"},
+            "broker": {"rabbitmqClusterRef": {"name": "db", "namespace": "payments"}},
+            "publish": {"routingKey": "k"}
+        }),
+    );
+    fake.calls.lock().unwrap().clear();
+    sync(&ctx, &cache(&fake, std::slice::from_ref(&route)), &[])
+        .await
+        .unwrap();
+    let calls = fake.calls.lock().unwrap().clone();
+    assert!(
+        !calls
+            .iter()
+            .any(|(_, p)| p.contains("/namespaces/payments/")),
+        "{calls:?}"
+    );
+    assert_eq!(
+        condition(&fake, "team", "peek", "Accepted"),
+        ("False".into(), "Invalid".into())
+    );
 }
