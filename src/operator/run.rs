@@ -272,7 +272,48 @@ fn credential_secrets() -> watcher::Config {
     ))
 }
 
-fn watch_into<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
+/// What of an object a sync depends on, to tell a change that needs one
+/// from one that does not: an AmqpRoute's `metadata.generation` (its spec;
+/// status writes, the operator's own included, leave it alone). `None`:
+/// every change counts (a Secret has no generation).
+type Relevant<K> = fn(&K) -> Option<i64>;
+
+fn route_generation(r: &AmqpRoute) -> Option<i64> {
+    r.metadata.generation
+}
+
+fn any_change<K>(_: &K) -> Option<i64> {
+    None
+}
+
+/// Whether a watch event needs a sync; `seen` keeps what each object's
+/// relevant part was (by uid).
+fn needs_sync<K: kube::Resource>(
+    seen: &mut std::collections::HashMap<String, i64>,
+    ev: &watcher::Event<K>,
+    relevant: Relevant<K>,
+) -> bool {
+    let uid = |o: &K| o.meta().uid.clone().unwrap_or_default();
+    match ev {
+        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => match relevant(o) {
+            Some(now) => seen.insert(uid(o), now) != Some(now),
+            None => true,
+        },
+        watcher::Event::Delete(o) => {
+            seen.remove(&uid(o));
+            true
+        }
+        watcher::Event::Init => false,
+        watcher::Event::InitDone => true,
+    }
+}
+
+fn watch_into<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Arc<Notify>,
+    relevant: Relevant<K>,
+) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -286,9 +327,11 @@ where
     let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut seen = std::collections::HashMap::new();
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(_) => changed.notify_one(),
+                Ok(ev) if needs_sync(&mut seen, &ev, relevant) => changed.notify_one(),
+                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "watch error (retrying with backoff)"),
             }
         }
@@ -317,8 +360,18 @@ impl Caches {
                 ),
                 None => (Api::all(client.clone()), Api::all(client.clone())),
             };
-            routes.push(watch_into(r, watcher::Config::default(), changed.clone()));
-            secrets.push(watch_into(s, credential_secrets(), changed.clone()));
+            routes.push(watch_into(
+                r,
+                watcher::Config::default(),
+                changed.clone(),
+                route_generation,
+            ));
+            secrets.push(watch_into(
+                s,
+                credential_secrets(),
+                changed.clone(),
+                any_change,
+            ));
         }
         Caches {
             routes,
@@ -625,7 +678,12 @@ mod tests {
         });
         let client = Client::new(svc, "team");
         let api: Api<Secret> = Api::namespaced(client, "team");
-        let store = watch_into(api, credential_secrets(), Arc::new(Notify::new()));
+        let store = watch_into(
+            api,
+            credential_secrets(),
+            Arc::new(Notify::new()),
+            any_change,
+        );
         store.wait_until_ready().await.unwrap();
         let seen = seen.lock().unwrap().clone();
         assert!(!seen.is_empty());
@@ -693,5 +751,75 @@ mod metric_names {
                 "{name} is not exported: {exported:?}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod watch_events {
+    use super::*;
+    use kube::runtime::watcher::Event;
+
+    fn route(uid: &str, generation: i64, status_note: &str) -> AmqpRoute {
+        let mut r: AmqpRoute = serde_json::from_value(serde_json::json!({
+            "apiVersion": "amqprelay.io/v1alpha1", "kind": "AmqpRoute",
+            "metadata": {"name": "r", "namespace": "team", "uid": uid, "generation": generation},
+            "spec": {"match": {"domain": "amqp"}, "broker": {"url": "amqp://rabbit/"},
+                     "publish": {"routingKey": "k"}}
+        }))
+        .unwrap();
+        r.status = Some(serde_json::from_value(serde_json::json!({"relay": status_note})).unwrap());
+        r
+    }
+
+    /// A status write (the operator's own, or another install's) leaves the
+    /// generation alone and starts no sync; a spec edit, a new route and a
+    /// deletion do.
+    #[test]
+    fn status_only_changes_start_no_sync() {
+        let mut seen = std::collections::HashMap::new();
+        let relevant: Relevant<AmqpRoute> = route_generation;
+        assert!(needs_sync(
+            &mut seen,
+            &Event::InitApply(route("a", 1, "x")),
+            relevant
+        ));
+        assert!(needs_sync(&mut seen, &Event::InitDone, relevant));
+        for note in ["ns/relay", "ns/other", "ns/relay"] {
+            assert!(!needs_sync(
+                &mut seen,
+                &Event::Apply(route("a", 1, note)),
+                relevant
+            ));
+        }
+        assert!(needs_sync(
+            &mut seen,
+            &Event::Apply(route("a", 2, "x")),
+            relevant
+        ));
+        assert!(needs_sync(
+            &mut seen,
+            &Event::Apply(route("b", 1, "x")),
+            relevant
+        ));
+        assert!(needs_sync(
+            &mut seen,
+            &Event::Delete(route("a", 2, "x")),
+            relevant
+        ));
+        // Re-created under the same name: a new uid, a sync.
+        assert!(needs_sync(
+            &mut seen,
+            &Event::Apply(route("a2", 1, "x")),
+            relevant
+        ));
+        // A Secret has no generation: every change counts.
+        let mut seen = std::collections::HashMap::new();
+        let secret = Secret::default();
+        assert!(needs_sync(
+            &mut seen,
+            &Event::Apply(secret.clone()),
+            any_change
+        ));
+        assert!(needs_sync(&mut seen, &Event::Apply(secret), any_change));
     }
 }
