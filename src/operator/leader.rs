@@ -3,8 +3,10 @@
 //! duration. Another replica takes over only when it has seen the lease
 //! unchanged for a whole lease duration by its own clock, as client-go does:
 //! the holder's `renewTime` is never compared with the local clock, so clock
-//! skew between nodes cannot make two leaders. On SIGTERM the holder releases
-//! the lease so a successor need not wait for it to expire.
+//! skew between nodes cannot make two leaders. A round that does not finish
+//! within the renew deadline (half the lease: an API server that hangs) ends
+//! leadership before a follower could take the lease over. On SIGTERM the
+//! holder releases the lease so a successor need not wait for it to expire.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -159,11 +161,17 @@ impl Elector {
     /// releases the lease.
     pub async fn run(mut self, leading: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
         let period = self.duration / 3;
+        // Last renewal + period + deadline stays under the lease duration.
+        let renew_deadline = self.duration / 2;
         loop {
-            let now_leading = match self.round().await {
-                Ok(l) => l,
-                Err(e) => {
+            let now_leading = match tokio::time::timeout(renew_deadline, self.round()).await {
+                Ok(Ok(l)) => l,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "leader election round failed");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!(deadline = ?renew_deadline, "leader election round did not finish in time: not leading");
                     false
                 }
             };

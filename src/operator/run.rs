@@ -547,7 +547,15 @@ async fn control_loop(
         let routes: Vec<_> = caches.routes.iter().flat_map(|s| s.state()).collect();
         let secrets: Vec<_> = caches.secrets.iter().flat_map(|s| s.state()).collect();
         let started = Instant::now();
-        let result = sync::sync(ctx, &routes, &secrets).await;
+        // Leadership lost mid-sync: stop writing now (the new leader syncs).
+        let result = tokio::select! {
+            r = sync::sync(ctx, &routes, &secrets) => r,
+            _ = leadership.leading.wait_for(|l| !*l) => {
+                tracing::warn!("leadership lost during a sync: stopped it");
+                metrics.leader.set(0);
+                continue;
+            }
+        };
         metrics.duration.observe(started.elapsed().as_secs_f64());
         metrics.syncs.inc();
         retry_in = after_sync(metrics, &routes, result, retry_in);

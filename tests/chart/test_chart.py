@@ -189,8 +189,13 @@ def test_relay_reads_only_its_routes_configmap_and_secret():
 
 def test_leader_election_with_replicas():
     args = lambda docs: one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
+    strategy = lambda docs: one(docs, "Deployment", "-operator")["spec"].get("strategy", {}).get("type", "RollingUpdate")
     assert "--leader-election" not in args(render({}))
+    # Without a lease two operators must never run at once: no rolling update.
+    assert strategy(render({})) == "Recreate"
     assert "--leader-election" in args(render({"operator": {"replicas": 2}}))
+    assert strategy(render({"operator": {"replicas": 2}})) == "RollingUpdate"
+    assert strategy(render({"operator": {"leaderElection": True}})) == "RollingUpdate"
 
 
 def rules(docs):

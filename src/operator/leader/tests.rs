@@ -68,6 +68,8 @@ fn a_released_lease_is_free_at_once() {
 /// holder with a wrong clock would write it.
 #[derive(Clone, Default)]
 struct FakeLeases {
+    /// While set, requests are never answered (an API server that hangs).
+    paused: Arc<std::sync::atomic::AtomicBool>,
     lease: Arc<Mutex<Option<serde_json::Value>>>,
     writes: Arc<Mutex<usize>>,
     skew: Option<&'static str>,
@@ -91,6 +93,9 @@ fn status(code: u16, reason: &str) -> Response<Body> {
 
 impl FakeLeases {
     async fn handle(&self, req: Request<Body>) -> Response<Body> {
+        if self.paused.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::future::pending().await;
+        }
         let method = req.method().clone();
         let body = req.into_body().collect_bytes().await.unwrap();
         let mut stored = self.lease.lock().unwrap();
@@ -130,7 +135,8 @@ impl FakeLeases {
         let fake = self.clone();
         tokio::spawn(async move {
             while let Some((req, send)) = handle.next_request().await {
-                send.send_response(fake.handle(req).await);
+                let fake = fake.clone();
+                tokio::spawn(async move { send.send_response(fake.handle(req).await) });
             }
         });
         Client::new(svc, "ops")
@@ -200,4 +206,34 @@ async fn stopping_releases_the_lease_for_the_next_replica() {
     // No waiting out the lease duration.
     assert!(b.round().await.unwrap());
     assert_eq!(fake.holder().as_deref(), Some("b"));
+}
+
+/// An API server that stops answering mid-lease: the holder stops leading
+/// within the renew deadline, before the lease (15 s) could pass to a
+/// follower, instead of leading on for as long as the request hangs.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_api_ends_leadership_before_the_lease_can_pass() {
+    let fake = FakeLeases::default();
+    let (lead_tx, mut leading) = watch::channel(false);
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let _a = tokio::spawn(fake.elector("a").run(lead_tx, stop_rx));
+    leading.wait_for(|l| *l).await.unwrap();
+    let renewed = fake.lease.lock().unwrap().clone();
+    let last_renewal = Instant::now();
+    fake.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Bounded: a replica that leads on while its request hangs fails here.
+    tokio::time::timeout(D * 4, leading.wait_for(|l| !*l))
+        .await
+        .expect("still leading a minute into a hanging API")
+        .unwrap();
+    let led_for = last_renewal.elapsed();
+    assert!(
+        led_for < D,
+        "led {led_for:?} after its last renewal; a follower takes over after {D:?}"
+    );
+    assert_eq!(
+        *fake.lease.lock().unwrap(),
+        renewed,
+        "nothing was written meanwhile"
+    );
 }
