@@ -178,6 +178,50 @@ pub async fn sync(
     routes: &[Arc<AmqpRoute>],
     secrets: &[Arc<Secret>],
 ) -> Result<Report, Error> {
+    let left = left_routes(ctx, routes);
+    let mut report = sync_served(ctx, routes, secrets).await?;
+    report.statuses_written += clear_statuses(ctx, &left).await;
+    Ok(report)
+}
+
+/// Routes whose status says this install serves them though it no longer
+/// does (their relayRef now names another): their status is this
+/// install's to clear, or it would say Ready for a relay that dropped them.
+fn left_routes(ctx: &Ctx, routes: &[Arc<AmqpRoute>]) -> Vec<RouteId> {
+    let ours = format!("{}/{}", ctx.namespace, ctx.relay);
+    routes
+        .iter()
+        .filter(|r| !serves(ctx, r))
+        .filter(|r| r.status.as_ref().and_then(|s| s.relay.as_deref()) == Some(ours.as_str()))
+        .map(|r| id_of(r))
+        .collect()
+}
+
+/// Applies an empty status as this install's field manager: what it wrote
+/// goes. A route deleted meanwhile (404) needs nothing.
+async fn clear_statuses(ctx: &Ctx, left: &[RouteId]) -> usize {
+    let mut cleared = 0;
+    for id in left {
+        match write_status(ctx, id, &AmqpRouteStatus::default()).await {
+            Ok(()) => {
+                tracing::info!(route = %id, "route left this relay: its status cleared");
+                cleared += 1;
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                tracing::warn!(route = %id, error = %e, "clearing a departed route's status failed")
+            }
+        }
+    }
+    cleared
+}
+
+/// Renders, publishes and reports on the routes this install serves.
+async fn sync_served(
+    ctx: &Ctx,
+    routes: &[Arc<AmqpRoute>],
+    secrets: &[Arc<Secret>],
+) -> Result<Report, Error> {
     let routes: Vec<AmqpRoute> = routes
         .iter()
         .filter(|r| serves(ctx, r))

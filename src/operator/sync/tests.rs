@@ -1019,3 +1019,50 @@ async fn nothing_is_read_from_a_namespace_the_operator_does_not_share() {
         ("False".into(), "Invalid".into())
     );
 }
+
+/// A route whose relayRef is edited to name another install leaves this
+/// one: this install clears the status it wrote (no stale Ready=True naming
+/// a relay that dropped the route), once; a route another install serves is
+/// never touched.
+#[tokio::test]
+async fn a_route_that_leaves_an_install_has_its_status_cleared_by_it() {
+    let fake = Arc::new(Fake::default());
+    let edge = ctx_on(&fake, "edge");
+    let mut route = domain_route("moving", "moving.example");
+    sync(&edge, &cache(&fake, std::slice::from_ref(&route)), &[])
+        .await
+        .unwrap();
+    let status = |fake: &Fake| fake.get(&route_path("team", "moving")).unwrap()["status"].clone();
+    assert_eq!(status(&fake)["relay"], "relay-ns/edge");
+    route.spec.relay_ref =
+        serde_json::from_value(serde_json::json!({"name": "other", "namespace": "relay-ns"}))
+            .unwrap();
+    let report = sync(&edge, &cache(&fake, std::slice::from_ref(&route)), &[])
+        .await
+        .unwrap();
+    assert_eq!(report.statuses_written, 1);
+    assert!(status(&fake).get("relay").is_none(), "{}", status(&fake));
+    assert!(
+        status(&fake).get("conditions").is_none(),
+        "{}",
+        status(&fake)
+    );
+    // Cleared once: the next sync writes nothing for it.
+    let report = sync(&edge, &cache(&fake, std::slice::from_ref(&route)), &[])
+        .await
+        .unwrap();
+    assert_eq!(report.statuses_written, 0);
+    // Another install's route (its status names that install) is left alone.
+    let mut theirs = domain_route("theirs", "theirs.example");
+    theirs.spec.relay_ref = route.spec.relay_ref.clone();
+    theirs.status = serde_json::from_value(serde_json::json!({"relay": "relay-ns/other"})).unwrap();
+    fake.calls.lock().unwrap().clear();
+    sync(&edge, &cache(&fake, &[route, theirs]), &[])
+        .await
+        .unwrap();
+    assert!(
+        status_writes(&fake).is_empty(),
+        "{:?}",
+        status_writes(&fake)
+    );
+}
