@@ -177,13 +177,17 @@ fn readiness(
         Propagation::Done { total } => (
             true,
             "Published",
-            format!("all {total} ready relay pod(s) run {version} (from ConfigMap {configmap})"),
+            // Counts live in status.relays only: a message that changes
+            // with every pod count would rewrite every route's status.
+            format!("every ready relay pod runs {version} (from ConfigMap {configmap})"),
             count(*total, *total),
         ),
         Propagation::Propagating { done, total } => (
             false,
             "Propagating",
-            format!("{done}/{total} ready relay pod(s) run {version} (from ConfigMap {configmap})"),
+            format!(
+                "not every ready relay pod runs {version} yet (from ConfigMap {configmap}; status.relays counts them)"
+            ),
             count(*done, *total),
         ),
         Propagation::Rejected {

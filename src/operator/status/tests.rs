@@ -262,3 +262,29 @@ fn same_inputs_same_status() {
     );
     assert_eq!(a, b, "nothing changed, so nothing to write");
 }
+
+/// Counts are in status.relays only: the Ready message does not change with
+/// the number of relay pods, so a pod count moving does not rewrite the
+/// message of every route (the count field still says it).
+#[test]
+fn ready_messages_carry_no_counts() {
+    let now = t("2026-01-01T00:00:00Z");
+    let msg = |p: Propagation| {
+        let s = desired(None, Some(4), &Verdict::Accepted, &p, "ns/cm", now.clone());
+        let ready = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+            .clone();
+        (ready.message, s.relays)
+    };
+    let (a, ra) = msg(Propagation::Done { total: 2 });
+    let (b, rb) = msg(Propagation::Done { total: 3 });
+    assert_eq!(a, b);
+    assert_ne!(ra, rb, "the counts still tell");
+    let (c, _) = msg(Propagation::Propagating { done: 1, total: 3 });
+    let (d, _) = msg(Propagation::Propagating { done: 2, total: 4 });
+    assert_eq!(c, d);
+    assert!(!c.contains("1/3") && !a.contains(" 2 "), "{a} / {c}");
+}
