@@ -118,7 +118,7 @@ pub struct RouteMatch {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("(has(self.url) ? 1 : 0) + (has(self.urls) ? 1 : 0) + (has(self.urlSecretRef) ? 1 : 0) + (has(self.rabbitmqClusterRef) ? 1 : 0) == 1").message("set exactly one of url, urls, urlSecretRef and rabbitmqClusterRef"),
-    validation = Rule::new("!(has(self.credentialsSecretRef) && has(self.urlSecretRef))").message("credentialsSecretRef goes with url or urls; a urlSecretRef URL carries its own credentials")
+    validation = Rule::new("!(has(self.credentialsSecretRef) && has(self.urlSecretRef))").message("credentialsSecretRef goes with url, urls or rabbitmqClusterRef (another user than the cluster's default); with urlSecretRef the URL carries its own credentials")
 )]
 pub struct Broker {
     /// `amqp://host:port/vhost` without credentials (see credentialsSecretRef).
@@ -254,9 +254,10 @@ pub struct Publish {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub content_type: Option<String>,
-    /// AMQP headers set on every message (string values, at most 64).
+    /// AMQP headers set on every message (string values of at most 1024
+    /// characters, at most 64 headers).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 1024}))]
     pub headers: BTreeMap<String, String>,
     /// What to do when the broker Nacks.
     #[serde(default)]

@@ -428,6 +428,74 @@ def test_examples_validate_against_the_crd():
     assert {"seed-route.yaml", "log-events-route.yaml", "tls-route.yaml", "cluster-route.yaml"} <= set(names)
 
 
+def cel_rules(node, path="spec"):
+    """Every x-kubernetes-validations rule of the CRD schema, with the path of
+    the value it applies to (`self`)."""
+    for rule in node.get("x-kubernetes-validations", []):
+        yield path, rule["rule"], rule["message"]
+    for key, child in node.get("properties", {}).items():
+        yield from cel_rules(child, f"{path}.{key}")
+
+
+# What each rule must accept and refuse, as an API server evaluating it
+# against a real object would (path relative to the route's spec).
+CEL_CASES = {
+    "spec.broker": (
+        [{"url": "amqp://rabbit/"}, {"urls": ["amqp://a/", "amqp://b/"]},
+         {"urlSecretRef": {"name": "u", "key": "url"}}, {"rabbitmqClusterRef": {"name": "rabbit"}},
+         {"url": "amqp://rabbit/", "credentialsSecretRef": {"name": "c"}},
+         {"rabbitmqClusterRef": {"name": "rabbit"}, "credentialsSecretRef": {"name": "c"}}],
+        [{}, {"url": "amqp://a/", "urls": ["amqp://b/"]},
+         {"url": "amqp://a/", "rabbitmqClusterRef": {"name": "r"}},
+         {"urlSecretRef": {"name": "u", "key": "url"}, "credentialsSecretRef": {"name": "c"}}],
+    ),
+    "spec.broker.url": (["amqp://rabbit:5672/%2f", "amqps://rabbit/"], ["http://rabbit/", "rabbit:5672", ""]),
+    "spec.match.domain": (["amqp", "mail.example.com"], ["a@b", "a:b", "a!b"]),
+    "spec.match.tenant": (["acme"], ["a@b", "a:b"]),
+    "spec.match.campaign": (["spring-sale"], ["a:b"]),
+}
+
+
+def test_every_cel_rule_is_evaluated_against_good_and_bad_values():
+    """The CRD's CEL rules run under cel-python (the same CEL an API server
+    evaluates): each accepts what it should and refuses what it should, so a
+    rule that does not parse, or says yes to everything, fails here."""
+    import celpy
+    env = celpy.Environment()
+    rules = list(cel_rules(crd_schema()["properties"]["spec"]))
+    assert len(rules) == 6, rules
+    assert {p for p, _, _ in rules} == set(CEL_CASES), "every rule has cases"
+    for path, rule, message in rules:
+        program = env.program(env.compile(rule))
+        good, bad = CEL_CASES[path]
+        # One rule of several on a path refuses only what it is about: a value
+        # is bad when at least one of the path's rules refuses it.
+        for value in good:
+            assert program.evaluate({"self": celpy.json_to_cel(value)}), (path, rule, value)
+    for path, (good, bad) in CEL_CASES.items():
+        programs = [env.program(env.compile(r)) for p, r, _ in rules if p == path]
+        for value in bad:
+            verdicts = [bool(p.evaluate({"self": celpy.json_to_cel(value)})) for p in programs]
+            assert not all(verdicts), (path, value)
+    # The exactly-one rule's message names every choice it counts.
+    messages = [m for p, _, m in rules if p == "spec.broker"]
+    assert any(all(k in m for k in ("url", "urls", "urlSecretRef", "rabbitmqClusterRef")) for m in messages)
+    cred = next(m for m in messages if m.startswith("credentialsSecretRef"))
+    assert all(k in cred for k in ("url", "urls", "rabbitmqClusterRef", "urlSecretRef")), cred
+
+
+def test_lists_and_strings_are_bounded():
+    spec = crd_schema()["properties"]["spec"]["properties"]
+    assert spec["broker"]["properties"]["urls"]["maxItems"] == 8
+    headers = spec["publish"]["properties"]["headers"]
+    assert headers["maxProperties"] == 64 and headers["additionalProperties"]["maxLength"] == 1024
+    route = next(doc for _, doc in example_routes())
+    route = json.loads(json.dumps(route))
+    route["spec"]["publish"]["headers"] = {"x": "v" * 1025}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(route, crd_schema())
+
+
 @pytest.mark.parametrize(
     "breakage",
     [
