@@ -47,9 +47,9 @@ use std::collections::BTreeMap;
     ),
     printcolumn(
         name = "Relays",
-        type_ = "integer",
-        description = "ready relay pods running this generation",
-        json_path = ".status.relays.ready"
+        type_ = "string",
+        description = "ready relay pods running this generation / ready relay pods",
+        json_path = ".status.relaysReady"
     ),
     printcolumn(
         name = "Age",
@@ -339,6 +339,10 @@ pub struct AmqpRouteStatus {
     /// Ready relay pods, and how many of them run this generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relays: Option<RelayCount>,
+    /// The same as `ready/total` (`2/3`), for the Relays column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 24))]
+    pub relays_ready: Option<String>,
     /// The relay serving this route (`namespace/name`); absent while no
     /// relay does (no install claims it, or its relayRef names none).
     #[serde(default, skip_serializing_if = "Option::is_none")]

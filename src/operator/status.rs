@@ -267,6 +267,7 @@ pub fn desired(
     AmqpRouteStatus {
         observed_generation: generation,
         conditions: vec![carry_over(accepted, prev), carry_over(ready, prev)],
+        relays_ready: relays.map(|r| format!("{}/{}", r.ready, r.total)),
         relays,
         relay: None,
     }

@@ -288,3 +288,14 @@ fn ready_messages_carry_no_counts() {
     assert_eq!(c, d);
     assert!(!c.contains("1/3") && !a.contains(" 2 "), "{a} / {c}");
 }
+
+/// `kubectl get amqpr` shows ready/total in the Relays column.
+#[test]
+fn the_relays_column_reads_ready_over_total() {
+    let now = t("2026-01-01T00:00:00Z");
+    let p = Propagation::Propagating { done: 2, total: 3 };
+    let s = desired(None, Some(1), &Verdict::Accepted, &p, "ns/cm", now);
+    assert_eq!(s.relays_ready.as_deref(), Some("2/3"));
+    let crd = crate::operator::crd::crd_yaml();
+    assert!(crd.contains("jsonPath: .status.relaysReady"), "{crd}");
+}
