@@ -11,6 +11,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 pub const HASH_ANNOTATION: &str = "amqprelay.io/policy-hash";
+/// The routes Secret's keys the operator writes (comma-separated): keys
+/// others added (`kubectl edit`) are theirs, kept and not compared.
+pub const KEYS_ANNOTATION: &str = "amqprelay.io/keys";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "amqp-relay-operator");
 
 fn meta(name: String, namespace: &str, relay: &str, hash: Option<&str>) -> ObjectMeta {
@@ -50,9 +53,15 @@ pub fn routes_secret(
     if let Some(key) = digest_key {
         data.insert(DIGEST_KEY.to_owned(), ByteString(key.to_vec()));
     }
+    let mut metadata = meta(format!("{relay}-routes"), namespace, relay, None);
+    let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    metadata.annotations = Some(BTreeMap::from([(
+        KEYS_ANNOTATION.to_owned(),
+        keys.join(","),
+    )]));
     Secret {
-        // No hash: its data is compared as it is, and written only when it differs.
-        metadata: meta(format!("{relay}-routes"), namespace, relay, None),
+        // No hash: its keys are compared as they are, and written only when they differ.
+        metadata,
         type_: Some("Opaque".into()),
         data: Some(data),
         ..Default::default()

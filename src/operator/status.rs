@@ -273,6 +273,20 @@ pub fn desired(
     }
 }
 
+/// The part of a route's status this operator writes: its own conditions
+/// (Accepted, Ready), not those other controllers keep there.
+pub fn ours(s: &AmqpRouteStatus) -> AmqpRouteStatus {
+    AmqpRouteStatus {
+        conditions: s
+            .conditions
+            .iter()
+            .filter(|c| matches!(c.type_.as_str(), "Accepted" | "Ready"))
+            .cloned()
+            .collect(),
+        ..s.clone()
+    }
+}
+
 /// The Accepted condition's status, to see transitions worth an Event.
 pub fn accepted(s: Option<&AmqpRouteStatus>) -> Option<&str> {
     s?.conditions

@@ -4,7 +4,7 @@
 //! running it twice in a row writes nothing the second time.
 
 use super::crd::{AmqpRoute, AmqpRouteStatus};
-use super::manifests::{HASH_ANNOTATION, policy_configmap, routes_secret};
+use super::manifests::{HASH_ANNOTATION, KEYS_ANNOTATION, policy_configmap, routes_secret};
 use super::render::cluster::Clusters;
 use super::render::{self, POLICY_KEY, Rendered, RouteId};
 use super::status::{self, Verdict};
@@ -109,10 +109,29 @@ struct Published {
     digest_key: Vec<u8>,
 }
 
+/// The operator's part of the live routes Secret: the keys it last wrote
+/// (its annotation) with their values. Keys another field manager added are
+/// theirs: server-side apply keeps them, so comparing them would re-apply
+/// forever.
 fn secret_data(s: Option<Secret>) -> BTreeMap<String, Vec<u8>> {
-    s.and_then(|s| s.data)
+    let Some(s) = s else {
+        return BTreeMap::new();
+    };
+    let ours: Option<std::collections::BTreeSet<String>> = s
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(KEYS_ANNOTATION))
+        .map(|k| {
+            k.split(',')
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .collect()
+        });
+    s.data
         .unwrap_or_default()
         .into_iter()
+        .filter(|(k, _)| ours.as_ref().is_none_or(|o| o.contains(k)))
         .map(|(k, v)| (k, v.0))
         .collect()
 }
@@ -436,12 +455,16 @@ async fn update_statuses(
             now.clone(),
         );
         new.relay = Some(format!("{}/{}", ctx.namespace, ctx.relay));
-        if old == Some(&new) {
+        // Only what this operator writes counts: a condition another
+        // controller keeps on the route is theirs (apply leaves it).
+        if old.map(status::ours).as_ref() == Some(&new) {
             continue;
         }
         // One route's failed write does not keep the others' from being written.
         match write_status(ctx, &id, &new).await {
             Ok(()) => report.statuses_written += 1,
+            // Deleted meanwhile: nothing to say of it.
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
             Err(e) => {
                 tracing::warn!(route = %id, error = %e, "status write failed");
                 failed.push(e);

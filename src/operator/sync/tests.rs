@@ -12,6 +12,9 @@ use std::sync::Mutex;
 #[derive(Default)]
 struct Fake {
     objects: Mutex<BTreeMap<String, serde_json::Value>>,
+    /// Server-side apply's field ownership: object path → field manager →
+    /// the fields it applied (`data.k`, `status.conditions[Ready]`, …).
+    managed: Mutex<BTreeMap<String, BTreeMap<String, std::collections::BTreeSet<String>>>>,
     calls: Mutex<Vec<(Method, String)>>,
     /// Routes whose status writes fail.
     fail_status_of: Mutex<Vec<String>>,
@@ -29,6 +32,168 @@ impl Fake {
     }
     fn get(&self, path: &str) -> Option<serde_json::Value> {
         self.objects.lock().unwrap().get(path).cloned()
+    }
+}
+
+/// The fields an applied object sets, as server-side apply tracks them:
+/// map entries by path, `conditions` (a list-type map) by their `type`,
+/// other lists whole. `metadata` other than labels and annotations is the
+/// object's identity, not a field.
+fn fields(v: &serde_json::Value, at: &str, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, child) in m {
+                if at.is_empty() && matches!(k.as_str(), "apiVersion" | "kind") {
+                    continue;
+                }
+                if at == "metadata" && !matches!(k.as_str(), "labels" | "annotations") {
+                    continue;
+                }
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                // A map is a field of its own too (SSA's `.`): removed with
+                // its last owner, not left empty behind its children.
+                if child.is_object() && path != "metadata" && path != "status" {
+                    out.insert(path.clone());
+                }
+                fields(child, &path, out);
+            }
+        }
+        serde_json::Value::Array(items) if at.ends_with("conditions") => {
+            out.insert(at.to_owned());
+            for c in items {
+                out.insert(format!("{at}[{}]", c["type"].as_str().unwrap_or("")));
+            }
+        }
+        _ => {
+            out.insert(at.to_owned());
+        }
+    }
+}
+
+/// Removes `field` (a path from [`fields`]) from `obj`.
+fn remove_field(obj: &mut serde_json::Value, field: &str) {
+    if let Some((list, key)) = field.strip_suffix(']').and_then(|f| f.split_once('[')) {
+        if let Some(items) = pointer(obj, list).and_then(|v| v.as_array_mut()) {
+            items.retain(|c| c["type"] != key);
+        }
+        return;
+    }
+    let (parent, leaf) = field.rsplit_once('.').unwrap_or(("", field));
+    let target = if parent.is_empty() {
+        Some(obj)
+    } else {
+        pointer(obj, parent)
+    };
+    if let Some(serde_json::Value::Object(m)) = target {
+        m.remove(leaf);
+    }
+}
+
+fn pointer<'a>(obj: &'a mut serde_json::Value, dotted: &str) -> Option<&'a mut serde_json::Value> {
+    dotted
+        .split('.')
+        .try_fold(obj, |v, k| v.as_object_mut()?.get_mut(k))
+}
+
+/// Merges an applied object in: maps by key, `conditions` by `type`, the rest replaced.
+fn apply_merge(into: &mut serde_json::Value, patch: &serde_json::Value, at: &str) {
+    match (into, patch) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                apply_merge(
+                    a.entry(k.clone()).or_insert(serde_json::Value::Null),
+                    v,
+                    &path,
+                );
+            }
+        }
+        (serde_json::Value::Array(a), serde_json::Value::Array(b))
+            if at.ends_with("conditions") =>
+        {
+            for c in b {
+                match a.iter_mut().find(|x| x["type"] == c["type"]) {
+                    Some(slot) => *slot = c.clone(),
+                    None => a.push(c.clone()),
+                }
+            }
+        }
+        (slot, v) => *slot = v.clone(),
+    }
+}
+
+impl Fake {
+    /// Server-side apply as `manager` (with force): the fields it applied
+    /// before and no longer sends go unless another manager owns them;
+    /// fields others own are kept; the applied ones become its own.
+    fn apply(
+        &self,
+        path: &str,
+        manager: &str,
+        patch: &serde_json::Value,
+        status: bool,
+    ) -> serde_json::Value {
+        let (part, body) = if status {
+            (
+                "status",
+                serde_json::json!({"status": patch["status"].clone()}),
+            )
+        } else {
+            let mut p = patch.clone();
+            if let Some(m) = p.as_object_mut() {
+                m.remove("status");
+            }
+            ("", p)
+        };
+        let mut applied = std::collections::BTreeSet::new();
+        fields(&body, "", &mut applied);
+        let mut objects = self.objects.lock().unwrap();
+        let obj = objects.entry(path.to_owned()).or_insert_with(|| {
+            let mut o = patch.clone();
+            if let Some(m) = o.as_object_mut() {
+                m.remove("status");
+                m.remove("data");
+            }
+            o
+        });
+        let mut managed = self.managed.lock().unwrap();
+        let owners = managed.entry(path.to_owned()).or_default();
+        let before = owners.get(manager).cloned().unwrap_or_default();
+        // Deepest first: a map's children before the map.
+        let mut gone: Vec<&String> = before.difference(&applied).collect();
+        gone.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        for gone in gone {
+            let in_part = part.is_empty() != gone.starts_with("status");
+            let others = owners.iter().any(|(m, f)| m != manager && f.contains(gone));
+            if in_part && !others {
+                remove_field(obj, gone);
+            }
+        }
+        // Forced: the values it applied become its alone; maps and lists
+        // holding them stay shared with whoever else has fields inside.
+        let container = |x: &String| {
+            applied
+                .iter()
+                .any(|a| a.starts_with(&format!("{x}.")) || a.starts_with(&format!("{x}[")))
+        };
+        for (m, f) in owners.iter_mut() {
+            if m != manager {
+                f.retain(|x| !applied.contains(x) || container(x));
+            }
+        }
+        apply_merge(obj, &body, "");
+        let mine = owners.entry(manager.to_owned()).or_default();
+        mine.retain(|f| part.is_empty() == f.starts_with("status"));
+        mine.extend(applied);
+        obj.clone()
     }
 }
 
@@ -58,6 +223,14 @@ async fn handle(fake: &Fake, req: Request<Body>) -> Response<Body> {
         .headers()
         .get("content-type")
         .is_some_and(|v| v == "application/apply-patch+yaml");
+    let manager = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("fieldManager="))
+        .unwrap_or("unknown")
+        .to_owned();
     let body = req.into_body().collect_bytes().await.unwrap();
     fake.calls
         .lock()
@@ -87,19 +260,18 @@ async fn handle(fake: &Fake, req: Request<Body>) -> Response<Body> {
                 return respond(StatusCode::INTERNAL_SERVER_ERROR, &refused);
             }
             let patch: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let status = path.ends_with("/status");
             let key = path.trim_end_matches("/status").to_owned();
-            let obj = objects.entry(key).or_insert(serde_json::json!({}));
-            if apply {
-                // Server-side apply with one field manager: what it applies is
-                // all it owns, so fields it no longer sends are removed.
-                if path.ends_with("/status") {
-                    obj["status"] = patch["status"].clone();
-                } else {
-                    *obj = patch;
-                }
-            } else {
-                merge(obj, &patch);
+            // The status subresource of an object that is gone: 404, as the API says.
+            if status && !objects.contains_key(&key) {
+                return respond(StatusCode::NOT_FOUND, &not_found);
             }
+            if apply {
+                drop(objects);
+                return respond(StatusCode::OK, &fake.apply(&key, &manager, &patch, status));
+            }
+            let obj = objects.entry(key).or_insert(serde_json::json!({}));
+            merge(obj, &patch);
             respond(StatusCode::OK, obj)
         }
         Method::POST => {
@@ -1064,5 +1236,139 @@ async fn a_route_that_leaves_an_install_has_its_status_cleared_by_it() {
         status_writes(&fake).is_empty(),
         "{:?}",
         status_writes(&fake)
+    );
+}
+
+/// The fake's server-side apply, held to what the API server does
+/// (https://kubernetes.io/docs/reference/using-api/server-side-apply/):
+/// fields are owned per field manager; an apply keeps the fields others
+/// own, removes those its manager applied before and no longer sends, and
+/// merges list-type maps (`conditions`, keyed by `type`) by key; the status
+/// subresource of an object that does not exist is 404.
+#[test]
+fn the_fake_applies_as_the_api_server_does() {
+    let fake = Fake::default();
+    let path = "/api/v1/namespaces/ns/secrets/s";
+    let obj = |data: serde_json::Value| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s", "namespace": "ns"}, "data": data})
+    };
+    fake.apply(
+        path,
+        "operator",
+        &obj(serde_json::json!({"a": "MQ==", "b": "Mg=="})),
+        false,
+    );
+    fake.apply(
+        path,
+        "kubectl",
+        &obj(serde_json::json!({"extra": "Mw=="})),
+        false,
+    );
+    // The operator stops sending b: b goes, kubectl's extra stays.
+    let now = fake.apply(
+        path,
+        "operator",
+        &obj(serde_json::json!({"a": "MQ=="})),
+        false,
+    );
+    assert_eq!(
+        now["data"],
+        serde_json::json!({"a": "MQ==", "extra": "Mw=="})
+    );
+    // Conditions merge by type; each manager's stay.
+    let route = "/apis/amqprelay.io/v1alpha1/namespaces/ns/amqproutes/r";
+    fake.objects
+        .lock()
+        .unwrap()
+        .insert(route.into(), serde_json::json!({"metadata": {"name": "r"}}));
+    let status = |conds: serde_json::Value| serde_json::json!({"status": {"conditions": conds}});
+    fake.apply(
+        route,
+        "operator",
+        &status(serde_json::json!([{"type": "Ready", "status": "True"}])),
+        true,
+    );
+    fake.apply(
+        route,
+        "other",
+        &status(serde_json::json!([{"type": "Audited", "status": "True"}])),
+        true,
+    );
+    let now = fake.apply(
+        route,
+        "operator",
+        &status(serde_json::json!([{"type": "Ready", "status": "False"}])),
+        true,
+    );
+    let types: Vec<(&str, &str)> = now["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["type"].as_str().unwrap(), c["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(types, [("Ready", "False"), ("Audited", "True")]);
+    // The operator's empty status removes its fields only.
+    let now = fake.apply(route, "operator", &serde_json::json!({"status": {}}), true);
+    assert_eq!(now["status"]["conditions"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_status_write_for_a_route_deleted_mid_sync_is_a_404_not_a_failed_sync() {
+    let (ctx, fake) = ctx();
+    let routes = cache(&fake, &[domain_route("going", "going.example")]);
+    // Deleted after the cache saw it, before its status is written.
+    fake.objects
+        .lock()
+        .unwrap()
+        .remove(&route_path("team", "going"));
+    let report = sync(&ctx, &routes, &[])
+        .await
+        .expect("a 404 does not fail the sync");
+    assert_eq!(report.statuses_written, 0);
+    assert!(
+        fake.get(&route_path("team", "going")).is_none(),
+        "not re-created by /status"
+    );
+}
+
+/// Other field managers' fields survive the operator's applies (a key added
+/// to the routes Secret with kubectl, a condition another controller keeps
+/// on a route), and the operator does not fight them: after one sync, the
+/// next syncs write nothing at all.
+#[tokio::test]
+async fn other_managers_fields_survive_and_cause_no_write_loop() {
+    let (ctx, fake) = ctx();
+    let routes = [domain_route("r", "r.example")];
+    sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    fake.apply(
+        SECRET,
+        "kubectl-edit",
+        &serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "edge-routes", "namespace": "relay-ns"},
+            "data": {"note": "aGFuZHM="}}),
+        false,
+    );
+    fake.apply(
+        &route_path("team", "r"),
+        "audit-controller",
+        &serde_json::json!({"status": {"conditions": [{"type": "Audited", "status": "True",
+            "reason": "Ok", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}),
+        true,
+    );
+    fake.calls.lock().unwrap().clear();
+    for _ in 0..3 {
+        sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    }
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+    assert_eq!(fake.get(SECRET).unwrap()["data"]["note"], "aGFuZHM=");
+    let conditions = fake.get(&route_path("team", "r")).unwrap()["status"]["conditions"].clone();
+    assert!(
+        conditions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Audited"),
+        "{conditions}"
     );
 }
