@@ -339,6 +339,57 @@ where
     reader
 }
 
+/// Whether an event on the operator's own ConfigMap or Secret needs a
+/// sync: its deletion (or its absence at the start), which the sync
+/// repairs. Changes are left to the periodic sync: each sync's own write
+/// would otherwise start another.
+fn own_object_gone<K>(ev: &watcher::Event<K>, seen: &mut bool) -> bool {
+    match ev {
+        watcher::Event::Delete(_) => {
+            *seen = false;
+            true
+        }
+        watcher::Event::InitApply(_) | watcher::Event::Apply(_) => {
+            *seen = true;
+            false
+        }
+        watcher::Event::Init => {
+            *seen = false;
+            false
+        }
+        watcher::Event::InitDone => !*seen,
+    }
+}
+
+/// Watches one object of the operator's own (by name) for its deletion.
+fn watch_own<K>(api: Api<K>, name: &str, changed: Arc<Notify>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+        let mut seen = false;
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(ev) if own_object_gone(&ev, &mut seen) => {
+                    tracing::warn!(%name, "the operator's own object is gone: restoring it");
+                    changed.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%name, error = %e, "watch error (retrying with backoff)"),
+            }
+        }
+    });
+}
+
 /// The caches the syncs read: AmqpRoutes and the credential Secrets of
 /// every namespace watched.
 struct Caches {
@@ -441,6 +492,16 @@ pub async fn run(
         .unwrap_or_else(|| client.default_namespace().to_owned());
     let scopes = scopes(&args, &namespace);
     let caches = Caches::watch(&client, &scopes);
+    watch_own::<k8s_openapi::api::core::v1::ConfigMap>(
+        Api::namespaced(client.clone(), &namespace),
+        &format!("{}-policy", args.relay),
+        caches.changed.clone(),
+    );
+    watch_own::<Secret>(
+        Api::namespaced(client.clone(), &namespace),
+        &format!("{}-routes", args.relay),
+        caches.changed.clone(),
+    );
     let wanted = super::credentials::parse(&args.ensure_credentials).map_err(anyhow::Error::msg)?;
     if !wanted.is_empty() {
         // Relay pods mount them: they wait until these exist.
@@ -829,5 +890,35 @@ mod watch_events {
             any_change
         ));
         assert!(needs_sync(&mut seen, &Event::Apply(secret), any_change));
+    }
+}
+
+#[cfg(test)]
+mod own_objects {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::watcher::Event;
+
+    /// Deleting the policy ConfigMap (or starting without it) starts a sync
+    /// at once; the operator's own writes to it do not.
+    #[test]
+    fn a_deleted_own_object_starts_a_sync_and_a_write_does_not() {
+        let mut seen = false;
+        let cm = ConfigMap::default();
+        assert!(!own_object_gone(&Event::<ConfigMap>::Init, &mut seen));
+        assert!(!own_object_gone(&Event::InitApply(cm.clone()), &mut seen));
+        assert!(
+            !own_object_gone(&Event::<ConfigMap>::InitDone, &mut seen),
+            "present at start"
+        );
+        assert!(
+            !own_object_gone(&Event::Apply(cm.clone()), &mut seen),
+            "a write"
+        );
+        assert!(own_object_gone(&Event::Delete(cm.clone()), &mut seen));
+        // A relist after the deletion: still absent.
+        assert!(!own_object_gone(&Event::<ConfigMap>::Init, &mut seen));
+        assert!(own_object_gone(&Event::<ConfigMap>::InitDone, &mut seen));
+        assert!(!own_object_gone(&Event::Apply(cm), &mut seen), "restored");
     }
 }

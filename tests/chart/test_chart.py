@@ -213,6 +213,14 @@ def test_rbac_is_least_privilege(name):
     assert writes and all(r.get("resourceNames") for r in writes), writes
 
 
+def test_the_operator_watches_only_its_own_policy_and_routes_by_name():
+    docs = render({})
+    own = [r for d in by_kind(docs, "Role") if d["metadata"]["name"].endswith("-operator")
+           for r in d["rules"] if "watch" in r["verbs"] and set(r["resources"]) & {"configmaps", "secrets"}]
+    assert sorted((r["resources"][0], r["resourceNames"][0]) for r in own) == [
+        ("configmaps", "edge-amqp-relay-policy"), ("secrets", "edge-amqp-relay-routes")], own
+
+
 def test_watch_scopes():
     listed = render({"operator": {"watchNamespaces": ["team-a", "team-b"]}})
     watch_roles = [d for d in by_kind(listed, "Role") if d["metadata"]["name"].endswith("-watch")]
