@@ -32,3 +32,5 @@ pub mod relay;
 pub mod routes_api;
 pub mod signal;
 pub mod spool_marker;
+#[cfg(test)]
+mod test_support;

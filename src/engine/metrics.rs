@@ -224,33 +224,13 @@ mod tests {
                 label: "chart-test".into(),
             })
             .observe(0.1);
-        let out = m.encode();
-        let exported: Vec<&str> = out
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| l.split_whitespace().next())
-            .collect();
-        let chart = concat!(
-            include_str!("../../charts/amqp-relay/files/prometheus-rules.yaml"),
-            include_str!("../../charts/amqp-relay/files/dashboard.json")
-        );
-        let used: std::collections::BTreeSet<&str> = chart
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .filter(|w| {
+        crate::test_support::assert_chart_queries_exported(
+            &m.encode(),
+            |w| {
                 (w.starts_with("amqp_relay_") && !w.starts_with("amqp_relay_operator_"))
                     || w.starts_with("user_lua_latency")
-            })
-            .collect();
-        assert!(used.len() >= 15, "{used:?}");
-        for name in used {
-            let base = ["_total", "_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| name.strip_suffix(s))
-                .unwrap_or(name);
-            assert!(
-                exported.contains(&base),
-                "{name} is not served: {exported:?}"
-            );
-        }
+            },
+            15,
+        );
     }
 }

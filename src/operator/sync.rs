@@ -66,6 +66,13 @@ pub struct Ctx {
     pub refuse: Option<&'static str>,
 }
 
+impl Ctx {
+    /// `namespace/name` of the relay this install serves, as status.relay says it.
+    fn relay_id(&self) -> String {
+        format!("{}/{}", self.namespace, self.relay)
+    }
+}
+
 #[derive(Debug, Default, PartialEq)]
 pub struct Report {
     pub policy_written: bool,
@@ -207,7 +214,7 @@ pub async fn sync(
 /// does (their relayRef now names another): their status is this
 /// install's to clear, or it would say Ready for a relay that dropped them.
 fn left_routes(ctx: &Ctx, routes: &[Arc<AmqpRoute>]) -> Vec<RouteId> {
-    let ours = format!("{}/{}", ctx.namespace, ctx.relay);
+    let ours = ctx.relay_id();
     routes
         .iter()
         .filter(|r| !serves(ctx, r))
@@ -454,7 +461,7 @@ async fn update_statuses(
             &configmap,
             now.clone(),
         );
-        new.relay = Some(format!("{}/{}", ctx.namespace, ctx.relay));
+        new.relay = Some(ctx.relay_id());
         // Only what this operator writes counts: a condition another
         // controller keeps on the route is theirs (apply leaves it).
         if old.map(status::ours).as_ref() == Some(&new) {
