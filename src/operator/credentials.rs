@@ -144,8 +144,9 @@ mod tests {
         let created = ensure(&client, "mail", &wanted).await.unwrap();
         assert_eq!(created, ["inject-credentials"]);
         let made = api.get(SECRETS, "inject-credentials").unwrap();
-        assert_eq!(made["stringData"]["username"], "inject");
-        assert_eq!(made["stringData"]["password"].as_str().unwrap().len(), 32);
+        // The API folds stringData into data (base64: 32 bytes → 44 characters).
+        assert_eq!(made["data"]["username"], "aW5qZWN0");
+        assert_eq!(made["data"]["password"].as_str().unwrap().len(), 44);
         assert_eq!(
             api.get(SECRETS, "admin-credentials").unwrap()["data"]["password"],
             "bWluZQ=="

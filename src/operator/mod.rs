@@ -4,6 +4,9 @@ pub mod crd;
 pub mod credentials;
 #[cfg(test)]
 pub mod fake_api;
+#[cfg(test)]
+#[path = "fake_api_tests.rs"]
+mod fake_api_tests;
 pub mod leader;
 pub mod lua_literal;
 pub mod manifests;

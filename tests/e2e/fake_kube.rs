@@ -1,90 +1,22 @@
-//! A fake Kubernetes API server over real HTTP, just enough for a relay's
-//! kube client to list and watch one ConfigMap and one Secret in one
-//! namespace; tests change them at will.
+//! The Kubernetes API a relay process talks to in these tests: the same
+//! fake the unit tests use (`src/operator/fake_api`, held to the API
+//! server's semantics: selectors, resourceVersions, watches with bookmarks
+//! and 410 Gone), served over HTTP, with a kubeconfig pointing at it.
 
-use axum::extract::{Path, Query, State};
-use axum::response::IntoResponse;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use tokio::sync::broadcast;
+#[allow(dead_code)]
+#[path = "../../src/operator/fake_api/mod.rs"]
+mod fake_api;
 
-/// One kind of object the fake serves (at most one object of it).
-#[derive(Clone)]
-struct Slot {
-    kind: &'static str,
-    name: String,
-    /// `None` while the object does not exist.
-    object: Arc<Mutex<Option<serde_json::Value>>>,
-    events: broadcast::Sender<String>,
-}
-
-#[derive(Clone)]
-struct Shared {
-    ns: String,
-    version: Arc<Mutex<u64>>,
-    configmap: Slot,
-    secret: Slot,
-}
+pub use fake_api::FakeApi;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub struct FakeKube {
-    shared: Shared,
+    pub api: Arc<FakeApi>,
+    ns: String,
+    configmap: String,
     pub kubeconfig: std::path::PathBuf,
     addr: std::net::SocketAddr,
-}
-
-fn object(kind: &str, ns: &str, name: &str, rv: u64, data: serde_json::Value) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "v1", "kind": kind,
-        "metadata": {"name": name, "namespace": ns, "resourceVersion": rv.to_string(), "uid": format!("fake-{name}")},
-        "data": data,
-    })
-}
-
-async fn serve(slot: &Slot, version: u64, q: &HashMap<String, String>) -> axum::response::Response {
-    if q.get("watch").map(String::as_str) == Some("true") {
-        let rx = slot.events.subscribe();
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            match rx.recv().await {
-                Ok(line) => Some((Ok::<_, std::convert::Infallible>(line), rx)),
-                Err(_) => None,
-            }
-        });
-        return axum::body::Body::from_stream(stream).into_response();
-    }
-    let items: Vec<_> = slot.object.lock().unwrap().iter().cloned().collect();
-    axum::Json(serde_json::json!({
-        "apiVersion": "v1", "kind": format!("{}List", slot.kind),
-        "metadata": {"resourceVersion": version.to_string()},
-        "items": items,
-    }))
-    .into_response()
-}
-
-async fn configmaps(
-    State(s): State<Shared>,
-    Path(_ns): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> axum::response::Response {
-    let v = *s.version.lock().unwrap();
-    serve(&s.configmap, v, &q).await
-}
-
-async fn secrets(
-    State(s): State<Shared>,
-    Path(_ns): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> axum::response::Response {
-    let v = *s.version.lock().unwrap();
-    serve(&s.secret, v, &q).await
-}
-
-fn slot(kind: &'static str, name: &str) -> Slot {
-    Slot {
-        kind,
-        name: name.to_owned(),
-        object: Arc::new(Mutex::new(None)),
-        events: broadcast::channel(64).0,
-    }
 }
 
 impl FakeKube {
@@ -104,7 +36,7 @@ impl FakeKube {
     pub async fn start_without(dir: &std::path::Path, ns: &str, name: &str) -> FakeKube {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let kube = Self::new(dir, ns, name, l.local_addr().unwrap());
-        kube.serve_on(l);
+        kube.api.serve(l);
         kube
     }
 
@@ -121,16 +53,10 @@ impl FakeKube {
     /// The API server answers from now on.
     pub async fn come_up(&self) {
         let l = tokio::net::TcpListener::bind(self.addr).await.unwrap();
-        self.serve_on(l);
+        self.api.serve(l);
     }
 
     fn new(dir: &std::path::Path, ns: &str, name: &str, addr: std::net::SocketAddr) -> FakeKube {
-        let shared = Shared {
-            ns: ns.to_owned(),
-            version: Arc::new(Mutex::new(1)),
-            configmap: slot("ConfigMap", name),
-            secret: slot("Secret", "unset"),
-        };
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(
             &kubeconfig,
@@ -142,57 +68,43 @@ impl FakeKube {
         )
         .unwrap();
         FakeKube {
-            shared,
+            api: Arc::new(FakeApi::default()),
+            ns: ns.to_owned(),
+            configmap: name.to_owned(),
             kubeconfig,
             addr,
         }
     }
 
-    fn serve_on(&self, l: tokio::net::TcpListener) {
-        let app = axum::Router::new()
-            .route(
-                "/api/v1/namespaces/{ns}/configmaps",
-                axum::routing::get(configmaps),
-            )
-            .route(
-                "/api/v1/namespaces/{ns}/secrets",
-                axum::routing::get(secrets),
-            )
-            .with_state(self.shared.clone());
-        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    }
-
-    fn put(&self, slot: &Slot, name: &str, data: serde_json::Value) {
-        let rv = {
-            let mut v = self.shared.version.lock().unwrap();
-            *v += 1;
-            *v
-        };
-        let obj = object(slot.kind, &self.shared.ns, name, rv, data);
-        let existed = slot.object.lock().unwrap().replace(obj.clone()).is_some();
-        let kind = if existed { "MODIFIED" } else { "ADDED" };
-        let _ = slot
-            .events
-            .send(serde_json::json!({"type": kind, "object": obj}).to_string() + "\n");
+    fn put(&self, kind: &str, plural: &str, name: &str, data: serde_json::Value) {
+        let obj = serde_json::json!({"apiVersion": "v1", "kind": kind,
+            "metadata": {"name": name, "namespace": self.ns}, "data": data});
+        self.api
+            .put(&format!("/api/v1/namespaces/{}/{plural}", self.ns), obj);
     }
 
     /// Creates or replaces the ConfigMap's data and tells every watcher.
     pub fn update(&self, data: BTreeMap<String, String>) {
-        let slot = &self.shared.configmap;
-        self.put(slot, &slot.name.clone(), serde_json::json!(data));
+        self.put(
+            "ConfigMap",
+            "configmaps",
+            &self.configmap,
+            serde_json::json!(data),
+        );
     }
 
-    /// Creates or replaces the Secret `name` (the one Secret served).
+    /// Creates or replaces the Secret `name`.
     pub fn update_secret(&self, name: &str, data: BTreeMap<String, Vec<u8>>) {
         use base64::Engine as _;
         let encoded: BTreeMap<String, String> = data
             .into_iter()
             .map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v)))
             .collect();
-        self.put(&self.shared.secret, name, serde_json::json!(encoded));
+        self.put("Secret", "secrets", name, serde_json::json!(encoded));
     }
 
+    /// Watches open now.
     pub fn watchers(&self) -> usize {
-        self.shared.configmap.events.receiver_count() + self.shared.secret.events.receiver_count()
+        self.api.watchers()
     }
 }

@@ -240,7 +240,7 @@ async fn configmap_changes_arrive_through_the_api_before_the_files_change() {
     use crate::fake_kube::FakeKube;
     let broker = Broker::shared();
     let conn = broker.connect().await;
-    declare_bound(&conn, "reload-x", "api-reload-q", &["rk-2"]).await;
+    declare_bound(&conn, "reload-x", "api-reload-q", &["rk-2", "rk-0"]).await;
     let dir = tempfile::tempdir().unwrap();
     let url = broker.url();
     let policy_text = |v: &str| {
@@ -307,4 +307,29 @@ async fn configmap_changes_arrive_through_the_api_before_the_files_change() {
         2,
         "published by the version that came through the API"
     );
+
+    // The API server restarts and its history is compacted past the
+    // relay's resourceVersion while a change lands: the relay's re-watch
+    // gets 410 Gone, lists again and runs version 3.
+    kube.api.end_watches();
+    kube.update([("routes.lua".to_string(), policy_text("3"))].into());
+    kube.api.compact();
+    relay
+        .await_metric("amqp_relay_policy_epoch", 3.0, Duration::from_secs(30))
+        .await;
+    let (status, _) = relay
+        .inject("s@x.com", &["api@amqp".to_string()], "after 410")
+        .await;
+    assert_eq!(status, 200);
+    let got = consume(&conn, "api-reload-q", 1, Duration::from_secs(30)).await;
+    assert_eq!(version(&got[0]), 3, "relay log:\n{}", relay.log_text());
+    let lists = kube
+        .api
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, p)| p.contains("/configmaps?") && !p.contains("watch="))
+        .count();
+    assert_eq!(lists, 2, "one list at start, one after the 410");
 }

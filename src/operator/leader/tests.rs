@@ -1,8 +1,6 @@
 use super::*;
-use http::{Method, Request, Response};
-use kube::Client;
-use kube::client::Body;
-use std::sync::{Arc, Mutex};
+use crate::operator::fake_api::FakeApi;
+use std::sync::Arc;
 
 const D: Duration = Duration::from_secs(15);
 
@@ -63,93 +61,35 @@ fn a_released_lease_is_free_at_once() {
     assert!(decide(Some(&free), "b", D, now, Duration::ZERO).is_some());
 }
 
-/// A Lease API over kube's client: get, create, and replace with
-/// resourceVersion checks. `skew` rewrites every written renewTime, as a
-/// holder with a wrong clock would write it.
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases";
+
+/// The Lease API, in the shared fake (get, create, and replace with
+/// resourceVersion checks, as the API server does them).
 #[derive(Clone, Default)]
 struct FakeLeases {
-    /// While set, requests are never answered (an API server that hangs).
-    paused: Arc<std::sync::atomic::AtomicBool>,
-    lease: Arc<Mutex<Option<serde_json::Value>>>,
-    writes: Arc<Mutex<usize>>,
-    skew: Option<&'static str>,
-}
-
-fn reply(status: u16, v: serde_json::Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(&v).unwrap()))
-        .unwrap()
-}
-
-fn status(code: u16, reason: &str) -> Response<Body> {
-    reply(
-        code,
-        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-            "reason": reason, "message": reason, "code": code}),
-    )
+    api: Arc<FakeApi>,
 }
 
 impl FakeLeases {
-    async fn handle(&self, req: Request<Body>) -> Response<Body> {
-        if self.paused.load(std::sync::atomic::Ordering::SeqCst) {
-            return std::future::pending().await;
-        }
-        let method = req.method().clone();
-        let body = req.into_body().collect_bytes().await.unwrap();
-        let mut stored = self.lease.lock().unwrap();
-        match method {
-            Method::GET => match stored.as_ref() {
-                Some(l) => reply(200, l.clone()),
-                None => status(404, "NotFound"),
-            },
-            Method::POST | Method::PUT => {
-                let mut new: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let current = stored
-                    .as_ref()
-                    .map(|l| l["metadata"]["resourceVersion"].clone());
-                match (&method, &current) {
-                    (&Method::POST, Some(_)) => return status(409, "AlreadyExists"),
-                    (&Method::PUT, None) => return status(404, "NotFound"),
-                    (&Method::PUT, Some(rv)) if *rv != new["metadata"]["resourceVersion"] => {
-                        return status(409, "Conflict");
-                    }
-                    _ => {}
-                }
-                let mut writes = self.writes.lock().unwrap();
-                *writes += 1;
-                new["metadata"]["resourceVersion"] = writes.to_string().into();
-                if let Some(t) = self.skew {
-                    new["spec"]["renewTime"] = t.into();
-                }
-                *stored = Some(new.clone());
-                reply(if method == Method::POST { 201 } else { 200 }, new)
-            }
-            _ => status(405, "MethodNotAllowed"),
-        }
-    }
-
-    fn client(&self) -> Client {
-        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let fake = self.clone();
-        tokio::spawn(async move {
-            while let Some((req, send)) = handle.next_request().await {
-                let fake = fake.clone();
-                tokio::spawn(async move { send.send_response(fake.handle(req).await) });
-            }
-        });
-        Client::new(svc, "ops")
+    /// Every written renewTime becomes `t`, as a holder with a wrong
+    /// clock would write it.
+    fn skewed(t: &'static str) -> Self {
+        let fake = FakeLeases::default();
+        fake.api.rewrite(move |l| l["spec"]["renewTime"] = t.into());
+        fake
     }
 
     fn elector(&self, identity: &str) -> Elector {
-        let api = Api::namespaced(self.client(), "ops");
+        let api = Api::namespaced(self.api.client("ops"), "ops");
         Elector::new(api, "relay-operator".into(), identity.into(), D)
     }
 
+    fn lease(&self) -> Option<serde_json::Value> {
+        self.api.get(LEASES, "relay-operator")
+    }
+
     fn holder(&self) -> Option<String> {
-        let l = self.lease.lock().unwrap();
-        l.as_ref()
+        self.lease()
             .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
     }
 }
@@ -158,10 +98,7 @@ impl FakeLeases {
 async fn a_skewed_holder_keeps_the_lease_while_it_renews() {
     // Every renewal carries a renewTime a day old, as a holder with a slow
     // clock writes it; comparing it with the local clock would take over.
-    let fake = FakeLeases {
-        skew: Some("2026-01-01T00:00:00.000000Z"),
-        ..FakeLeases::default()
-    };
+    let fake = FakeLeases::skewed("2026-01-01T00:00:00.000000Z");
     let mut a = fake.elector("a");
     let mut b = fake.elector("b");
     assert!(a.round().await.unwrap());
@@ -218,9 +155,9 @@ async fn a_hanging_api_ends_leadership_before_the_lease_can_pass() {
     let (_stop_tx, stop_rx) = watch::channel(false);
     let _a = tokio::spawn(fake.elector("a").run(lead_tx, stop_rx));
     leading.wait_for(|l| *l).await.unwrap();
-    let renewed = fake.lease.lock().unwrap().clone();
+    let renewed = fake.lease();
     let last_renewal = Instant::now();
-    fake.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+    fake.api.pause(true);
     // Bounded: a replica that leads on while its request hangs fails here.
     tokio::time::timeout(D * 4, leading.wait_for(|l| !*l))
         .await
@@ -231,9 +168,5 @@ async fn a_hanging_api_ends_leadership_before_the_lease_can_pass() {
         led_for < D,
         "led {led_for:?} after its last renewal; a follower takes over after {D:?}"
     );
-    assert_eq!(
-        *fake.lease.lock().unwrap(),
-        renewed,
-        "nothing was written meanwhile"
-    );
+    assert_eq!(fake.lease(), renewed, "nothing was written meanwhile");
 }

@@ -3,284 +3,12 @@
 
 use super::*;
 use crate::operator::crd::AmqpRouteSpec;
-use http::{Method, Request, Response, StatusCode};
-use kube::client::Body;
+use crate::operator::fake_api::FakeApi;
+use http::StatusCode;
 use kube::runtime::events::Reporter;
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-#[derive(Default)]
-struct Fake {
-    objects: Mutex<BTreeMap<String, serde_json::Value>>,
-    /// Server-side apply's field ownership: object path → field manager →
-    /// the fields it applied (`data.k`, `status.conditions[Ready]`, …).
-    managed: Mutex<BTreeMap<String, BTreeMap<String, std::collections::BTreeSet<String>>>>,
-    calls: Mutex<Vec<(Method, String)>>,
-    /// Routes whose status writes fail.
-    fail_status_of: Mutex<Vec<String>>,
-}
-
-impl Fake {
-    fn writes(&self) -> Vec<String> {
-        self.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(m, _)| m != Method::GET)
-            .map(|(m, p)| format!("{m} {p}"))
-            .collect()
-    }
-    fn get(&self, path: &str) -> Option<serde_json::Value> {
-        self.objects.lock().unwrap().get(path).cloned()
-    }
-}
-
-/// The fields an applied object sets, as server-side apply tracks them:
-/// map entries by path, `conditions` (a list-type map) by their `type`,
-/// other lists whole. `metadata` other than labels and annotations is the
-/// object's identity, not a field.
-fn fields(v: &serde_json::Value, at: &str, out: &mut std::collections::BTreeSet<String>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, child) in m {
-                if at.is_empty() && matches!(k.as_str(), "apiVersion" | "kind") {
-                    continue;
-                }
-                if at == "metadata" && !matches!(k.as_str(), "labels" | "annotations") {
-                    continue;
-                }
-                let path = if at.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{at}.{k}")
-                };
-                // A map is a field of its own too (SSA's `.`): removed with
-                // its last owner, not left empty behind its children.
-                if child.is_object() && path != "metadata" && path != "status" {
-                    out.insert(path.clone());
-                }
-                fields(child, &path, out);
-            }
-        }
-        serde_json::Value::Array(items) if at.ends_with("conditions") => {
-            out.insert(at.to_owned());
-            for c in items {
-                out.insert(format!("{at}[{}]", c["type"].as_str().unwrap_or("")));
-            }
-        }
-        _ => {
-            out.insert(at.to_owned());
-        }
-    }
-}
-
-/// Removes `field` (a path from [`fields`]) from `obj`.
-fn remove_field(obj: &mut serde_json::Value, field: &str) {
-    if let Some((list, key)) = field.strip_suffix(']').and_then(|f| f.split_once('[')) {
-        if let Some(items) = pointer(obj, list).and_then(|v| v.as_array_mut()) {
-            items.retain(|c| c["type"] != key);
-        }
-        return;
-    }
-    let (parent, leaf) = field.rsplit_once('.').unwrap_or(("", field));
-    let target = if parent.is_empty() {
-        Some(obj)
-    } else {
-        pointer(obj, parent)
-    };
-    if let Some(serde_json::Value::Object(m)) = target {
-        m.remove(leaf);
-    }
-}
-
-fn pointer<'a>(obj: &'a mut serde_json::Value, dotted: &str) -> Option<&'a mut serde_json::Value> {
-    dotted
-        .split('.')
-        .try_fold(obj, |v, k| v.as_object_mut()?.get_mut(k))
-}
-
-/// Merges an applied object in: maps by key, `conditions` by `type`, the rest replaced.
-fn apply_merge(into: &mut serde_json::Value, patch: &serde_json::Value, at: &str) {
-    match (into, patch) {
-        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
-            for (k, v) in b {
-                let path = if at.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{at}.{k}")
-                };
-                apply_merge(
-                    a.entry(k.clone()).or_insert(serde_json::Value::Null),
-                    v,
-                    &path,
-                );
-            }
-        }
-        (serde_json::Value::Array(a), serde_json::Value::Array(b))
-            if at.ends_with("conditions") =>
-        {
-            for c in b {
-                match a.iter_mut().find(|x| x["type"] == c["type"]) {
-                    Some(slot) => *slot = c.clone(),
-                    None => a.push(c.clone()),
-                }
-            }
-        }
-        (slot, v) => *slot = v.clone(),
-    }
-}
-
-impl Fake {
-    /// Server-side apply as `manager` (with force): the fields it applied
-    /// before and no longer sends go unless another manager owns them;
-    /// fields others own are kept; the applied ones become its own.
-    fn apply(
-        &self,
-        path: &str,
-        manager: &str,
-        patch: &serde_json::Value,
-        status: bool,
-    ) -> serde_json::Value {
-        let (part, body) = if status {
-            (
-                "status",
-                serde_json::json!({"status": patch["status"].clone()}),
-            )
-        } else {
-            let mut p = patch.clone();
-            if let Some(m) = p.as_object_mut() {
-                m.remove("status");
-            }
-            ("", p)
-        };
-        let mut applied = std::collections::BTreeSet::new();
-        fields(&body, "", &mut applied);
-        let mut objects = self.objects.lock().unwrap();
-        let obj = objects.entry(path.to_owned()).or_insert_with(|| {
-            let mut o = patch.clone();
-            if let Some(m) = o.as_object_mut() {
-                m.remove("status");
-                m.remove("data");
-            }
-            o
-        });
-        let mut managed = self.managed.lock().unwrap();
-        let owners = managed.entry(path.to_owned()).or_default();
-        let before = owners.get(manager).cloned().unwrap_or_default();
-        // Deepest first: a map's children before the map.
-        let mut gone: Vec<&String> = before.difference(&applied).collect();
-        gone.sort_by_key(|f| std::cmp::Reverse(f.len()));
-        for gone in gone {
-            let in_part = part.is_empty() != gone.starts_with("status");
-            let others = owners.iter().any(|(m, f)| m != manager && f.contains(gone));
-            if in_part && !others {
-                remove_field(obj, gone);
-            }
-        }
-        // Forced: the values it applied become its alone; maps and lists
-        // holding them stay shared with whoever else has fields inside.
-        let container = |x: &String| {
-            applied
-                .iter()
-                .any(|a| a.starts_with(&format!("{x}.")) || a.starts_with(&format!("{x}[")))
-        };
-        for (m, f) in owners.iter_mut() {
-            if m != manager {
-                f.retain(|x| !applied.contains(x) || container(x));
-            }
-        }
-        apply_merge(obj, &body, "");
-        let mine = owners.entry(manager.to_owned()).or_default();
-        mine.retain(|f| part.is_empty() == f.starts_with("status"));
-        mine.extend(applied);
-        obj.clone()
-    }
-}
-
-fn merge(into: &mut serde_json::Value, patch: &serde_json::Value) {
-    match (into, patch) {
-        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k.clone()).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (slot, v) => *slot = v.clone(),
-    }
-}
-
-fn respond(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap()
-}
-
-async fn handle(fake: &Fake, req: Request<Body>) -> Response<Body> {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let apply = req
-        .headers()
-        .get("content-type")
-        .is_some_and(|v| v == "application/apply-patch+yaml");
-    let manager = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("fieldManager="))
-        .unwrap_or("unknown")
-        .to_owned();
-    let body = req.into_body().collect_bytes().await.unwrap();
-    fake.calls
-        .lock()
-        .unwrap()
-        .push((method.clone(), path.clone()));
-    let not_found = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
-    let mut objects = fake.objects.lock().unwrap();
-    if method == Method::GET && path == PODS && !objects.contains_key(PODS) {
-        let empty =
-            serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []});
-        return respond(StatusCode::OK, &empty);
-    }
-    match method {
-        Method::GET => match objects.get(&path) {
-            Some(o) => respond(StatusCode::OK, o),
-            None => respond(StatusCode::NOT_FOUND, &not_found),
-        },
-        Method::PATCH => {
-            if fake
-                .fail_status_of
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|n| path.ends_with(&format!("/{n}/status")))
-            {
-                let refused = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500, "message": "etcd timeout"});
-                return respond(StatusCode::INTERNAL_SERVER_ERROR, &refused);
-            }
-            let patch: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            let status = path.ends_with("/status");
-            let key = path.trim_end_matches("/status").to_owned();
-            // The status subresource of an object that is gone: 404, as the API says.
-            if status && !objects.contains_key(&key) {
-                return respond(StatusCode::NOT_FOUND, &not_found);
-            }
-            if apply {
-                drop(objects);
-                return respond(StatusCode::OK, &fake.apply(&key, &manager, &patch, status));
-            }
-            let obj = objects.entry(key).or_insert(serde_json::json!({}));
-            merge(obj, &patch);
-            respond(StatusCode::OK, obj)
-        }
-        Method::POST => {
-            let o: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            respond(StatusCode::CREATED, &o)
-        }
-        _ => respond(StatusCode::METHOD_NOT_ALLOWED, &not_found),
-    }
-}
+type Fake = FakeApi;
 
 fn ctx() -> (Ctx, Arc<Fake>) {
     let fake = Arc::new(Fake::default());
@@ -289,14 +17,7 @@ fn ctx() -> (Ctx, Arc<Fake>) {
 
 /// The context of the operator of relay `relay`, on the API `fake` serves.
 fn ctx_on(fake: &Arc<Fake>, relay: &str) -> Ctx {
-    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let server = fake.clone();
-    tokio::spawn(async move {
-        while let Some((req, send)) = h.next_request().await {
-            send.send_response(handle(&server, req).await);
-        }
-    });
-    let client = Client::new(svc, "relay-ns");
+    let client = fake.client("relay-ns");
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -376,22 +97,18 @@ fn cache(fake: &Fake, routes: &[AmqpRoute]) -> Vec<Arc<AmqpRoute>> {
         .iter()
         .map(|r| {
             let path = route_path(&r.namespace().unwrap(), &r.name_any());
-            let mut objects = fake.objects.lock().unwrap();
-            let stored = objects
-                .entry(path)
-                .or_insert_with(|| serde_json::to_value(r).unwrap());
             let mut fresh = serde_json::to_value(r).unwrap();
-            if let Some(s) = stored.get("status") {
-                fresh["status"] = s.clone();
+            if let Some(s) = fake.at(&path).and_then(|o| o.get("status").cloned()) {
+                fresh["status"] = s;
             }
-            *stored = fresh.clone();
-            Arc::new(serde_json::from_value(fresh).unwrap())
+            fake.put_at(&path, fresh);
+            Arc::new(serde_json::from_value(fake.at(&path).unwrap()).unwrap())
         })
         .collect()
 }
 
 fn condition(fake: &Fake, ns: &str, name: &str, type_: &str) -> (String, String) {
-    let r = fake.get(&route_path(ns, name)).unwrap();
+    let r = fake.at(&route_path(ns, name)).unwrap();
     let c = r["status"]["conditions"]
         .as_array()
         .unwrap()
@@ -413,7 +130,7 @@ async fn create_then_idempotent() {
     let report = sync(&ctx, &cache(&fake, &routes), &secrets).await.unwrap();
     assert!(report.policy_written);
     assert_eq!(report.statuses_written, 1);
-    let cm = fake.get(CM).unwrap();
+    let cm = fake.at(CM).unwrap();
     assert!(
         cm["data"]["routes.lua"]
             .as_str()
@@ -428,7 +145,7 @@ async fn create_then_idempotent() {
         cm["metadata"]["annotations"][HASH_ANNOTATION],
         report.hash.as_str()
     );
-    assert!(fake.get(SECRET).unwrap()["data"]["team.seed.url"].is_string());
+    assert!(fake.at(SECRET).unwrap()["data"]["team.seed.url"].is_string());
     assert_eq!(
         condition(&fake, "team", "seed", "Accepted"),
         ("True".into(), "Valid".into())
@@ -515,12 +232,12 @@ async fn update_conflict_invalid_rotation_and_deletion() {
     .unwrap();
     assert!(second.policy_written);
     assert!(
-        fake.get(CM).unwrap()["data"]["routes.lua"]
+        fake.at(CM).unwrap()["data"]["routes.lua"]
             .as_str()
             .unwrap()
             .contains("\"events\"")
     );
-    let r = fake.get(&route_path("team", "old")).unwrap();
+    let r = fake.at(&route_path("team", "old")).unwrap();
     assert_eq!(r["status"]["observedGeneration"], 2);
 
     // Secret rotation: same routes, new credentials → new Secret and hash.
@@ -534,7 +251,7 @@ async fn update_conflict_invalid_rotation_and_deletion() {
     .unwrap();
     assert!(third.policy_written);
     assert_ne!(third.hash, second.hash);
-    let stored = fake.get(SECRET).unwrap();
+    let stored = fake.at(SECRET).unwrap();
     let b64 = stored["data"]["team.old.url"].as_str().unwrap();
     assert_eq!(b64, "YW1xcDovL3U6bmV3QHJhYmJpdDo1NjcyLyUyZg==");
 
@@ -557,7 +274,7 @@ async fn update_conflict_invalid_rotation_and_deletion() {
     assert!(last.policy_written);
     assert_eq!(last.accepted, 0);
     assert!(
-        !fake.get(CM).unwrap()["data"]["routes.lua"]
+        !fake.at(CM).unwrap()["data"]["routes.lua"]
             .as_str()
             .unwrap()
             .contains("logging")
@@ -594,12 +311,13 @@ async fn ready_only_when_every_ready_relay_runs_the_route() {
     let port = relay_pod("127.0.0.2", 0, a.clone()).await;
     relay_pod("127.0.0.3", port, b.clone()).await;
     ctx.relay_port = port;
-    fake.objects.lock().unwrap().insert(
-        PODS.into(),
-        serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
-            pod("relay-0", "127.0.0.2", true), pod("relay-1", "127.0.0.3", true), pod("relay-2", "127.0.0.4", false)
-        ]}),
-    );
+    for p in [
+        pod("relay-0", "127.0.0.2", true),
+        pod("relay-1", "127.0.0.3", true),
+        pod("relay-2", "127.0.0.4", false),
+    ] {
+        fake.put(PODS, p);
+    }
     let routes = [seed_route("seed", "2026-01-01T00:00:00Z")];
     let secrets = [Arc::new(rabbit_secret("amqp://u:p@rabbit:5672/%2f"))];
     let first = sync(&ctx, &cache(&fake, &routes), &secrets).await.unwrap();
@@ -609,7 +327,7 @@ async fn ready_only_when_every_ready_relay_runs_the_route() {
         ("False".into(), "Propagating".into())
     );
     let relays =
-        |fake: &Fake| fake.get(&route_path("team", "seed")).unwrap()["status"]["relays"].clone();
+        |fake: &Fake| fake.at(&route_path("team", "seed")).unwrap()["status"]["relays"].clone();
     assert_eq!(
         relays(&fake),
         serde_json::json!({"ready": 0, "total": 2}),
@@ -617,7 +335,7 @@ async fn ready_only_when_every_ready_relay_runs_the_route() {
     );
 
     let routes_hash = crate::model::digest::plain(
-        fake.get(CM).unwrap()["data"]["routes.lua"]
+        fake.at(CM).unwrap()["data"]["routes.lua"]
             .as_str()
             .unwrap()
             .as_bytes(),
@@ -666,17 +384,17 @@ async fn two_relays(ctx: &mut Ctx, fake: &Fake) -> [Arc<Mutex<serde_json::Value>
     let port = relay_pod("127.0.0.5", 0, a.clone()).await;
     relay_pod("127.0.0.6", port, b.clone()).await;
     ctx.relay_port = port;
-    fake.objects.lock().unwrap().insert(
-        PODS.into(),
-        serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
-            pod("relay-0", "127.0.0.5", true), pod("relay-1", "127.0.0.6", true)
-        ]}),
-    );
+    for p in [
+        pod("relay-0", "127.0.0.5", true),
+        pod("relay-1", "127.0.0.6", true),
+    ] {
+        fake.put(PODS, p);
+    }
     [a, b]
 }
 
 fn run_published(fake: &Fake, relays: &[Arc<Mutex<serde_json::Value>>]) {
-    let policy = fake.get(CM).unwrap()["data"]["routes.lua"]
+    let policy = fake.at(CM).unwrap()["data"]["routes.lua"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -746,7 +464,7 @@ async fn a_route_turning_invalid_loses_its_relay_count() {
     sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
     run_published(&fake, &relays);
     sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
-    let stored = fake.get(&route_path("team", "r")).unwrap();
+    let stored = fake.at(&route_path("team", "r")).unwrap();
     assert_eq!(
         stored["status"]["relays"],
         serde_json::json!({"ready": 2, "total": 2})
@@ -755,7 +473,7 @@ async fn a_route_turning_invalid_loses_its_relay_count() {
     routes[0].spec.broker.url = Some("amqp://user:pw@rabbit/".into());
     routes[0].metadata.generation = Some(2);
     sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
-    let stored = fake.get(&route_path("team", "r")).unwrap();
+    let stored = fake.at(&route_path("team", "r")).unwrap();
     assert_eq!(
         condition(&fake, "team", "r", "Accepted"),
         ("False".into(), "Invalid".into())
@@ -778,11 +496,11 @@ async fn a_failed_status_write_does_not_stop_the_others() {
         .iter()
         .map(|n| domain_route(n, &format!("{n}.example")))
         .collect();
-    fake.fail_status_of.lock().unwrap().push("a".into());
+    fake.fail_writes_to("/a/status", StatusCode::INTERNAL_SERVER_ERROR);
     let err = sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap_err();
     assert!(matches!(err, Error::Status { failed: 1, .. }), "{err}");
     assert!(
-        fake.get(&route_path("team", "a"))
+        fake.at(&route_path("team", "a"))
             .unwrap()
             .get("status")
             .is_none()
@@ -801,7 +519,7 @@ async fn a_policy_that_does_not_load_is_reported_on_the_routes_it_concerns() {
     sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
     run_published(&fake, &relays);
     sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
-    let published = fake.get(CM).unwrap();
+    let published = fake.at(CM).unwrap();
 
     let mut bad = domain_route("bad", "bad.example");
     bad.spec.publish.routing_key = "POISON".into();
@@ -809,11 +527,7 @@ async fn a_policy_that_does_not_load_is_reported_on_the_routes_it_concerns() {
     let report = sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
     assert!(report.compile_error.is_some());
     assert!(!report.policy_written);
-    assert_eq!(
-        fake.get(CM).unwrap(),
-        published,
-        "the previous policy stays"
-    );
+    assert_eq!(fake.at(CM).unwrap(), published, "the previous policy stays");
     let (status, reason) = condition(&fake, "team", "bad", "Ready");
     assert_eq!(
         (status.as_str(), reason.as_str()),
@@ -831,7 +545,7 @@ async fn a_policy_that_does_not_load_is_reported_on_the_routes_it_concerns() {
 /// relay's own code). `with_secret: false` keeps its credentials from `before`.
 fn relay_holding(fake: &Fake, secret: &serde_json::Value) -> serde_json::Value {
     use base64::Engine as _;
-    let policy = fake.get(CM).unwrap()["data"]["routes.lua"]
+    let policy = fake.at(CM).unwrap()["data"]["routes.lua"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -861,7 +575,7 @@ async fn a_rotated_secret_reaches_the_relay_and_ready_follows_it() {
     let routes = [seed_route("seed", "2026-01-01T00:00:00Z")];
     let old = [Arc::new(rabbit_secret("amqp://u:old@rabbit:5672/%2f"))];
     sync(&ctx, &cache(&fake, &routes), &old).await.unwrap();
-    let old_secret = fake.get(SECRET).unwrap();
+    let old_secret = fake.at(SECRET).unwrap();
     assert!(
         old_secret["data"]["digest-key"].is_string(),
         "the operator keeps a digest key in the routes Secret"
@@ -876,7 +590,7 @@ async fn a_rotated_secret_reaches_the_relay_and_ready_follows_it() {
     let new = [Arc::new(rabbit_secret("amqp://u:new@rabbit:5672/%2f"))];
     let rotated = sync(&ctx, &cache(&fake, &routes), &new).await.unwrap();
     assert!(rotated.policy_written);
-    let new_secret = fake.get(SECRET).unwrap();
+    let new_secret = fake.at(SECRET).unwrap();
     assert_eq!(
         new_secret["data"]["digest-key"], old_secret["data"]["digest-key"],
         "the digest key is kept"
@@ -908,20 +622,20 @@ async fn a_changed_or_deleted_routes_secret_is_repaired() {
     let routes = [seed_route("seed", "2026-01-01T00:00:00Z")];
     let secrets = [Arc::new(rabbit_secret("amqp://u:p@rabbit:5672/%2f"))];
     sync(&ctx, &cache(&fake, &routes), &secrets).await.unwrap();
-    let good = fake.get(SECRET).unwrap();
+    let good = fake.at(SECRET).unwrap();
 
     // Someone edits a key by hand: the ConfigMap's hash still matches.
     let mut edited = good.clone();
     edited["data"]["team.seed.url"] = "ZXZpbA==".into();
-    fake.objects.lock().unwrap().insert(SECRET.into(), edited);
+    fake.put_at(SECRET, edited);
     let repaired = sync(&ctx, &cache(&fake, &routes), &secrets).await.unwrap();
     assert!(repaired.policy_written);
-    assert_eq!(fake.get(SECRET).unwrap()["data"], good["data"]);
+    assert_eq!(fake.at(SECRET).unwrap()["data"], good["data"]);
 
-    fake.objects.lock().unwrap().remove(SECRET);
+    fake.remove_at(SECRET);
     let recreated = sync(&ctx, &cache(&fake, &routes), &secrets).await.unwrap();
     assert!(recreated.policy_written);
-    let back = fake.get(SECRET).unwrap();
+    let back = fake.at(SECRET).unwrap();
     assert_eq!(back["data"]["team.seed.url"], good["data"]["team.seed.url"]);
 
     fake.calls.lock().unwrap().clear();
@@ -956,7 +670,7 @@ async fn an_over_budget_route_is_too_large_while_the_rest_ship() {
         ("False".into(), "TooLarge".into())
     );
     assert_eq!(condition(&fake, "team", "small", "Accepted").0, "True");
-    let cm = fake.get(CM).expect("the policy was written");
+    let cm = fake.at(CM).expect("the policy was written");
     let policy = cm["data"]["routes.lua"].as_str().unwrap();
     assert!(policy.contains("small.example") && !policy.contains("huge.example"));
     assert!(policy.len() < render::OBJECT_LIMIT);
@@ -998,7 +712,7 @@ async fn two_relays_with_their_own_relay_refs_each_serve_their_own() {
         sync(&other, &cache(&fake, &routes), &[]).await.unwrap();
     }
     let policy = |relay: &str| {
-        fake.get(&format!(
+        fake.at(&format!(
             "/api/v1/namespaces/relay-ns/configmaps/{relay}-policy"
         ))
         .unwrap()["data"]["routes.lua"]
@@ -1015,7 +729,7 @@ async fn two_relays_with_their_own_relay_refs_each_serve_their_own() {
         ("elsewhere", None),
         ("own-namespace", None),
     ] {
-        let stored = fake.get(&route_path("team", name)).unwrap();
+        let stored = fake.at(&route_path("team", name)).unwrap();
         assert_eq!(
             stored["status"]["relay"].as_str(),
             served_by,
@@ -1072,8 +786,8 @@ async fn a_rabbitmq_cluster_ref_is_resolved_through_the_api() {
             use base64::Engine;
             base64::engine::general_purpose::STANDARD.encode(s)
         };
-        fake.objects.lock().unwrap().insert(
-            user.into(),
+        fake.put_at(
+            user,
             serde_json::json!({"apiVersion": "v1", "kind": "Secret",
                 "metadata": {"name": "rabbit-default-user", "namespace": "messaging", "uid": "u1", "resourceVersion": version},
                 "data": {"username": b64("default_user_x"), "password": b64(password),
@@ -1081,8 +795,8 @@ async fn a_rabbitmq_cluster_ref_is_resolved_through_the_api() {
         );
     };
     let put_cluster = |annotations: serde_json::Value| {
-        fake.objects.lock().unwrap().insert(
-            cluster.into(),
+        fake.put_at(
+            cluster,
             serde_json::json!({"apiVersion": "rabbitmq.com/v1beta1", "kind": "RabbitmqCluster",
                 "metadata": {"name": "rabbit", "namespace": "messaging", "annotations": annotations},
                 "status": {"defaultUser": {
@@ -1123,7 +837,7 @@ async fn a_rabbitmq_cluster_ref_is_resolved_through_the_api() {
     );
     let url = |fake: &Fake| {
         use base64::Engine;
-        let data = &fake.get(SECRET).unwrap()["data"]["team.via-cluster.url"];
+        let data = &fake.at(SECRET).unwrap()["data"]["team.via-cluster.url"];
         String::from_utf8(
             base64::engine::general_purpose::STANDARD
                 .decode(data.as_str().unwrap())
@@ -1204,7 +918,7 @@ async fn a_route_that_leaves_an_install_has_its_status_cleared_by_it() {
     sync(&edge, &cache(&fake, std::slice::from_ref(&route)), &[])
         .await
         .unwrap();
-    let status = |fake: &Fake| fake.get(&route_path("team", "moving")).unwrap()["status"].clone();
+    let status = |fake: &Fake| fake.at(&route_path("team", "moving")).unwrap()["status"].clone();
     assert_eq!(status(&fake)["relay"], "relay-ns/edge");
     route.spec.relay_ref =
         serde_json::from_value(serde_json::json!({"name": "other", "namespace": "relay-ns"}))
@@ -1239,95 +953,18 @@ async fn a_route_that_leaves_an_install_has_its_status_cleared_by_it() {
     );
 }
 
-/// The fake's server-side apply, held to what the API server does
-/// (https://kubernetes.io/docs/reference/using-api/server-side-apply/):
-/// fields are owned per field manager; an apply keeps the fields others
-/// own, removes those its manager applied before and no longer sends, and
-/// merges list-type maps (`conditions`, keyed by `type`) by key; the status
-/// subresource of an object that does not exist is 404.
-#[test]
-fn the_fake_applies_as_the_api_server_does() {
-    let fake = Fake::default();
-    let path = "/api/v1/namespaces/ns/secrets/s";
-    let obj = |data: serde_json::Value| {
-        serde_json::json!({"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "s", "namespace": "ns"}, "data": data})
-    };
-    fake.apply(
-        path,
-        "operator",
-        &obj(serde_json::json!({"a": "MQ==", "b": "Mg=="})),
-        false,
-    );
-    fake.apply(
-        path,
-        "kubectl",
-        &obj(serde_json::json!({"extra": "Mw=="})),
-        false,
-    );
-    // The operator stops sending b: b goes, kubectl's extra stays.
-    let now = fake.apply(
-        path,
-        "operator",
-        &obj(serde_json::json!({"a": "MQ=="})),
-        false,
-    );
-    assert_eq!(
-        now["data"],
-        serde_json::json!({"a": "MQ==", "extra": "Mw=="})
-    );
-    // Conditions merge by type; each manager's stay.
-    let route = "/apis/amqprelay.io/v1alpha1/namespaces/ns/amqproutes/r";
-    fake.objects
-        .lock()
-        .unwrap()
-        .insert(route.into(), serde_json::json!({"metadata": {"name": "r"}}));
-    let status = |conds: serde_json::Value| serde_json::json!({"status": {"conditions": conds}});
-    fake.apply(
-        route,
-        "operator",
-        &status(serde_json::json!([{"type": "Ready", "status": "True"}])),
-        true,
-    );
-    fake.apply(
-        route,
-        "other",
-        &status(serde_json::json!([{"type": "Audited", "status": "True"}])),
-        true,
-    );
-    let now = fake.apply(
-        route,
-        "operator",
-        &status(serde_json::json!([{"type": "Ready", "status": "False"}])),
-        true,
-    );
-    let types: Vec<(&str, &str)> = now["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["type"].as_str().unwrap(), c["status"].as_str().unwrap()))
-        .collect();
-    assert_eq!(types, [("Ready", "False"), ("Audited", "True")]);
-    // The operator's empty status removes its fields only.
-    let now = fake.apply(route, "operator", &serde_json::json!({"status": {}}), true);
-    assert_eq!(now["status"]["conditions"].as_array().unwrap().len(), 1);
-}
-
 #[tokio::test]
 async fn a_status_write_for_a_route_deleted_mid_sync_is_a_404_not_a_failed_sync() {
     let (ctx, fake) = ctx();
     let routes = cache(&fake, &[domain_route("going", "going.example")]);
     // Deleted after the cache saw it, before its status is written.
-    fake.objects
-        .lock()
-        .unwrap()
-        .remove(&route_path("team", "going"));
+    fake.remove_at(&route_path("team", "going"));
     let report = sync(&ctx, &routes, &[])
         .await
         .expect("a 404 does not fail the sync");
     assert_eq!(report.statuses_written, 0);
     assert!(
-        fake.get(&route_path("team", "going")).is_none(),
+        fake.at(&route_path("team", "going")).is_none(),
         "not re-created by /status"
     );
 }
@@ -1361,8 +998,8 @@ async fn other_managers_fields_survive_and_cause_no_write_loop() {
         sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
     }
     assert!(fake.writes().is_empty(), "{:?}", fake.writes());
-    assert_eq!(fake.get(SECRET).unwrap()["data"]["note"], "aGFuZHM=");
-    let conditions = fake.get(&route_path("team", "r")).unwrap()["status"]["conditions"].clone();
+    assert_eq!(fake.at(SECRET).unwrap()["data"]["note"], "aGFuZHM=");
+    let conditions = fake.at(&route_path("team", "r")).unwrap()["status"]["conditions"].clone();
     assert!(
         conditions
             .as_array()
