@@ -173,6 +173,7 @@ async fn main() {
         serve_unreferenced: true,
         shared_cluster_namespaces: vec![],
         history: Default::default(),
+        conflicts: Default::default(),
     };
     let mut routes: Vec<AmqpRoute> = (0..ROUTES).map(route).collect();
     let secrets: Vec<Arc<Secret>> = (0..NAMESPACES).map(|n| Arc::new(secret(n))).collect();

@@ -86,7 +86,7 @@ echo
 echo "== the operator's path: examples/seed-route.yaml rendered offline"
 # As a user edits the example's Secret: the broker's URL with its credentials.
 sed 's#^  url: .*#  url: amqp://guest:guest@127.0.0.1:5672/%2f#' examples/seed-route.yaml >"$work/seed-route.yaml"
-target/debug/amqp-relay render -f "$work/seed-route.yaml" --namespace mail --relay demo \
+target/debug/amqp-relay render -f "$work/seed-route.yaml" --namespace mail --relay mail-amqp-relay \
   --secrets-dir "$work/routes" >"$work/rendered.yaml"
 # Lay the ConfigMap and Secret out as the kubelet mounts them.
 python3 - "$work" <<'PY'

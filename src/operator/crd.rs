@@ -74,10 +74,10 @@ pub struct AmqpRouteSpec {
     /// Route the relay's own log records through this route (needs the relay's log hooks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_events: Option<LogEvents>,
-    /// The relay (an install of amqp-relay) that serves this route. Without
-    /// it, the route is served by the install that claims routes without a
-    /// relayRef (one per cluster: the chart's
-    /// `operator.serveRoutesWithoutRelayRef`).
+    /// The relay (an install of amqp-relay, `<release>-amqp-relay`) that
+    /// serves this route; without a namespace, the route's own. Without a
+    /// relayRef, only an install with the chart's
+    /// `operator.serveRoutesWithoutRelayRef` (off by default) serves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_ref: Option<RelayRef>,
 }

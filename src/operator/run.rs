@@ -66,12 +66,13 @@ pub struct OperatorArgs {
     /// (`{"team-a": ["a.example", "*.a.example"]}`); empty: any namespace, any domain.
     #[arg(long, env = "AMQP_RELAY_DOMAIN_OWNERSHIP", default_value = "")]
     pub domain_ownership: String,
-    /// Serve AmqpRoutes without a relayRef (set false on every install but
-    /// one when several share a namespace they watch).
+    /// Serve AmqpRoutes without a relayRef (off by default: a route names
+    /// its install; of several installs that claim such routes, the first
+    /// to serve one keeps it and the others leave it alone).
     #[arg(
         long,
         env = "AMQP_RELAY_SERVE_ROUTES_WITHOUT_RELAY_REF",
-        default_value_t = true,
+        default_value_t = false,
         action = clap::ArgAction::Set
     )]
     pub serve_routes_without_relay_ref: bool,
@@ -571,6 +572,7 @@ fn context(client: Client, namespace: String, args: &OperatorArgs) -> anyhow::Re
         serve_unreferenced: args.serve_routes_without_relay_ref,
         shared_cluster_namespaces: args.shared_rabbitmq_cluster_namespaces.clone(),
         history: Default::default(),
+        conflicts: Default::default(),
         #[cfg(test)]
         refuse: None,
     })

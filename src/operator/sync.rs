@@ -18,7 +18,20 @@ use kube::{Client, Resource, ResourceExt};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+/// The operator's name as an Event reporter.
 pub const MANAGER: &str = "amqp-relay-operator";
+
+/// The field manager of the install serving `relay` in `namespace`: one
+/// per install, so two installs' applies never count as one owner's (the
+/// API caps a manager's name at 128 bytes; longer ones are a digest).
+pub fn field_manager(namespace: &str, relay: &str) -> String {
+    let name = format!("amqp-relay/{namespace}/{relay}");
+    if name.len() <= 128 {
+        return name;
+    }
+    let digest = crate::model::digest::plain(format!("{namespace}/{relay}").as_bytes());
+    format!("amqp-relay/{}", &digest[..32])
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -61,6 +74,8 @@ pub struct Ctx {
     pub shared_cluster_namespaces: Vec<String>,
     /// Route digests of the policies seen, to read what relays run.
     pub history: Mutex<status::History>,
+    /// Routes already reported as claimed by another install (uid → install).
+    pub conflicts: Mutex<BTreeMap<String, String>>,
     /// Tests make the engine refuse a policy holding this text.
     #[cfg(test)]
     pub refuse: Option<&'static str>,
@@ -70,6 +85,10 @@ impl Ctx {
     /// `namespace/name` of the relay this install serves, as status.relay says it.
     fn relay_id(&self) -> String {
         format!("{}/{}", self.namespace, self.relay)
+    }
+
+    fn field_manager(&self) -> String {
+        field_manager(&self.namespace, &self.relay)
     }
 }
 
@@ -179,7 +198,7 @@ async fn publish(ctx: &Ctx, out: &Rendered, compiled: bool) -> Result<Published,
     if same_hash {
         tracing::warn!(configmap = %cm_name, secret = %secret_name, "the published policy or credentials were changed by someone else; restoring them");
     }
-    let apply = PatchParams::apply(MANAGER).force();
+    let apply = PatchParams::apply(&ctx.field_manager()).force();
     // The Secret first: the new policy may read keys only it holds.
     if !secret_in_place {
         let secret = routes_secret(&ctx.relay, &ctx.namespace, out, Some(&digest_key));
@@ -205,6 +224,11 @@ pub async fn sync(
     secrets: &[Arc<Secret>],
 ) -> Result<Report, Error> {
     let left = left_routes(ctx, routes);
+    for r in routes {
+        if let Some(other) = claimed_elsewhere(ctx, r) {
+            report_conflict(ctx, r, other).await;
+        }
+    }
     let mut report = sync_served(ctx, routes, secrets).await?;
     report.statuses_written += clear_statuses(ctx, &left).await;
     Ok(report)
@@ -343,10 +367,52 @@ async fn fetch_clusters(ctx: &Ctx, routes: &[AmqpRoute], secrets: &mut Vec<Secre
 }
 
 /// Whether this install serves the route: its relayRef names this relay, or
-/// it has none and this install claims such routes. Others' routes are
-/// neither rendered nor written to.
+/// it has none, this install claims such routes and no other install
+/// already serves it. Others' routes are neither rendered nor written to.
 fn serves(ctx: &Ctx, r: &AmqpRoute) -> bool {
     r.served_by(&ctx.relay, &ctx.namespace, ctx.serve_unreferenced)
+        && claimed_elsewhere(ctx, r).is_none()
+}
+
+/// The install whose status a route without relayRef carries, when this
+/// install would claim the route too: it keeps the route (first come), and
+/// this one leaves it alone rather than fight over its status and copy
+/// its credentials.
+fn claimed_elsewhere<'r>(ctx: &Ctx, r: &'r AmqpRoute) -> Option<&'r str> {
+    if r.spec.relay_ref.is_some() || !ctx.serve_unreferenced {
+        return None;
+    }
+    let other = r.status.as_ref()?.relay.as_deref()?;
+    (other != ctx.relay_id()).then_some(other)
+}
+
+/// A Warning Event, once per route and claiming install, that this install
+/// leaves the route to another.
+async fn report_conflict(ctx: &Ctx, r: &AmqpRoute, other: &str) {
+    let uid = r.uid().unwrap_or_else(|| id_of(r).to_string());
+    {
+        let mut seen = ctx.conflicts.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.get(&uid).map(String::as_str) == Some(other) {
+            return;
+        }
+        seen.insert(uid, other.to_owned());
+    }
+    let note = format!(
+        "two installs claim routes without relayRef: {other} serves this route, {} leaves it \
+         alone; set spec.relayRef to choose one",
+        ctx.relay_id()
+    );
+    tracing::warn!(route = %id_of(r), serving = other, "route claimed by another install");
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: "Conflict".into(),
+        note: Some(cut(&note, NOTE_LIMIT)),
+        action: "Claim".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &r.object_ref(&())).await {
+        tracing::warn!(route = %id_of(r), error = %e, "could not record an event");
+    }
 }
 
 /// Publishes what compiled, then brings every route's status up to date.
@@ -576,7 +642,7 @@ async fn write_status(ctx: &Ctx, id: &RouteId, s: &AmqpRouteStatus) -> Result<()
     });
     api.patch_status(
         &id.name,
-        &PatchParams::apply(MANAGER).force(),
+        &PatchParams::apply(&ctx.field_manager()).force(),
         &Patch::Apply(&patch),
     )
     .await?;

@@ -531,7 +531,8 @@ def test_base_policy_loads_in_the_relay():
     assert "1 http and 1 smtp listener" in out.stdout
     # With the operator's rendered routes beside it, as the pod mounts them.
     with tempfile.TemporaryDirectory() as d:
-        rendered = subprocess.run([str(BIN), "render", "-f", str(ROOT / "examples")], capture_output=True, text=True)
+        rendered = subprocess.run([str(BIN), "render", "-f", str(ROOT / "examples"),
+                                   "--relay", "mail-amqp-relay", "--namespace", "mail"], capture_output=True, text=True)
         assert rendered.returncode == 0, rendered.stderr
         cm = next(yaml.safe_load_all(rendered.stdout))
         pathlib.Path(d, "routes.lua").write_text(cm["data"]["routes.lua"])
@@ -733,11 +734,11 @@ def test_checkov_finds_nothing_unexplained(name, values):
         assert run.returncode == 0, f"checkov exited {run.returncode}: {run.stderr[-2000:]}"
 
 
-def test_a_second_install_can_leave_unreferenced_routes_to_the_first():
+def test_an_install_serves_only_routes_naming_it_unless_told():
     env = lambda docs: {e["name"]: e.get("value") for e in
                         one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env(render({}))["AMQP_RELAY_SERVE_ROUTES_WITHOUT_RELAY_REF"] == "true"
-    assert env(render({"operator": {"serveRoutesWithoutRelayRef": False}}))["AMQP_RELAY_SERVE_ROUTES_WITHOUT_RELAY_REF"] == "false"
+    assert env(render({}))["AMQP_RELAY_SERVE_ROUTES_WITHOUT_RELAY_REF"] == "false"
+    assert env(render({"operator": {"serveRoutesWithoutRelayRef": True}}))["AMQP_RELAY_SERVE_ROUTES_WITHOUT_RELAY_REF"] == "true"
 
 
 def test_shared_rabbitmq_cluster_namespaces_get_read_access_and_the_flag():

@@ -4,7 +4,7 @@
 use super::*;
 use crate::operator::crd::AmqpRouteSpec;
 use crate::operator::fake_api::FakeApi;
-use http::StatusCode;
+use http::{Method, StatusCode};
 use kube::runtime::events::Reporter;
 use std::sync::Mutex;
 
@@ -38,6 +38,7 @@ fn ctx_on(fake: &Arc<Fake>, relay: &str) -> Ctx {
         serve_unreferenced: true,
         shared_cluster_namespaces: vec!["messaging".into()],
         history: Default::default(),
+        conflicts: Default::default(),
         refuse: None,
     }
 }
@@ -1008,4 +1009,96 @@ async fn other_managers_fields_survive_and_cause_no_write_loop() {
             .any(|c| c["type"] == "Audited"),
         "{conditions}"
     );
+}
+
+/// Events of `reason` recorded on routes in `ns`.
+fn events(fake: &Fake, ns: &str, reason: &str) -> Vec<serde_json::Value> {
+    let coll = format!("/apis/events.k8s.io/v1/namespaces/{ns}/events");
+    fake.names(&coll)
+        .iter()
+        .filter_map(|n| fake.get(&coll, n))
+        .filter(|e| e["reason"] == reason)
+        .collect()
+}
+
+/// Two installs that both claim routes without relayRef (two releases
+/// named alike in two namespaces, at their defaults before this release):
+/// the first to serve a route keeps it; the other leaves it out of its
+/// policy and Secret, writes nothing to it and says so once, instead of
+/// both rewriting its status in turn forever.
+#[tokio::test]
+async fn two_installs_claiming_unreferenced_routes_do_not_fight() {
+    let fake = Arc::new(Fake::default());
+    let mut a = ctx_on(&fake, "edge");
+    let mut b = ctx_on(&fake, "edge");
+    b.namespace = "other-ns".into();
+    (a.serve_unreferenced, b.serve_unreferenced) = (true, true);
+    let routes = [seed_route("seed", "2026-01-01T00:00:00Z")];
+    let secrets = [Arc::new(rabbit_secret("amqp://u:p@rabbit:5672/%2f"))];
+    sync(&a, &cache(&fake, &routes), &secrets).await.unwrap();
+    fake.calls.lock().unwrap().clear();
+    for _ in 0..3 {
+        sync(&b, &cache(&fake, &routes), &secrets).await.unwrap();
+        sync(&a, &cache(&fake, &routes), &secrets).await.unwrap();
+    }
+    let route = fake.at(&route_path("team", "seed")).unwrap();
+    assert_eq!(route["status"]["relay"], "relay-ns/edge");
+    assert_eq!(
+        status_writes(&fake),
+        Vec::<String>::new(),
+        "nobody rewrote the route's status"
+    );
+    let b_policy = fake.get("/api/v1/namespaces/other-ns/configmaps", "edge-policy");
+    let b_secret = fake.get("/api/v1/namespaces/other-ns/secrets", "edge-routes");
+    assert!(
+        !b_policy.unwrap()["data"]["routes.lua"]
+            .as_str()
+            .unwrap()
+            .contains("logging"),
+        "the second install does not render the route"
+    );
+    assert!(
+        b_secret.unwrap()["data"]
+            .as_object()
+            .is_none_or(|d| d.keys().all(|k| !k.starts_with("team."))),
+        "nor copy its credentials"
+    );
+    let conflicts = events(&fake, "team", "Conflict");
+    assert_eq!(conflicts.len(), 1, "reported once: {conflicts:?}");
+    let note = conflicts[0]["note"].as_str().unwrap();
+    assert!(
+        note.contains("relay-ns/edge")
+            && note.contains("other-ns/edge")
+            && note.contains("relayRef"),
+        "{note}"
+    );
+}
+
+/// Each install applies as its own field manager, so one install's apply
+/// never removes or claims what another wrote as if they were one owner.
+#[tokio::test]
+async fn each_install_applies_as_its_own_field_manager() {
+    let (ctx, fake) = ctx();
+    sync(&ctx, &cache(&fake, &[domain_route("r", "r.example")]), &[])
+        .await
+        .unwrap();
+    let managers: std::collections::BTreeSet<String> = fake
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(m, _)| m == Method::PATCH)
+        .filter_map(|(_, p)| {
+            url::form_urlencoded::parse(p.split_once('?')?.1.as_bytes())
+                .find(|(k, _)| k == "fieldManager")
+                .map(|(_, v)| v.into_owned())
+        })
+        .collect();
+    assert_eq!(managers, ["amqp-relay/relay-ns/edge".to_string()].into());
+    let long = field_manager(&"n".repeat(63), &"r".repeat(63));
+    assert!(
+        long.len() <= 128 && long.starts_with("amqp-relay/"),
+        "{long}"
+    );
+    assert_ne!(long, field_manager(&"n".repeat(63), &"s".repeat(63)));
 }
