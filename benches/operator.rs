@@ -1,75 +1,58 @@
 //! The operator at scale: 1,000 AmqpRoutes in 100 namespaces (each naming a
-//! credentials Secret), synced through kube's client against an in-process
-//! fake API server over HTTP. Prints the first full sync, a sync with
-//! nothing new, one route edit (time and writes), and the process's RSS,
-//! against a baseline measured in the same run: rendering alone (the pure
-//! part), so the rest is what the API round trips and status cost.
+//! credentials Secret) and three relay pods answering `/api/policy`, synced
+//! through kube's client against the tests' fake API server (held to the
+//! API's semantics: server-side apply, status subresource) over HTTP.
+//! Prints the first full sync, the sync that sees every relay run the
+//! policy, the writes of idle syncs (target 0), of a relay pod going
+//! unready and ready again (target 0), of one route edit (target 1 status),
+//! and the process's RSS, against a baseline measured in the same run:
+//! rendering alone (the pure part), so the rest is what the API round trips
+//! and status cost.
 //!
 //! Run: `cargo bench --bench operator`
 
 use amqp_relay::operator::crd::{AmqpRoute, AmqpRouteSpec};
 use amqp_relay::operator::render::{DEFAULT_SECRETS_DIR, render};
 use amqp_relay::operator::sync::{Ctx, MANAGER, sync};
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{Method, StatusCode, Uri};
-use axum::response::IntoResponse;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::{Recorder, Reporter};
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const ROUTES: usize = 1000;
 const NAMESPACES: usize = 100;
 
-/// Objects by path; what was written, by method and path.
-#[derive(Default)]
-struct Api {
-    objects: Mutex<BTreeMap<String, serde_json::Value>>,
-    writes: Mutex<Vec<String>>,
+#[allow(dead_code)]
+#[path = "../src/operator/fake_api/mod.rs"]
+mod fake_api;
+
+use fake_api::FakeApi;
+
+const PODS: &str = "/api/v1/namespaces/mail/pods";
+
+/// A relay pod's `/api/policy` on its own loopback address; the report is
+/// what it says it runs.
+async fn relay_pod(ip: &str, port: u16, report: Arc<Mutex<serde_json::Value>>) -> u16 {
+    let app = axum::Router::new().route(
+        "/api/policy",
+        axum::routing::get(move || {
+            let r = report.lock().unwrap().clone();
+            async move { axum::Json(r) }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    port
 }
 
-async fn serve(
-    State(api): State<Arc<Api>>,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> impl IntoResponse {
-    let path = uri.path().to_owned();
-    let json = |s: StatusCode, v: &serde_json::Value| {
-        (s, [("content-type", "application/json")], v.to_string())
-    };
-    if method == Method::GET && path.ends_with("/pods") {
-        let empty =
-            serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []});
-        return json(StatusCode::OK, &empty);
-    }
-    let mut objects = api.objects.lock().unwrap();
-    if method == Method::GET {
-        return match objects.get(&path) {
-            Some(o) => json(StatusCode::OK, o),
-            None => json(
-                StatusCode::NOT_FOUND,
-                &serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
-            ),
-        };
-    }
-    api.writes.lock().unwrap().push(format!("{method} {path}"));
-    let patch: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    if method == Method::POST {
-        return json(StatusCode::CREATED, &patch);
-    }
-    // Server-side apply with one manager: what it applies is what it owns.
-    let key = path.trim_end_matches("/status").to_owned();
-    let obj = objects.entry(key).or_insert(serde_json::json!({}));
-    if path.ends_with("/status") {
-        obj["status"] = patch["status"].clone();
-    } else {
-        *obj = patch;
-    }
-    json(StatusCode::OK, obj)
+fn pod(name: &str, ip: &str, ready: bool) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "mail", "labels": {"app.kubernetes.io/component": "relay"}},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+    })
 }
 
 fn route(i: usize) -> AmqpRoute {
@@ -110,8 +93,7 @@ fn secret(ns: usize) -> Secret {
 }
 
 /// The routes as the informer cache shows them: with the status last written.
-fn cached(api: &Api, routes: &[AmqpRoute]) -> Vec<Arc<AmqpRoute>> {
-    let mut objects = api.objects.lock().unwrap();
+fn cached(api: &FakeApi, routes: &[AmqpRoute]) -> Vec<Arc<AmqpRoute>> {
     routes
         .iter()
         .map(|r| {
@@ -120,15 +102,25 @@ fn cached(api: &Api, routes: &[AmqpRoute]) -> Vec<Arc<AmqpRoute>> {
                 r.metadata.namespace.as_deref().unwrap(),
                 r.metadata.name.as_deref().unwrap()
             );
-            let stored = objects
-                .entry(path)
-                .or_insert_with(|| serde_json::to_value(r).unwrap());
             let mut fresh = serde_json::to_value(r).unwrap();
-            fresh["status"] = stored["status"].clone();
-            *stored = fresh.clone();
-            Arc::new(serde_json::from_value(fresh).unwrap())
+            if let Some(s) = api.at(&path).and_then(|o| o.get("status").cloned()) {
+                fresh["status"] = s;
+            }
+            api.put_at(&path, fresh);
+            Arc::new(serde_json::from_value(api.at(&path).unwrap()).unwrap())
         })
         .collect()
+}
+
+/// Writes since the last call, forgetting them.
+fn take_writes(api: &FakeApi) -> Vec<String> {
+    let w = api.writes();
+    api.calls.lock().unwrap().clear();
+    w
+}
+
+fn statuses(writes: &[String]) -> usize {
+    writes.iter().filter(|w| w.ends_with("/status")).count()
 }
 
 fn rss_kib() -> u64 {
@@ -147,11 +139,21 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let rss_start = rss_kib();
-    let api = Arc::new(Api::default());
-    let app = axum::Router::new().fallback(serve).with_state(api.clone());
+    let api = Arc::new(FakeApi::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    api.serve(listener);
+    let reports: Vec<_> = (0..3)
+        .map(|_| Arc::new(Mutex::new(serde_json::json!({"files": {}}))))
+        .collect();
+    let mut port = 0;
+    for (i, r) in reports.iter().enumerate() {
+        port = relay_pod(&format!("127.0.0.{}", i + 2), port, r.clone()).await;
+        api.put(
+            PODS,
+            pod(&format!("edge-{i}"), &format!("127.0.0.{}", i + 2), true),
+        );
+    }
     let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
     let client = kube::Client::try_from(config).unwrap();
     let ctx = Ctx {
@@ -164,7 +166,7 @@ async fn main() {
         ),
         client,
         relay_selector: "app.kubernetes.io/component=relay".into(),
-        relay_port: 8000,
+        relay_port: port,
         http: reqwest::Client::new(),
         relay: "edge".into(),
         namespace: "mail".into(),
@@ -174,6 +176,7 @@ async fn main() {
         shared_cluster_namespaces: vec![],
         history: Default::default(),
         conflicts: Default::default(),
+        relay_views: Default::default(),
     };
     let mut routes: Vec<AmqpRoute> = (0..ROUTES).map(route).collect();
     let secrets: Vec<Arc<Secret>> = (0..NAMESPACES).map(|n| Arc::new(secret(n))).collect();
@@ -189,63 +192,96 @@ async fn main() {
     let first = sync(&ctx, &cached(&api, &routes), &secrets).await.unwrap();
     let full = started.elapsed();
     assert_eq!(first.statuses_written, ROUTES);
-    api.writes.lock().unwrap().clear();
+    take_writes(&api);
+
+    // Every relay pod now runs the published policy.
+    let policy = api
+        .get("/api/v1/namespaces/mail/configmaps", "edge-policy")
+        .unwrap();
+    let hash =
+        amqp_relay::model::digest::plain(policy["data"]["routes.lua"].as_str().unwrap().as_bytes());
+    for r in &reports {
+        *r.lock().unwrap() = serde_json::json!({"files": {"/routes/routes.lua": hash}});
+    }
+    let started = Instant::now();
+    let published = sync(&ctx, &cached(&api, &routes), &secrets).await.unwrap();
+    let to_published = started.elapsed();
+    assert!(!published.propagating);
+    take_writes(&api);
 
     let started = Instant::now();
-    let idle = sync(&ctx, &cached(&api, &routes), &secrets).await.unwrap();
-    let nothing_new = started.elapsed();
-    let idle_writes = api.writes.lock().unwrap().len();
+    for _ in 0..3 {
+        sync(&ctx, &cached(&api, &routes), &secrets).await.unwrap();
+    }
+    let nothing_new = started.elapsed() / 3;
+    let idle_writes = take_writes(&api);
+
+    // A relay pod goes unready and stops answering, then comes back.
+    let ready = |ok: bool| {
+        api.edit(PODS, "edge-1", |p| {
+            p["status"]["conditions"][0]["status"] = if ok { "True" } else { "False" }.into();
+            p["status"]["podIP"] = if ok { "127.0.0.3" } else { "127.0.0.250" }.into();
+        })
+    };
+    ready(false);
+    sync(&ctx, &cached(&api, &routes), &secrets).await.unwrap();
+    ready(true);
+    sync(&ctx, &cached(&api, &routes), &secrets).await.unwrap();
+    let flap_writes = take_writes(&api);
 
     routes[417].spec.publish.routing_key = "rk.edited".into();
     routes[417].metadata.generation = Some(2);
-    api.writes.lock().unwrap().clear();
     let started = Instant::now();
     let edit = sync(&ctx, &cached(&api, &routes), &secrets).await.unwrap();
     let one_edit = started.elapsed();
-    let edit_writes = api.writes.lock().unwrap().clone();
-    let status_writes = edit_writes
-        .iter()
-        .filter(|w| w.ends_with("/status"))
-        .count();
+    let edit_writes = take_writes(&api);
     let rss_end = rss_kib();
 
-    let (cm_bytes, secret_keys) = {
-        let objects = api.objects.lock().unwrap();
-        let cm = &objects["/api/v1/namespaces/mail/configmaps/edge-policy"];
-        let secret = &objects["/api/v1/namespaces/mail/secrets/edge-routes"];
-        (
-            cm["data"]["routes.lua"].as_str().unwrap().len(),
-            secret["data"].as_object().map_or(0, |d| d.len()),
-        )
-    };
+    let cm = api
+        .get("/api/v1/namespaces/mail/configmaps", "edge-policy")
+        .unwrap();
+    let secret = api
+        .get("/api/v1/namespaces/mail/secrets", "edge-routes")
+        .unwrap();
+    let cm_bytes = cm["data"]["routes.lua"].as_str().unwrap().len();
+    let secret_keys = secret["data"].as_object().map_or(0, |d| d.len());
     println!(
-        "operator bench: {ROUTES} routes in {NAMESPACES} namespaces, {NAMESPACES} credential Secrets, fake API over HTTP"
+        "operator bench: {ROUTES} routes in {NAMESPACES} namespaces, {NAMESPACES} credential Secrets, 3 relay pods, fake API over HTTP"
     );
     println!(
-        "  baseline: render alone                       {:8.1} ms",
+        "  baseline: render alone                                  {:8.1} ms",
         ms(render_only)
     );
     println!(
-        "  first full sync (render, compile, publish, {} statuses) {:8.1} ms",
+        "  first full sync (render, compile, publish, {} statuses)  {:8.1} ms",
         first.statuses_written,
         ms(full)
     );
     println!(
-        "  sync with nothing new                        {:8.1} ms, {idle_writes} writes ({} statuses)",
-        ms(nothing_new),
-        idle.statuses_written
+        "  sync seeing every relay run it ({} statuses -> Published) {:8.1} ms",
+        published.statuses_written,
+        ms(to_published)
     );
     println!(
-        "  one route edited                             {:8.1} ms, {} writes: {status_writes} status, {} other ({:?})",
+        "  idle sync (mean of 3)                                   {:8.1} ms, {} writes in 3 syncs (target 0)",
+        ms(nothing_new),
+        idle_writes.len()
+    );
+    println!(
+        "  a relay pod unready then ready (2 syncs)                {} writes, {} route statuses (target 0)",
+        flap_writes.len(),
+        statuses(&flap_writes)
+    );
+    println!(
+        "  one route edited                                        {:8.1} ms, {} writes: {} status (target 1), other {:?}",
         ms(one_edit),
         edit_writes.len(),
-        edit_writes.len() - status_writes,
+        statuses(&edit_writes),
         edit_writes
             .iter()
             .filter(|w| !w.ends_with("/status"))
             .collect::<Vec<_>>(),
     );
-    assert_eq!(edit.statuses_written, 1, "one edit, one status write");
     println!(
         "  policy ConfigMap {cm_bytes} bytes; routes Secret {secret_keys} keys (one per distinct credential URL)"
     );
@@ -253,4 +289,10 @@ async fn main() {
         "  RSS: {} KiB at start, {} KiB after rendering, {} KiB after the syncs (process includes the fake API and its copy of every object)",
         rss_start, rss_before_sync, rss_end
     );
+    assert!(idle_writes.is_empty(), "idle syncs wrote {idle_writes:?}");
+    assert!(
+        flap_writes.is_empty(),
+        "a readiness flap wrote {flap_writes:?}"
+    );
+    assert_eq!(edit.statuses_written, 1, "one edit, one status write");
 }

@@ -573,6 +573,7 @@ fn context(client: Client, namespace: String, args: &OperatorArgs) -> anyhow::Re
         shared_cluster_namespaces: args.shared_rabbitmq_cluster_namespaces.clone(),
         history: Default::default(),
         conflicts: Default::default(),
+        relay_views: Default::default(),
         #[cfg(test)]
         refuse: None,
     })

@@ -74,6 +74,8 @@ pub struct Ctx {
     pub shared_cluster_namespaces: Vec<String>,
     /// Route digests of the policies seen, to read what relays run.
     pub history: Mutex<status::History>,
+    /// What each relay pod (by uid) last said it runs.
+    pub relay_views: Mutex<BTreeMap<String, status::RelayView>>,
     /// Routes already reported as claimed by another install (uid → install).
     pub conflicts: Mutex<BTreeMap<String, String>>,
     /// Tests make the engine refuse a policy holding this text.
@@ -551,8 +553,8 @@ async fn update_statuses(
     failed
 }
 
-/// What one relay pod says it runs; an empty view when it does not answer.
-async fn ask_relay(ctx: &Ctx, name: String, host: &str) -> status::RelayView {
+/// What one relay pod says it runs; `None` when it does not answer.
+async fn ask_relay(ctx: &Ctx, name: &str, host: &str) -> Option<status::RelayView> {
     let url = format!("http://{host}:{}/api/policy", ctx.relay_port);
     let report = async {
         ctx.http
@@ -575,8 +577,8 @@ async fn ask_relay(ctx: &Ctx, name: String, host: &str) -> status::RelayView {
             .unwrap_or_default()
     };
     match report {
-        Ok(r) => status::RelayView {
-            pod: name,
+        Ok(r) => Some(status::RelayView {
+            pod: name.to_owned(),
             running: hashes(&r["files"]),
             secrets: r["secrets"].as_object().map(|m| {
                 m.iter()
@@ -589,13 +591,10 @@ async fn ask_relay(ctx: &Ctx, name: String, host: &str) -> status::RelayView {
                     e["error"].as_str().unwrap_or("").to_owned(),
                 )
             }),
-        },
+        }),
         Err(e) => {
             tracing::debug!(pod = %name, error = %e, "relay pod did not report its policy");
-            status::RelayView {
-                pod: name,
-                ..Default::default()
-            }
+            None
         }
     }
 }
@@ -609,24 +608,45 @@ pub async fn observe_relays(ctx: &Ctx) -> Result<Vec<status::RelayView>, Error> 
         .list(&kube::api::ListParams::default().labels(&ctx.relay_selector))
         .await?;
     let mut views = Vec::new();
+    let mut heard = BTreeMap::new();
     for pod in list.items {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let name = pod.metadata.name.unwrap_or_default();
         let status = pod.status.unwrap_or_default();
         let ready = status
             .conditions
             .unwrap_or_default()
             .iter()
             .any(|c| c.type_ == "Ready" && c.status == "True");
-        let (true, Some(ip)) = (ready, status.pod_ip) else {
-            continue;
+        let answer = match status.pod_ip {
+            Some(ip) if ip.contains(':') => ask_relay(ctx, &name, &format!("[{ip}]")).await,
+            Some(ip) => ask_relay(ctx, &name, &ip).await,
+            None => None,
         };
-        let name = pod.metadata.name.unwrap_or_default();
-        let host = if ip.contains(':') {
-            format!("[{ip}]")
-        } else {
-            ip
+        let known = ctx
+            .relay_views
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&uid)
+            .cloned();
+        // A pod that does not answer runs what it said last (same pod, same
+        // mounted policy): a readiness flap changes no route's status. One
+        // never heard from counts only once ready, as not running it yet.
+        let view = match (answer, known, ready) {
+            (Some(v), _, _) | (None, Some(v), _) => v,
+            (None, None, true) => status::RelayView {
+                pod: name,
+                ..Default::default()
+            },
+            (None, None, false) => continue,
         };
-        views.push(ask_relay(ctx, name, &host).await);
+        heard.insert(uid, view.clone());
+        views.push(view);
     }
+    *ctx.relay_views.lock().unwrap_or_else(|e| e.into_inner()) = heard;
     Ok(views)
 }
 

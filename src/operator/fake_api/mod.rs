@@ -238,7 +238,18 @@ fn body_of(obj: &Value) -> Value {
     b
 }
 
+/// Changes kept for watches; older ones are compacted away, as etcd does.
+const HISTORY: usize = 1024;
+
 impl Store {
+    fn log(&mut self, change: Change) {
+        if self.log.len() == HISTORY {
+            let oldest = self.log.remove(0);
+            self.compacted = oldest.version;
+        }
+        self.log.push(change);
+    }
+
     fn next_version(&mut self) -> u64 {
         self.version += 1;
         self.version
@@ -258,7 +269,7 @@ impl Store {
             .entry(coll.to_owned())
             .or_default()
             .insert(name, obj.clone());
-        self.log.push(Change {
+        self.log(Change {
             version,
             collection: coll.to_owned(),
             kind,
@@ -321,7 +332,7 @@ impl Store {
         let version = self.next_version();
         let mut gone = obj.clone();
         gone["metadata"]["resourceVersion"] = json!(version.to_string());
-        self.log.push(Change {
+        self.log(Change {
             version,
             collection: coll.to_owned(),
             kind: "DELETED",

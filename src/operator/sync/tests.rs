@@ -39,6 +39,7 @@ fn ctx_on(fake: &Arc<Fake>, relay: &str) -> Ctx {
         shared_cluster_namespaces: vec!["messaging".into()],
         history: Default::default(),
         conflicts: Default::default(),
+        relay_views: Default::default(),
         refuse: None,
     }
 }
@@ -1101,4 +1102,45 @@ async fn each_install_applies_as_its_own_field_manager() {
         "{long}"
     );
     assert_ne!(long, field_manager(&"n".repeat(63), &"s".repeat(63)));
+}
+
+/// A relay pod that goes unready and stops answering (a readiness flap, a
+/// container restart in place), then comes back: no route's truth changed,
+/// so no route status is written either way; a pod that is gone is.
+#[tokio::test]
+async fn a_relay_pod_flapping_unready_writes_no_route_status() {
+    let (mut ctx, fake) = ctx();
+    let relays = two_relays(&mut ctx, &fake).await;
+    let routes: Vec<AmqpRoute> = (0..5)
+        .map(|i| domain_route(&format!("r{i}"), &format!("d{i}.example")))
+        .collect();
+    sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    run_published(&fake, &relays);
+    sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    assert_eq!(condition(&fake, "team", "r0", "Ready").1, "Published");
+    fake.calls.lock().unwrap().clear();
+    // Unready, and nothing answers at its address.
+    fake.edit(PODS, "relay-1", |p| {
+        p["status"]["conditions"][0]["status"] = "False".into();
+        p["status"]["podIP"] = "127.0.0.9".into();
+    });
+    sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    fake.edit(PODS, "relay-1", |p| {
+        p["status"]["conditions"][0]["status"] = "True".into();
+        p["status"]["podIP"] = "127.0.0.6".into();
+    });
+    sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    assert_eq!(status_writes(&fake), Vec::<String>::new());
+    assert_eq!(
+        fake.at(&route_path("team", "r0")).unwrap()["status"]["relays"],
+        serde_json::json!({"ready": 2, "total": 2})
+    );
+    // Scaled in: the pod is gone, and every route says so.
+    fake.remove(PODS, "relay-1");
+    sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
+    assert_eq!(status_writes(&fake).len(), 5);
+    assert_eq!(
+        fake.at(&route_path("team", "r0")).unwrap()["status"]["relays"],
+        serde_json::json!({"ready": 1, "total": 1})
+    );
 }
