@@ -35,6 +35,12 @@ impl Engine {
                 };
                 let due = self.spool.due_queues(1, skip).await?;
                 if due.due.is_empty() && due.next.is_none_or(|next| next > deadline_ms) {
+                    // Removals of delivered messages wait for a commit:
+                    // what looked left may be gone once they are made.
+                    self.spool.flush().await?;
+                    if self.spool.counts().await?.messages == 0 {
+                        return Ok(DrainEnd::Empty);
+                    }
                     return Ok(DrainEnd::Undeliverable);
                 }
             }
