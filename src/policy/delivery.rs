@@ -68,13 +68,17 @@ impl Policy {
             .next()
             .ok_or_else(|| format!("the policy has no kumo.on('{constructor}', …) handler"))?;
         lua.limit(Some(timeout));
+        // Clients the constructor builds share this queue's channel.
         let made = tokio::time::timeout(
             timeout,
-            ctor.call_async::<Value>((
-                q.domain.as_str(),
-                q.tenant.as_deref(),
-                q.campaign.as_deref(),
-            )),
+            crate::policy::amqp::for_queue(
+                q.to_string(),
+                ctor.call_async::<Value>((
+                    q.domain.as_str(),
+                    q.tenant.as_deref(),
+                    q.campaign.as_deref(),
+                )),
+            ),
         )
         .await;
         let sender = match made {

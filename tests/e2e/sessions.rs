@@ -27,7 +27,16 @@ async fn run(
     max: usize,
     n: usize,
 ) -> (Relay, Vec<lapin::message::Delivery>, tempfile::TempDir) {
-    let broker = Broker::shared();
+    run_on(Broker::shared(), queue, batch, max, n).await
+}
+
+async fn run_on(
+    broker: &Broker,
+    queue: &str,
+    batch: usize,
+    max: usize,
+    n: usize,
+) -> (Relay, Vec<lapin::message::Delivery>, tempfile::TempDir) {
     let conn = broker.connect().await;
     declare_queue(&conn, queue, FieldTable::default()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -74,6 +83,41 @@ async fn sessions_close_after_max_deliveries_per_connection() {
     assert!(
         per_session.len() >= 50usize.div_ceil(MAX),
         "{per_session:?}"
+    );
+}
+
+/// The sessions of one queue publish on one shared confirm-mode channel, so
+/// the broker acknowledges their messages together (`multiple` acks), and
+/// each `confirm:wait()` still returns its own message's result: every
+/// message arrives once, each session's running count is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queues_sessions_share_one_channel() {
+    let broker = Broker::private();
+    let (_relay, got, _dir) = run_on(&broker, "sessions-shared", 1, 1000, 300).await;
+    let mut per_session: HashMap<String, Vec<i64>> = HashMap::new();
+    for d in &got {
+        let AMQPValue::LongString(sid) = header(d, "session") else {
+            panic!()
+        };
+        per_session
+            .entry(sid.to_string())
+            .or_default()
+            .push(int(header(d, "n")));
+    }
+    assert_eq!(
+        per_session.len(),
+        2,
+        "connection_limit 2: two sessions at once"
+    );
+    for counts in per_session.values_mut() {
+        counts.sort();
+        assert_eq!(*counts, (1..=counts.len() as i64).collect::<Vec<_>>());
+    }
+    let channels = broker.ctl_output(&["list_channels", "confirm"]);
+    let confirming = channels.lines().filter(|l| l.trim() == "true").count();
+    assert_eq!(
+        confirming, 1,
+        "one confirm channel for the queue's sessions:\n{channels}"
     );
 }
 

@@ -10,6 +10,7 @@ mod pool;
 mod publish;
 
 pub use confirm::{ConfirmOutcome, ConfirmStatus, await_confirm};
+pub use pool::for_queue;
 pub use pool::{
     AmqpPool, CONFIRM_TIMEOUT, CONNECT_TIMEOUT, Failure, PUBLISH_TIMEOUT, Target, redact,
 };
@@ -25,9 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-/// A client's channel; shared with its confirms, which replace a channel the
-/// broker rejected a publish on.
-type ChannelSlot = Arc<Mutex<Option<Arc<Channel>>>>;
+/// A client's channel (its queue's, shared with that queue's other
+/// clients); shared with its confirms, which replace a channel the broker
+/// rejected a publish on.
+type ChannelSlot = Arc<pool::SharedChannel>;
 
 /// `kumo.amqp.build_client(uri)`'s object.
 pub struct Client {
@@ -65,11 +67,11 @@ impl Client {
         target: Target,
         timeout: Duration,
     ) -> Result<Client, String> {
-        let ch = pool.channel(&target, timeout).await?;
+        let channel = pool.client_channel(&target, timeout).await?;
         Ok(Client {
             pool,
             target: Arc::new(target),
-            channel: Arc::new(Mutex::new(Some(Arc::new(ch)))),
+            channel,
             closed: Default::default(),
         })
     }
@@ -82,6 +84,9 @@ impl Client {
     /// Queues the message's frames without waiting for them to be written, so a
     /// batch goes out back to back and `publish` needs no async round trip.
     fn publish(&self, p: Publish, write_timeout: Duration) -> mlua::Result<Confirm> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(mlua::Error::runtime("amqp client is closed"));
+        }
         let ch = self
             .channel
             .lock()
@@ -191,14 +196,17 @@ impl UserData for Client {
             if this.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
                 return Err(mlua::Error::runtime("amqp client is already closed"));
             }
-            let ch = this
-                .channel
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            // The connection is shared; only this client's channel goes back.
-            if let Some(ch) = ch {
-                this.pool.give_back(&this.target, Arc::unwrap_or_clone(ch));
+            // The connection is shared, and so is a queue's channel: only a
+            // channel of this client's own goes back now.
+            if !this.channel.shared {
+                let ch = this
+                    .channel
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                if let Some(ch) = ch {
+                    this.pool.give_back(&this.target, Arc::unwrap_or_clone(ch));
+                }
             }
             Ok(())
         });

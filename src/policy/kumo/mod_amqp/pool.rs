@@ -1,14 +1,19 @@
 //! The broker connections `kumo.amqp` publishes on.
 //!
-//! Connections are pooled per URI and shared by every client; each client owns
-//! a channel in confirm mode. A connection found closed or errored is replaced
-//! on the next use, so a broker restart heals without restarting the relay.
+//! Connections are pooled per URI and shared by every client. The clients a
+//! queue's delivery sessions build share one channel in confirm mode (per
+//! broker), so the broker confirms their messages together (`multiple`
+//! acks) as it does for one publisher with many in flight, while each
+//! confirm still resolves to its own message's result; a client built
+//! outside a session owns its channel. A channel or connection found closed
+//! is replaced on the next use, so a broker restart heals without restarting
+//! the relay.
 
 use lapin::options::ConfirmSelectOptions;
 use lapin::tcp::OwnedTLSConfig;
 use lapin::{Channel, Connection};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,6 +68,61 @@ impl Target {
 pub struct AmqpPool {
     conns: Mutex<HashMap<String, Slot>>,
     idle_channels: Mutex<HashMap<String, Vec<Channel>>>,
+    /// The channel the clients of one queue share, per broker and queue,
+    /// while any of them lives.
+    shared: Mutex<HashMap<String, Weak<SharedChannel>>>,
+    /// One opener at a time per shared channel, so sessions starting
+    /// together open one channel, not one each.
+    openers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+tokio::task_local! {
+    /// The queue whose delivery session is being opened: clients built
+    /// meanwhile share that queue's channel.
+    static SESSION_QUEUE: String;
+}
+
+/// Runs `f` (a session's constructor) as building clients for `queue`.
+pub async fn for_queue<F: std::future::Future>(queue: String, f: F) -> F::Output {
+    SESSION_QUEUE.scope(queue, f).await
+}
+
+/// A channel one or more clients publish on; the broker rejecting a
+/// publish replaces it for all of them. When the last holder goes, the
+/// channel goes back to the pool's idle ones.
+pub struct SharedChannel {
+    slot: Mutex<Option<Arc<Channel>>>,
+    pool: Arc<AmqpPool>,
+    target: Target,
+    /// Shared by a queue's clients (not taken back by one client's close).
+    pub shared: bool,
+}
+
+impl std::ops::Deref for SharedChannel {
+    type Target = Mutex<Option<Arc<Channel>>>;
+    fn deref(&self) -> &Self::Target {
+        &self.slot
+    }
+}
+
+impl Drop for SharedChannel {
+    fn drop(&mut self) {
+        let ch = self
+            .slot
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(ch) = ch {
+            self.pool.give_back(&self.target, Arc::unwrap_or_clone(ch));
+        }
+    }
+}
+
+fn open(slot: &Mutex<Option<Arc<Channel>>>) -> bool {
+    slot.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_some_and(|c| c.status().connected())
 }
 
 /// The URI with any password hidden, for messages and logs.
@@ -164,6 +224,71 @@ impl AmqpPool {
             "opening a channel to {}: all {MAX_CONNECTIONS_PER_BROKER} connections have reached the broker's channel limit",
             redact(uri)
         ))
+    }
+
+    /// The channel a new client publishes on: its queue's shared one when
+    /// built by a session's constructor (reopened if closed), else its own.
+    pub async fn client_channel(
+        self: &Arc<Self>,
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<Arc<SharedChannel>, String> {
+        let own = |ch: Channel, shared| {
+            Arc::new(SharedChannel {
+                slot: Mutex::new(Some(Arc::new(ch))),
+                pool: self.clone(),
+                target: target.clone(),
+                shared,
+            })
+        };
+        let Ok(queue) = SESSION_QUEUE.try_with(Clone::clone) else {
+            return Ok(own(self.channel(target, timeout).await?, false));
+        };
+        let key = format!("{}\0{queue}", target.key());
+        if let Some(s) = self.shared_slot(&key).filter(|s| open(s)) {
+            return Ok(s);
+        }
+        let opener = {
+            let mut openers = self.openers.lock().unwrap_or_else(|e| e.into_inner());
+            openers.retain(|_, o| Arc::strong_count(o) > 1);
+            openers.entry(key.clone()).or_default().clone()
+        };
+        let _one_at_a_time = opener.lock().await;
+        let existing = self.shared_slot(&key);
+        if let Some(s) = &existing
+            && open(s)
+        {
+            return Ok(s.clone());
+        }
+        let ch = self.channel(target, timeout).await?;
+        if let Some(s) = existing {
+            let spare = {
+                let mut slot = s.lock().unwrap_or_else(|e| e.into_inner());
+                if slot.as_ref().is_some_and(|c| c.status().connected()) {
+                    Some(ch)
+                } else {
+                    *slot = Some(Arc::new(ch));
+                    None
+                }
+            };
+            if let Some(ch) = spare {
+                self.give_back(target, ch);
+            }
+            return Ok(s);
+        }
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.retain(|_, w| w.strong_count() > 0);
+        let s = own(ch, true);
+        shared.insert(key, Arc::downgrade(&s));
+        Ok(s)
+    }
+
+    fn shared_slot(&self, key: &str) -> Option<Arc<SharedChannel>> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .and_then(Weak::upgrade)
     }
 
     /// Drops the pooled connections after one stalled (a publish or confirm
