@@ -27,25 +27,9 @@ const NAMESPACES: usize = 100;
 #[path = "../src/operator/fake_api/mod.rs"]
 mod fake_api;
 
-use fake_api::FakeApi;
+use fake_api::{FakeApi, relay_pod};
 
 const PODS: &str = "/api/v1/namespaces/mail/pods";
-
-/// A relay pod's `/api/policy` on its own loopback address; the report is
-/// what it says it runs.
-async fn relay_pod(ip: &str, port: u16, report: Arc<Mutex<serde_json::Value>>) -> u16 {
-    let app = axum::Router::new().route(
-        "/api/policy",
-        axum::routing::get(move || {
-            let r = report.lock().unwrap().clone();
-            async move { axum::Json(r) }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(l, app).await });
-    port
-}
 
 fn pod(name: &str, ip: &str, ready: bool) -> serde_json::Value {
     serde_json::json!({
@@ -283,7 +267,7 @@ async fn main() {
             .collect::<Vec<_>>(),
     );
     println!(
-        "  policy ConfigMap {cm_bytes} bytes; routes Secret {secret_keys} keys (one per distinct credential URL)"
+        "  policy ConfigMap {cm_bytes} bytes; routes Secret {secret_keys} keys (one per route and URL, and the digest key)"
     );
     println!(
         "  RSS: {} KiB at start, {} KiB after rendering, {} KiB after the syncs (process includes the fake API and its copy of every object)",

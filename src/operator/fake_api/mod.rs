@@ -687,6 +687,24 @@ impl FakeApi {
     }
 }
 
+/// A relay pod's `/api/policy` on its own loopback address (`port` 0:
+/// any), answering with what `report` holds; the port it serves on.
+pub async fn relay_pod(ip: &str, port: u16, report: Arc<Mutex<Value>>) -> u16 {
+    let app = axum::Router::new().route(
+        "/api/policy",
+        axum::routing::get(move || {
+            let r = report.lock().unwrap().clone();
+            async move { axum::Json(r) }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    port
+}
+
 enum Routed {
     Now(Reply),
     Watch(String),

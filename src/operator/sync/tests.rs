@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::operator::crd::AmqpRouteSpec;
-use crate::operator::fake_api::FakeApi;
+use crate::operator::fake_api::{FakeApi, relay_pod};
 use http::{Method, StatusCode};
 use kube::runtime::events::Reporter;
 use std::sync::Mutex;
@@ -281,21 +281,6 @@ async fn update_conflict_invalid_rotation_and_deletion() {
             .unwrap()
             .contains("logging")
     );
-}
-
-/// A relay pod's `/api/policy`, served on its own loopback address.
-async fn relay_pod(ip: &str, port: u16, report: Arc<Mutex<serde_json::Value>>) -> u16 {
-    let app = axum::Router::new().route(
-        "/api/policy",
-        axum::routing::get(move || {
-            let r = report.lock().unwrap().clone();
-            async move { axum::Json(r) }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    port
 }
 
 fn pod(name: &str, ip: &str, ready: bool) -> serde_json::Value {
