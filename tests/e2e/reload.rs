@@ -308,12 +308,14 @@ async fn configmap_changes_arrive_through_the_api_before_the_files_change() {
         "published by the version that came through the API"
     );
 
-    // The API server restarts and its history is compacted past the
-    // relay's resourceVersion while a change lands: the relay's re-watch
-    // gets 410 Gone, lists again and runs version 3.
+    // The API server restarts, and before it answers again a change lands
+    // and its history is compacted past the relay's resourceVersion: the
+    // relay's re-watch gets 410 Gone, lists again and runs version 3.
+    kube.api.pause(true);
     kube.api.end_watches();
     kube.update([("routes.lua".to_string(), policy_text("3"))].into());
     kube.api.compact();
+    kube.api.pause(false);
     relay
         .await_metric("amqp_relay_policy_epoch", 3.0, Duration::from_secs(30))
         .await;
