@@ -226,11 +226,18 @@ pub async fn sync(
     secrets: &[Arc<Secret>],
 ) -> Result<Report, Error> {
     let left = left_routes(ctx, routes);
+    let mut claimed = std::collections::BTreeSet::new();
     for r in routes {
         if let Some(other) = claimed_elsewhere(ctx, r) {
+            claimed.insert(conflict_key(r));
             report_conflict(ctx, r, other).await;
         }
     }
+    // A conflict that ends is forgotten: if it comes back, it is said again.
+    ctx.conflicts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|uid, _| claimed.contains(uid));
     let mut report = sync_served(ctx, routes, secrets).await?;
     report.statuses_written += clear_statuses(ctx, &left).await;
     Ok(report)
@@ -390,8 +397,12 @@ fn claimed_elsewhere<'r>(ctx: &Ctx, r: &'r AmqpRoute) -> Option<&'r str> {
 
 /// A Warning Event, once per route and claiming install, that this install
 /// leaves the route to another.
+fn conflict_key(r: &AmqpRoute) -> String {
+    r.uid().unwrap_or_else(|| id_of(r).to_string())
+}
+
 async fn report_conflict(ctx: &Ctx, r: &AmqpRoute, other: &str) {
-    let uid = r.uid().unwrap_or_else(|| id_of(r).to_string());
+    let uid = conflict_key(r);
     {
         let mut seen = ctx.conflicts.lock().unwrap_or_else(|e| e.into_inner());
         if seen.get(&uid).map(String::as_str) == Some(other) {

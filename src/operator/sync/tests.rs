@@ -391,6 +391,11 @@ fn run_published(fake: &Fake, relays: &[Arc<Mutex<serde_json::Value>>]) {
     }
 }
 
+fn assert_no_status_writes(fake: &Fake, why: &str) {
+    let writes = status_writes(fake);
+    assert!(writes.is_empty(), "{why}: {writes:?}");
+}
+
 fn status_writes(fake: &Fake) -> Vec<String> {
     fake.writes()
         .into_iter()
@@ -738,11 +743,7 @@ async fn two_relays_with_their_own_relay_refs_each_serve_their_own() {
     fake.calls.lock().unwrap().clear();
     sync(&edge, &cache(&fake, &routes), &[]).await.unwrap();
     sync(&other, &cache(&fake, &routes), &[]).await.unwrap();
-    assert!(
-        status_writes(&fake).is_empty(),
-        "{:?}",
-        status_writes(&fake)
-    );
+    assert_no_status_writes(&fake, "a route this install does not serve");
 }
 
 #[tokio::test]
@@ -933,11 +934,7 @@ async fn a_route_that_leaves_an_install_has_its_status_cleared_by_it() {
     sync(&edge, &cache(&fake, &[route, theirs]), &[])
         .await
         .unwrap();
-    assert!(
-        status_writes(&fake).is_empty(),
-        "{:?}",
-        status_writes(&fake)
-    );
+    assert_no_status_writes(&fake, "a route this install does not serve");
 }
 
 #[tokio::test]
@@ -1029,11 +1026,7 @@ async fn two_installs_claiming_unreferenced_routes_do_not_fight() {
     }
     let route = fake.at(&route_path("team", "seed")).unwrap();
     assert_eq!(route["status"]["relay"], "relay-ns/edge");
-    assert_eq!(
-        status_writes(&fake),
-        Vec::<String>::new(),
-        "nobody rewrote the route's status"
-    );
+    assert_no_status_writes(&fake, "nobody rewrote the route's status");
     let b_policy = fake.get("/api/v1/namespaces/other-ns/configmaps", "edge-policy");
     let b_secret = fake.get("/api/v1/namespaces/other-ns/secrets", "edge-routes");
     assert!(
@@ -1115,7 +1108,7 @@ async fn a_relay_pod_flapping_unready_writes_no_route_status() {
         p["status"]["podIP"] = "127.0.0.6".into();
     });
     sync(&ctx, &cache(&fake, &routes), &[]).await.unwrap();
-    assert_eq!(status_writes(&fake), Vec::<String>::new());
+    assert_no_status_writes(&fake, "a readiness flap");
     assert_eq!(
         fake.at(&route_path("team", "r0")).unwrap()["status"]["relays"],
         serde_json::json!({"ready": 2, "total": 2})

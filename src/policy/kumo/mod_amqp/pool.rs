@@ -118,11 +118,12 @@ impl Drop for SharedChannel {
     }
 }
 
+fn connected(ch: &Option<Arc<Channel>>) -> bool {
+    ch.as_ref().is_some_and(|c| c.status().connected())
+}
+
 fn open(slot: &Mutex<Option<Arc<Channel>>>) -> bool {
-    slot.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .is_some_and(|c| c.status().connected())
+    connected(&slot.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// The URI with any password hidden, for messages and logs.
@@ -264,7 +265,8 @@ impl AmqpPool {
         if let Some(s) = existing {
             let spare = {
                 let mut slot = s.lock().unwrap_or_else(|e| e.into_inner());
-                if slot.as_ref().is_some_and(|c| c.status().connected()) {
+                // A nack may have replaced it meanwhile (not under the opener).
+                if connected(&slot) {
                     Some(ch)
                 } else {
                     *slot = Some(Arc::new(ch));
