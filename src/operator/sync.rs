@@ -395,12 +395,13 @@ fn claimed_elsewhere<'r>(ctx: &Ctx, r: &'r AmqpRoute) -> Option<&'r str> {
     (other != ctx.relay_id()).then_some(other)
 }
 
-/// A Warning Event, once per route and claiming install, that this install
-/// leaves the route to another.
+/// What a reported conflict is remembered by: the route's uid.
 fn conflict_key(r: &AmqpRoute) -> String {
     r.uid().unwrap_or_else(|| id_of(r).to_string())
 }
 
+/// A Warning Event, once per route and claiming install, that this install
+/// leaves the route to another.
 async fn report_conflict(ctx: &Ctx, r: &AmqpRoute, other: &str) {
     let uid = conflict_key(r);
     {
