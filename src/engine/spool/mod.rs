@@ -10,12 +10,14 @@
 //!
 //! A single writer thread owns the database and commits in groups: every
 //! operation that arrived while the previous commit was running goes into the
-//! next one, which fsyncs once if it holds new messages. An insert resolves
+//! next one, which fsyncs once if it holds new messages (and under
+//! concurrent load waits a moment for more: `group_commit`). An insert resolves
 //! only after the commit holding it, so the listeners acknowledge only
 //! durable messages. Removals and retry bookkeeping ride along with later
 //! commits: a crash can then redeliver a message, never lose one.
 
 mod active_sets;
+mod group_commit;
 #[cfg(test)]
 mod power_loss;
 mod tables;

@@ -2,6 +2,7 @@
 //! here in arrival order, so paging in can never race a commit.
 
 use super::active_sets::ActiveSets;
+use super::group_commit::GroupCommit;
 use super::tables::{self, Tables};
 use super::{Reply, SpoolError};
 use crate::model::message::{Message, MessageId};
@@ -264,6 +265,7 @@ pub fn start_on(
                 active: ActiveSets::default(),
                 opener,
                 removals: pending_removals,
+                group: GroupCommit::default(),
             }
             .run(rx)
         })
@@ -277,6 +279,7 @@ struct Writer {
     active: ActiveSets,
     opener: Opener,
     removals: Removals,
+    group: GroupCommit,
 }
 
 /// What the writer's channel gave.
@@ -319,7 +322,10 @@ impl Writer {
                 Next::WaitedEnough => None,
                 Next::Closed => break,
             };
-            let (mut batch, close) = gather(first, &mut rx);
+            let (mut batch, mut close) = gather(first, &mut rx);
+            if close.is_none() {
+                close = self.linger(&mut batch, &mut rx);
+            }
             let waited_long = deferred_since.elapsed() >= LAZY_SYNC;
             let answer_now = close.is_some() || batch.iter().any(awaited);
             if !answer_now && !waited_long && deferred.len() + batch.len() < MAX_BATCH {
@@ -333,7 +339,10 @@ impl Writer {
             let mut ops = self.take_removals();
             ops.append(&mut deferred);
             ops.append(&mut batch);
+            let inserts = inserts(&ops);
+            let started = Instant::now();
             self.commit_and_answer(ops);
+            self.group.committed(inserts, started.elapsed());
             if let Some(done) = close {
                 let _ = done.send(self.close());
                 return;
@@ -344,6 +353,21 @@ impl Writer {
         if !ops.is_empty() {
             let _ = self.commit(ops);
         }
+    }
+
+    /// Waits for company if the group commit says so (one sleep: the writer
+    /// is not woken per arrival), then adds what came; a close request if
+    /// one came.
+    fn linger(
+        &self,
+        batch: &mut Vec<Op>,
+        rx: &mut mpsc::UnboundedReceiver<Op>,
+    ) -> Option<Reply<()>> {
+        let wait = self.group.linger(inserts(batch))?;
+        std::thread::sleep(wait);
+        let (mut more, close) = gather(rx.try_recv().ok(), rx);
+        batch.append(&mut more);
+        close
     }
 
     /// The next operation; with work deferred, waits only until it is due.
@@ -467,6 +491,13 @@ impl Writer {
         }
         result
     }
+}
+
+/// Insert requests among `ops`.
+fn inserts(ops: &[Op]) -> usize {
+    ops.iter()
+        .filter(|op| matches!(op, Op::Insert { .. }))
+        .count()
 }
 
 /// Whether someone waits for the operation's answer.
