@@ -611,54 +611,68 @@ async fn ask_relay(ctx: &Ctx, name: &str, host: &str) -> Option<status::RelayVie
     }
 }
 
-/// Asks every ready relay pod which policy it runs. A pod that does not
-/// answer counts as not running the new one.
+/// A relay pod that is not going away, as the pod list gave it.
+struct RelayPod {
+    uid: String,
+    name: String,
+    ready: bool,
+    ip: Option<String>,
+}
+
+/// Asks every relay pod with an address which policy it runs, all at once
+/// (a pod that hangs costs one timeout, not one each). A pod that does not
+/// answer runs what it said last; one never heard from counts once ready,
+/// as not running the new policy yet.
 pub async fn observe_relays(ctx: &Ctx) -> Result<Vec<status::RelayView>, Error> {
     use k8s_openapi::api::core::v1::Pod;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let list = pods
         .list(&kube::api::ListParams::default().labels(&ctx.relay_selector))
         .await?;
+    let relays: Vec<RelayPod> = list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|pod| {
+            let status = pod.status.unwrap_or_default();
+            RelayPod {
+                uid: pod.metadata.uid.unwrap_or_default(),
+                name: pod.metadata.name.unwrap_or_default(),
+                ready: status
+                    .conditions
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True"),
+                ip: status.pod_ip,
+            }
+        })
+        .collect();
+    let answers = futures_util::future::join_all(relays.iter().map(|p| async move {
+        match &p.ip {
+            Some(ip) if ip.contains(':') => ask_relay(ctx, &p.name, &format!("[{ip}]")).await,
+            Some(ip) => ask_relay(ctx, &p.name, ip).await,
+            None => None,
+        }
+    }))
+    .await;
     let mut views = Vec::new();
     let mut heard = BTreeMap::new();
-    for pod in list.items {
-        if pod.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let name = pod.metadata.name.unwrap_or_default();
-        let status = pod.status.unwrap_or_default();
-        let ready = status
-            .conditions
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        let answer = match status.pod_ip {
-            Some(ip) if ip.contains(':') => ask_relay(ctx, &name, &format!("[{ip}]")).await,
-            Some(ip) => ask_relay(ctx, &name, &ip).await,
-            None => None,
-        };
-        let known = ctx
-            .relay_views
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&uid)
-            .cloned();
-        // A pod that does not answer runs what it said last (same pod, same
-        // mounted policy): a readiness flap changes no route's status. One
-        // never heard from counts only once ready, as not running it yet.
-        let view = match (answer, known, ready) {
-            (Some(v), _, _) | (None, Some(v), _) => v,
+    let mut known = ctx.relay_views.lock().unwrap_or_else(|e| e.into_inner());
+    for (pod, answer) in relays.into_iter().zip(answers) {
+        // Same pod, same mounted policy: a readiness flap changes no route's status.
+        let view = match (answer, known.get(&pod.uid), pod.ready) {
+            (Some(v), _, _) => v,
+            (None, Some(v), _) => v.clone(),
             (None, None, true) => status::RelayView {
-                pod: name,
+                pod: pod.name,
                 ..Default::default()
             },
             (None, None, false) => continue,
         };
-        heard.insert(uid, view.clone());
+        heard.insert(pod.uid, view.clone());
         views.push(view);
     }
-    *ctx.relay_views.lock().unwrap_or_else(|e| e.into_inner()) = heard;
+    *known = heard;
     Ok(views)
 }
 

@@ -1122,3 +1122,43 @@ async fn a_relay_pod_flapping_unready_writes_no_route_status() {
         serde_json::json!({"ready": 1, "total": 1})
     );
 }
+
+/// Relay pods that accept connections and never answer (a wedged process,
+/// a pod still starting) are asked at the same time as the others: a sync
+/// waits one timeout for all of them, not one each.
+#[tokio::test]
+async fn relay_pods_that_hang_cost_one_timeout_together() {
+    let (mut ctx, fake) = ctx();
+    two_relays(&mut ctx, &fake).await;
+    let mut hanging = Vec::new();
+    for (i, ip) in ["127.0.0.7", "127.0.0.8", "127.0.0.9"]
+        .into_iter()
+        .enumerate()
+    {
+        let l = tokio::net::TcpListener::bind((ip, ctx.relay_port))
+            .await
+            .unwrap();
+        hanging.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = l.accept().await {
+                held.push(conn);
+            }
+        }));
+        fake.put(PODS, pod(&format!("hung-{i}"), ip, false));
+    }
+    let started = std::time::Instant::now();
+    let views = observe_relays(&ctx).await.unwrap();
+    let took = started.elapsed();
+    let mut pods: Vec<_> = views.iter().map(|v| v.pod.as_str()).collect();
+    pods.sort();
+    assert_eq!(
+        pods,
+        ["relay-0", "relay-1"],
+        "unready and silent: not counted"
+    );
+    // One 2 s timeout; asked one after another, three would take 6 s.
+    assert!(took < std::time::Duration::from_secs(4), "took {took:?}");
+    for h in hanging {
+        h.abort();
+    }
+}
