@@ -24,7 +24,8 @@
 //! SMTP against Postfix: `cargo bench --bench smtp`.
 //!
 //! Run: `cargo bench --bench throughput` (`ONLY=1` or `ONLY=100` runs one
-//! shape round after round, for a profiler; `RELAY_BIN` a control build).
+//! shape round after round, for a profiler, `ONLY=latency` the latency at
+//! `RATE` msg/s; `RELAY_BIN` a control build).
 
 #[path = "common/relay_log.rs"]
 mod relay_log;
@@ -96,6 +97,7 @@ async fn raw_publisher(conn: &Connection, broker: &broker::Broker, persistent: b
         "bench-raw-t"
     };
     fresh_queue(conn, queue).await;
+    settle(broker).await;
     let cpu0 = Cpu::now(broker);
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
@@ -256,6 +258,7 @@ async fn relay_rate(
     shape: Shape,
 ) -> Run {
     fresh_queue(conn, queue).await;
+    settle(broker).await;
     // A fresh spool each run: a reused one would carry the last run's free pages.
     let spool = tempfile::tempdir_in(dir).unwrap();
     let (relay, _) = start_relay(policy, spool.path());
@@ -273,6 +276,25 @@ async fn relay_rate(
     let rate = n as f64 / start.elapsed().as_secs_f64();
     let relay_us = (cpu_secs(&relay.pid().to_string()) - relay_cpu0) * 1e6 / n as f64;
     cpu0.run(n, rate, broker, Some(relay_us))
+}
+
+/// Waits until the broker is idle (under 6 % of a core over half a second):
+/// deleting the last run's queue (up to a million messages) keeps it busy
+/// for a while, which would land on the next run's figures.
+async fn settle(broker: &broker::Broker) {
+    let pid = broker.beam_pid().unwrap();
+    let since = Instant::now();
+    loop {
+        let before = cpu_secs(&pid);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if cpu_secs(&pid) - before < 0.03 {
+            return;
+        }
+        if since.elapsed() > Duration::from_secs(60) {
+            println!("  (the broker was still busy after 60 s; measuring anyway)");
+            return;
+        }
+    }
 }
 
 /// CPU time used by the broker and this process, to say where a run's cycles went.
@@ -330,6 +352,7 @@ fn seq(data: &[u8]) -> usize {
 /// schedule (open loop: a slow answer does not delay the next request).
 async fn latency(
     conn: &Connection,
+    broker: &broker::Broker,
     policy: &Path,
     queue: &str,
     dir: &Path,
@@ -337,6 +360,7 @@ async fn latency(
 ) -> (Duration, Duration, usize) {
     let m = ((rate * 5.0) as usize).max(2000);
     fresh_queue(conn, queue).await;
+    settle(broker).await;
     let spool = tempfile::tempdir_in(dir).unwrap();
     let (relay, _) = start_relay(policy, spool.path());
     let ch = conn.create_channel().await.unwrap();
@@ -433,6 +457,19 @@ async fn main() {
         .unwrap_or(5);
     if let Ok(only) = std::env::var("ONLY") {
         // For profiling one variant: run it alone, round after round.
+        if only == "latency" {
+            let rate = std::env::var("RATE").map_or(4000.0, |r| r.parse().unwrap());
+            for round in 1..=rounds {
+                let (p50, p99, m) =
+                    latency(&conn, broker, &seed, "logging", dir.path(), rate).await;
+                println!(
+                    "  round {round}: latency at {rate:.0} msg/s, {m} messages: p50 {:.1} ms, p99 {:.1} ms",
+                    p50.as_secs_f64() * 1000.0,
+                    p99.as_secs_f64() * 1000.0
+                );
+            }
+            return;
+        }
         for round in 1..=rounds {
             let shape = if only == "100" { HUNDRED } else { ONE };
             let r = relay_rate(&conn, broker, &seed, "logging", dir.path(), shape).await;
@@ -513,7 +550,7 @@ async fn main() {
     if std::env::var("STOP").is_ok() {
         return;
     }
-    let (p50, p99, m) = latency(&conn, &seed, "logging", dir.path(), m1.rate / 2.0).await;
+    let (p50, p99, m) = latency(&conn, broker, &seed, "logging", dir.path(), m1.rate / 2.0).await;
     println!(
         "Latency, HTTP 200 -> consumer, one message per request at {:.0} msg/s (half of 1), {m} messages: p50 {:.1} ms, p99 {:.1} ms (target p99 <= 10 ms)",
         m1.rate / 2.0,
