@@ -565,9 +565,13 @@ async fn update_statuses(
     failed
 }
 
-/// What one relay pod says it runs; `None` when it does not answer.
-async fn ask_relay(ctx: &Ctx, name: &str, host: &str) -> Option<status::RelayView> {
-    let url = format!("http://{host}:{}/api/policy", ctx.relay_port);
+/// What the relay pod at `ip` says it runs; `None` when it does not answer.
+async fn ask_relay(ctx: &Ctx, name: &str, ip: &str) -> Option<status::RelayView> {
+    let url = if ip.contains(':') {
+        format!("http://[{ip}]:{}/api/policy", ctx.relay_port)
+    } else {
+        format!("http://{ip}:{}/api/policy", ctx.relay_port)
+    };
     let report = async {
         ctx.http
             .get(&url)
@@ -649,7 +653,6 @@ pub async fn observe_relays(ctx: &Ctx) -> Result<Vec<status::RelayView>, Error> 
         .collect();
     let answers = futures_util::future::join_all(relays.iter().map(|p| async move {
         match &p.ip {
-            Some(ip) if ip.contains(':') => ask_relay(ctx, &p.name, &format!("[{ip}]")).await,
             Some(ip) => ask_relay(ctx, &p.name, ip).await,
             None => None,
         }
