@@ -25,7 +25,8 @@
 //!
 //! Run: `cargo bench --bench throughput` (`ONLY=1` or `ONLY=100` runs one
 //! shape round after round, for a profiler, `ONLY=latency` the latency at
-//! `RATE` msg/s; `RELAY_BIN` a control build).
+//! `RATE` msg/s; `CLIENTS` overrides the shape's connections; `RELAY_BIN` a
+//! control build).
 
 #[path = "common/relay_log.rs"]
 mod relay_log;
@@ -471,7 +472,10 @@ async fn main() {
             return;
         }
         for round in 1..=rounds {
-            let shape = if only == "100" { HUNDRED } else { ONE };
+            let mut shape = if only == "100" { HUNDRED } else { ONE };
+            if let Some(c) = std::env::var("CLIENTS").ok().and_then(|c| c.parse().ok()) {
+                shape.clients = c;
+            }
             let r = relay_rate(&conn, broker, &seed, "logging", dir.path(), shape).await;
             println!("  round {round}: {only} {:6.0} msg/s  {}", r.rate, r.cpu());
         }

@@ -130,6 +130,12 @@ async fn send(
             t.acquire().await;
         }
     }
+    // Reception first: tokio wakes a yielded task only once it has run the
+    // other ready tasks and polled for I/O, so the requests that arrived
+    // meanwhile reach the spool's next commit before this send, and the
+    // deliveries fill that commit's fsync. Run first, they held the
+    // acknowledgements back and the cores idled while each commit flushed.
+    tokio::task::yield_now().await;
     let SendResult { outcome, close } = match engine.load_bodies(msgs).await {
         Ok(()) => session.send(msgs).await,
         Err(e) => SendResult {
