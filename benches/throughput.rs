@@ -473,8 +473,8 @@ async fn main() {
         }
         for round in 1..=rounds {
             let mut shape = if only == "100" { HUNDRED } else { ONE };
-            if let Some(c) = std::env::var("CLIENTS").ok().and_then(|c| c.parse().ok()) {
-                shape.clients = c;
+            if let Ok(c) = std::env::var("CLIENTS") {
+                shape.clients = c.parse().expect("CLIENTS: a number of connections");
             }
             let r = relay_rate(&conn, broker, &seed, "logging", dir.path(), shape).await;
             println!("  round {round}: {only} {:6.0} msg/s  {}", r.rate, r.cpu());
