@@ -135,7 +135,8 @@ impl Confirm {
         };
         let outcome = await_confirm(confirm, CONFIRM_TIMEOUT).await?;
         if outcome.status == ConfirmStatus::Nack {
-            self.retire_channel().await;
+            // Boxed: rare, and opening a channel is a large future.
+            Box::pin(self.retire_channel()).await;
         }
         Ok(outcome)
     }

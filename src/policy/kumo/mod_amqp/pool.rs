@@ -178,7 +178,10 @@ impl AmqpPool {
                 None => None,
             },
         };
-        let conn = tokio::time::timeout(timeout, super::connect::connect(uri, tls))
+        // Boxed: a connect's future is ~6 KB, and every future that may
+        // connect (each `confirm:wait()`, through a channel's retirement)
+        // would carry it inline, allocated and moved per message.
+        let conn = tokio::time::timeout(timeout, Box::pin(super::connect::connect(uri, tls)))
             .await
             .map_err(|_| format!("connect to {} timed out after {timeout:?}", redact(uri)))?
             .map_err(|e| format!("connect to {}: {e}", redact(uri)))?;
