@@ -16,7 +16,9 @@
 //! - `100`: the same policy, 100 recipients sharing one body per request
 //!   (4 connections). Target >= 0.9x `t`.
 //! - Latency from HTTP 200 to the consumer, one message per request sent on
-//!   schedule at half of `1`'s rate: p50/p99 (target p99 <= 10 ms).
+//!   schedule at half of `1`'s rate, after 200 warm-up messages: p50/p99
+//!   (target p99 <= 10 ms), and apart from it how long a fresh relay's first
+//!   delivery took (it connects to the broker).
 //!
 //! Each figure prints CPU microseconds per message of the broker, this
 //! process (the client) and the relay, and the medians with the spread.
@@ -351,6 +353,15 @@ fn seq(data: &[u8]) -> usize {
 
 /// HTTP 200 → in the consumer's hands, one message per request sent on
 /// schedule (open loop: a slow answer does not delay the next request).
+/// Messages sent one at a time before the schedule starts, so the figure is
+/// the steady state's: the relay's first delivery opens the broker connection
+/// and channel (tens of ms, more on a busy machine), which held a 5 s run's
+/// first ~1% of messages and so decided its p99. That wait is reported on
+/// its own.
+const WARM_UP: usize = 200;
+
+/// p50 and p99 from HTTP 200 to the consumer at `rate`, the number of
+/// messages, and how long the relay's first delivery took (200 -> consumer).
 async fn latency(
     conn: &Connection,
     broker: &broker::Broker,
@@ -358,7 +369,7 @@ async fn latency(
     queue: &str,
     dir: &Path,
     rate: f64,
-) -> (Duration, Duration, usize) {
+) -> (Duration, Duration, usize, Duration) {
     let m = ((rate * 5.0) as usize).max(2000);
     fresh_queue(conn, queue).await;
     settle(broker).await;
@@ -377,16 +388,45 @@ async fn latency(
         )
         .await
         .unwrap();
+    // Warm-up messages carry sequence numbers from `m` on; the consumer says
+    // when the first of them and when all of them arrived.
+    let (warm_tx, warm_rx) = tokio::sync::oneshot::channel::<(Instant, Instant)>();
     let received = tokio::spawn(async move {
         let mut at = vec![None; m];
-        for _ in 0..m {
+        let (mut warm, mut first, mut warm_tx) = (0, None, Some(warm_tx));
+        for _ in 0..m + WARM_UP {
             let d = consumer.next().await.unwrap().unwrap();
-            at[seq(&d.data)] = Some(Instant::now());
+            let now = Instant::now();
+            match seq(&d.data) {
+                s if s < m => at[s] = Some(now),
+                _ => {
+                    warm += 1;
+                    let first = *first.get_or_insert(now);
+                    if warm == WARM_UP {
+                        let _ = warm_tx.take().unwrap().send((first, now));
+                    }
+                }
+            }
         }
         at
     });
     let client = reqwest::Client::new();
     let url = format!("http://{}/api/inject/v1", relay.http);
+    let mut first_acked = None;
+    for i in m..m + WARM_UP {
+        let req = request(&message(i), std::iter::once(format!("l{i}@amqp")));
+        let resp = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(req)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        first_acked.get_or_insert_with(Instant::now);
+    }
+    let (first_delivered, _) = warm_rx.await.expect("the warm-up messages arrive");
+    let first = first_delivered.saturating_duration_since(first_acked.unwrap());
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
     let mut sends = Vec::with_capacity(m);
@@ -417,7 +457,7 @@ async fn latency(
         .map(|(r, a)| r.unwrap().saturating_duration_since(*a))
         .collect();
     lat.sort();
-    (lat[m / 2], lat[m * 99 / 100], m)
+    (lat[m / 2], lat[m * 99 / 100], m, first)
 }
 
 /// Min–max of a figure over the rounds, to show the spread.
@@ -461,12 +501,13 @@ async fn main() {
         if only == "latency" {
             let rate = std::env::var("RATE").map_or(4000.0, |r| r.parse().unwrap());
             for round in 1..=rounds {
-                let (p50, p99, m) =
+                let (p50, p99, m, first) =
                     latency(&conn, broker, &seed, "logging", dir.path(), rate).await;
                 println!(
-                    "  round {round}: latency at {rate:.0} msg/s, {m} messages: p50 {:.1} ms, p99 {:.1} ms",
+                    "  round {round}: latency at {rate:.0} msg/s, {m} messages: p50 {:.1} ms, p99 {:.1} ms (after {WARM_UP} warm-up messages; the first took {:.1} ms)",
                     p50.as_secs_f64() * 1000.0,
-                    p99.as_secs_f64() * 1000.0
+                    p99.as_secs_f64() * 1000.0,
+                    first.as_secs_f64() * 1000.0
                 );
             }
             return;
@@ -554,12 +595,14 @@ async fn main() {
     if std::env::var("STOP").is_ok() {
         return;
     }
-    let (p50, p99, m) = latency(&conn, broker, &seed, "logging", dir.path(), m1.rate / 2.0).await;
+    let (p50, p99, m, first) =
+        latency(&conn, broker, &seed, "logging", dir.path(), m1.rate / 2.0).await;
     println!(
-        "Latency, HTTP 200 -> consumer, one message per request at {:.0} msg/s (half of 1), {m} messages: p50 {:.1} ms, p99 {:.1} ms (target p99 <= 10 ms)",
+        "Latency, HTTP 200 -> consumer, one message per request at {:.0} msg/s (half of 1), {m} messages after {WARM_UP} warm-up ones: p50 {:.1} ms, p99 {:.1} ms (target p99 <= 10 ms); a fresh relay's first delivery (connecting to the broker) took {:.1} ms",
         m1.rate / 2.0,
         p50.as_secs_f64() * 1000.0,
-        p99.as_secs_f64() * 1000.0
+        p99.as_secs_f64() * 1000.0,
+        first.as_secs_f64() * 1000.0
     );
     println!("(Memory, restart and drain with a backlog: cargo bench --bench backlog)");
 }
