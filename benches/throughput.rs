@@ -353,6 +353,20 @@ fn seq(data: &[u8]) -> usize {
 
 /// HTTP 200 → in the consumer's hands, one message per request sent on
 /// schedule (open loop: a slow answer does not delay the next request).
+/// Injects message `i` (one recipient); when its 200 came.
+async fn inject_one(client: &reqwest::Client, url: &str, i: usize) -> Instant {
+    let req = request(&message(i), std::iter::once(format!("l{i}@amqp")));
+    let resp = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    Instant::now()
+}
+
 /// Messages sent one at a time before the schedule starts, so the figure is
 /// the steady state's: the relay's first delivery opens the broker connection
 /// and channel (tens of ms, more on a busy machine), which held a 5 s run's
@@ -414,16 +428,8 @@ async fn latency(
     let url = format!("http://{}/api/inject/v1", relay.http);
     let mut first_acked = None;
     for i in m..m + WARM_UP {
-        let req = request(&message(i), std::iter::once(format!("l{i}@amqp")));
-        let resp = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(req)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        first_acked.get_or_insert_with(Instant::now);
+        let acked = inject_one(&client, &url, i).await;
+        first_acked.get_or_insert(acked);
     }
     let (first_delivered, _) = warm_rx.await.expect("the warm-up messages arrive");
     let first = first_delivered.saturating_duration_since(first_acked.unwrap());
@@ -433,18 +439,9 @@ async fn latency(
     for i in 0..m {
         tokio::time::sleep_until((start + interval * i as u32).into()).await;
         let (client, url) = (client.clone(), url.clone());
-        sends.push(tokio::spawn(async move {
-            let req = request(&message(i), std::iter::once(format!("l{i}@amqp")));
-            let resp = client
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(req)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200);
-            Instant::now()
-        }));
+        sends.push(tokio::spawn(
+            async move { inject_one(&client, &url, i).await },
+        ));
     }
     let mut acked = Vec::with_capacity(m);
     for s in sends {
