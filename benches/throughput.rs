@@ -351,8 +351,6 @@ fn seq(data: &[u8]) -> usize {
         .unwrap()
 }
 
-/// HTTP 200 → in the consumer's hands, one message per request sent on
-/// schedule (open loop: a slow answer does not delay the next request).
 /// Injects message `i` (one recipient); when its 200 came.
 async fn inject_one(client: &reqwest::Client, url: &str, i: usize) -> Instant {
     let req = request(&message(i), std::iter::once(format!("l{i}@amqp")));
@@ -374,8 +372,10 @@ async fn inject_one(client: &reqwest::Client, url: &str, i: usize) -> Instant {
 /// its own.
 const WARM_UP: usize = 200;
 
-/// p50 and p99 from HTTP 200 to the consumer at `rate`, the number of
-/// messages, and how long the relay's first delivery took (200 -> consumer).
+/// HTTP 200 → in the consumer's hands, one message per request sent on
+/// schedule (open loop: a slow answer does not delay the next request):
+/// p50 and p99 at `rate`, the number of messages, and how long the relay's
+/// first delivery took (200 -> consumer).
 async fn latency(
     conn: &Connection,
     broker: &broker::Broker,
@@ -402,9 +402,9 @@ async fn latency(
         )
         .await
         .unwrap();
-    // Warm-up messages carry sequence numbers from `m` on; the consumer says
-    // when the first of them and when all of them arrived.
-    let (warm_tx, warm_rx) = tokio::sync::oneshot::channel::<(Instant, Instant)>();
+    // Warm-up messages carry sequence numbers from `m` on; once all of them
+    // arrived, the consumer says when the first did.
+    let (warm_tx, warm_rx) = tokio::sync::oneshot::channel::<Instant>();
     let received = tokio::spawn(async move {
         let mut at = vec![None; m];
         let (mut warm, mut first, mut warm_tx) = (0, None, Some(warm_tx));
@@ -417,7 +417,7 @@ async fn latency(
                     warm += 1;
                     let first = *first.get_or_insert(now);
                     if warm == WARM_UP {
-                        let _ = warm_tx.take().unwrap().send((first, now));
+                        let _ = warm_tx.take().unwrap().send(first);
                     }
                 }
             }
@@ -431,7 +431,7 @@ async fn latency(
         let acked = inject_one(&client, &url, i).await;
         first_acked.get_or_insert(acked);
     }
-    let (first_delivered, _) = warm_rx.await.expect("the warm-up messages arrive");
+    let first_delivered = warm_rx.await.expect("the warm-up messages arrive");
     let first = first_delivered.saturating_duration_since(first_acked.unwrap());
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
