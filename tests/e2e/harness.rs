@@ -339,6 +339,24 @@ impl Relay {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Polls the captured log until it holds one of `any`, or fails after
+    /// `limit`: a line is read from the relay's stderr a moment after the
+    /// event it reports (and after the metric counting it).
+    pub async fn await_log(&self, any: &[&str], limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = self.log_text();
+            if any.iter().any(|needle| text.contains(needle)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the relay log has none of {any:?}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn kill9(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

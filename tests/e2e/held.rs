@@ -198,11 +198,9 @@ async fn held_mail_is_bounced_on_request_and_expires_at_the_held_max_age() {
         .await;
     assert_eq!(relay.metric("amqp_relay_spooled_messages").await, 0.0);
     assert_eq!(relay.metric("amqp_relay_bounced_total").await, 0.0);
-    assert!(
-        relay.log_text().contains("held for longer than 3s"),
-        "{}",
-        relay.log_text()
-    );
+    relay
+        .await_log(&["held for longer than 3s"], Duration::from_secs(10))
+        .await;
     assert!(relay.stop());
 }
 

@@ -237,15 +237,9 @@ async fn a_client_that_never_reads_its_replies_is_disconnected() {
         "the relay kept reading all {sent} bytes"
     );
     // It said why (the log line may reach us a moment after the close).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !s.relay.log_text().contains("does not read its replies") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            s.relay.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    s.relay
+        .await_log(&["does not read its replies"], Duration::from_secs(10))
+        .await;
     // And the listener serves others.
     let mut c = plain(s.relay.smtp[1]).await;
     assert_eq!(c.cmd("EHLO x").await.0, 250);
