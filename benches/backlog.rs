@@ -82,19 +82,6 @@ async fn await_accepting(http: &str) {
     }
 }
 
-/// A relay metric (first sample of that name).
-async fn metric(http: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 /// Waits until every one of `n` messages has failed an attempt and none is
 /// held in memory (the relay's own counters, polled).
 async fn await_attempted(http: &str, n: usize) {

@@ -21,7 +21,9 @@
 //!   delivery took (it connects to the broker).
 //!
 //! Each figure prints CPU microseconds per message of the broker, this
-//! process (the client) and the relay, and the medians with the spread.
+//! process (the client) and the relay, and the medians with the spread; the
+//! relay's also how many messages its spool committed per fsync and how long
+//! a commit took (from its /metrics).
 //! Memory with a backlog, restart and drain: `cargo bench --bench backlog`;
 //! SMTP against Postfix: `cargo bench --bench smtp`.
 //!
@@ -76,6 +78,8 @@ struct Run {
     broker_us: f64,
     bench_us: f64,
     relay_us: Option<f64>,
+    /// The relay's spool: messages per commit and a commit's mean time (µs).
+    commits: Option<(f64, f64)>,
 }
 
 impl Run {
@@ -83,8 +87,11 @@ impl Run {
         let relay = self
             .relay_us
             .map_or(String::new(), |r| format!(", relay {r:.1}"));
+        let spool = self.commits.map_or(String::new(), |(per, us)| {
+            format!("; spool {per:.1} msgs per commit, {us:.0} us each")
+        });
         format!(
-            "CPU us/msg: broker {:.1}, client {:.1}{relay}",
+            "CPU us/msg: broker {:.1}, client {:.1}{relay}{spool}",
             self.broker_us, self.bench_us
         )
     }
@@ -278,7 +285,13 @@ async fn relay_rate(
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
     let relay_us = (cpu_secs(&relay.pid().to_string()) - relay_cpu0) * 1e6 / n as f64;
-    cpu0.run(n, rate, broker, Some(relay_us))
+    let commits = metric(&relay.http, "amqp_relay_spool_commit_seconds_count").await;
+    let commit_secs = metric(&relay.http, "amqp_relay_spool_commit_seconds_sum").await;
+    assert!(commits > 0.0, "the relay's /metrics shows no spool commit");
+    Run {
+        commits: Some((n as f64 / commits, commit_secs * 1e6 / commits)),
+        ..cpu0.run(n, rate, broker, Some(relay_us))
+    }
 }
 
 /// Waits until the broker is idle (under 6 % of a core over half a second):
@@ -323,6 +336,7 @@ impl Cpu {
             broker_us: per(cpu_secs(&broker.beam_pid().unwrap()) - self.broker),
             bench_us: per(cpu_secs("self") - self.bench),
             relay_us,
+            commits: None,
         }
     }
 }
@@ -336,6 +350,10 @@ fn medians(runs: &[Run]) -> Run {
         broker_us: m(&|r| r.broker_us),
         bench_us: m(&|r| r.bench_us),
         relay_us: runs[0].relay_us.map(|_| m(&|r| r.relay_us.unwrap_or(0.0))),
+        commits: runs[0].commits.map(|_| {
+            let c = |f: fn((f64, f64)) -> f64| m(&|r| r.commits.map_or(0.0, f));
+            (c(|c| c.0), c(|c| c.1))
+        }),
     }
 }
 
@@ -588,6 +606,11 @@ async fn main() {
             m.broker_us / mt.broker_us,
             mt.broker_us
         );
+        if let Some((per, us)) = m.commits {
+            println!(
+                "      spool: {per:.1} messages per commit (each one fsync), {us:.0} us per commit"
+            );
+        }
     }
     if std::env::var("STOP").is_ok() {
         return;

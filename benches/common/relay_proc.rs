@@ -217,3 +217,16 @@ pub fn rendered_policy(
     std::fs::write(&path, out.policy).unwrap();
     (path, url_file.expect("the route's credentials file"))
 }
+
+/// A relay metric (first sample of that name).
+pub async fn metric(http: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}

@@ -96,6 +96,17 @@ impl Default for Metrics {
             "Messages in the spool",
             m.spooled.clone(),
         );
+        use super::spool::stats as spool;
+        registry.register(
+            "spool_commit_seconds",
+            "Time of each spool write transaction, its fsync included (acknowledgements wait for one)",
+            spool::COMMIT_SECONDS.clone(),
+        );
+        registry.register(
+            "spool_commit_failures",
+            "Spool write transactions that failed (a full disk, an I/O error)",
+            spool::COMMIT_FAILURES.clone(),
+        );
         registry.register(
             "queues",
             "Queues in memory (idle ones are dropped)",
@@ -230,7 +241,7 @@ mod tests {
                 (w.starts_with("amqp_relay_") && !w.starts_with("amqp_relay_operator_"))
                     || w.starts_with("user_lua_latency")
             },
-            15,
+            17,
         );
     }
 }

@@ -316,7 +316,7 @@ def test_alert_rules_pass_promtool_and_render_as_tested():
     assert promtool, "promtool is installed by scripts/ensure-deps.sh"
     rules_file = CHART / "files" / "prometheus-rules.yaml"
     check = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True, text=True)
-    assert check.returncode == 0 and "SUCCESS: 8 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "SUCCESS: 10 rules found" in check.stdout, check.stdout + check.stderr
     test = subprocess.run([promtool, "test", "rules", "rules_test.yaml"], cwd=pathlib.Path(__file__).parent,
                           capture_output=True, text=True)
     assert test.returncode == 0 and "SUCCESS" in test.stdout, test.stdout + test.stderr

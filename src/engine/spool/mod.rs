@@ -20,6 +20,7 @@ mod active_sets;
 mod group_commit;
 #[cfg(test)]
 mod power_loss;
+pub mod stats;
 mod tables;
 #[cfg(test)]
 mod tests;

@@ -373,3 +373,46 @@ async fn acknowledged_messages_survive_a_power_cut_at_any_point() {
         "only {kept} acknowledged messages checked in {runs} runs"
     );
 }
+
+/// /metrics times every commit and counts the ones the disk fails. Other
+/// tests in this process commit too, so the counts are checked to grow, not
+/// compared with exact values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_are_timed_and_failed_ones_counted() {
+    let disk = Arc::new(Disk::default());
+    let (spool, _) = open_on(&disk).unwrap();
+    let msgs = super::tests::recipients(2, &body_for(1, false));
+    let news: Vec<NewMessage> = msgs
+        .iter()
+        .map(|msg| NewMessage {
+            msg,
+            queue: QUEUE,
+            active: false,
+        })
+        .collect();
+    let (timed, failed) = (commits_timed(), stats::COMMIT_FAILURES.get());
+    spool.insert(&news).await.expect("the disk works");
+    assert!(commits_timed() > timed, "a commit was not timed");
+    assert_eq!(disk.lock().refused, 0);
+
+    disk.cut_after(0);
+    let err = spool.insert(&news).await.expect_err("the disk is gone");
+    assert!(!err.is_full(), "a lost disk is not a full one: {err}");
+    assert!(
+        stats::COMMIT_FAILURES.get() > failed,
+        "the failed commit was not counted"
+    );
+}
+
+/// How many commits the histogram holds, read from its exposition.
+fn commits_timed() -> u64 {
+    use prometheus_client::encoding::text::encode;
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register("c", "", stats::COMMIT_SECONDS.clone());
+    let mut text = String::new();
+    encode(&mut text, &registry).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("c_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the histogram's count is exposed")
+}

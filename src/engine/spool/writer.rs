@@ -3,6 +3,7 @@
 
 use super::active_sets::ActiveSets;
 use super::group_commit::GroupCommit;
+use super::stats;
 use super::tables::{self, Tables};
 use super::{Reply, SpoolError};
 use crate::model::message::{Message, MessageId};
@@ -445,6 +446,7 @@ impl Writer {
             match (self.opener)() {
                 Ok(db) => self.db = Some(db),
                 Err(e) => {
+                    stats::COMMIT_FAILURES.inc();
                     let err = SpoolError::from_redb(e);
                     for op in ops {
                         if let Some(p) = reply_of(op) {
@@ -480,12 +482,18 @@ impl Writer {
             }
             Ok(())
         };
+        let started = Instant::now();
         let result = run().map_err(SpoolError::from_redb);
-        if let Err(e) = &result {
-            // Operations not reached before the failure still need an answer.
-            for op in ops {
-                if let Some(p) = reply_of(op) {
-                    p.fail(e);
+        match &result {
+            Ok(()) if writes => stats::COMMIT_SECONDS.observe(started.elapsed().as_secs_f64()),
+            Ok(()) => {}
+            Err(e) => {
+                stats::COMMIT_FAILURES.inc();
+                // Operations not reached before the failure still need an answer.
+                for op in ops {
+                    if let Some(p) = reply_of(op) {
+                        p.fail(e);
+                    }
                 }
             }
         }
