@@ -18,7 +18,10 @@
 //! - Latency from HTTP 200 to the consumer, one message per request sent on
 //!   schedule at half of `1`'s rate, after 200 warm-up messages: p50/p99
 //!   (target p99 <= 10 ms), and apart from it how long a fresh relay's first
-//!   delivery took (it connects to the broker).
+//!   delivery took (it connects to the broker). Its baseline: a raw lapin
+//!   publisher sending the same messages on the same schedule, publish ->
+//!   consumer, which shows what the broker and the machine add (and their
+//!   stalls).
 //!
 //! Each figure prints CPU microseconds per message of the broker, this
 //! process (the client) and the relay, and the medians with the spread; the
@@ -390,23 +393,22 @@ async fn inject_one(client: &reqwest::Client, url: &str, i: usize) -> Instant {
 /// its own.
 const WARM_UP: usize = 200;
 
-/// HTTP 200 → in the consumer's hands, one message per request sent on
-/// schedule (open loop: a slow answer does not delay the next request):
-/// p50 and p99 at `rate`, the number of messages, and how long the relay's
-/// first delivery took (200 -> consumer).
-async fn latency(
+/// Messages a latency run sends after its warm-up: five seconds' worth.
+fn latency_messages(rate: f64) -> usize {
+    ((rate * 5.0) as usize).max(2000)
+}
+
+/// Consumes `m` messages (numbered `0..m` by `X-Seq`) and `WARM_UP` ones
+/// (numbered from `m` on) from `queue`: the first's arrival times, by number;
+/// and, once every warm-up message arrived, when the first of those did.
+async fn arrivals(
     conn: &Connection,
-    broker: &broker::Broker,
-    policy: &Path,
     queue: &str,
-    dir: &Path,
-    rate: f64,
-) -> (Duration, Duration, usize, Duration) {
-    let m = ((rate * 5.0) as usize).max(2000);
-    fresh_queue(conn, queue).await;
-    settle(broker).await;
-    let spool = tempfile::tempdir_in(dir).unwrap();
-    let (relay, _) = start_relay(policy, spool.path());
+    m: usize,
+) -> (
+    tokio::task::JoinHandle<Vec<Option<Instant>>>,
+    tokio::sync::oneshot::Receiver<Instant>,
+) {
     let ch = conn.create_channel().await.unwrap();
     let mut consumer = ch
         .basic_consume(
@@ -420,10 +422,9 @@ async fn latency(
         )
         .await
         .unwrap();
-    // Warm-up messages carry sequence numbers from `m` on; once all of them
-    // arrived, the consumer says when the first did.
     let (warm_tx, warm_rx) = tokio::sync::oneshot::channel::<Instant>();
     let received = tokio::spawn(async move {
+        let _ch = ch;
         let mut at = vec![None; m];
         let (mut warm, mut first, mut warm_tx) = (0, None, Some(warm_tx));
         for _ in 0..m + WARM_UP {
@@ -442,6 +443,38 @@ async fn latency(
         }
         at
     });
+    (received, warm_rx)
+}
+
+/// p50 and p99 of arrival minus sending, message by message.
+fn percentiles(arrived: &[Option<Instant>], sent: &[Instant]) -> (Duration, Duration) {
+    let mut lat: Vec<Duration> = arrived
+        .iter()
+        .zip(sent)
+        .map(|(r, a)| r.unwrap().saturating_duration_since(*a))
+        .collect();
+    lat.sort();
+    (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
+}
+
+/// HTTP 200 → in the consumer's hands, one message per request sent on
+/// schedule (open loop: a slow answer does not delay the next request):
+/// p50 and p99 at `rate`, the number of messages, and how long the relay's
+/// first delivery took (200 -> consumer).
+async fn latency(
+    conn: &Connection,
+    broker: &broker::Broker,
+    policy: &Path,
+    queue: &str,
+    dir: &Path,
+    rate: f64,
+) -> (Duration, Duration, usize, Duration) {
+    let m = latency_messages(rate);
+    fresh_queue(conn, queue).await;
+    settle(broker).await;
+    let spool = tempfile::tempdir_in(dir).unwrap();
+    let (relay, _) = start_relay(policy, spool.path());
+    let (received, warm_rx) = arrivals(conn, queue, m).await;
     let client = reqwest::Client::new();
     let url = format!("http://{}/api/inject/v1", relay.http);
     let mut first_acked = None;
@@ -465,14 +498,58 @@ async fn latency(
     for s in sends {
         acked.push(s.await.unwrap());
     }
+    let (p50, p99) = percentiles(&received.await.unwrap(), &acked);
+    (p50, p99, m, first)
+}
+
+/// The baseline of `latency`: a raw lapin publisher sends the same messages
+/// on the same schedule (transient, to a durable queue, no confirm awaited),
+/// publish -> consumer: the delay the broker, the consumer and this machine
+/// add by themselves, and their stalls.
+async fn raw_latency(
+    conn: &Connection,
+    broker: &broker::Broker,
+    rate: f64,
+) -> (Duration, Duration) {
+    let (queue, m) = ("bench-lat-raw", latency_messages(rate));
+    fresh_queue(conn, queue).await;
+    settle(broker).await;
+    let (received, warm_rx) = arrivals(conn, queue, m).await;
+    let ch = conn.create_channel().await.unwrap();
+    let publish = |i: usize| {
+        let ch = ch.clone();
+        async move {
+            let at = Instant::now();
+            ch.basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                message(i).as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+            at
+        }
+    };
+    for i in m..m + WARM_UP {
+        publish(i).await;
+    }
+    warm_rx.await.expect("the warm-up messages arrive");
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let mut sent = Vec::with_capacity(m);
+    for i in 0..m {
+        tokio::time::sleep_until((start + interval * i as u32).into()).await;
+        sent.push(publish(i).await);
+    }
     let at = received.await.unwrap();
-    let mut lat: Vec<Duration> = at
-        .iter()
-        .zip(&acked)
-        .map(|(r, a)| r.unwrap().saturating_duration_since(*a))
-        .collect();
-    lat.sort();
-    (lat[m / 2], lat[m * 99 / 100], m, first)
+    let _ = ch.close(200, "done".into()).await;
+    percentiles(&at, &sent)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// Min–max of a figure over the rounds, to show the spread.
@@ -516,13 +593,16 @@ async fn main() {
         if only == "latency" {
             let rate = std::env::var("RATE").map_or(4000.0, |r| r.parse().unwrap());
             for round in 1..=rounds {
+                let (r50, r99) = raw_latency(&conn, broker, rate).await;
                 let (p50, p99, m, first) =
                     latency(&conn, broker, &seed, "logging", dir.path(), rate).await;
                 println!(
-                    "  round {round}: latency at {rate:.0} msg/s, {m} messages: p50 {:.1} ms, p99 {:.1} ms (after {WARM_UP} warm-up messages; the first took {:.1} ms)",
-                    p50.as_secs_f64() * 1000.0,
-                    p99.as_secs_f64() * 1000.0,
-                    first.as_secs_f64() * 1000.0
+                    "  round {round}: latency at {rate:.0} msg/s, {m} messages: p50 {:.1} ms, p99 {:.1} ms (after {WARM_UP} warm-up messages; the first took {:.1} ms); raw publisher p50 {:.1} ms, p99 {:.1} ms",
+                    ms(p50),
+                    ms(p99),
+                    ms(first),
+                    ms(r50),
+                    ms(r99)
                 );
             }
             return;
@@ -615,14 +695,20 @@ async fn main() {
     if std::env::var("STOP").is_ok() {
         return;
     }
+    let (r50, r99) = raw_latency(&conn, broker, m1.rate / 2.0).await;
     let (p50, p99, m, first) =
         latency(&conn, broker, &seed, "logging", dir.path(), m1.rate / 2.0).await;
     println!(
         "Latency, HTTP 200 -> consumer, one message per request at {:.0} msg/s (half of 1), {m} messages after {WARM_UP} warm-up ones: p50 {:.1} ms, p99 {:.1} ms (target p99 <= 10 ms); a fresh relay's first delivery (connecting to the broker) took {:.1} ms",
         m1.rate / 2.0,
-        p50.as_secs_f64() * 1000.0,
-        p99.as_secs_f64() * 1000.0,
-        first.as_secs_f64() * 1000.0
+        ms(p50),
+        ms(p99),
+        ms(first)
+    );
+    println!(
+        "  baseline, the raw publisher on the same schedule (publish -> consumer): p50 {:.1} ms, p99 {:.1} ms",
+        ms(r50),
+        ms(r99)
     );
     println!("(Memory, restart and drain with a backlog: cargo bench --bench backlog)");
 }
