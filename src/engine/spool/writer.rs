@@ -446,7 +446,9 @@ impl Writer {
             match (self.opener)() {
                 Ok(db) => self.db = Some(db),
                 Err(e) => {
-                    stats::COMMIT_FAILURES.inc();
+                    if writes {
+                        stats::COMMIT_FAILURES.inc();
+                    }
                     let err = SpoolError::from_redb(e);
                     for op in ops {
                         if let Some(p) = reply_of(op) {
@@ -488,7 +490,9 @@ impl Writer {
             Ok(()) if writes => stats::COMMIT_SECONDS.observe(started.elapsed().as_secs_f64()),
             Ok(()) => {}
             Err(e) => {
-                stats::COMMIT_FAILURES.inc();
+                if writes {
+                    stats::COMMIT_FAILURES.inc();
+                }
                 // Operations not reached before the failure still need an answer.
                 for op in ops {
                     if let Some(p) = reply_of(op) {
