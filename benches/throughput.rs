@@ -576,9 +576,7 @@ async fn latency_rounds(
     }
     let summary = |v: &[(f64, f64)]| {
         let p99: Vec<f64> = v.iter().map(|x| x.1).collect();
-        let (lo, hi) = p99
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+        let (lo, hi) = min_max(&p99);
         format!(
             "p50 {:.1} ms, p99 {:.1} ms ({lo:.1}–{hi:.1})",
             median(v.iter().map(|x| x.0).collect()),
@@ -598,11 +596,13 @@ fn ms(d: Duration) -> f64 {
 
 /// Min–max of a figure over the rounds, to show the spread.
 fn spread(runs: &[Run], f: impl Fn(&Run) -> f64) -> String {
-    let v: Vec<f64> = runs.iter().map(f).collect();
-    let (lo, hi) = v
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+    let (lo, hi) = min_max(&runs.iter().map(f).collect::<Vec<_>>());
     format!("{lo:.0}–{hi:.0}")
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)))
 }
 
 const ONE: Shape = Shape {

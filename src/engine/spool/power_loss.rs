@@ -226,16 +226,11 @@ async fn workload(spool: &Spool, rng: &mut fastrand::Rng, steps: u64, disk: &Dis
         let body = body_for(step, large);
         let msgs = super::tests::recipients(rng.usize(1..=4), &body);
         let active = rng.u8(0..4) == 0;
-        let news: Vec<NewMessage> = msgs
-            .iter()
-            .map(|msg| NewMessage {
-                msg,
-                queue: QUEUE,
-                active,
-            })
-            .collect();
         let ids = msgs.iter().map(|m| m.id().as_u128());
-        match spool.insert(&news).await {
+        match spool
+            .insert(&super::tests::news(&msgs, QUEUE, active))
+            .await
+        {
             Ok(()) => ledger.acked.extend(ids.map(|id| (id, body.clone()))),
             Err(_) => ledger.unacked.extend(ids),
         }
@@ -382,14 +377,7 @@ async fn commits_are_timed_and_failed_ones_counted() {
     let disk = Arc::new(Disk::default());
     let (spool, _) = open_on(&disk).unwrap();
     let msgs = super::tests::recipients(2, &body_for(1, false));
-    let news: Vec<NewMessage> = msgs
-        .iter()
-        .map(|msg| NewMessage {
-            msg,
-            queue: QUEUE,
-            active: false,
-        })
-        .collect();
+    let news = super::tests::news(&msgs, QUEUE, false);
     let (timed, failed) = (commits_timed(), stats::COMMIT_FAILURES.get());
     spool.insert(&news).await.expect("the disk works");
     assert!(commits_timed() > timed, "a commit was not timed");

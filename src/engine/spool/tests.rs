@@ -29,16 +29,15 @@ pub(super) fn recipients(n: usize, body: &Bytes) -> Vec<Message> {
         .collect()
 }
 
+/// `msgs` as messages to store in `queue`, in memory or on the schedule.
+pub(super) fn news<'a>(msgs: &'a [Message], queue: &'a str, active: bool) -> Vec<NewMessage<'a>> {
+    msgs.iter()
+        .map(|msg| NewMessage { msg, queue, active })
+        .collect()
+}
+
 async fn store(spool: &Spool, msgs: &[Message], queue: &str, active: bool) {
-    let news: Vec<_> = msgs
-        .iter()
-        .map(|m| NewMessage {
-            msg: m,
-            queue,
-            active,
-        })
-        .collect();
-    spool.insert(&news).await.unwrap();
+    spool.insert(&news(msgs, queue, active)).await.unwrap();
 }
 
 /// The writer thread exits when the last handle drops; wait for the file lock.
