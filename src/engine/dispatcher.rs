@@ -137,7 +137,13 @@ async fn send(
     // acknowledgements back and the cores idled while each commit flushed.
     tokio::task::yield_now().await;
     let SendResult { outcome, close } = match engine.load_bodies(msgs).await {
-        Ok(()) => session.send(msgs).await,
+        Ok(()) => {
+            let started = std::time::Instant::now();
+            let sent = session.send(msgs).await;
+            let took = started.elapsed().as_secs_f64();
+            engine.metrics.send_seconds.observe(took);
+            sent
+        }
         Err(e) => SendResult {
             outcome: Outcome::transient(&format!("451 4.3.0 cannot read the message: {e}")),
             close: false,

@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,6 +33,9 @@ pub struct Metrics {
     pub routes_from_mount: Gauge,
     pub draining: Gauge,
     pub ready: Gauge,
+    /// Seconds per call of a sender's `send`: for a publishing policy, the
+    /// publish and its confirm.
+    pub send_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -55,6 +59,7 @@ impl Default for Metrics {
             routes_from_mount: Gauge::default(),
             draining: Gauge::default(),
             ready: Gauge::default(),
+            send_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             registry: Registry::default(),
             kumo: Registry::default(),
         };
@@ -106,6 +111,11 @@ impl Default for Metrics {
             "spool_commit_failures",
             "Spool write transactions that failed (a full disk, an I/O error)",
             spool::COMMIT_FAILURES.clone(),
+        );
+        registry.register(
+            "delivery_send_seconds",
+            "Time of each call of a delivery session's send (for a publishing policy: the publish and its confirm)",
+            m.send_seconds.clone(),
         );
         registry.register(
             "queues",
@@ -241,7 +251,7 @@ mod tests {
                 (w.starts_with("amqp_relay_") && !w.starts_with("amqp_relay_operator_"))
                     || w.starts_with("user_lua_latency")
             },
-            17,
+            18,
         );
     }
 }

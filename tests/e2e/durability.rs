@@ -79,6 +79,11 @@ async fn broker_outage_delays_but_loses_nothing() {
     relay
         .await_metric("amqp_relay_delivered_total", 1.0, Duration::from_secs(30))
         .await;
+    assert_eq!(
+        relay.metric("amqp_relay_delivery_send_seconds_count").await,
+        1.0,
+        "one message, one send timed"
+    );
 
     let broker = kill_broker(broker).await;
     for i in 0..N / 50 {
