@@ -460,8 +460,10 @@ fn percentiles(arrived: &[Option<Instant>], sent: &[Instant]) -> (Duration, Dura
 
 /// HTTP 200 → in the consumer's hands, one message per request sent on
 /// schedule (open loop: a slow answer does not delay the next request):
-/// p50 and p99 at `rate`, the number of messages, and how long the relay's
-/// first delivery took (200 -> consumer).
+/// p50 and p99 at `rate`, the number of messages, how long the relay's
+/// first delivery took (200 -> consumer), and its slow spool commits and
+/// sends (a stalled commit delays every acknowledgement waiting for it; a
+/// slow send, the messages behind it).
 async fn latency(
     conn: &Connection,
     broker: &broker::Broker,
@@ -469,7 +471,7 @@ async fn latency(
     queue: &str,
     dir: &Path,
     rate: f64,
-) -> (Duration, Duration, usize, Duration) {
+) -> (Duration, Duration, usize, Duration, [Slow; 2]) {
     let m = latency_messages(rate);
     fresh_queue(conn, queue).await;
     settle(broker).await;
@@ -500,37 +502,58 @@ async fn latency(
         acked.push(s.await.unwrap());
     }
     let (p50, p99) = percentiles(&received.await.unwrap(), &acked);
-    (p50, p99, m, first)
+    let slow = [
+        slow_observations(&relay.http, "amqp_relay_spool_commit_seconds", SLOW).await,
+        slow_observations(&relay.http, "amqp_relay_delivery_send_seconds", SLOW).await,
+    ];
+    (p50, p99, m, first, slow)
 }
 
+/// A commit or send slower than this (a bucket bound of their histograms)
+/// is counted as slow in the latency rounds.
+const SLOW: f64 = 0.0064;
+/// How many were slow, and the bound of the slowest one's bucket.
+type Slow = (u64, f64);
+
 /// The baseline of `latency`: a raw lapin publisher sends the same messages
-/// on the same schedule (transient, to a durable queue, no confirm awaited),
-/// publish -> consumer: the delay the broker, the consumer and this machine
-/// add by themselves, and their stalls.
+/// on the same schedule (transient, to a durable queue, with confirms, as
+/// the relay publishes, none awaited before the next), publish -> consumer:
+/// the delay the broker, the consumer and this machine add by themselves,
+/// and their stalls; and its confirms over `SLOW` (the relay's sends wait
+/// for one each).
 async fn raw_latency(
     conn: &Connection,
     broker: &broker::Broker,
     rate: f64,
-) -> (Duration, Duration) {
+) -> (Duration, Duration, Slow) {
     let (queue, m) = ("bench-lat-raw", latency_messages(rate));
     fresh_queue(conn, queue).await;
     settle(broker).await;
     let (received, warm_rx) = arrivals(conn, queue, m).await;
     let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    // When each publish went out, and a task that ends with its confirm's delay.
     let publish = |i: usize| {
         let ch = ch.clone();
         async move {
             let at = Instant::now();
-            ch.basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                message(i).as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
-            at
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    message(i).as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap();
+            let confirmed = tokio::spawn(async move {
+                assert!(confirm.await.unwrap().is_ack());
+                at.elapsed()
+            });
+            (at, confirmed)
         }
     };
     for i in m..m + WARM_UP {
@@ -539,14 +562,23 @@ async fn raw_latency(
     warm_rx.await.expect("the warm-up messages arrive");
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
-    let mut sent = Vec::with_capacity(m);
+    let (mut sent, mut confirms) = (Vec::with_capacity(m), Vec::with_capacity(m));
     for i in 0..m {
         tokio::time::sleep_until((start + interval * i as u32).into()).await;
-        sent.push(publish(i).await);
+        let (at, confirmed) = publish(i).await;
+        sent.push(at);
+        confirms.push(confirmed);
     }
     let at = received.await.unwrap();
+    let mut slow: Slow = (0, 0.0);
+    for c in confirms {
+        let took = c.await.unwrap().as_secs_f64();
+        slow.0 += u64::from(took > SLOW);
+        slow.1 = slow.1.max(took);
+    }
     let _ = ch.close(200, "done".into()).await;
-    percentiles(&at, &sent)
+    let (p50, p99) = percentiles(&at, &sent);
+    (p50, p99, slow)
 }
 
 /// `rounds` of the latency and its raw baseline, alternating; each round,
@@ -561,15 +593,26 @@ async fn latency_rounds(
 ) {
     let (mut relay, mut raw) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let (r50, r99) = raw_latency(conn, broker, rate).await;
-        let (p50, p99, m, first) = latency(conn, broker, seed, "logging", dir, rate).await;
+        let (r50, r99, raw_confirms) = raw_latency(conn, broker, rate).await;
+        let (p50, p99, m, first, [commits, sends]) =
+            latency(conn, broker, seed, "logging", dir, rate).await;
+        let over = SLOW * 1000.0;
+        let slow =
+            |(n, max): Slow, what: &str| format!("{n} {what} (the slowest <= {:.1} ms)", ms_f(max));
+        println!("  round {round}: at {rate:.0} msg/s, {m} messages");
         println!(
-            "  round {round}: at {rate:.0} msg/s, {m} messages: relay p50 {:.1} ms, p99 {:.1} ms (its first delivery, connecting to the broker: {:.1} ms); raw publisher p50 {:.1} ms, p99 {:.1} ms",
+            "    relay: p50 {:.1} ms, p99 {:.1} ms; first delivery (connecting to the broker) {:.1} ms; over {over:.1} ms: {}, {}",
             ms(p50),
             ms(p99),
             ms(first),
+            slow(commits, "spool commits"),
+            slow(sends, "sends")
+        );
+        println!(
+            "    raw publisher: p50 {:.1} ms, p99 {:.1} ms; over {over:.1} ms: {}",
             ms(r50),
-            ms(r99)
+            ms(r99),
+            slow(raw_confirms, "confirms")
         );
         relay.push((ms(p50), ms(p99)));
         raw.push((ms(r50), ms(r99)));
@@ -591,7 +634,11 @@ async fn latency_rounds(
 }
 
 fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+    ms_f(d.as_secs_f64())
+}
+
+fn ms_f(secs: f64) -> f64 {
+    secs * 1000.0
 }
 
 /// Min–max of a figure over the rounds, to show the spread.

@@ -218,15 +218,46 @@ pub fn rendered_policy(
     (path, url_file.expect("the route's credentials file"))
 }
 
-/// A relay metric (first sample of that name).
-pub async fn metric(http: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{http}/metrics"))
+/// The relay's `/metrics`, as text.
+async fn metrics_text(http: &str) -> String {
+    reqwest::get(format!("http://{http}/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+/// A relay metric (first sample of that name).
+pub async fn metric(http: &str, name: &str) -> f64 {
+    metrics_text(http)
+        .await
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Observations of the relay's histogram `name` over `over` seconds, and
+/// the upper bound of the slowest one's bucket.
+pub async fn slow_observations(http: &str, name: &str, over: f64) -> (u64, f64) {
+    let text = metrics_text(http).await;
+    let buckets: Vec<(f64, u64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix("_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, n) = l.split_once("\"} ")?;
+            Some((le.parse().ok()?, n.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0, |b| b.1);
+    let within = buckets
+        .iter()
+        .rev()
+        .find(|b| b.0 <= over)
+        .map_or(0, |b| b.1);
+    let slowest = buckets
+        .iter()
+        .find(|b| b.1 == total)
+        .map_or(f64::INFINITY, |b| b.0);
+    (total - within, slowest)
 }
