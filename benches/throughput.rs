@@ -101,6 +101,25 @@ impl Run {
     }
 }
 
+/// Message `n` published to `queue` (default exchange) as a raw client
+/// does; its confirm, if the channel asked for them.
+async fn publish_one(
+    ch: &lapin::Channel,
+    queue: &str,
+    n: usize,
+    props: BasicProperties,
+) -> lapin::PublisherConfirm {
+    ch.basic_publish(
+        "".into(),
+        queue.into(),
+        BasicPublishOptions::default(),
+        message(n).as_bytes(),
+        props,
+    )
+    .await
+    .unwrap()
+}
+
 /// A raw lapin publisher, up to 1,000 confirms in flight, to a durable
 /// queue, for `SECS`: what the broker costs for messages from a client that
 /// adds nothing.
@@ -131,16 +150,7 @@ async fn raw_publisher(conn: &Connection, broker: &broker::Broker, persistent: b
             let c: lapin::PublisherConfirm = inflight.pop_front().unwrap();
             assert!(c.await.unwrap().is_ack());
         }
-        let c = ch
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                message(n).as_bytes(),
-                props.clone(),
-            )
-            .await
-            .unwrap();
+        let c = publish_one(&ch, queue, n, props.clone()).await;
         inflight.push_back(c);
         n += 1;
     }
@@ -539,16 +549,7 @@ async fn raw_latency(
         let ch = ch.clone();
         async move {
             let at = Instant::now();
-            let confirm = ch
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions::default(),
-                    message(i).as_bytes(),
-                    BasicProperties::default(),
-                )
-                .await
-                .unwrap();
+            let confirm = publish_one(&ch, queue, i, BasicProperties::default()).await;
             let confirmed = tokio::spawn(async move {
                 assert!(confirm.await.unwrap().is_ack());
                 at.elapsed()
