@@ -1,8 +1,8 @@
 //! Which spooled messages the engine holds in memory, recorded for a restart
-//! one row per set of messages made active together (an insert's recipients,
-//! a page-in's batch) rather than one row per message: a row is written once
-//! and deleted when the last of its messages is delivered or scheduled again,
-//! instead of two B-tree updates per message.
+//! one row per commit that made messages active (the inserts of a group
+//! commit, a page-in's batch) rather than one row per message: a row is
+//! written once and deleted when the last of its messages is delivered or
+//! scheduled again, instead of two B-tree updates per message.
 //!
 //! Membership is kept here, in memory (bounded by the engine's limit on
 //! active messages). A row may outlive some of its messages (a retried one is
@@ -18,24 +18,51 @@ pub struct ActiveSets {
     /// Per set row: how many of its messages are still active.
     remaining: HashMap<u64, u32>,
     member_of: HashMap<u128, u64>,
+    /// The set this transaction adds to, and its ids; its row is written by
+    /// `seal`, once per transaction.
+    open: Option<u64>,
+    open_ids: Vec<u128>,
 }
 
 impl ActiveSets {
-    /// Records `ids` as active, in one row.
+    /// Starts a transaction: what a failed one left open is dropped (its
+    /// rows were never written; members it left behind only cost a redelivery).
+    pub fn begin(&mut self) {
+        self.open = None;
+        self.open_ids.clear();
+    }
+
+    /// Records `ids` as active, in this transaction's row.
     pub fn add(&mut self, t: &mut Tables, ids: &[u128]) -> Result<(), redb::Error> {
         if ids.is_empty() {
             return Ok(());
         }
-        let set = self.next;
-        self.next += 1;
-        t.active_sets.insert(set, tables::set_row(ids).as_slice())?;
+        let set = *self.open.get_or_insert_with(|| {
+            self.next += 1;
+            self.next - 1
+        });
         for id in ids {
             // Not active twice; if it were, its older row lets it go.
-            if let Some(old) = self.member_of.insert(*id, set) {
-                self.release(t, old)?;
+            match self.member_of.insert(*id, set) {
+                Some(old) if old == set => continue,
+                Some(old) => self.release(t, old)?,
+                None => {}
             }
+            *self.remaining.entry(set).or_default() += 1;
+            self.open_ids.push(*id);
         }
-        self.remaining.insert(set, ids.len() as u32);
+        Ok(())
+    }
+
+    /// Writes this transaction's row, unless all its messages already left.
+    pub fn seal(&mut self, t: &mut Tables) -> Result<(), redb::Error> {
+        if let Some(set) = self.open.take()
+            && self.remaining.contains_key(&set)
+        {
+            t.active_sets
+                .insert(set, tables::set_row(&self.open_ids).as_slice())?;
+        }
+        self.open_ids.clear();
         Ok(())
     }
 
@@ -55,7 +82,10 @@ impl ActiveSets {
             *n -= 1;
             if *n == 0 {
                 self.remaining.remove(&set);
-                t.active_sets.remove(set)?;
+                // The open set's row is not written yet.
+                if self.open != Some(set) {
+                    t.active_sets.remove(set)?;
+                }
             }
         }
         Ok(())
@@ -63,5 +93,90 @@ impl ActiveSets {
 
     pub fn len(&self) -> usize {
         self.member_of.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{Database, ReadableDatabase, ReadableTable};
+
+    /// Runs `f` in one write transaction, then lists the rows on disk.
+    fn commit_and_list(
+        db: &Database,
+        sets: &mut ActiveSets,
+        f: impl FnOnce(&mut ActiveSets, &mut Tables),
+    ) -> Vec<(u64, Vec<u128>)> {
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = Tables::open(&w).unwrap();
+            sets.begin();
+            f(sets, &mut t);
+            sets.seal(&mut t).unwrap();
+        }
+        w.commit().unwrap();
+        let r = db.begin_read().unwrap();
+        let t = r.open_table(tables::ACTIVE_SETS).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|row| {
+                let (k, v) = row.unwrap();
+                (k.value(), tables::set_ids(v.value()).collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_row_per_transaction_however_many_inserts_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("s.redb")).unwrap();
+        let mut sets = ActiveSets::default();
+        let rows = commit_and_list(&db, &mut sets, |s, t| {
+            s.add(t, &[1, 2]).unwrap();
+            s.add(t, &[3]).unwrap();
+            // Added twice in one transaction: counted and listed once.
+            s.add(t, &[2, 4]).unwrap();
+        });
+        assert_eq!(rows, vec![(0, vec![1, 2, 3, 4])]);
+        assert_eq!(sets.len(), 4);
+        // The next transaction's row; a member moved into it leaves the old one.
+        let rows = commit_and_list(&db, &mut sets, |s, t| {
+            s.add(t, &[5, 1]).unwrap();
+            for id in [2, 3, 4] {
+                assert!(s.leave(t, id).unwrap());
+            }
+        });
+        assert_eq!(
+            rows,
+            vec![(1, vec![5, 1])],
+            "row 0 went with its last member"
+        );
+        let rows = commit_and_list(&db, &mut sets, |s, t| {
+            assert!(!s.leave(t, 9).unwrap(), "never active");
+        });
+        assert_eq!(
+            rows,
+            vec![(1, vec![5, 1])],
+            "a transaction adding none writes none"
+        );
+    }
+
+    #[test]
+    fn a_set_whose_members_all_left_before_the_commit_writes_no_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("s.redb")).unwrap();
+        let mut sets = ActiveSets::default();
+        let rows = commit_and_list(&db, &mut sets, |s, t| {
+            s.add(t, &[1, 2]).unwrap();
+            assert!(s.leave(t, 1).unwrap());
+            assert!(s.leave(t, 2).unwrap());
+        });
+        assert!(rows.is_empty(), "{rows:?}");
+        assert_eq!(sets.len(), 0);
+        // A transaction that failed before `seal` leaves nothing open behind.
+        sets.begin();
+        let rows = commit_and_list(&db, &mut sets, |s, t| s.add(t, &[7]).unwrap());
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].1, vec![7]);
     }
 }

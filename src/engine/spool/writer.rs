@@ -466,6 +466,7 @@ impl Writer {
             w.set_durability(Durability::Immediate)?;
             {
                 let mut t = Tables::open(&w)?;
+                active.begin();
                 let mut changes = Changes::new(active);
                 // Popped one by one: after a failure the rest are still here to answer.
                 while let Some(op) = ops.pop() {
@@ -476,6 +477,7 @@ impl Writer {
                     apply_op(&mut t, op, &mut changes, pending)?;
                 }
                 changes.settle(&mut t)?;
+                changes.active.seal(&mut t)?;
             }
             if writes {
                 w.commit()?;
