@@ -101,6 +101,12 @@ mod tests {
     use super::*;
     use redb::{Database, ReadableDatabase, ReadableTable};
 
+    fn fresh() -> (tempfile::TempDir, Database, ActiveSets) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("s.redb")).unwrap();
+        (dir, db, ActiveSets::default())
+    }
+
     /// Runs `f` in one write transaction, then lists the rows on disk.
     fn commit_and_list(
         db: &Database,
@@ -128,9 +134,7 @@ mod tests {
 
     #[test]
     fn one_row_per_transaction_however_many_inserts_it_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("s.redb")).unwrap();
-        let mut sets = ActiveSets::default();
+        let (_dir, db, mut sets) = fresh();
         let rows = commit_and_list(&db, &mut sets, |s, t| {
             s.add(t, &[1, 2]).unwrap();
             s.add(t, &[3]).unwrap();
@@ -163,9 +167,7 @@ mod tests {
 
     #[test]
     fn a_set_whose_members_all_left_before_the_commit_writes_no_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("s.redb")).unwrap();
-        let mut sets = ActiveSets::default();
+        let (_dir, db, mut sets) = fresh();
         let rows = commit_and_list(&db, &mut sets, |s, t| {
             s.add(t, &[1, 2]).unwrap();
             assert!(s.leave(t, 1).unwrap());
