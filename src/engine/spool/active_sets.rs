@@ -14,13 +14,13 @@ use std::collections::HashMap;
 
 #[derive(Default)]
 pub struct ActiveSets {
+    /// The id of the set this transaction adds to; earlier sets have lower ones.
     next: u64,
     /// Per set row: how many of its messages are still active.
     remaining: HashMap<u64, u32>,
     member_of: HashMap<u128, u64>,
-    /// The set this transaction adds to, and its ids; its row is written by
+    /// The ids this transaction added, in set `next`; its row is written by
     /// `seal`, once per transaction.
-    open: Option<u64>,
     open_ids: Vec<u128>,
 }
 
@@ -28,8 +28,10 @@ impl ActiveSets {
     /// Starts a transaction: what a failed one left open is dropped (its
     /// rows were never written; members it left behind only cost a redelivery).
     pub fn begin(&mut self) {
-        self.open = None;
-        self.open_ids.clear();
+        if !self.open_ids.is_empty() {
+            self.open_ids.clear();
+            self.next += 1;
+        }
     }
 
     /// Records `ids` as active, in this transaction's row.
@@ -37,10 +39,7 @@ impl ActiveSets {
         if ids.is_empty() {
             return Ok(());
         }
-        let set = *self.open.get_or_insert_with(|| {
-            self.next += 1;
-            self.next - 1
-        });
+        let set = self.next;
         for id in ids {
             // Not active twice; if it were, its older row lets it go.
             match self.member_of.insert(*id, set) {
@@ -56,13 +55,15 @@ impl ActiveSets {
 
     /// Writes this transaction's row, unless all its messages already left.
     pub fn seal(&mut self, t: &mut Tables) -> Result<(), redb::Error> {
-        if let Some(set) = self.open.take()
-            && self.remaining.contains_key(&set)
-        {
+        if self.open_ids.is_empty() {
+            return Ok(());
+        }
+        if self.remaining.contains_key(&self.next) {
             t.active_sets
-                .insert(set, tables::set_row(&self.open_ids).as_slice())?;
+                .insert(self.next, tables::set_row(&self.open_ids).as_slice())?;
         }
         self.open_ids.clear();
+        self.next += 1;
         Ok(())
     }
 
@@ -83,7 +84,7 @@ impl ActiveSets {
             if *n == 0 {
                 self.remaining.remove(&set);
                 // The open set's row is not written yet.
-                if self.open != Some(set) {
+                if set != self.next {
                     t.active_sets.remove(set)?;
                 }
             }
@@ -175,10 +176,20 @@ mod tests {
         });
         assert!(rows.is_empty(), "{rows:?}");
         assert_eq!(sets.len(), 0);
-        // A transaction that failed before `seal` leaves nothing open behind.
-        sets.begin();
+        // A transaction that failed before `seal` (aborted) leaves nothing open behind.
+        {
+            let w = db.begin_write().unwrap();
+            let mut t = Tables::open(&w).unwrap();
+            sets.begin();
+            sets.add(&mut t, &[3]).unwrap();
+        }
         let rows = commit_and_list(&db, &mut sets, |s, t| s.add(t, &[7]).unwrap());
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].1, vec![7]);
+        assert_eq!(
+            rows[0].1,
+            vec![7],
+            "the aborted transaction's ids are not listed"
+        );
+        assert_ne!(rows[0].0, 1, "nor is its set id used again");
     }
 }
