@@ -1,8 +1,10 @@
 //! The headline figures, each beside a baseline measured in the same run, on
 //! one private RabbitMQ node (port 5672, which the seed policy's
 //! `amqp://localhost` reaches), the spool on a disk filesystem (the target
-//! directory; ext4 here), in alternating rounds of `BENCH_SECS` (10) of
-//! sending:
+//! directory; ext4 here), in alternating rounds; the raw publishers send
+//! for `BENCH_SECS` (10), the relay's runs as many messages as that round's
+//! raw transient publisher did (the broker's cost per message grows with its
+//! queue's depth, so the ratios compare the same messages):
 //!
 //! - `t`: a raw lapin publisher, transient, up to 1,000 confirms in flight:
 //!   the broker's cost for messages from a client that adds nothing (the
@@ -32,7 +34,8 @@
 //! SMTP against Postfix: `cargo bench --bench smtp`.
 //!
 //! Run: `cargo bench --bench throughput` (`ONLY=1` or `ONLY=100` runs one
-//! shape round after round, for a profiler, `ONLY=latency` the latency at
+//! shape round after round, `MESSAGES` each (150,000), for a profiler or
+//! A/B pairs, `ONLY=latency` the latency at
 //! `RATE` msg/s; `CLIENTS` overrides the shape's connections; `RELAY_BIN` a
 //! control build).
 
@@ -57,7 +60,7 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Seconds each run sends for (`BENCH_SECS`, default 10).
+/// Seconds each raw publisher's run sends for (`BENCH_SECS`, default 10).
 static SECS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
     std::env::var("BENCH_SECS")
         .ok()
@@ -68,6 +71,9 @@ static SECS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
 /// The relay's `--max-active-messages` default: a run must send more, so
 /// the on-disk schedule and page-in take part.
 const MAX_ACTIVE: usize = 20_000;
+/// Messages a relay run sends with `ONLY` (`MESSAGES`): about what the raw
+/// transient publisher sends in 10 s here.
+const ONLY_MESSAGES: usize = 150_000;
 
 /// A distinct 1 KiB message.
 fn message(n: usize) -> String {
@@ -236,18 +242,22 @@ fn request(content: &str, rcpts: impl Iterator<Item = String>) -> Vec<u8> {
         .unwrap()
 }
 
-/// Sends for `SECS` over `clients` keep-alive connections, each request
-/// waiting for the last (as applications do), every message distinct;
-/// the messages sent (all acknowledged with 200).
-async fn inject_for(http: &str, shape: Shape, deadline: Instant) -> usize {
+/// Sends `requests` requests over `clients` keep-alive connections, each
+/// request waiting for the last (as applications do), every message
+/// distinct; the messages sent (all acknowledged with 200).
+async fn inject_requests(http: &str, shape: Shape, requests: usize) -> usize {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for c in 0..shape.clients {
-        let http = http.to_owned();
+    for _ in 0..shape.clients {
+        let (http, next) = (http.to_owned(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut poster = Poster::connect(&http).await;
             let mut sent = 0;
-            let mut r = c;
-            while Instant::now() < deadline {
+            loop {
+                let r = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if r >= requests {
+                    break;
+                }
                 let body = if shape.per_request == 1 {
                     message(r)
                 } else {
@@ -259,7 +269,6 @@ async fn inject_for(http: &str, shape: Shape, deadline: Instant) -> usize {
                 );
                 assert_eq!(poster.inject(&req).await, 200);
                 sent += shape.per_request;
-                r += shape.clients;
             }
             sent
         }));
@@ -271,15 +280,19 @@ async fn inject_for(http: &str, shape: Shape, deadline: Instant) -> usize {
     sent
 }
 
-/// The relay end to end: sent for `SECS`, the rate counted until the last
-/// message is in the queue.
+/// The relay end to end: `messages` (rounded up to whole requests), the rate
+/// counted until the last is in the queue. The full run sends as many as the
+/// round's raw transient publisher did: the broker's cost per message grows
+/// with its queue's depth (the `100` shape sent for 10 s, 5x as many, cost it
+/// 43-44 us per message against 30-33 with the same count), so a ratio to
+/// `t` is fair only over the same messages.
 async fn relay_rate(
     conn: &Connection,
     broker: &broker::Broker,
     policy: &Path,
     queue: &str,
     dir: &Path,
-    shape: Shape,
+    (shape, messages): (Shape, usize),
 ) -> Run {
     fresh_queue(conn, queue).await;
     settle(broker).await;
@@ -289,7 +302,7 @@ async fn relay_rate(
     let relay_cpu0 = cpu_secs(&relay.pid().to_string());
     let cpu0 = Cpu::now(broker);
     let start = Instant::now();
-    let n = inject_for(&relay.http, shape, start + Duration::from_secs(*SECS)).await;
+    let n = inject_requests(&relay.http, shape, messages.div_ceil(shape.per_request)).await;
     while depth(conn, queue).await < n as u32 {
         assert!(
             start.elapsed() < Duration::from_secs(*SECS * 10 + 60),
@@ -692,13 +705,23 @@ async fn main() {
             if let Ok(c) = std::env::var("CLIENTS") {
                 shape.clients = c.parse().expect("CLIENTS: a number of connections");
             }
-            let r = relay_rate(&conn, broker, &seed, "logging", dir.path(), shape).await;
+            let messages = std::env::var("MESSAGES")
+                .map_or(ONLY_MESSAGES, |m| m.parse().expect("MESSAGES: a number"));
+            let r = relay_rate(
+                &conn,
+                broker,
+                &seed,
+                "logging",
+                dir.path(),
+                (shape, messages),
+            )
+            .await;
             println!("  round {round}: {only} {:6.0} msg/s  {}", r.rate, r.cpu());
         }
         return;
     }
     println!(
-        "Throughput, distinct 1 KiB messages to a durable classic queue, {rounds} alternating rounds of {} s sending, spool on {}:",
+        "Throughput, distinct 1 KiB messages to a durable classic queue, {rounds} alternating rounds (the raw publishers send for {} s, the relay as many messages as that round's t), spool on {}:",
         *SECS,
         dir.path().display()
     );
@@ -714,8 +737,10 @@ async fn main() {
     for round in 1..=rounds {
         let rt = raw_publisher(&conn, broker, false).await;
         let rp = raw_publisher(&conn, broker, true).await;
-        let r1 = relay_rate(&conn, broker, &seed, "logging", dir.path(), ONE).await;
-        let r100 = relay_rate(&conn, broker, &seed, "logging", dir.path(), HUNDRED).await;
+        // The relay's runs send what this round's raw transient publisher did.
+        let same = |shape| (shape, rt.messages);
+        let r1 = relay_rate(&conn, broker, &seed, "logging", dir.path(), same(ONE)).await;
+        let r100 = relay_rate(&conn, broker, &seed, "logging", dir.path(), same(HUNDRED)).await;
         println!(
             "  round {round}: t {:6.0}  p {:6.0}  1 {:6.0} ({} msgs)  100 {:6.0} msg/s  1/t {:.2}  100/t {:.2}",
             rt.rate,
