@@ -700,22 +700,15 @@ async fn main() {
             latency_rounds(&conn, broker, &seed, dir.path(), rate, rounds).await;
             return;
         }
+        let mut shape = if only == "100" { HUNDRED } else { ONE };
+        if let Ok(c) = std::env::var("CLIENTS") {
+            shape.clients = c.parse().expect("CLIENTS: a number of connections");
+        }
+        let messages = std::env::var("MESSAGES")
+            .map_or(ONLY_MESSAGES, |m| m.parse().expect("MESSAGES: a number"));
         for round in 1..=rounds {
-            let mut shape = if only == "100" { HUNDRED } else { ONE };
-            if let Ok(c) = std::env::var("CLIENTS") {
-                shape.clients = c.parse().expect("CLIENTS: a number of connections");
-            }
-            let messages = std::env::var("MESSAGES")
-                .map_or(ONLY_MESSAGES, |m| m.parse().expect("MESSAGES: a number"));
-            let r = relay_rate(
-                &conn,
-                broker,
-                &seed,
-                "logging",
-                dir.path(),
-                (shape, messages),
-            )
-            .await;
+            let run = (shape, messages);
+            let r = relay_rate(&conn, broker, &seed, "logging", dir.path(), run).await;
             println!("  round {round}: {only} {:6.0} msg/s  {}", r.rate, r.cpu());
         }
         return;
