@@ -28,8 +28,8 @@
 //!
 //! Each figure prints CPU microseconds per message of the broker, this
 //! process (the client) and the relay, and the medians with the spread; the
-//! relay's also how many messages its spool committed per fsync and how long
-//! a commit took (from its /metrics).
+//! relay's also by thread with the kernel's share, how many messages its
+//! spool committed per fsync and how long a commit took (from its /metrics).
 //! Memory with a backlog, restart and drain: `cargo bench --bench backlog`;
 //! SMTP against Postfix: `cargo bench --bench smtp`.
 //!
@@ -90,6 +90,54 @@ struct Run {
     relay_us: Option<f64>,
     /// The relay's spool: messages per commit and a commit's mean time (µs).
     commits: Option<(f64, f64)>,
+    threads: Option<Threads>,
+}
+
+/// Where the relay's CPU per message went, by thread (µs), and the share
+/// of it spent in the kernel (the loopback TCP of both ends, the spool's
+/// writes and fsyncs, wake-ups): what a change in the relay's own code can
+/// reach and what it cannot.
+#[derive(Clone, Copy)]
+struct Threads {
+    /// The tokio runtime: listeners, policy, deliveries (and its blocking pool).
+    runtime: f64,
+    spool_writer: f64,
+    /// lapin's I/O threads, one per broker connection.
+    broker_io: f64,
+    /// Threads that ended during the run, the main thread, the rest.
+    other: f64,
+    kernel_share: f64,
+}
+
+impl Threads {
+    fn between(before: &ThreadTicks, after: &ThreadTicks, n: usize) -> Threads {
+        let us = |ticks: u64| ticks as f64 * 1e6 / TICKS_PER_SEC / n as f64;
+        let named = |name| us(after.since(before, Some(name)));
+        let total = after.since(before, None);
+        let (runtime, spool_writer, broker_io) = (
+            named("tokio-rt-worker"),
+            named("spool-writer"),
+            named("lapin-io-loop"),
+        );
+        Threads {
+            runtime,
+            spool_writer,
+            broker_io,
+            other: (us(total) - runtime - spool_writer - broker_io).max(0.0),
+            kernel_share: (after.total[1] - before.total[1]) as f64 / total.max(1) as f64,
+        }
+    }
+
+    fn show(&self) -> String {
+        format!(
+            " (runtime {:.1}, spool writer {:.1}, broker I/O {:.1}, other {:.1}; {:.0} % in the kernel)",
+            self.runtime,
+            self.spool_writer,
+            self.broker_io,
+            self.other,
+            self.kernel_share * 100.0
+        )
+    }
 }
 
 impl Run {
@@ -100,8 +148,9 @@ impl Run {
         let spool = self.commits.map_or(String::new(), |(per, us)| {
             format!("; spool {per:.1} msgs per commit, {us:.0} us each")
         });
+        let threads = self.threads.map_or(String::new(), |t| t.show());
         format!(
-            "CPU us/msg: broker {:.1}, client {:.1}{relay}{spool}",
+            "CPU us/msg: broker {:.1}, client {:.1}{relay}{threads}{spool}",
             self.broker_us, self.bench_us
         )
     }
@@ -299,7 +348,7 @@ async fn relay_rate(
     // A fresh spool each run: a reused one would carry the last run's free pages.
     let spool = tempfile::tempdir_in(dir).unwrap();
     let (relay, _) = start_relay(policy, spool.path());
-    let relay_cpu0 = cpu_secs(&relay.pid().to_string());
+    let relay_cpu0 = ThreadTicks::of(relay.pid());
     let cpu0 = Cpu::now(broker);
     let start = Instant::now();
     let n = inject_requests(&relay.http, shape, messages.div_ceil(shape.per_request)).await;
@@ -311,12 +360,14 @@ async fn relay_rate(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    let relay_us = (cpu_secs(&relay.pid().to_string()) - relay_cpu0) * 1e6 / n as f64;
+    let relay_cpu = ThreadTicks::of(relay.pid());
+    let relay_us = relay_cpu.since(&relay_cpu0, None) as f64 * 1e6 / TICKS_PER_SEC / n as f64;
     let commits = metric(&relay.http, "amqp_relay_spool_commit_seconds_count").await;
     let commit_secs = metric(&relay.http, "amqp_relay_spool_commit_seconds_sum").await;
     assert!(commits > 0.0, "the relay's /metrics shows no spool commit");
     Run {
         commits: Some((n as f64 / commits, commit_secs * 1e6 / commits)),
+        threads: Some(Threads::between(&relay_cpu0, &relay_cpu, n)),
         ..cpu0.run(n, rate, broker, Some(relay_us))
     }
 }
@@ -364,6 +415,7 @@ impl Cpu {
             bench_us: per(cpu_secs("self") - self.bench),
             relay_us,
             commits: None,
+            threads: None,
         }
     }
 }
@@ -380,6 +432,16 @@ fn medians(runs: &[Run]) -> Run {
         commits: runs[0].commits.map(|_| {
             let c = |f: fn((f64, f64)) -> f64| m(&|r| r.commits.map_or(0.0, f));
             (c(|c| c.0), c(|c| c.1))
+        }),
+        threads: runs[0].threads.map(|_| {
+            let t = |f: fn(Threads) -> f64| m(&|r| r.threads.map_or(0.0, f));
+            Threads {
+                runtime: t(|t| t.runtime),
+                spool_writer: t(|t| t.spool_writer),
+                broker_io: t(|t| t.broker_io),
+                other: t(|t| t.other),
+                kernel_share: t(|t| t.kernel_share),
+            }
         }),
     }
 }
@@ -778,8 +840,9 @@ async fn main() {
             m.messages > MAX_ACTIVE
         );
         println!(
-            "      CPU per message: relay {relay:.1} us{}; broker {:.1} us = {:.2}x its {:.1} us for the raw transient publisher (target <= 1.3)",
+            "      CPU per message: relay {relay:.1} us{}{}; broker {:.1} us = {:.2}x its {:.1} us for the raw transient publisher (target <= 1.3)",
             if name == "1  " { " (target <= 50)" } else { "" },
+            m.threads.map_or(String::new(), |t| t.show()),
             m.broker_us,
             m.broker_us / mt.broker_us,
             mt.broker_us

@@ -158,11 +158,60 @@ pub async fn await_depth(conn: &Connection, name: &str, n: u32, limit: Duration)
 /// User + system CPU seconds the process has used so far.
 pub fn cpu_secs(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').unwrap().1;
+    let (_, [user, system]) = stat_ticks(&stat).expect("a /proc stat line");
+    (user + system) as f64 / TICKS_PER_SEC
+}
+
+/// The unit of /proc's CPU times (`getconf CLK_TCK`).
+pub const TICKS_PER_SEC: f64 = 100.0;
+
+/// A /proc `stat` line's command (thread) name and its user and system CPU
+/// ticks (fields 14 and 15; the name, in parentheses, may hold spaces).
+fn stat_ticks(stat: &str) -> Option<(String, [u64; 2])> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0
+    Some((name, [f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?]))
+}
+
+/// CPU ticks (user, system) of a process: all of it (exited threads
+/// included), and its live threads summed by name.
+pub struct ThreadTicks {
+    pub total: [u64; 2],
+    pub by_name: std::collections::HashMap<String, [u64; 2]>,
+}
+
+impl ThreadTicks {
+    pub fn of(pid: u32) -> ThreadTicks {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let total = stat_ticks(&stat).expect("a /proc stat line").1;
+        let mut by_name = std::collections::HashMap::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+        {
+            // A thread may end between the listing and the read.
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            if let Some((name, [u, s])) = stat_ticks(&stat) {
+                let sum: &mut [u64; 2] = by_name.entry(name).or_default();
+                sum[0] += u;
+                sum[1] += s;
+            }
+        }
+        ThreadTicks { total, by_name }
+    }
+
+    /// User + system ticks of the threads named `name` (all, with `None`)
+    /// since `before`.
+    pub fn since(&self, before: &ThreadTicks, name: Option<&str>) -> u64 {
+        let of = |t: &ThreadTicks| {
+            name.map_or(Some(&t.total), |n| t.by_name.get(n))
+                .map_or(0, |[u, s]| u + s)
+        };
+        of(self).saturating_sub(of(before))
+    }
 }
 
 pub fn rss_kib(pid: u32) -> u64 {
