@@ -3,13 +3,12 @@
 //! failures say it stopped doing so.
 
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use std::sync::LazyLock;
 
-/// Seconds per committed write transaction, its fsync included: 100 µs to
-/// about 3 s in doublings.
+/// Seconds per committed write transaction, its fsync included.
 pub static COMMIT_SECONDS: LazyLock<Histogram> =
-    LazyLock::new(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16)));
+    LazyLock::new(crate::engine::metrics::seconds_histogram);
 
 /// Write transactions that failed (a full disk, an I/O error).
 pub static COMMIT_FAILURES: LazyLock<Counter> = LazyLock::new(Counter::default);
