@@ -119,6 +119,13 @@ impl Threads {
             named("spool-writer"),
             named("lapin-io-loop"),
         );
+        // A thread renamed (by tokio, lapin or the relay) would move its time
+        // to `other` unseen.
+        assert!(
+            runtime > 0.0 && spool_writer > 0.0 && broker_io > 0.0,
+            "a relay thread used no CPU under its expected name; the relay's threads now: {:?}",
+            after.by_name.keys().collect::<Vec<_>>()
+        );
         Threads {
             runtime,
             spool_writer,
