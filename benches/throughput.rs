@@ -21,7 +21,8 @@
 //!   schedule at half of `1`'s rate, after 200 warm-up messages, in as many
 //!   rounds as the rest: p50/p99 (target: the median p99 <= 10 ms), and
 //!   apart from it how long a fresh relay's first delivery took (it
-//!   connects to the broker). Its baseline: a raw lapin
+//!   connects to the broker), and the relay's CPU per message at that
+//!   rate. Its baseline: a raw lapin
 //!   publisher sending the same messages on the same schedule, publish ->
 //!   consumer, which shows what the broker and the machine add (and their
 //!   stalls).
@@ -550,12 +551,26 @@ fn percentiles(arrived: &[Option<Instant>], sent: &[Instant]) -> (Duration, Dura
     (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
 }
 
+/// One latency round of the relay.
+struct LatencyRun {
+    p50: Duration,
+    p99: Duration,
+    messages: usize,
+    /// From the first warm-up message's 200 to its delivery.
+    first: Duration,
+    /// Spool commits and sends over `SLOW`.
+    slow: [Slow; 2],
+    /// The relay's CPU per scheduled message (µs), all and by thread: at a
+    /// moderate rate, where fewer messages share each wake-up and commit.
+    cpu: (f64, Threads),
+}
+
 /// HTTP 200 → in the consumer's hands, one message per request sent on
 /// schedule (open loop: a slow answer does not delay the next request):
 /// p50 and p99 at `rate`, the number of messages, how long the relay's
 /// first delivery took (200 -> consumer), and its slow spool commits and
 /// sends (a stalled commit delays every acknowledgement waiting for it; a
-/// slow send, the messages behind it).
+/// slow send, the messages behind it); and the relay's CPU per message.
 async fn latency(
     conn: &Connection,
     broker: &broker::Broker,
@@ -563,7 +578,7 @@ async fn latency(
     queue: &str,
     dir: &Path,
     rate: f64,
-) -> (Duration, Duration, usize, Duration, [Slow; 2]) {
+) -> LatencyRun {
     let m = latency_messages(rate);
     fresh_queue(conn, queue).await;
     settle(broker).await;
@@ -580,6 +595,7 @@ async fn latency(
     let first_delivered = warm_rx.await.expect("the warm-up messages arrive");
     let first = first_delivered.saturating_duration_since(first_acked.unwrap());
     let interval = Duration::from_secs_f64(1.0 / rate);
+    let cpu0 = ThreadTicks::of(relay.pid());
     let start = Instant::now();
     let mut sends = Vec::with_capacity(m);
     for i in 0..m {
@@ -594,11 +610,20 @@ async fn latency(
         acked.push(s.await.unwrap());
     }
     let (p50, p99) = percentiles(&received.await.unwrap(), &acked);
+    let cpu1 = ThreadTicks::of(relay.pid());
     let slow = [
         slow_observations(&relay.http, "amqp_relay_spool_commit_seconds", SLOW).await,
         slow_observations(&relay.http, "amqp_relay_delivery_send_seconds", SLOW).await,
     ];
-    (p50, p99, m, first, slow)
+    let total = cpu1.since(&cpu0, None) as f64 * 1e6 / TICKS_PER_SEC / m as f64;
+    LatencyRun {
+        p50,
+        p99,
+        messages: m,
+        first,
+        slow,
+        cpu: (total, Threads::between(&cpu0, &cpu1, m)),
+    }
 }
 
 /// A commit or send slower than this (a bucket bound of their histograms)
@@ -674,11 +699,17 @@ async fn latency_rounds(
     rate: f64,
     rounds: usize,
 ) {
-    let (mut relay, mut raw) = (Vec::new(), Vec::new());
+    let (mut relay, mut raw, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let (r50, r99, raw_confirms) = raw_latency(conn, broker, rate).await;
-        let (p50, p99, m, first, [commits, sends]) =
-            latency(conn, broker, seed, "logging", dir, rate).await;
+        let LatencyRun {
+            p50,
+            p99,
+            messages: m,
+            first,
+            slow: [commits, sends],
+            cpu: (relay_us, threads),
+        } = latency(conn, broker, seed, "logging", dir, rate).await;
         let over = SLOW * 1000.0;
         let slow =
             |(n, max): Slow, what: &str| format!("{n} {what} (the slowest <= {:.1} ms)", ms_f(max));
@@ -691,6 +722,11 @@ async fn latency_rounds(
             slow(commits, "spool commits"),
             slow(sends, "sends")
         );
+        println!(
+            "    relay CPU at this rate: {relay_us:.1} us/msg{}",
+            threads.show()
+        );
+        cpu.push(relay_us);
         println!(
             "    raw publisher: p50 {:.1} ms, p99 {:.1} ms; over {over:.1} ms: {}",
             ms(r50),
@@ -713,6 +749,11 @@ async fn latency_rounds(
         "  medians: relay {} (target p99 <= 10 ms); raw publisher {}",
         summary(&relay),
         summary(&raw)
+    );
+    let (lo, hi) = min_max(&cpu);
+    println!(
+        "  relay CPU per message at this rate: {:.1} us ({lo:.1}–{hi:.1}; fewer messages share each wake-up and commit than at full rate)",
+        median(cpu)
     );
 }
 
