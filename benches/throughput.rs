@@ -100,6 +100,8 @@ struct Run {
 /// reach and what it cannot.
 #[derive(Clone, Copy)]
 struct Threads {
+    /// All of the relay's threads.
+    total: f64,
     /// The tokio runtime: listeners, policy, deliveries (and its blocking pool).
     runtime: f64,
     spool_writer: f64,
@@ -128,6 +130,7 @@ impl Threads {
             after.by_name.keys().collect::<Vec<_>>()
         );
         Threads {
+            total: us(total),
             runtime,
             spool_writer,
             broker_io,
@@ -368,15 +371,14 @@ async fn relay_rate(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    let relay_cpu = ThreadTicks::of(relay.pid());
-    let relay_us = relay_cpu.since(&relay_cpu0, None) as f64 * 1e6 / TICKS_PER_SEC / n as f64;
+    let threads = Threads::between(&relay_cpu0, &ThreadTicks::of(relay.pid()), n);
     let commits = metric(&relay.http, "amqp_relay_spool_commit_seconds_count").await;
     let commit_secs = metric(&relay.http, "amqp_relay_spool_commit_seconds_sum").await;
     assert!(commits > 0.0, "the relay's /metrics shows no spool commit");
     Run {
         commits: Some((n as f64 / commits, commit_secs * 1e6 / commits)),
-        threads: Some(Threads::between(&relay_cpu0, &relay_cpu, n)),
-        ..cpu0.run(n, rate, broker, Some(relay_us))
+        threads: Some(threads),
+        ..cpu0.run(n, rate, broker, Some(threads.total))
     }
 }
 
@@ -444,6 +446,7 @@ fn medians(runs: &[Run]) -> Run {
         threads: runs[0].threads.map(|_| {
             let t = |f: fn(Threads) -> f64| m(&|r| r.threads.map_or(0.0, f));
             Threads {
+                total: t(|t| t.total),
                 runtime: t(|t| t.runtime),
                 spool_writer: t(|t| t.spool_writer),
                 broker_io: t(|t| t.broker_io),
@@ -562,7 +565,7 @@ struct LatencyRun {
     slow: [Slow; 2],
     /// The relay's CPU per scheduled message (µs), all and by thread: at a
     /// moderate rate, where fewer messages share each wake-up and commit.
-    cpu: (f64, Threads),
+    cpu: Threads,
 }
 
 /// HTTP 200 → in the consumer's hands, one message per request sent on
@@ -615,14 +618,13 @@ async fn latency(
         slow_observations(&relay.http, "amqp_relay_spool_commit_seconds", SLOW).await,
         slow_observations(&relay.http, "amqp_relay_delivery_send_seconds", SLOW).await,
     ];
-    let total = cpu1.since(&cpu0, None) as f64 * 1e6 / TICKS_PER_SEC / m as f64;
     LatencyRun {
         p50,
         p99,
         messages: m,
         first,
         slow,
-        cpu: (total, Threads::between(&cpu0, &cpu1, m)),
+        cpu: Threads::between(&cpu0, &cpu1, m),
     }
 }
 
@@ -708,7 +710,7 @@ async fn latency_rounds(
             messages: m,
             first,
             slow: [commits, sends],
-            cpu: (relay_us, threads),
+            cpu: threads,
         } = latency(conn, broker, seed, "logging", dir, rate).await;
         let over = SLOW * 1000.0;
         let slow =
@@ -723,10 +725,11 @@ async fn latency_rounds(
             slow(sends, "sends")
         );
         println!(
-            "    relay CPU at this rate: {relay_us:.1} us/msg{}",
+            "    relay CPU at this rate: {:.1} us/msg{}",
+            threads.total,
             threads.show()
         );
-        cpu.push(relay_us);
+        cpu.push(threads.total);
         println!(
             "    raw publisher: p50 {:.1} ms, p99 {:.1} ms; over {over:.1} ms: {}",
             ms(r50),
