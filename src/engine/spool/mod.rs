@@ -1,6 +1,6 @@
 //! The durable spool: redb, one record per message (envelope and body
 //! together), and a schedule on disk so that memory does not grow with the
-//! backlog.
+//! backlog; in front of it a journal for new messages held in memory.
 //!
 //! A message is either *active* (the engine holds it: ready or being
 //! delivered) or *scheduled* (on disk only, indexed by queue and due time).
@@ -8,16 +8,20 @@
 //! messages in as room frees up, as Postfix's queue manager does with its
 //! active queue.
 //!
-//! A single writer thread owns the database and commits in groups: every
+//! A single writer thread owns the files and commits in groups: every
 //! operation that arrived while the previous commit was running goes into the
 //! next one, which fsyncs once if it holds new messages (and under
-//! concurrent load waits a moment for more: `group_commit`). An insert resolves
-//! only after the commit holding it, so the listeners acknowledge only
-//! durable messages. Removals and retry bookkeeping ride along with later
-//! commits: a crash can then redeliver a message, never lose one.
+//! concurrent load waits a moment for more: `group_commit`). A new active
+//! message with its own body goes to the journal (an append), the rest to
+//! redb; an active message moves into redb when it is scheduled for a retry
+//! or when the journal is emptied (`journal`). An insert resolves only after
+//! the sync holding it, so the listeners acknowledge only durable messages.
+//! Removals and retry bookkeeping ride along with later commits: a crash can
+//! then redeliver a message, never lose one.
 
 mod active_sets;
 mod group_commit;
+mod journal;
 #[cfg(test)]
 mod power_loss;
 pub mod stats;
@@ -49,6 +53,14 @@ impl SpoolError {
     /// True when the cause is lack of space: the caller should refuse new mail temporarily.
     pub fn is_full(&self) -> bool {
         matches!(self, SpoolError::Full(_))
+    }
+
+    fn from_io(e: std::io::Error) -> SpoolError {
+        if is_out_of_space(&e) {
+            SpoolError::Full(e.to_string())
+        } else {
+            SpoolError::Io(e.to_string())
+        }
     }
 
     /// Classifies a redb error by the I/O error under it, not by its text.
@@ -145,14 +157,27 @@ impl Spool {
 
     /// As `open`, with redb's page cache at `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<(Spool, Opened), SpoolError> {
-        let (ops, removals, opened) = writer::start(dir, cache_bytes)?;
+        let (ops, removals, opened) = writer::start(dir, cache_bytes, journal::DEFAULT_LIMIT)?;
+        Ok((Spool { ops, removals }, opened))
+    }
+
+    /// As `open`, with the journal emptied into redb once it is `limit` bytes long.
+    #[cfg(test)]
+    fn open_with_journal_limit(dir: &Path, limit: u64) -> Result<(Spool, Opened), SpoolError> {
+        let (ops, removals, opened) = writer::start(dir, writer::DEFAULT_CACHE_BYTES, limit)?;
         Ok((Spool { ops, removals }, opened))
     }
 
     /// A spool on an open database (a test's own storage backend).
     #[cfg(test)]
-    fn open_on(db: redb::Database, opener: writer::Opener) -> Result<(Spool, Opened), SpoolError> {
-        let (ops, removals, opened) = writer::start_on(db, opener, "test backend")?;
+    fn open_on(
+        db: redb::Database,
+        journal: Box<dyn redb::StorageBackend>,
+        journal_limit: u64,
+        opener: writer::Opener,
+    ) -> Result<(Spool, Opened), SpoolError> {
+        let (ops, removals, opened) =
+            writer::start_on(db, journal, journal_limit, opener, "test backend")?;
         Ok((Spool { ops, removals }, opened))
     }
 

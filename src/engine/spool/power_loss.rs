@@ -25,6 +25,23 @@ enum Unsynced {
     SetLen(u64),
 }
 
+/// Disk ops counted across the machine's disks; the power cut meets them all.
+#[derive(Debug, Default)]
+struct Power {
+    /// Writes, length changes and syncs so far.
+    ops: u64,
+    /// The op that meets the power cut, and every one after it, fails.
+    cut_at: Option<u64>,
+    /// Ops refused since the cut.
+    refused: u64,
+}
+
+type SharedPower = Arc<Mutex<Power>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[derive(Debug, Default)]
 struct DiskState {
     /// What survives a power cut for sure.
@@ -32,17 +49,12 @@ struct DiskState {
     /// What reads see: `synced` with every later write applied.
     current: Vec<u8>,
     unsynced: Vec<Unsynced>,
-    /// Writes, length changes and syncs so far.
-    ops: u64,
-    /// The op that meets the power cut, and every one after it, fails.
-    cut_at: Option<u64>,
-    /// Ops refused since the cut.
-    refused: u64,
     syncs: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Disk {
+    power: SharedPower,
     state: Mutex<DiskState>,
 }
 
@@ -51,8 +63,9 @@ fn power_lost() -> io::Error {
 }
 
 impl Disk {
-    fn with_image(image: Vec<u8>) -> Arc<Disk> {
+    fn new(power: &SharedPower, image: Vec<u8>) -> Arc<Disk> {
         Arc::new(Disk {
+            power: power.clone(),
             state: Mutex::new(DiskState {
                 synced: image.clone(),
                 current: image,
@@ -62,28 +75,24 @@ impl Disk {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, DiskState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
-    /// Counts an op; an error once the power is cut.
-    fn tick(st: &mut DiskState) -> io::Result<()> {
-        if st.cut_at.is_some_and(|c| st.ops >= c) {
-            st.refused += 1;
-            return Err(power_lost());
+    /// Counts an op; an error once the power is cut. `Err(true)`: this op
+    /// is the first to meet the cut.
+    fn tick(&self) -> Result<(), bool> {
+        let mut p = lock(&self.power);
+        if p.cut_at.is_some_and(|c| p.ops >= c) {
+            p.refused += 1;
+            return Err(p.refused == 1);
         }
-        st.ops += 1;
+        p.ops += 1;
         Ok(())
     }
 
     fn is_cut(&self) -> bool {
-        let st = self.lock();
-        st.cut_at.is_some_and(|c| st.ops >= c)
-    }
-
-    /// Cuts the power `after` ops from now.
-    fn cut_after(&self, after: u64) {
-        let mut st = self.lock();
-        st.cut_at = Some(st.ops + after);
+        let p = lock(&self.power);
+        p.cut_at.is_some_and(|c| p.ops >= c)
     }
 
     /// What the platter holds after the cut: the synced image, then each
@@ -118,6 +127,63 @@ impl Disk {
     }
 }
 
+/// The spool's two files, redb's and the journal's, on disks that lose
+/// power together.
+struct Machine {
+    power: SharedPower,
+    db: Arc<Disk>,
+    journal: Arc<Disk>,
+    journal_limit: u64,
+}
+
+impl Machine {
+    /// A journal of `journal_limit` bytes at most (then emptied into redb).
+    fn new(journal_limit: u64) -> Machine {
+        Machine::with_images(Vec::new(), Vec::new(), journal_limit)
+    }
+
+    fn with_images(db: Vec<u8>, journal: Vec<u8>, journal_limit: u64) -> Machine {
+        let power = SharedPower::default();
+        Machine {
+            db: Disk::new(&power, db),
+            journal: Disk::new(&power, journal),
+            power,
+            journal_limit,
+        }
+    }
+
+    fn is_cut(&self) -> bool {
+        self.db.is_cut()
+    }
+
+    /// Cuts the power `after` ops from now.
+    fn cut_after(&self, after: u64) {
+        let mut p = lock(&self.power);
+        p.cut_at = Some(p.ops + after);
+    }
+
+    fn ops(&self) -> u64 {
+        lock(&self.power).ops
+    }
+
+    fn refused(&self) -> u64 {
+        lock(&self.power).refused
+    }
+
+    fn syncs(&self) -> u64 {
+        self.db.lock().syncs + self.journal.lock().syncs
+    }
+
+    /// The machine as it starts again after the cut.
+    fn after_cut(&self, rng: &mut fastrand::Rng) -> Machine {
+        Machine::with_images(
+            self.db.image_after_cut(rng),
+            self.journal.image_after_cut(rng),
+            self.journal_limit,
+        )
+    }
+}
+
 #[derive(Debug)]
 struct DiskHandle(Arc<Disk>);
 
@@ -144,16 +210,16 @@ impl StorageBackend for DiskHandle {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.tick().map_err(|_| power_lost())?;
         let mut st = self.0.lock();
-        Disk::tick(&mut st)?;
         st.current.resize(len as usize, 0);
         st.unsynced.push(Unsynced::SetLen(len));
         Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        self.0.tick().map_err(|_| power_lost())?;
         let mut st = self.0.lock();
-        Disk::tick(&mut st)?;
         st.synced = st.current.clone();
         st.unsynced.clear();
         st.syncs += 1;
@@ -161,13 +227,13 @@ impl StorageBackend for DiskHandle {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let result = self.0.tick();
         let mut st = self.0.lock();
-        let result = Disk::tick(&mut st);
         // The write that meets the cut may still reach the disk, in part.
-        if result.is_ok() || st.refused == 1 {
+        if result.is_ok() || result == Err(true) {
             st.unsynced.push(Unsynced::Write(offset, data.to_vec()));
         }
-        result?;
+        result.map_err(|_| power_lost())?;
         let (start, end) = (offset as usize, offset as usize + data.len());
         if st.current.len() < end {
             st.current.resize(end, 0);
@@ -177,9 +243,9 @@ impl StorageBackend for DiskHandle {
     }
 }
 
-fn open_on(disk: &Arc<Disk>) -> Result<(Spool, Opened), SpoolError> {
+fn open_on(machine: &Machine) -> Result<(Spool, Opened), SpoolError> {
     let create = {
-        let disk = disk.clone();
+        let disk = machine.db.clone();
         move || {
             Database::builder()
                 .set_cache_size(256 * 1024)
@@ -190,7 +256,8 @@ fn open_on(disk: &Arc<Disk>) -> Result<(Spool, Opened), SpoolError> {
         path: "test disk".into(),
         reason: e.to_string(),
     })?;
-    Spool::open_on(db, Box::new(create))
+    let journal = Box::new(DiskHandle(machine.journal.clone()));
+    Spool::open_on(db, journal, machine.journal_limit, Box::new(create))
 }
 
 /// Bodies are told apart by id: small ones stored inline, large ones shared
@@ -213,10 +280,13 @@ struct Ledger {
     unacked: HashSet<u128>,
     /// Removal asked for (delivered): may still be there (redelivery), never required.
     removed: HashSet<u128>,
+    /// Inserted as held in memory (most of them journaled), not yet
+    /// delivered or retried.
+    held: Vec<Message>,
 }
 
 /// Inserts, page-ins, retries and removals until the power goes (or `steps` end).
-async fn workload(spool: &Spool, rng: &mut fastrand::Rng, steps: u64, disk: &Disk) -> Ledger {
+async fn workload(spool: &Spool, rng: &mut fastrand::Rng, steps: u64, disk: &Machine) -> Ledger {
     let mut ledger = Ledger::default();
     for step in 0..steps {
         if disk.is_cut() {
@@ -231,7 +301,12 @@ async fn workload(spool: &Spool, rng: &mut fastrand::Rng, steps: u64, disk: &Dis
             .insert(&super::tests::news(&msgs, QUEUE, active))
             .await
         {
-            Ok(()) => ledger.acked.extend(ids.map(|id| (id, body.clone()))),
+            Ok(()) => {
+                ledger.acked.extend(ids.map(|id| (id, body.clone())));
+                if active {
+                    ledger.held.extend(msgs);
+                }
+            }
             Err(_) => ledger.unacked.extend(ids),
         }
         if rng.u8(0..3) == 0 {
@@ -241,7 +316,8 @@ async fn workload(spool: &Spool, rng: &mut fastrand::Rng, steps: u64, disk: &Dis
     ledger
 }
 
-/// Pages a few in; delivers (removes) some and retries the others.
+/// Pages a few in and takes some of those held in memory; delivers
+/// (removes) some and retries the others.
 async fn deliver_some(spool: &Spool, rng: &mut fastrand::Rng, ledger: &mut Ledger) {
     let Ok(paged) = spool
         .page_in(QUEUE, rng.usize(1..=6), u64::MAX, 1 << 20)
@@ -249,7 +325,9 @@ async fn deliver_some(spool: &Spool, rng: &mut fastrand::Rng, ledger: &mut Ledge
     else {
         return;
     };
-    for m in paged.messages {
+    let held = ledger.held.len();
+    let taken = ledger.held.split_off(held - rng.usize(0..=held.min(3)));
+    for m in paged.messages.into_iter().chain(taken) {
         if rng.bool() {
             ledger.removed.insert(m.id().as_u128());
             spool.remove(m.id());
@@ -289,16 +367,20 @@ async fn close(spool: Spool) {
 /// part of what was not synced; returns a failure's description.
 async fn run(seed: u64, cut_after: u64) -> Result<(u64, usize), String> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let disk = Arc::new(Disk::default());
+    // Half the runs empty the journal into redb every few inserts.
+    let disk = Machine::new(if seed.is_multiple_of(2) {
+        8 * 1024
+    } else {
+        1 << 30
+    });
     let (spool, _) = open_on(&disk).map_err(|e| format!("fresh open: {e}"))?;
     disk.cut_after(cut_after);
     let ledger = workload(&spool, &mut rng, 60, &disk).await;
     // Power goes now if it has not yet: whatever was not synced is at risk.
     disk.cut_after(0);
     close(spool).await;
-    let image = disk.image_after_cut(&mut rng);
-    let syncs = disk.lock().syncs;
-    let after = Disk::with_image(image);
+    let after = disk.after_cut(&mut rng);
+    let syncs = disk.syncs();
     let (spool, _) = open_on(&after).map_err(|e| format!("reopen after the cut: {e}"))?;
     let found = contents(&spool).await;
     close(spool).await;
@@ -335,12 +417,12 @@ async fn run(seed: u64, cut_after: u64) -> Result<(u64, usize), String> {
 async fn acknowledged_messages_survive_a_power_cut_at_any_point() {
     // A dry run tells how many disk ops the workload takes; cuts fall anywhere in it.
     let total = {
-        let disk = Arc::new(Disk::default());
+        let disk = Machine::new(8 * 1024);
         let (spool, _) = open_on(&disk).unwrap();
-        let start = disk.lock().ops;
+        let start = disk.ops();
         let _ = workload(&spool, &mut fastrand::Rng::with_seed(0), 60, &disk).await;
         close(spool).await;
-        disk.lock().ops - start
+        disk.ops() - start
     };
     assert!(total > 50, "the workload wrote only {total} times");
     let mut cut_rng = fastrand::Rng::with_seed(0x5eed);
@@ -374,14 +456,14 @@ async fn acknowledged_messages_survive_a_power_cut_at_any_point() {
 /// compared with exact values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_are_timed_and_failed_ones_counted() {
-    let disk = Arc::new(Disk::default());
+    let disk = Machine::new(1 << 30);
     let (spool, _) = open_on(&disk).unwrap();
     let msgs = super::tests::recipients(2, &body_for(1, false));
     let news = super::tests::news(&msgs, QUEUE, false);
     let (timed, failed) = (commits_timed(), stats::COMMIT_FAILURES.get());
     spool.insert(&news).await.expect("the disk works");
     assert!(commits_timed() > timed, "a commit was not timed");
-    assert_eq!(disk.lock().refused, 0);
+    assert_eq!(disk.refused(), 0);
 
     disk.cut_after(0);
     let err = spool.insert(&news).await.expect_err("the disk is gone");

@@ -542,3 +542,47 @@ async fn in_memory_messages_are_one_row_per_batch_until_the_last_leaves() {
         "only those left"
     );
 }
+
+/// Messages held in memory live in the journal until it is emptied into
+/// redb: every few inserts here. Whether they were moved or not, delivering,
+/// retrying, reading a body and counting act the same, and a restart
+/// schedules what is left.
+#[tokio::test]
+async fn held_messages_outlive_the_journal_being_emptied() {
+    let dir = tempfile::tempdir().unwrap();
+    let msgs: Vec<_> = (0..40).map(message).collect();
+    {
+        let (spool, _) = Spool::open_with_journal_limit(dir.path(), 512).unwrap();
+        for m in &msgs {
+            store(&spool, std::slice::from_ref(m), "amqp", true).await;
+        }
+        for m in &msgs[..13] {
+            spool.remove(m.id());
+        }
+        for m in &msgs[13..26] {
+            m.record_attempt(now_ms() + 3_600_000);
+            spool.schedule(m, "amqp");
+        }
+        // One of the last inserts is still in the journal, one was moved.
+        let refs: Vec<MessageRef> = [&msgs[30], &msgs[39]]
+            .into_iter()
+            .map(|m| Arc::new(Message::without_body(m.id(), m.envelope(), m.size())))
+            .collect();
+        spool.load_bodies(&refs).await.unwrap();
+        assert_eq!(refs[0].data(), msgs[30].data());
+        assert_eq!(refs[1].data(), msgs[39].data());
+        spool.flush().await.unwrap();
+        let c = spool.counts().await.unwrap();
+        assert_eq!((c.messages, c.active), (27, 14));
+        assert_eq!(c.scheduled, vec![("amqp".to_string(), 13)]);
+        spool.close().await.unwrap();
+    }
+    let (spool, opened) = reopen(dir.path()).await;
+    assert_eq!(opened.messages, 27);
+    let taken = spool.take_scheduled("amqp", 100).await.unwrap();
+    let mut got: Vec<_> = taken.iter().map(|m| (m.id(), m.data())).collect();
+    let mut want: Vec<_> = msgs[13..].iter().map(|m| (m.id(), m.data())).collect();
+    got.sort_by_key(|(id, _)| id.as_u128());
+    want.sort_by_key(|(id, _)| id.as_u128());
+    assert_eq!(got, want);
+}

@@ -3,6 +3,7 @@
 
 use super::active_sets::ActiveSets;
 use super::group_commit::GroupCommit;
+use super::journal::Journal;
 use super::stats;
 use super::tables::{self, Tables};
 use super::{Reply, SpoolError};
@@ -33,14 +34,17 @@ struct Changes<'a> {
     touched: HashMap<String, i64>,
     released: HashMap<u128, u64>,
     active: &'a mut ActiveSets,
+    /// New messages held in memory are here, not in redb.
+    journal: &'a Journal,
 }
 
 impl<'a> Changes<'a> {
-    fn new(active: &'a mut ActiveSets) -> Self {
+    fn new(active: &'a mut ActiveSets, journal: &'a Journal) -> Self {
         Changes {
             touched: HashMap::new(),
             released: HashMap::new(),
             active,
+            journal,
         }
     }
 
@@ -203,11 +207,12 @@ pub type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send>;
 /// Ids of messages to forget, collected without waking the writer for each.
 pub type Removals = std::sync::Arc<std::sync::Mutex<Vec<u128>>>;
 
-/// Opens (or creates) `dir/spool.redb` and prepares it, then starts the
-/// writer thread.
+/// Opens (or creates) `dir/spool.redb` and `dir/spool.journal` and
+/// prepares them, then starts the writer thread.
 pub fn start(
     dir: &Path,
     cache_bytes: usize,
+    journal_limit: u64,
 ) -> Result<(mpsc::UnboundedSender<Op>, Removals, tables::Opened), SpoolError> {
     let open_err = |reason: String| SpoolError::Open {
         path: dir.display().to_string(),
@@ -216,8 +221,20 @@ pub fn start(
     let new_dir = !dir.exists();
     std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
     let path = dir.join("spool.redb");
-    let new_file = !path.exists();
+    let journal_path = dir.join("spool.journal");
+    let new_file = !path.exists() || !journal_path.exists();
     let db = open_db(&path, cache_bytes).map_err(|e| open_err(e.to_string()))?;
+    let journal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&journal_path)
+        .map_err(|e| open_err(format!("{}: {e}", journal_path.display())))
+        .and_then(|f| {
+            redb::backends::FileBackend::new(f)
+                .map_err(|e| open_err(format!("{}: {e}", journal_path.display())))
+        })?;
     // A new file's directory entry (and a new directory's) must survive a
     // power cut as well as what is written into the file.
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
@@ -228,17 +245,21 @@ pub fn start(
     };
     synced.map_err(|e| open_err(format!("syncing the directory: {e}")))?;
     let opener: Opener = Box::new(move || open_db(&path, cache_bytes));
-    start_on(db, opener, &dir.display().to_string())
+    let name = dir.display().to_string();
+    start_on(db, Box::new(journal), journal_limit, opener, &name)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Prepares an open database and starts the writer thread on it; `opener`
-/// opens it again when needed, `name` says where it is in errors.
+/// Prepares an open database and journal and starts the writer thread on
+/// them; `opener` opens the database again when needed, `name` says where
+/// it is in errors.
 pub fn start_on(
     db: Database,
+    journal: Box<dyn redb::StorageBackend>,
+    journal_limit: u64,
     opener: Opener,
     name: &str,
 ) -> Result<(mpsc::UnboundedSender<Op>, Removals, tables::Opened), SpoolError> {
@@ -246,12 +267,19 @@ pub fn start_on(
         path: name.to_owned(),
         reason,
     };
+    let mut journal = Journal::open(journal, journal_limit)
+        .map_err(|e| open_err(format!("reading the journal: {e}")))?;
+    recover_journal(&db, &journal).map_err(|e| open_err(format!("recovering the journal: {e}")))?;
     let opened = {
         let w = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         let opened = tables::prepare(&w).map_err(open_err)?;
         w.commit().map_err(|e| open_err(e.to_string()))?;
         opened
     };
+    // Only now: every message it held is on the schedule, durably.
+    journal
+        .reset()
+        .map_err(|e| open_err(format!("emptying the journal: {e}")))?;
     let rt = tokio::runtime::Handle::try_current()
         .map_err(|_| open_err("the spool needs a tokio runtime".into()))?;
     let (tx, rx) = mpsc::unbounded_channel();
@@ -263,6 +291,7 @@ pub fn start_on(
             Writer {
                 rt,
                 db: Some(db),
+                journal,
                 active: ActiveSets::default(),
                 opener,
                 removals: pending_removals,
@@ -274,9 +303,67 @@ pub fn start_on(
     Ok((tx, removals, opened))
 }
 
+/// Records moved from the journal into redb per transaction: redb holds a
+/// transaction's pages in memory until it commits.
+const MOVE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Puts the journal's live messages into redb as messages the last process
+/// held in memory, so that `prepare` schedules them. One already in redb
+/// was moved there before the crash, and redb's copy is the newer.
+fn recover_journal(db: &Database, journal: &Journal) -> Result<(), redb::Error> {
+    let mut ids = journal.live_ids();
+    ids.sort_unstable();
+    let mut moved = 0;
+    for chunk in chunks_by_bytes(journal, &ids) {
+        let w = db.begin_write()?;
+        {
+            let mut t = Tables::open(&w)?;
+            let mut row = Vec::new();
+            for id in chunk {
+                let Some(record) = journal.read(*id)? else {
+                    continue;
+                };
+                if t.messages.get(*id)?.is_none() {
+                    t.messages.insert(*id, record.as_slice())?;
+                    row.push(*id);
+                }
+            }
+            let key = t.active_sets.last()?.map_or(0, |(k, _)| k.value() + 1);
+            if !row.is_empty() {
+                t.active_sets
+                    .insert(key, tables::set_row(&row).as_slice())?;
+            }
+            moved += row.len();
+        }
+        w.commit()?;
+    }
+    if moved > 0 {
+        tracing::info!(messages = moved, "spool journal recovered");
+    }
+    Ok(())
+}
+
+/// `ids` in runs whose records add up to about `MOVE_BYTES`.
+fn chunks_by_bytes<'a>(journal: &Journal, ids: &'a [u128]) -> Vec<&'a [u128]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (n, id) in ids.iter().enumerate() {
+        bytes += journal.record_len(*id);
+        if bytes >= MOVE_BYTES {
+            out.push(&ids[start..=n]);
+            (start, bytes) = (n + 1, 0);
+        }
+    }
+    if start < ids.len() {
+        out.push(&ids[start..]);
+    }
+    out
+}
+
 struct Writer {
     rt: tokio::runtime::Handle,
     db: Option<Database>,
+    journal: Journal,
     active: ActiveSets,
     opener: Opener,
     removals: Removals,
@@ -412,21 +499,27 @@ impl Writer {
             .collect()
     }
 
-    /// Makes everything durable and drops the database, which records its
-    /// allocator state so the next open is quick.
+    /// Makes everything durable, moves what the journal holds into redb (a
+    /// relay of an earlier version then finds it, and the next start reads
+    /// no journal) and drops the database, which records its allocator state
+    /// so the next open is quick.
     fn close(&mut self) -> Result<(), SpoolError> {
         let mut ops = self.take_removals();
         ops.push(Op::Sync);
         let result = self.commit(ops).0;
+        if result.is_ok() {
+            self.checkpoint();
+        }
         self.db = None;
         result
     }
 
-    /// Applies a batch in one durable transaction (every commit fsyncs: redb's
-    /// non-durable commits re-walk the pages they freed, a cost that grows
-    /// with each one). A batch that only reads is not committed. Lost
-    /// bookkeeping after a failed commit only means a redelivery; inserts and
-    /// reads report the failure.
+    /// Applies a batch: the journal's part in one append (synced when it
+    /// holds new messages), redb's in one durable transaction (every commit
+    /// fsyncs: redb's non-durable commits re-walk the pages they freed, a
+    /// cost that grows with each one). A batch that only reads is not
+    /// committed. Lost bookkeeping after a failed commit only means a
+    /// redelivery; inserts and reads report the failure.
     fn commit(&mut self, batch: Vec<Op>) -> (Result<(), SpoolError>, Vec<Pending>) {
         let mut pending = Vec::new();
         let result = self.apply(batch, &mut pending);
@@ -438,8 +531,60 @@ impl Writer {
         (result, pending)
     }
 
+    /// Applies a batch: new messages held in memory go to the journal, the
+    /// rest to redb in one transaction. Returns redb's result; the journal's
+    /// goes to the inserts it holds.
     fn apply(&mut self, batch: Vec<Op>, pending: &mut Vec<Pending>) -> Result<(), SpoolError> {
-        let writes = batch.iter().any(writes);
+        self.checkpoint_if_due();
+        let started = Instant::now();
+        let routed = route(&mut self.journal, batch);
+        let moved: Vec<u128> = routed.moved.iter().map(|m| m.id).collect();
+        let (result, committed) = if routed.redb.is_empty() && moved.is_empty() {
+            (Ok(()), false)
+        } else {
+            self.apply_redb(routed.redb, routed.moved, pending)
+        };
+        let journaled = match &result {
+            Ok(()) => {
+                // Only now: redb holds them durably.
+                for id in moved {
+                    self.journal.forget(id);
+                }
+                self.journal
+                    .write(routed.durable)
+                    .map_err(SpoolError::from_io)
+            }
+            Err(e) => {
+                self.journal.discard();
+                Err(e.clone())
+            }
+        };
+        match &journaled {
+            Ok(synced) if *synced || committed => {
+                stats::COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
+            }
+            Ok(_) => {}
+            Err(e) if result.is_ok() => {
+                stats::COMMIT_FAILURES.inc();
+                tracing::error!(error = %e, "spool journal write failed");
+            }
+            Err(_) => {}
+        }
+        for done in routed.journaled {
+            let _ = done.send(journaled.clone().map(|_| ()));
+        }
+        result
+    }
+
+    /// Applies `ops` (after `moved`, records from the journal) in one redb
+    /// transaction; whether it committed.
+    fn apply_redb(
+        &mut self,
+        batch: Vec<Op>,
+        moved: Vec<Insert>,
+        pending: &mut Vec<Pending>,
+    ) -> (Result<(), SpoolError>, bool) {
+        let writes = !moved.is_empty() || batch.iter().any(writes);
         let mut ops = batch;
         ops.reverse();
         if self.db.is_none() {
@@ -455,19 +600,20 @@ impl Writer {
                             p.fail(&err);
                         }
                     }
-                    return Err(err);
+                    return (Err(err), false);
                 }
             }
         }
         let db = self.db.as_ref().expect("opened above");
-        let active = &mut self.active;
+        let (active, journal) = (&mut self.active, &self.journal);
         let mut run = || -> Result<(), redb::Error> {
             let mut w = db.begin_write()?;
             w.set_durability(Durability::Immediate)?;
             {
                 let mut t = Tables::open(&w)?;
                 active.begin();
-                let mut changes = Changes::new(active);
+                let mut changes = Changes::new(active, journal);
+                insert(&mut t, &moved, &[], &mut changes)?;
                 // Popped one by one: after a failure the rest are still here to answer.
                 while let Some(op) = ops.pop() {
                     if awaited(&op) {
@@ -486,25 +632,177 @@ impl Writer {
             }
             Ok(())
         };
-        let started = Instant::now();
         let result = run().map_err(SpoolError::from_redb);
-        match &result {
-            Ok(()) if writes => stats::COMMIT_SECONDS.observe(started.elapsed().as_secs_f64()),
-            Ok(()) => {}
-            Err(e) => {
-                if writes {
-                    stats::COMMIT_FAILURES.inc();
-                }
-                // Operations not reached before the failure still need an answer.
-                for op in ops {
-                    if let Some(p) = reply_of(op) {
-                        p.fail(e);
-                    }
+        if let Err(e) = &result {
+            if writes {
+                stats::COMMIT_FAILURES.inc();
+            }
+            // Operations not reached before the failure still need an answer.
+            for op in ops {
+                if let Some(p) = reply_of(op) {
+                    p.fail(e);
                 }
             }
         }
-        result
+        let committed = writes && result.is_ok();
+        (result, committed)
     }
+
+    /// Once the journal has grown past its limit, a checkpoint.
+    fn checkpoint_if_due(&mut self) {
+        if self.journal.is_due() {
+            self.checkpoint();
+        }
+    }
+
+    /// The journal's live messages go into redb (still held in memory, so
+    /// in `ACTIVE_SETS`) and it is emptied. If that fails the journal grows
+    /// on, and the next batch tries again.
+    fn checkpoint(&mut self) {
+        let mut ids = self.journal.live_ids();
+        ids.sort_unstable();
+        let Some(db) = self.db.as_ref() else {
+            return;
+        };
+        for chunk in chunks_by_bytes(&self.journal, &ids) {
+            let moved = (|| -> Result<(), redb::Error> {
+                let records = held_records(&self.journal, chunk)?;
+                let mut w = db.begin_write()?;
+                w.set_durability(Durability::Immediate)?;
+                {
+                    let mut t = Tables::open(&w)?;
+                    self.active.begin();
+                    let mut changes = Changes::new(&mut self.active, &self.journal);
+                    insert(&mut t, &records, &[], &mut changes)?;
+                    changes.active.seal(&mut t)?;
+                }
+                w.commit()?;
+                Ok(())
+            })();
+            if let Err(e) = moved {
+                tracing::error!(error = %e, "moving the spool journal into redb failed; retried at the next commit");
+                stats::COMMIT_FAILURES.inc();
+                return;
+            }
+            // redb holds them now, whatever happens to the rest.
+            for id in chunk {
+                self.journal.forget(*id);
+            }
+        }
+        if let Err(e) = self.journal.reset() {
+            tracing::error!(error = %e, "emptying the spool journal failed");
+            stats::COMMIT_FAILURES.inc();
+        }
+    }
+}
+
+/// What the journal took of a batch, and what is left for redb.
+struct Routed {
+    /// For redb, in order.
+    redb: Vec<Op>,
+    /// Journaled messages the engine put on the schedule: redb takes their
+    /// records in this commit, then the journal forgets them.
+    moved: Vec<Insert>,
+    /// Journaled inserts, answered once the journal is synced.
+    journaled: Vec<Reply<()>>,
+    /// Everything written must be synced (a flush, a close).
+    durable: bool,
+}
+
+/// New messages held in memory, with their bodies inline, go to the
+/// journal, and the journal forgets the ones delivered; the rest is redb's.
+fn route(journal: &mut Journal, ops: Vec<Op>) -> Routed {
+    let mut r = Routed {
+        redb: Vec::new(),
+        moved: Vec::new(),
+        journaled: Vec::new(),
+        durable: false,
+    };
+    let mut moving = std::collections::HashSet::new();
+    for op in ops {
+        match op {
+            Op::Insert {
+                items,
+                bodies,
+                done,
+            } if bodies.is_empty() && items.iter().all(|i| i.active) => {
+                for i in &items {
+                    journal.insert(i.id, &i.record);
+                }
+                r.journaled.push(done);
+            }
+            // Unless redb takes it in this commit: then it is redb's to remove.
+            Op::Remove(id) if !moving.contains(&id) && journal.forget(id) => {}
+            // Only a wake-up: the removals were taken from their list.
+            Op::Removals => {}
+            Op::Schedule {
+                id,
+                queue,
+                due,
+                envelope,
+                body,
+            } if journal.contains(id) => match rescheduled_record(journal, id, &envelope, body) {
+                Ok(Some(record)) => {
+                    moving.insert(id);
+                    r.moved.push(Insert {
+                        id,
+                        queue,
+                        due,
+                        active: false,
+                        record,
+                    });
+                }
+                Ok(None) => {}
+                // Left in the journal, in memory: a restart schedules it.
+                Err(e) => {
+                    tracing::error!(error = %e, "reading a message from the spool journal failed")
+                }
+            },
+            op => {
+                r.durable |= matches!(op, Op::Flush(_) | Op::Sync);
+                r.redb.push(op);
+            }
+        }
+    }
+    r
+}
+
+/// Journaled messages as inserts of messages held in memory.
+fn held_records(journal: &Journal, ids: &[u128]) -> std::io::Result<Vec<Insert>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        if let Some(record) = journal.read(id)? {
+            out.push(Insert {
+                id,
+                queue: String::new(),
+                due: 0,
+                active: true,
+                record,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A journaled message's record with its new envelope (and body, if the
+/// policy changed it).
+fn rescheduled_record(
+    journal: &Journal,
+    id: u128,
+    envelope: &[u8],
+    body: Option<Bytes>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let Some(old) = journal.read(id)? else {
+        return Ok(None);
+    };
+    Ok(match (body, tables::split_record(&old)) {
+        (Some(b), _) => Some(tables::encode_record(
+            envelope,
+            tables::StoredBody::Inline(&b),
+        )),
+        (None, Ok((_, stored))) => Some(tables::encode_record(envelope, stored)),
+        (None, Err(_)) => None,
+    })
 }
 
 /// Insert requests among `ops`.
@@ -603,7 +901,7 @@ fn apply_op(
             answer(pending, done, Pending::Paged, work)
         }
         Op::Bodies { ids, done } => {
-            let work = bodies(t, &ids);
+            let work = bodies(t, changes.journal, &ids);
             answer(pending, done, Pending::Bodies, work)
         }
         Op::DueQueues {
@@ -632,7 +930,7 @@ fn apply_op(
             answer(pending, done, Pending::Moved, work)
         }
         Op::Counts { done } => {
-            let work = counts(t, changes.active);
+            let work = counts(t, changes);
             answer(pending, done, Pending::Counts, work)
         }
         Op::Flush(done) => answer(pending, done, |d, ()| Pending::Unit(d), Ok(())),
@@ -712,9 +1010,17 @@ fn schedule(
     Ok(())
 }
 
-fn bodies(t: &Tables, ids: &[u128]) -> Result<Vec<Option<Bytes>>, redb::Error> {
+fn bodies(t: &Tables, journal: &Journal, ids: &[u128]) -> Result<Vec<Option<Bytes>>, redb::Error> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
+        if let Some(record) = journal.read(*id)? {
+            let body = match tables::split_record(&record) {
+                Ok((_, tables::StoredBody::Inline(b))) => Some(Bytes::copy_from_slice(b)),
+                _ => None,
+            };
+            out.push(body);
+            continue;
+        }
         let body = match t.messages.get(*id)? {
             None => None,
             Some(r) => match tables::split_record(r.value()) {
@@ -815,15 +1121,16 @@ fn retry_now(
     Ok(moved as u64)
 }
 
-fn counts(t: &Tables, active: &ActiveSets) -> Result<SpoolCounts, redb::Error> {
+fn counts(t: &Tables, changes: &Changes) -> Result<SpoolCounts, redb::Error> {
+    let journaled = changes.journal.live_count() as u64;
     let mut scheduled = Vec::new();
     for row in t.queues.iter()? {
         let (k, v) = row?;
         scheduled.push((k.value().to_owned(), v.value().0));
     }
     Ok(SpoolCounts {
-        messages: t.messages.len()?,
-        active: active.len() as u64,
+        messages: t.messages.len()? + journaled,
+        active: changes.active.len() as u64 + journaled,
         shared_bodies: t.bodies.len()?,
         scheduled,
     })
