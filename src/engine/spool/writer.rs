@@ -725,7 +725,7 @@ fn route(journal: &mut Journal, ops: Vec<Op>) -> Routed {
                 items,
                 bodies,
                 done,
-            } if bodies.is_empty() && items.iter().all(|i| i.active) => {
+            } if journal.usable() && bodies.is_empty() && items.iter().all(|i| i.active) => {
                 for i in &items {
                     journal.insert(i.id, &i.record);
                 }
