@@ -69,6 +69,21 @@ pub fn encode_record(envelope: &[u8], body: StoredBody) -> Vec<u8> {
     r
 }
 
+/// A message's record with a new envelope: its body as stored, or `body`
+/// if the policy changed it; then the stored one is returned, to release.
+/// None if `old` cannot be read.
+pub fn rescheduled<'a>(
+    old: &'a [u8],
+    envelope: &[u8],
+    body: Option<&[u8]>,
+) -> Option<(Vec<u8>, Option<StoredBody<'a>>)> {
+    let (_, stored) = split_record(old).ok()?;
+    Some(match body {
+        Some(b) => (encode_record(envelope, StoredBody::Inline(b)), Some(stored)),
+        None => (encode_record(envelope, stored), None),
+    })
+}
+
 /// The envelope bytes and where the body is.
 pub fn split_record(r: &[u8]) -> Result<(&[u8], StoredBody<'_>), String> {
     let head = r

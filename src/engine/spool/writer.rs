@@ -795,14 +795,8 @@ fn rescheduled_record(
     let Some(old) = journal.read(id)? else {
         return Ok(None);
     };
-    Ok(match (body, tables::split_record(&old)) {
-        (Some(b), _) => Some(tables::encode_record(
-            envelope,
-            tables::StoredBody::Inline(&b),
-        )),
-        (None, Ok((_, stored))) => Some(tables::encode_record(envelope, stored)),
-        (None, Err(_)) => None,
-    })
+    // A journaled body is always its own (inline): nothing to release.
+    Ok(tables::rescheduled(&old, envelope, body.as_deref()).map(|(record, _)| record))
 }
 
 /// Insert requests among `ops`.
@@ -991,16 +985,15 @@ fn schedule(
     }
     let record = match t.messages.get(id)? {
         None => None,
-        Some(old) => match tables::split_record(old.value()) {
-            Err(_) => None,
-            // The policy changed the body: it is the message's own now.
-            Ok((_, stored)) if body.is_some() => {
-                changes.release(stored);
-                body.as_ref()
-                    .map(|b| tables::encode_record(envelope, tables::StoredBody::Inline(b)))
-            }
-            Ok((_, stored)) => Some(tables::encode_record(envelope, stored)),
-        },
+        Some(old) => {
+            tables::rescheduled(old.value(), envelope, body.as_deref()).map(|(record, replaced)| {
+                // The policy changed the body: it is the message's own now.
+                if let Some(stored) = replaced {
+                    changes.release(stored);
+                }
+                record
+            })
+        }
     };
     if let Some(record) = record {
         t.messages.insert(id, record.as_slice())?;
