@@ -23,6 +23,7 @@
 //! one that is torn (a power cut during an append: its length or checksum
 //! is wrong) ends it too, and was never acknowledged.
 
+use super::direct_file::BLOCK;
 use redb::StorageBackend;
 use std::collections::HashMap;
 use std::io;
@@ -54,6 +55,12 @@ pub struct Journal {
     live: HashMap<u128, (u64, u32)>,
     /// Records not written yet; they start at `end`.
     buf: Vec<u8>,
+    /// What the file holds from the start of `end`'s block to `end`: a
+    /// write rewrites that block whole (direct writes take whole blocks),
+    /// its written part unchanged, so a torn rewrite loses nothing synced.
+    tail: Vec<u8>,
+    /// The blocks of the next write.
+    out: Vec<u8>,
     /// Messages whose inserts are in `buf`: they need a sync, and are
     /// forgotten again if the write fails.
     fresh: Vec<u128>,
@@ -95,6 +102,8 @@ impl Journal {
             capacity: 0,
             live: HashMap::new(),
             buf: Vec::new(),
+            tail: Vec::new(),
+            out: Vec::new(),
             fresh: Vec::new(),
             limit,
             broken: false,
@@ -231,9 +240,15 @@ impl Journal {
             return Ok(false);
         }
         let sync = sync || !self.fresh.is_empty();
+        let at = self.end - self.tail.len() as u64;
+        self.out.clear();
+        self.out.extend_from_slice(&self.tail);
+        self.out.extend_from_slice(&self.buf);
+        let used = self.out.len();
+        self.out.resize(used.next_multiple_of(BLOCK), 0);
         if let Err(e) = self
-            .grow()
-            .and_then(|()| self.file.write(self.end, &self.buf))
+            .grow(at + self.out.len() as u64)
+            .and_then(|()| self.file.write(at, &self.out))
         {
             self.discard();
             // A part that reached the file must not be read as records
@@ -249,6 +264,9 @@ impl Journal {
             return Err(e);
         }
         self.end += self.buf.len() as u64;
+        let keep = self.end as usize % BLOCK;
+        self.tail.clear();
+        self.tail.extend_from_slice(&self.out[used - keep..used]);
         self.buf.clear();
         self.fresh.clear();
         Ok(sync)
@@ -270,10 +288,9 @@ impl Journal {
         !self.broken
     }
 
-    /// Makes room for `buf` (redb's storage backends write only within the
-    /// file's length).
-    fn grow(&mut self) -> io::Result<()> {
-        let need = self.end + self.buf.len() as u64;
+    /// Makes the file at least `need` long (redb's storage backends write
+    /// only within the file's length).
+    fn grow(&mut self, need: u64) -> io::Result<()> {
         if need > self.capacity {
             let capacity = need.next_multiple_of(GROW);
             self.file.set_len(capacity)?;
@@ -330,16 +347,16 @@ impl Journal {
             self.capacity = 0;
         }
         let generation = self.generation.checked_add(1).unwrap_or(1);
-        if self.capacity < FILE_HEADER {
-            self.file.set_len(GROW)?;
-            self.capacity = GROW;
-        }
+        self.grow(BLOCK as u64)?;
         // Synced before anything is added: an old record must never count
         // again after a crash, behind new ones.
-        self.file.write(0, &file_header(generation))?;
+        let mut first = vec![0; BLOCK];
+        first[..FILE_HEADER as usize].copy_from_slice(&file_header(generation));
+        self.file.write(0, &first)?;
         self.file.sync_data()?;
         self.generation = generation;
         self.end = FILE_HEADER;
+        self.tail = first[..FILE_HEADER as usize].to_vec();
         Ok(())
     }
 }
@@ -373,6 +390,12 @@ mod tests {
             self.0.sync_data()
         }
         fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            // As the direct file: whole blocks only.
+            assert!(
+                (offset as usize).is_multiple_of(BLOCK) && data.len().is_multiple_of(BLOCK),
+                "a write of {} bytes at {offset} is not whole blocks",
+                data.len()
+            );
             self.0.write(offset, data)
         }
     }
@@ -432,19 +455,60 @@ mod tests {
         assert_eq!(live(&file), vec![1, 2, 3]);
         // The second write reached the disk only up to a sector.
         let lost = (j.end - good - 200) as usize;
-        file.write(good + 200, &vec![0; lost]).unwrap();
+        file.0.write(good + 200, &vec![0; lost]).unwrap();
         assert_eq!(live(&file), vec![1]);
 
         // A flipped bit in the first record's payload: its checksum fails.
         let mut byte = [0u8];
         let at = FILE_HEADER + HEADER as u64 + 2;
         file.read(at, &mut byte).unwrap();
-        file.write(at, &[byte[0] ^ 1]).unwrap();
+        file.0.write(at, &[byte[0] ^ 1]).unwrap();
         assert!(live(&file).is_empty());
-        file.write(at, &byte).unwrap();
+        file.0.write(at, &byte).unwrap();
         // A length running past the end of the file.
-        file.write(FILE_HEADER, &u32::MAX.to_le_bytes()).unwrap();
+        file.0.write(FILE_HEADER, &u32::MAX.to_le_bytes()).unwrap();
         assert!(live(&file).is_empty());
+    }
+
+    #[test]
+    fn rewriting_a_partly_written_block_keeps_its_records_even_when_torn() {
+        let file = Shared::default();
+        let mut j = fresh(&file);
+        // Records of every size across several blocks, each write rewriting
+        // the block the last one ended in.
+        let mut ids = Vec::new();
+        for id in 1..=40u128 {
+            j.insert(id, &vec![id as u8; 37 * id as usize]);
+            ids.push(id);
+            if id % 3 == 0 {
+                j.write(false).unwrap();
+                assert_eq!(live(&file), ids, "after a write ending at {}", j.end);
+            }
+        }
+        j.write(false).unwrap();
+        assert!(j.end > 4 * BLOCK as u64);
+        // A power cut during the next write: the rewritten block reached the
+        // disk only up to a sector, and the rest of the write not at all.
+        let synced = j.end;
+        let block_start = synced - synced % BLOCK as u64;
+        let before: Vec<u8> = {
+            let mut b = vec![0; BLOCK];
+            file.0.read(block_start, &mut b).unwrap();
+            b
+        };
+        j.insert(41, &[41; 3000]);
+        j.write(false).unwrap();
+        let sector = 512;
+        let mut torn = vec![0; BLOCK];
+        file.0.read(block_start, &mut torn).unwrap();
+        torn[sector..].copy_from_slice(&before[sector..]);
+        file.0.write(block_start, &torn).unwrap();
+        file.0
+            .write(block_start + BLOCK as u64, &[0; 2 * BLOCK])
+            .unwrap();
+        assert_eq!(live(&file), ids, "every synced record is still whole");
+        let again = Journal::open(Box::new(file.clone()), 1 << 20).unwrap();
+        assert_eq!(again.read(40).unwrap(), Some(vec![40; 37 * 40]));
     }
 
     #[test]
@@ -470,7 +534,7 @@ mod tests {
         let mut j = fresh(&file);
         j.insert(1, b"one");
         j.write(false).unwrap();
-        file.write(0, b"XXXX").unwrap();
+        file.0.write(0, b"XXXX").unwrap();
         assert!(live(&file).is_empty());
         // A new header could carry the generation of the records left in
         // the file: the reset drops them first.

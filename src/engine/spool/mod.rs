@@ -20,6 +20,7 @@
 //! then redeliver a message, never lose one.
 
 mod active_sets;
+mod direct_file;
 mod group_commit;
 mod journal;
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! here in arrival order, so paging in can never race a commit.
 
 use super::active_sets::ActiveSets;
+use super::direct_file::DirectFile;
 use super::group_commit::GroupCommit;
 use super::journal::Journal;
 use super::stats;
@@ -224,17 +225,8 @@ pub fn start(
     let journal_path = dir.join("spool.journal");
     let new_file = !path.exists() || !journal_path.exists();
     let db = open_db(&path, cache_bytes).map_err(|e| open_err(e.to_string()))?;
-    let journal = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&journal_path)
-        .map_err(|e| open_err(format!("{}: {e}", journal_path.display())))
-        .and_then(|f| {
-            redb::backends::FileBackend::new(f)
-                .map_err(|e| open_err(format!("{}: {e}", journal_path.display())))
-        })?;
+    let journal = open_journal(&journal_path)
+        .map_err(|e| open_err(format!("{}: {e}", journal_path.display())))?;
     // A new file's directory entry (and a new directory's) must survive a
     // power cut as well as what is written into the file.
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
@@ -246,7 +238,25 @@ pub fn start(
     synced.map_err(|e| open_err(format!("syncing the directory: {e}")))?;
     let opener: Opener = Box::new(move || open_db(&path, cache_bytes));
     let name = dir.display().to_string();
-    start_on(db, Box::new(journal), journal_limit, opener, &name)
+    start_on(db, journal, journal_limit, opener, &name)
+}
+
+/// The journal's file: written directly where the file system allows it,
+/// else through the page cache with a sync per commit.
+fn open_journal(path: &Path) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+    if let Some(direct) = DirectFile::open(path)? {
+        return Ok(Box::new(direct));
+    }
+    tracing::info!(path = %path.display(), "no direct I/O on the spool's file system: the journal is written through the page cache");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    Ok(Box::new(
+        redb::backends::FileBackend::new(file).map_err(std::io::Error::other)?,
+    ))
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
