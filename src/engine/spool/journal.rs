@@ -2,7 +2,9 @@
 //! durable. Most messages are delivered within milliseconds of arriving; for
 //! them, one append and one sync per group commit replace a B-tree insert, a
 //! B-tree delete and redb's commit (the spool writer's CPU per message fell by
-//! a third, see the README).
+//! a third, see the README). Appends are whole blocks, written directly
+//! where the file system allows (`direct_file`): one that ends inside a
+//! block rewrites that block's written part unchanged the next time.
 //!
 //! The file starts with a header: a magic number, the generation, and their
 //! CRC-32. A record is `u32` LE payload length, the generation (`u32` LE),
