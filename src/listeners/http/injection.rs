@@ -171,16 +171,14 @@ fn busy() -> Response {
 /// What KumoMTA records of an injected message's origin.
 fn origin(caller: &Caller, peer: SocketAddr) -> Arc<Map<String, serde_json::Value>> {
     let mut origin = Map::new();
+    let from = peer.ip().to_string();
+    let auth = match caller {
+        Caller::User(u) => u.clone(),
+        Caller::Trusted => from.clone(),
+    };
     origin.insert("reception_protocol".into(), "HTTP".into());
-    origin.insert("received_from".into(), peer.ip().to_string().into());
-    origin.insert(
-        "http_auth".into(),
-        match caller {
-            Caller::User(u) => u.clone(),
-            Caller::Trusted => peer.ip().to_string(),
-        }
-        .into(),
-    );
+    origin.insert("received_from".into(), from.into());
+    origin.insert("http_auth".into(), auth.into());
     Arc::new(origin)
 }
 

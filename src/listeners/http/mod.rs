@@ -18,16 +18,27 @@ use ipnet::IpNet;
 use serde_json::json;
 use std::sync::Arc;
 
+/// Cloned by axum for every request (by each layer and the handler): one
+/// reference count, not one per field.
 #[derive(Clone)]
-struct AppState {
+struct AppState(Arc<Shared>);
+
+struct Shared {
     engine: Arc<Engine>,
-    trusted: Arc<Vec<IpNet>>,
-    admin_users: Arc<Vec<String>>,
+    trusted: Vec<IpNet>,
+    admin_users: Vec<String>,
     /// For the `Received:` header of injected messages.
-    hostname: Arc<str>,
+    hostname: String,
     tls: bool,
     /// What injection requests may hold and build.
-    requests: Arc<injection::RequestBounds>,
+    requests: injection::RequestBounds,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// What a listener's settings make (trusted networks, TLS), or what is wrong
@@ -69,20 +80,16 @@ impl Listener {
     pub fn new(cfg: HttpListener, engine: Arc<Engine>) -> Result<Listener, String> {
         let (trusted, tls) = checked(&cfg)?;
         Ok(Listener {
-            state: AppState {
+            state: AppState(Arc::new(Shared {
                 engine,
-                trusted: Arc::new(trusted),
-                admin_users: Arc::new(cfg.admin_users.clone()),
-                hostname: cfg
-                    .hostname
-                    .clone()
-                    .unwrap_or_else(|| {
-                        std::env::var("HOSTNAME").unwrap_or_else(|_| "amqp-relay".into())
-                    })
-                    .into(),
+                trusted,
+                admin_users: cfg.admin_users.clone(),
+                hostname: cfg.hostname.clone().unwrap_or_else(|| {
+                    std::env::var("HOSTNAME").unwrap_or_else(|_| "amqp-relay".into())
+                }),
                 tls: cfg.use_tls,
-                requests: Arc::new(injection::RequestBounds::new(&cfg)),
-            },
+                requests: injection::RequestBounds::new(&cfg),
+            })),
             tls,
             cfg,
         })
