@@ -6,10 +6,15 @@
 //! the writer wakes for the first request that arrives and would commit it
 //! almost alone while the clients of the last commit are still sending
 //! their next. When a batch holds fewer insert requests than the last
-//! commit did, it waits a moment for the rest: at most half of what a
-//! commit takes, so an acknowledgement is delayed by less than one more
-//! commit would delay it. A lone client (one request per commit) never
-//! waits.
+//! commit did, it waits a moment for the rest: at most what the last
+//! commit took, so an acknowledgement is delayed by at most one more
+//! commit's time. A lone client (one request per commit) never waits.
+//!
+//! Half a commit's time was the wait while redb took every message: a
+//! whole one then gathered more per commit but cost 12 % of the rate. With
+//! the journal's direct writes (commits ~10 % shorter, and cheaper), a
+//! whole one gathers 9 messages per commit instead of 7 at the same rate
+//! (the README has the rounds).
 
 use std::time::Duration;
 
@@ -30,7 +35,7 @@ impl GroupCommit {
     /// before it commits, if at all.
     pub fn linger(&self, inserts: usize) -> Option<Duration> {
         (inserts > 0 && inserts < self.last_inserts)
-            .then(|| (self.last_took / 2).min(MAX_LINGER))
+            .then(|| self.last_took.min(MAX_LINGER))
             .filter(|d| !d.is_zero())
     }
 
@@ -58,16 +63,16 @@ mod tests {
     }
 
     #[test]
-    fn a_smaller_batch_than_the_last_waits_half_a_commit() {
+    fn a_smaller_batch_than_the_last_waits_a_commit() {
         let mut g = GroupCommit::default();
         g.committed(8, 600 * Duration::from_micros(1));
-        assert_eq!(g.linger(3), Some(Duration::from_micros(300)));
+        assert_eq!(g.linger(3), Some(Duration::from_micros(600)));
         assert_eq!(g.linger(8), None, "as many as last time: commit now");
         assert_eq!(g.linger(0), None, "no insert: nobody waits for it");
         g.committed(0, 10 * MS);
         assert_eq!(
             g.linger(3),
-            Some(Duration::from_micros(300)),
+            Some(Duration::from_micros(600)),
             "a commit without inserts changes nothing"
         );
     }
