@@ -91,7 +91,7 @@ const BUILD_INLINE: usize = 8 * 1024;
 /// markup, building is a copy bounded by its size; templates (bounded by
 /// their fuel, but per recipient) go to a blocking thread.
 fn builds_inline(body: &[u8]) -> bool {
-    body.len() <= BUILD_INLINE && !body.windows(2).any(|w| matches!(w, b"{{" | b"{%" | b"{#"))
+    body.len() <= BUILD_INLINE && !crate::listeners::inject::has_markup(body)
 }
 
 /// Reads the body (its bytes held from the listener's request memory first)

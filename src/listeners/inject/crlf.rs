@@ -25,16 +25,13 @@ pub fn normalize(data: Bytes) -> Bytes {
     Bytes::from(out)
 }
 
+/// Every CR followed by LF and every LF preceded by CR (memchr's vector
+/// search: this runs over every injected body).
 fn is_crlf(data: &[u8]) -> bool {
-    let mut i = 0;
-    while i < data.len() {
-        match data[i] {
-            b'\r' if data.get(i + 1) == Some(&b'\n') => i += 2,
-            b'\r' | b'\n' => return false,
-            _ => i += 1,
-        }
-    }
-    true
+    memchr::memchr2_iter(b'\r', b'\n', data).all(|i| match data[i] {
+        b'\r' => data.get(i + 1) == Some(&b'\n'),
+        _ => i > 0 && data[i - 1] == b'\r',
+    })
 }
 
 #[cfg(test)]
@@ -49,6 +46,10 @@ mod tests {
                 &b"Subject: a\r\n\r\nbody\r\n"[..],
             ),
             (b"a\rb\r\nc\n\r", b"a\r\nb\r\nc\r\n\r\n"),
+            (b"\na\r\n", b"\r\na\r\n"),
+            (b"a\r\r\n", b"a\r\n\r\n"),
+            (b"a\r\n\n", b"a\r\n\r\n"),
+            (b"a\r", b"a\r\n"),
             (b"", b""),
         ] {
             assert_eq!(&normalize(Bytes::copy_from_slice(input))[..], want);

@@ -15,6 +15,7 @@ use builder::Builder;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+pub use template::has_markup;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -237,7 +238,7 @@ pub fn parse_within(body: &[u8], limits: &mut Limits) -> Result<Injection, Injec
     }
     let content = std::mem::take(&mut req.content);
     let recipients = match content {
-        Value::String(s) => full_message(&s, dialect, &req, limits)?,
+        Value::String(s) => full_message(s, dialect, &req, limits)?,
         Value::Object(o) => {
             let builder = Builder::from_value(Value::Object(o))?;
             build_each(&builder, dialect, &req, limits)?
@@ -258,17 +259,16 @@ pub fn parse_within(body: &[u8], limits: &mut Limits) -> Result<Injection, Injec
 
 /// `content` as a string: the message, a template unless Static.
 fn full_message(
-    content: &str,
+    content: String,
     dialect: Dialect,
     req: &Request,
     limits: &mut Limits,
 ) -> Result<Vec<Rcpt>, InjectError> {
-    let templated =
-        matches!(dialect, Dialect::Jinja) && ["{{", "{%", "{#"].iter().any(|t| content.contains(t));
+    let templated = matches!(dialect, Dialect::Jinja) && template::has_markup(content.as_bytes());
     if !templated {
         // Nothing to expand: one shared body for every recipient.
         limits.charge(content.len())?;
-        let shared = crlf::normalize(Bytes::copy_from_slice(content.as_bytes()));
+        let shared = crlf::normalize(Bytes::from(content.into_bytes()));
         return Ok(req
             .recipients
             .iter()
@@ -276,7 +276,7 @@ fn full_message(
             .collect());
     }
     let env = template::environment();
-    let t = template::compile(Some(&env), "content", content, "content")?;
+    let t = template::compile(Some(&env), "content", &content, "content")?;
     let mut out = Vec::with_capacity(req.recipients.len());
     for r in &req.recipients {
         limits.in_time()?;

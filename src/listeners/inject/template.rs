@@ -19,6 +19,12 @@ pub const MAX_RENDERED: usize = 20 * 1024 * 1024;
 
 /// An environment for one request's templates. Templates named `*.html`
 /// are HTML-escaped, as in KumoMTA (its `html_body`).
+/// Whether `s` holds template markup (`{{`, `{%` or `{#`); memchr's vector
+/// search, as this runs over every injected body.
+pub fn has_markup(s: &[u8]) -> bool {
+    memchr::memchr_iter(b'{', s).any(|i| matches!(s.get(i + 1), Some(b'{' | b'%' | b'#')))
+}
+
 pub fn environment<'s>() -> Environment<'s> {
     let mut env = Environment::new();
     // The message ends as the client wrote it (Jinja would drop a final newline).
@@ -118,7 +124,17 @@ pub fn render(
 
 #[cfg(test)]
 mod tests {
-    use super::mailbox;
+    use super::{has_markup, mailbox};
+
+    #[test]
+    fn markup_is_found_wherever_it_is() {
+        for s in ["{{ x }}", "a {% if y %}", "{# c #}", "x{{", "{{"] {
+            assert!(has_markup(s.as_bytes()), "{s}");
+        }
+        for s in ["", "{", "a { b } c", "x{", "{ {", "}}", "JSON {\"a\":1}"] {
+            assert!(!has_markup(s.as_bytes()), "{s}");
+        }
+    }
 
     /// KumoMTA's docs (reference/template): "we include additional date/time
     /// formatting filters and globals via minijinja_contrib".
