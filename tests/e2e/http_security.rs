@@ -84,6 +84,17 @@ async fn credentials_are_checked_by_the_policy_and_admin_is_reserved() {
     relay
         .await_metric("amqp_relay_received_total", 1.0, Duration::from_secs(10))
         .await;
+    // Only a POST takes the injection's own path; another method gets the
+    // router's answers: authentication first, then 405.
+    let get = |auth: Option<(&str, &str)>| {
+        let mut req = reqwest::Client::new().get(format!("http://{a}/api/inject/v1"));
+        if let Some((u, p)) = auth {
+            req = req.basic_auth(u, Some(p));
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get(None).await, 401);
+    assert_eq!(get(Some(("inject", "in-secret"))).await, 405);
 
     // The inject credential does not reach the admin API; the admin one does.
     let everything = serde_json::json!({"reason": "test", "everything": true}).to_string();

@@ -47,7 +47,11 @@ fn error(status: StatusCode, message: String) -> Response {
 }
 
 /// The caller, or the response that refuses it.
-async fn caller(st: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<Caller, Response> {
+pub(super) async fn caller(
+    st: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Caller, Response> {
     if st.trusted.iter().any(|n| n.contains(&peer.ip())) {
         return Ok(Caller::Trusted);
     }

@@ -58,11 +58,44 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
+/// The route's handler (behind `auth::authenticated`). A POST reaches
+/// `direct` instead, from the connection's service.
 pub(super) async fn inject(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(&st, peer, caller, &headers, body).await
+}
+
+/// Whether a request is an injection, which `direct` serves.
+pub(super) fn is_injection<B>(req: &axum::http::Request<B>) -> bool {
+    req.method() == axum::http::Method::POST && req.uri().path() == "/api/inject/v1"
+}
+
+/// An injection request served without the router: the same
+/// authentication and handler, without the router's per-request boxing,
+/// its extensions and the middleware's hand-offs (about twenty allocations
+/// per request, on the path every message takes).
+pub(super) async fn direct(
+    st: &AppState,
+    peer: SocketAddr,
+    req: axum::http::Request<hyper::body::Incoming>,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    match super::auth::caller(st, peer, &parts.headers).await {
+        Ok(caller) => handle(st, peer, caller, &parts.headers, Body::new(body)).await,
+        Err(refused) => refused,
+    }
+}
+
+async fn handle(
+    st: &AppState,
+    peer: SocketAddr,
+    caller: Caller,
+    headers: &HeaderMap,
     body: Body,
 ) -> Response {
     if !st.engine.is_receiving() {
@@ -71,14 +104,14 @@ pub(super) async fn inject(
             "relay is shutting down (delivering what it holds, taking nothing new)",
         );
     }
-    let (mut req, held) = match build(&st.requests, &headers, body).await {
+    let (mut req, held) = match build(&st.requests, headers, body).await {
         Ok(built) => built,
         Err(response) => return response,
     };
     if req.received_header {
-        add_received(&mut req, &st, peer);
+        add_received(&mut req, st, peer);
     }
-    let results = accept(&st, &req, origin(&caller, peer)).await;
+    let results = accept(st, &req, origin(&caller, peer)).await;
     // The request's memory is given back once its messages are durable.
     drop(held);
     respond(&req, results)

@@ -141,7 +141,7 @@ impl Listener {
             request_timeout: self.cfg.request_timeout,
             tls: self.tls.clone(),
         };
-        server::serve(socket, self.router(), limits, stop).await
+        server::serve(socket, self.router(), self.state.clone(), limits, stop).await
     }
 }
 

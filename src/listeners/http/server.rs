@@ -3,6 +3,7 @@
 //! a whole request within `request_timeout`, optional TLS, and a graceful
 //! stop that lets requests under way finish.
 
+use super::{AppState, injection};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -22,9 +23,10 @@ pub struct Limits {
 }
 
 /// Serves `router` until `stop`, then waits for the requests under way.
-pub async fn serve(
+pub(super) async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    state: AppState,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -55,16 +57,20 @@ pub async fn serve(
             continue;
         };
         let _ = sock.set_nodelay(true);
-        let (router, limits, watcher) = (router.clone(), limits.clone(), graceful.watcher());
+        let app = App {
+            router: router.clone(),
+            state: state.clone(),
+        };
+        let (limits, watcher) = (limits.clone(), graceful.watcher());
         let conns_tx = conns_tx.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _tracked = conns_tx;
             let served = match &limits.tls {
-                None => connection(sock, peer, router, &limits, watcher).await,
+                None => connection(sock, peer, app, &limits, watcher).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.header_timeout, acceptor.accept(sock)).await {
-                        Ok(Ok(tls)) => connection(tls, peer, router, &limits, watcher).await,
+                        Ok(Ok(tls)) => connection(tls, peer, app, &limits, watcher).await,
                         Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
                         Err(_) => Err("TLS handshake timed out".into()),
                     }
@@ -82,10 +88,18 @@ pub async fn serve(
     Ok(())
 }
 
+/// What a connection's requests go to: injections straight to their
+/// handler, the rest through the router.
+#[derive(Clone)]
+struct App {
+    router: Router,
+    state: AppState,
+}
+
 async fn connection<S>(
     io: S,
     peer: SocketAddr,
-    router: Router,
+    app: App,
     limits: &Limits,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> Result<(), String>
@@ -94,10 +108,16 @@ where
 {
     let request_timeout = limits.request_timeout;
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        let mut router = router.clone();
+        let app = app.clone();
         async move {
-            match tokio::time::timeout(request_timeout, router.call(req)).await {
+            let answer = async {
+                if injection::is_injection(&req) {
+                    return Ok(injection::direct(&app.state, peer, req).await);
+                }
+                req.extensions_mut().insert(ConnectInfo(peer));
+                app.router.clone().call(req).await
+            };
+            match tokio::time::timeout(request_timeout, answer).await {
                 Ok(r) => r,
                 Err(_) => Ok(super::timed_out(request_timeout)),
             }
