@@ -34,10 +34,10 @@ pub struct DirectFile {
 }
 
 impl DirectFile {
-    /// Opens `path` (created if missing) for direct writes; `None` when its
-    /// file system does not take them (the caller then writes through the
-    /// page cache and syncs).
-    pub fn open(path: &Path) -> io::Result<Option<DirectFile>> {
+    /// Opens `path` (created if missing) for direct writes; when its file
+    /// system does not take them, the file opened for reading and writing
+    /// (the caller then writes through the page cache and syncs).
+    pub fn open(path: &Path) -> io::Result<Result<DirectFile, File>> {
         let plain = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -49,13 +49,13 @@ impl DirectFile {
             .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
             .open(path);
         match direct {
-            Ok(direct) => Ok(Some(DirectFile {
+            Ok(direct) => Ok(Ok(DirectFile {
                 direct,
                 plain,
                 scratch: Mutex::new(Vec::new()),
                 resized: AtomicBool::new(false),
             })),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Err(plain)),
             Err(e) => Err(e),
         }
     }
@@ -114,9 +114,9 @@ mod tests {
         let path = dir.path().join("j");
         // Linux has taken O_DIRECT on tmpfs since 6.6, and on ext4, xfs and
         // btrfs long before: a refusal here is a failure, not a skip.
-        let f = DirectFile::open(&path)
-            .expect("open")
-            .expect("the test's file system takes direct writes");
+        let Ok(f) = DirectFile::open(&path).expect("open") else {
+            panic!("the test's file system takes direct writes");
+        };
         f.set_len(3 * BLOCK as u64).expect("grow");
         f.sync_data().expect("length synced");
         let block: Vec<u8> = (0..BLOCK).map(|i| (i % 251) as u8).collect();

@@ -517,16 +517,32 @@ mod tests {
     fn records_from_before_a_reset_never_count_again() {
         let file = Shared::default();
         let mut j = fresh(&file);
+        // Past the first block: the new header and the next write rewrite
+        // only that one.
         for id in 1..=3 {
-            j.insert(id, &[id as u8; 200]);
+            j.insert(id, &[id as u8; 2500]);
         }
         j.write(false).unwrap();
+        let (payload_at, payload_len) = j.live[&3];
+        let old_at = payload_at - (HEADER + PREFIX) as u64;
+        assert!(
+            old_at >= BLOCK as u64,
+            "record 3 lies beyond what is rewritten"
+        );
+        let old_len = (payload_at - old_at) as usize + payload_len as usize;
+        let old = |file: &Shared| {
+            let mut b = vec![0; old_len];
+            file.0.read(old_at, &mut b).unwrap();
+            b
+        };
+        let before = old(&file);
         let len = file.len().unwrap();
         j.reset().unwrap();
         assert_eq!(file.len().unwrap(), len, "the file keeps its room");
         j.insert(4, b"short");
         j.write(false).unwrap();
-        // Records 2 and 3 are still whole behind 4, of the old generation.
+        // Record 3 is still whole behind 4, of the old generation.
+        assert_eq!(old(&file), before);
         assert_eq!(live(&file), vec![4]);
     }
 

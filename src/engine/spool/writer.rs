@@ -244,19 +244,15 @@ pub fn start(
 /// The journal's file: written directly where the file system allows it,
 /// else through the page cache with a sync per commit.
 fn open_journal(path: &Path) -> std::io::Result<Box<dyn redb::StorageBackend>> {
-    if let Some(direct) = DirectFile::open(path)? {
-        return Ok(Box::new(direct));
+    match DirectFile::open(path)? {
+        Ok(direct) => Ok(Box::new(direct)),
+        Err(file) => {
+            tracing::info!(path = %path.display(), "no direct I/O on the spool's file system: the journal is written through the page cache");
+            Ok(Box::new(
+                redb::backends::FileBackend::new(file).map_err(std::io::Error::other)?,
+            ))
+        }
     }
-    tracing::info!(path = %path.display(), "no direct I/O on the spool's file system: the journal is written through the page cache");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
-    Ok(Box::new(
-        redb::backends::FileBackend::new(file).map_err(std::io::Error::other)?,
-    ))
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
